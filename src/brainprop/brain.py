@@ -1,0 +1,59 @@
+"""The brain stage: per subject, targets aligned to the manifest, the target table and noise ceilings.
+
+A subject folder holds `Y.npy` (n_images, n_targets) float32, `targets.parquet` (one row per
+column of Y: target, modality, atlas, roi, hemi, x, y, z, roi_distance_mm, sensor, time,
+noise_ceiling) and `samples.parquet` (image_id and group of each row of Y).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .features import load_features, load_layers, load_samples
+from .io import load_array, read_table, save_array, write_table
+
+__all__ = ["run_simulated_subject", "simulated_truth", "load_subject"]
+
+log = logging.getLogger(__name__)
+
+
+def _plant_features(plant_dir: str | Path, n_layers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    act = [np.asarray(load_features(plant_dir, "act", k)) for k in range(n_layers)]
+    grad = [np.asarray(load_features(plant_dir, "grad", k)) for k in range(n_layers)]
+    return act, grad
+
+
+def run_simulated_subject(
+    plant_dir: str | Path, layers_path: str | Path, outputs, simulation: dict, seed: int, dataset: str, subject: str
+) -> None:
+    """Entry point of the brain rule for a simulated dataset: write one subject's folder."""
+    from .simulate import simulate_subject
+
+    layers = load_layers(layers_path)
+    act, grad = _plant_features(plant_dir, len(layers))
+    Y, targets = simulate_subject(act, grad, layers["depth"].to_numpy(), simulation, seed, dataset, subject)
+    samples = load_samples(plant_dir)
+    log.info("%s %s: %d images x %d targets (%s)", dataset, subject, *Y.shape,
+             targets["modality"].value_counts().to_dict())
+    save_array(outputs.Y, Y)
+    write_table(outputs.targets, targets)
+    write_table(outputs.samples, samples)
+
+
+def simulated_truth(layers_path: str | Path, simulation: dict, subjects: list[str], seed: int, dataset: str) -> pd.DataFrame:
+    """The planted truth table of a simulated dataset (METHOD.md §7)."""
+    from .simulate import planted_truth
+
+    depths = load_layers(layers_path)["depth"].to_numpy()
+    return planted_truth(dataset, subjects, simulation["source_model"], simulation["scenario"], depths,
+                         simulation["meg"], seed)
+
+
+def load_subject(folder: str | Path) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """Read a subject folder: (Y, target table, samples)."""
+    folder = Path(folder)
+    return load_array(folder / "Y.npy", mmap=True), read_table(folder / "targets.parquet"), read_table(folder / "samples.parquet")

@@ -1,0 +1,331 @@
+"""Encoding stage: cross-validated ridge from one layer's features to one subject's brain targets."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.model_selection import GroupKFold, KFold
+
+from ._ridge import Fold, RidgeCVResult, check_folds, ridge_cv
+from .io import CorruptFileError, read_table
+
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "TARGET_COLUMNS",
+    "SCORE_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "make_folds",
+    "ridge_cv",
+    "RidgeCVResult",
+    "RidgeEncoder",
+    "encode",
+    "load_target_scores",
+    "run_encode",
+]
+
+# METHOD.md §4: 10 penalties log-spaced from 1e0 to 1e8.
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(np.logspace(0, 8, 10).tolist())
+
+# Columns of the brain stage's target table that encoding reads, one row per column of Y.
+TARGET_COLUMNS = ("target", "modality", "atlas", "roi", "hemi", "roi_distance_mm", "time", "noise_ceiling")
+
+# Columns of the per-target table (`encode`'s first output, read back by `load_target_scores`).
+SCORE_COLUMNS = ("target", "r", "r2", "alpha", "r_normalized", "excluded")
+
+# Columns of the summary table: the results contract's encoding table minus identity columns.
+SUMMARY_COLUMNS = (
+    "modality", "atlas", "roi", "hemi", "roi_distance_mm", "time",
+    "r", "r_normalized", "noise_ceiling", "n_targets", "n_excluded",
+)
+
+_FMRI_HEMIS = ("lh", "rh")
+
+
+def make_folds(n_samples: int, groups: np.ndarray | None, n_folds: int, seed: int) -> list[Fold]:
+    """Outer cross-validation folds: shuffled KFold, or shuffled GroupKFold when groups are given.
+
+    Parameters
+    ----------
+    n_samples : number of images, in manifest order.
+    groups : (n_samples,) group key per image (e.g. source photograph), or None.
+    n_folds : number of folds (>= 2).
+    seed : random state of the shuffle.
+
+    Returns
+    -------
+    list of (train, test) index arrays, identical to scikit-learn's `split` output.
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds={n_folds}; expected at least 2")
+    if n_samples < n_folds:
+        raise ValueError(f"{n_samples} samples cannot be split into n_folds={n_folds} folds")
+    X = np.zeros((n_samples, 1))
+    if groups is None:
+        return list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
+    groups = np.asarray(groups)
+    if groups.shape != (n_samples,):
+        raise ValueError(f"groups has shape {groups.shape}, expected ({n_samples},) (one key per image)")
+    n_groups = np.unique(groups).size
+    if n_groups < n_folds:
+        raise ValueError(f"{n_groups} groups cannot be split into n_folds={n_folds} folds")
+    return list(GroupKFold(n_folds, shuffle=True, random_state=seed).split(X, groups=groups))
+
+
+class RidgeEncoder(BaseEstimator):
+    """Cross-validated ridge encoding model (scikit-learn conventions).
+
+    Parameters
+    ----------
+    alphas : candidate penalties, chosen per target by leave-one-out in each training split.
+    n_folds : outer cross-validation folds.
+    seed : random state of the fold shuffle.
+    groups : (n_images,) group keys kept within one fold, or None.
+
+    Attributes
+    ----------
+    scores_ : (n_targets,) held-out Pearson r averaged over folds.
+    r2_ : (n_targets,) held-out R² averaged over folds.
+    alphas_ : (n_folds, n_targets) chosen penalties.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((100, 5))
+    >>> Y = X[:, :2] + 0.1 * rng.standard_normal((100, 2))
+    >>> bool((RidgeEncoder().fit(X, Y).scores_ > 0.9).all())
+    True
+    """
+
+    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, n_folds: int = 5, seed: int = 0,
+                 groups: np.ndarray | None = None):
+        self.alphas = alphas
+        self.n_folds = n_folds
+        self.seed = seed
+        self.groups = groups
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> RidgeEncoder:
+        """Score X -> Y by cross-validation; X (n_images, n_features), Y (n_images,[ n_targets])."""
+        Y = np.asarray(Y)
+        Y = Y[:, None] if Y.ndim == 1 else Y
+        folds = make_folds(len(Y), self.groups, self.n_folds, self.seed)
+        result = ridge_cv(X, Y, folds, self.alphas)
+        self.scores_, self.r2_, self.alphas_ = result.r, result.r2, result.alpha
+        return self
+
+
+def _check_inputs(X: np.ndarray, Y: np.ndarray, targets: pd.DataFrame, folds: Sequence[Fold]) -> None:
+    """Raise a ValueError naming the first inconsistency between features, targets and folds."""
+    if X.ndim != 2 or Y.ndim != 2:
+        raise ValueError(f"X and Y must be 2-D, got shapes {X.shape} and {Y.shape}")
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} images but Y has {Y.shape[0]}; expected the same manifest rows")
+    if len(targets) != Y.shape[1]:
+        raise ValueError(f"targets has {len(targets)} rows but Y has {Y.shape[1]} columns; expected one row per target")
+    missing = [c for c in TARGET_COLUMNS if c not in targets.columns]
+    if missing:
+        raise ValueError(f"targets lacks columns {missing}; expected {list(TARGET_COLUMNS)}")
+    for column in ("modality", "atlas", "roi", "hemi"):
+        if targets[column].isna().any():
+            raise ValueError(f"targets column '{column}' has missing values; expected '' where not applicable")
+    unknown = sorted(set(targets["modality"]) - set(_SUMMARIES))
+    if unknown:
+        raise ValueError(f"targets has modality {unknown}; expected one of {sorted(_SUMMARIES)}")
+    if X.shape[0] < len(folds):
+        raise ValueError(f"{X.shape[0]} images cannot be split into {len(folds)} folds")
+    check_folds(folds, X.shape[0])
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=0))
+    if bad.size:
+        raise ValueError(
+            f"features have non-finite values (NaN or inf) in {bad.size} columns, first column {bad[0]}; "
+            "expected finite features (check the extraction of this layer)"
+        )
+
+
+def _column_flags(Y: np.ndarray, step: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of Y: any non-finite value, and constant (max == min); in column chunks."""
+    nonfinite = np.zeros(Y.shape[1], dtype=bool)
+    constant = np.zeros(Y.shape[1], dtype=bool)
+    for start in range(0, Y.shape[1], step):
+        block = Y[:, start:start + step]
+        nonfinite[start:start + step] = ~np.isfinite(block).all(axis=0)
+        with np.errstate(invalid="ignore"):
+            constant[start:start + step] = np.ptp(block, axis=0) == 0
+    return nonfinite, constant & ~nonfinite
+
+
+def _normalize(r: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
+    """r / sqrt(noise ceiling) per target; NaN where the ceiling is unknown or not positive."""
+    ok = np.isfinite(ceiling) & (ceiling > 0)
+    return np.where(ok, r / np.sqrt(np.where(ok, ceiling, 1.0)), np.nan)
+
+
+def _mean(values: pd.Series) -> float:
+    """Mean of the finite values, NaN when there are none."""
+    v = values.to_numpy(dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else np.nan
+
+
+def _group_stats(part: pd.DataFrame) -> dict:
+    """Scores of one group of targets: means over its used targets and the counts."""
+    used = part[~part["excluded"]]
+    return {
+        "r": _mean(used["r"]),
+        "r_normalized": _mean(used["r_normalized"]),
+        "noise_ceiling": _mean(used["noise_ceiling"]),
+        "n_targets": len(used),
+        "n_excluded": len(part) - len(used),
+    }
+
+
+def _summarize_fmri(table: pd.DataFrame) -> list[dict]:
+    """One row per (atlas, roi, hemi) for each hemisphere present, plus a pooled 'both' row."""
+    bad = sorted(set(table["hemi"]) - set(_FMRI_HEMIS))
+    if bad:
+        raise ValueError(f"fmri targets have hemi {bad}; expected {list(_FMRI_HEMIS)}")
+    rows = []
+    for (atlas, roi), part in table.groupby(["atlas", "roi"], sort=False):
+        hemis = [h for h in _FMRI_HEMIS if (part["hemi"] == h).any()]
+        for hemi, sel in [(h, part[part["hemi"] == h]) for h in hemis] + [("both", part)]:
+            rows.append({"modality": "fmri", "atlas": atlas, "roi": roi, "hemi": hemi,
+                         "roi_distance_mm": _mean(sel["roi_distance_mm"]), "time": np.nan,
+                         **_group_stats(sel)})
+    return rows
+
+
+def _summarize_meg(table: pd.DataFrame) -> list[dict]:
+    """One row per time point, pooling all sensors."""
+    if not np.isfinite(table["time"].to_numpy(dtype=np.float64)).all():
+        raise ValueError("meg targets have a missing time; expected a time in seconds for every sensor × time")
+    return [
+        {"modality": "meg", "atlas": "", "roi": "", "hemi": "", "roi_distance_mm": np.nan,
+         "time": float(time), **_group_stats(part)}
+        for time, part in table.groupby("time", sort=True)
+    ]
+
+
+_SUMMARIES: dict[str, Callable[[pd.DataFrame], list[dict]]] = {
+    "fmri": _summarize_fmri,
+    "meg": _summarize_meg,
+}
+
+
+def _summary_table(rows: list[dict]) -> pd.DataFrame:
+    """Rows to a DataFrame with the contract's column order and types."""
+    table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    floats = ["roi_distance_mm", "time", "r", "r_normalized", "noise_ceiling"]
+    types = {**{c: "float64" for c in floats}, "n_targets": "int64", "n_excluded": "int64"}
+    return table.astype(types)
+
+
+def _per_target_table(targets: pd.DataFrame, used: np.ndarray, result: RidgeCVResult) -> pd.DataFrame:
+    """Scores of every target (NaN and `excluded` for those not fitted or degenerate in a split)."""
+    r, r2, alpha = (np.full(len(targets), np.nan) for _ in range(3))
+    r[used], r2[used], alpha[used] = result.r, result.r2, np.median(result.alpha, axis=0)
+    ceiling = targets["noise_ceiling"].to_numpy(dtype=np.float64)
+    return pd.DataFrame({
+        "target": targets["target"].to_numpy(dtype=np.int64), "r": r, "r2": r2, "alpha": alpha,
+        "r_normalized": _normalize(r, ceiling), "excluded": ~np.isfinite(r),
+    })
+
+
+def encode(
+    X: np.ndarray,
+    Y: np.ndarray,
+    targets: pd.DataFrame,
+    folds: Sequence[Fold],
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    batch_size: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Encode one subject's targets from one layer's features and summarise per ROI or time.
+
+    Parameters
+    ----------
+    X : (n_images, n_features) features of one layer (float32 is fine; fits run in float64).
+    Y : (n_images, n_targets) brain targets, rows in the same manifest order.
+    targets : target table, one row per column of Y (columns `TARGET_COLUMNS`).
+    folds : (train, test) index pairs from `make_folds`, the same for every layer and signal.
+    alphas : candidate ridge penalties.
+    batch_size : targets per solver batch (default from a memory budget).
+
+    Returns
+    -------
+    per_target : one row per target, columns `SCORE_COLUMNS`; excluded targets have NaN scores.
+    summary : the encoding table's rows without identity columns, columns `SUMMARY_COLUMNS`.
+    counts : numbers of dropped features and excluded targets, for the log.
+    """
+    X, Y = np.asarray(X), np.asarray(Y)
+    _check_inputs(X, Y, targets, folds)
+    keep = np.ptp(X, axis=0) > 0  # zero gradients and dead units: exactly constant columns
+    if not keep.any():
+        raise ValueError(f"all {X.shape[1]} feature columns are constant; nothing to encode from")
+    nonfinite, constant = _column_flags(Y)
+    used = ~(nonfinite | constant)
+    if not used.any():
+        raise ValueError(f"all {Y.shape[1]} targets are constant or contain NaN; nothing to encode")
+    result = ridge_cv(X if keep.all() else X[:, keep], Y if used.all() else Y[:, used],
+                      folds, alphas, batch_size)
+    per_target = _per_target_table(targets, used, result)
+    excluded = per_target["excluded"].to_numpy()
+    table = targets[list(TARGET_COLUMNS[1:])].reset_index(drop=True).assign(
+        r=per_target["r"], r_normalized=per_target["r_normalized"], excluded=excluded)
+    rows = [row for modality, part in table.groupby("modality", sort=True)
+            for row in _SUMMARIES[modality](part)]
+    counts = {
+        "n_images": int(X.shape[0]), "n_folds": len(folds),
+        "n_features": int(X.shape[1]), "n_features_dropped": int((~keep).sum()),
+        "n_targets": int(Y.shape[1]), "n_targets_excluded": int(excluded.sum()),
+        "n_targets_nonfinite": int(nonfinite.sum()), "n_targets_constant": int(constant.sum()),
+        "n_targets_degenerate_split": int((excluded & used).sum()),
+    }
+    return per_target, _summary_table(rows), counts
+
+
+def load_target_scores(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a per-target score table written by the encode rule (columns `SCORE_COLUMNS`)."""
+    table = read_table(path)
+    missing = [c for c in SCORE_COLUMNS if c not in table.columns]
+    if missing:
+        raise CorruptFileError(
+            f"{path}: per-target scores lack columns {missing}; expected {list(SCORE_COLUMNS)}. "
+            "Delete the file and rerun snakemake to recompute it."
+        )
+    return table
+
+
+def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict, seed: int) -> None:
+    """Entry point of the encode rule: one layer's features against one subject's targets.
+
+    `inputs` has features (extract folder), layers, Y, targets and samples; `outputs` has
+    scores (per target) and summary (rows of the contract's encoding table).
+    """
+    from .config import alphas as alpha_grid
+    from .features import load_features, load_layers, load_samples
+    from .io import load_array, read_table, write_table
+
+    log = logging.getLogger("brainprop.encode")
+    feature_ids = load_samples(inputs.features)["image_id"].to_numpy()
+    samples = read_table(inputs.samples)
+    if not np.array_equal(feature_ids, samples["image_id"].to_numpy()):
+        raise ValueError(
+            f"{inputs.samples}: image order differs from the features in {inputs.features}; "
+            "features and targets must follow the same manifest"
+        )
+    X = np.asarray(load_features(inputs.features, identity["signal"], layer_index))
+    Y = load_array(inputs.Y, mmap=True)
+    targets = read_table(inputs.targets)
+    groups = samples["group"].to_numpy() if params["group_folds"] else None
+    folds = make_folds(len(samples), groups, params["folds"], seed)
+    per_target, summary, counts = encode(X, Y, targets, folds, alpha_grid(params))
+    log.info("counts: %s", counts)
+    layer = load_layers(inputs.layers).set_index("layer_index").loc[layer_index]
+    summary = summary.assign(
+        **identity, layer=str(layer["layer"]), layer_index=np.int64(layer_index), depth=float(layer["depth"])
+    )
+    write_table(outputs.scores, per_target, {"counts": counts})
+    write_table(outputs.summary, summary)

@@ -1,0 +1,67 @@
+"""The features stage: its file formats, loaders and diagnostics (light: no torch import).
+
+Extraction itself, which needs torch and timm, lives in `brainprop.features.extract`.
+An extract folder holds `{signal}/{layer_index:02d}.npy` float32 matrices of shape
+(n_images, dim) in manifest order, and `samples.parquet` with the image ids of the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import load_array, read_table
+
+__all__ = ["feature_path", "load_features", "load_samples", "load_layers", "linear_cka", "cka_table"]
+
+
+def feature_path(out_dir: str | Path, signal: str, layer_index: int) -> Path:
+    """Path of one layer's feature matrix inside an extract output folder."""
+    return Path(out_dir) / signal / f"{layer_index:02d}.npy"
+
+
+def load_features(out_dir: str | Path, signal: str, layer_index: int, mmap: bool = True) -> np.ndarray:
+    """Read one layer's (n_images, dim) features written by the extract rule."""
+    array = load_array(feature_path(out_dir, signal, layer_index), mmap=mmap)
+    if array.ndim != 2:
+        raise ValueError(f"{feature_path(out_dir, signal, layer_index)}: expected (n_images, dim), got {array.shape}")
+    return array
+
+
+def load_samples(out_dir: str | Path) -> pd.DataFrame:
+    """Image ids (and groups) in the row order of the feature matrices."""
+    return read_table(Path(out_dir) / "samples.parquet")
+
+
+def load_layers(path: str | Path) -> pd.DataFrame:
+    """Read a `layers.parquet` written by the layers rule."""
+    return read_table(path)
+
+
+def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
+    """Linear CKA between two (n_images, d) feature matrices (Kornblith et al. 2019), in float64."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    cross = np.linalg.norm(a.T @ b, "fro") ** 2
+    denom = np.linalg.norm(a.T @ a, "fro") * np.linalg.norm(b.T @ b, "fro")
+    return float(cross / denom) if denom > 0 else float("nan")
+
+
+def cka_table(features_dir: str | Path, layers_path: str | Path, signals: Sequence[str]) -> pd.DataFrame:
+    """Layer x layer linear CKA of each signal: columns signal, layer_a, layer_b, cka."""
+    layers = load_layers(layers_path)
+    names = list(layers["layer"])
+    rows = []
+    for signal in signals:
+        mats = [np.asarray(load_features(features_dir, signal, int(k))) for k in layers["layer_index"]]
+        cka = np.eye(len(mats))
+        for i in range(len(mats)):
+            for j in range(i + 1, len(mats)):
+                cka[i, j] = cka[j, i] = linear_cka(mats[i], mats[j])
+        rows += [(signal, names[i], names[j], float(cka[i, j])) for i in range(len(mats)) for j in range(len(mats))]
+    return pd.DataFrame(rows, columns=["signal", "layer_a", "layer_b", "cka"])

@@ -1,0 +1,422 @@
+"""Activations and backpropagated gradients of any timm model's blocks (needs torch).
+
+One tracked forward and one backward pass per batch give, for every selected block k,
+the activation h_k(x) and the gradient dL/dh_k(x) (METHOD.md §2). Parameters are frozen,
+the model runs in eval mode, so a batched backward of the summed loss gives every image
+its own gradient.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..io import read_table, save_array, write_table
+from . import feature_path
+
+__all__ = [
+    "BLOCK_PATTERNS",
+    "POOLINGS",
+    "LOSSES",
+    "find_blocks",
+    "select_layers",
+    "resolve_layers",
+    "create_model",
+    "pool",
+    "extract_features",
+    "run_extract",
+]
+
+log = logging.getLogger(__name__)
+
+# Module-name patterns of a model's blocks, finest level first: the first pattern with at
+# least two matches defines the block list (ordered as the model defines its modules).
+BLOCK_PATTERNS: dict[str, str] = {
+    "stage_blocks": r"stages\.\d+\.blocks\.\d+",  # ConvNeXt, ConvNeXt-V2, Hiera-like
+    "swin_blocks": r"layers\.\d+\.blocks\.\d+",  # Swin
+    "efficientnet_blocks": r"blocks\.\d+\.\d+",  # EfficientNet, MobileNet
+    "resnet_blocks": r"layer\d+\.\d+",  # ResNet, ResNeXt, Wide-ResNet
+    "regnet_blocks": r"s\d+\.b\d+",  # RegNet
+    "transformer_blocks": r"blocks\.\d+",  # ViT, DeiT, EVA, BEiT, DINOv2/v3
+}
+
+
+def find_blocks(model: torch.nn.Module) -> list[str]:
+    """Return the module names of the model's blocks in forward order."""
+    names = [name for name, _ in model.named_modules()]
+    for pattern in BLOCK_PATTERNS.values():
+        found = [n for n in names if re.fullmatch(pattern, n)]
+        if len(found) >= 2:
+            return found
+    raise ValueError(
+        f"{type(model).__name__}: no block list found (tried patterns {list(BLOCK_PATTERNS.values())}); "
+        "name the layers explicitly with models.<alias>.layers.names"
+    )
+
+
+def select_layers(blocks: Sequence[str], n: int) -> list[tuple[str, int]]:
+    """Choose `n` blocks evenly spaced by ordinal (all when fewer), as (name, ordinal) pairs."""
+    if len(blocks) <= n:
+        return [(b, i) for i, b in enumerate(blocks)]
+    idx = np.unique(np.round(np.linspace(0, len(blocks) - 1, n)).astype(int))
+    return [(blocks[i], int(i)) for i in idx]
+
+
+def _depths(ordinals: Sequence[int], n_blocks: int) -> list[float]:
+    return [o / (n_blocks - 1) if n_blocks > 1 else 0.0 for o in ordinals]
+
+
+def _input_size(model: torch.nn.Module, input_size: int | None) -> tuple[int, int, int]:
+    from timm.data import resolve_data_config
+
+    size = resolve_data_config({}, model=model)["input_size"]
+    return (3, input_size, input_size) if input_size else tuple(size)
+
+
+def _build(
+    timm_name: str, device: str | torch.device, input_size: int | None = None, kwargs: dict | None = None
+) -> torch.nn.Module:
+    import timm
+
+    kwargs = dict(kwargs or {})
+    if input_size and _accepts_img_size(timm_name):
+        kwargs["img_size"] = input_size
+    with torch.device(device):
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+
+
+def _accepts_img_size(timm_name: str) -> bool:
+    return bool(re.match(r"(vit|deit|eva|beit|dinov|swin|vit_)", timm_name))
+
+
+def resolve_layers(
+    timm_name: str, layers: dict, pooling: dict, input_size: int | None = None, timm_kwargs: dict | None = None
+) -> pd.DataFrame:
+    """Resolve the selected layers of a model without weights (meta device).
+
+    Returns a table with columns layer, layer_index, ordinal, depth, dim (pooled dimension).
+    """
+    model = _build(timm_name, "meta", input_size, timm_kwargs).eval()
+    blocks = find_blocks(model)
+    if layers.get("names"):
+        modules = dict(model.named_modules())
+        missing = [n for n in layers["names"] if n not in modules]
+        if missing:
+            raise ValueError(
+                f"model {timm_name!r}: no module named {missing}; blocks are {blocks}"
+            )
+        chosen = []
+        for name in layers["names"]:
+            ordinal = blocks.index(name) if name in blocks else None
+            if ordinal is None:
+                raise ValueError(f"model {timm_name!r}: {name!r} is not a block; blocks are {blocks}")
+            chosen.append((name, ordinal))
+    else:
+        chosen = select_layers(blocks, int(layers.get("n", 22)))
+    shapes = _output_shapes(model, [c[0] for c in chosen], _input_size(model, input_size))
+    ctx = _token_context(model)
+    dims = [pool(torch.empty(shapes[name], device="meta"), pooling, ctx).shape[1] for name, _ in chosen]
+    return pd.DataFrame({
+        "layer": [c[0] for c in chosen],
+        "layer_index": np.arange(len(chosen), dtype=np.int64),
+        "ordinal": np.array([c[1] for c in chosen], dtype=np.int64),
+        "depth": np.array(_depths([c[1] for c in chosen], len(blocks)), dtype=np.float64),
+        "dim": np.array(dims, dtype=np.int64),
+    })
+
+
+def _output_shapes(model: torch.nn.Module, names: Sequence[str], size: tuple[int, int, int]) -> dict:
+    shapes: dict[str, tuple] = {}
+    modules = dict(model.named_modules())
+    handles = [
+        modules[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.empty((1, *size), device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+# ---------------------------------------------------------------- pooling
+
+
+@dataclass(frozen=True)
+class TokenContext:
+    """How to read a (batch, tokens, channels) output: prefix tokens and register tokens."""
+
+    num_prefix_tokens: int = 0
+    num_reg_tokens: int = 0
+    has_class_token: bool = False
+
+
+def _token_context(model: torch.nn.Module) -> TokenContext:
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    regs = int(getattr(model, "num_reg_tokens", 0) or 0)
+    return TokenContext(prefix, regs, has_class_token=prefix - regs > 0)
+
+
+def _as_map(x: torch.Tensor, ctx: TokenContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split an output into a (B, C, H, W) map of patch tokens and the class token (or None)."""
+    if x.ndim == 4:
+        return x, None
+    if x.ndim != 3:
+        raise ValueError(f"cannot pool an output of shape {tuple(x.shape)}; expected (B,C,H,W) or (B,N,C)")
+    cls = x[:, 0] if ctx.has_class_token else None
+    patches = x[:, ctx.num_prefix_tokens:]
+    side = int(round(patches.shape[1] ** 0.5))
+    if side * side != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
+    return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side), cls
+
+
+def _pool_mean(x: torch.Tensor, spec: dict, ctx: TokenContext) -> torch.Tensor:
+    fmap, _ = _as_map(x, ctx)
+    return fmap.mean(dim=(2, 3))
+
+
+def _pool_cls(x: torch.Tensor, spec: dict, ctx: TokenContext) -> torch.Tensor:
+    fmap, cls = _as_map(x, ctx)
+    if cls is None:
+        raise ValueError("pooling 'cls' needs a model with a class token; use 'mean' or 'grid'")
+    return cls
+
+
+def _pool_cls_mean(x: torch.Tensor, spec: dict, ctx: TokenContext) -> torch.Tensor:
+    return torch.cat([_pool_cls(x, spec, ctx), _pool_mean(x, spec, ctx)], dim=1)
+
+
+def _pool_grid(x: torch.Tensor, spec: dict, ctx: TokenContext) -> torch.Tensor:
+    fmap, cls = _as_map(x, ctx)
+    g = int(spec.get("grid", 2))
+    pooled = F.adaptive_avg_pool2d(fmap, g).flatten(1)
+    return pooled if cls is None else torch.cat([cls, pooled], dim=1)
+
+
+POOLINGS: dict[str, Callable[[torch.Tensor, dict, TokenContext], torch.Tensor]] = {
+    "mean": _pool_mean,
+    "cls": _pool_cls,
+    "cls_mean": _pool_cls_mean,
+    "grid": _pool_grid,
+}
+
+
+def pool(x: torch.Tensor, spec: dict, ctx: TokenContext = TokenContext()) -> torch.Tensor:
+    """Pool one block output (B, C, H, W) or (B, N, C) to (B, dim) by the named mode."""
+    mode = spec.get("mode", "grid")
+    if mode not in POOLINGS:
+        raise ValueError(f"pooling mode {mode!r} unknown; valid modes: {sorted(POOLINGS)}")
+    return POOLINGS[mode](x, spec, ctx)
+
+
+# ---------------------------------------------------------------- losses
+
+
+def _loss_cross_entropy(model: torch.nn.Module, logits: torch.Tensor, images: torch.Tensor, params: dict) -> torch.Tensor:
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(
+            "loss 'cross_entropy' needs a classifier head (logits of shape (batch, classes)); "
+            f"this model outputs {tuple(logits.shape)}. Use loss 'self_distillation'."
+        )
+    target = logits.detach().argmax(dim=1)
+    return F.cross_entropy(logits, target, reduction="sum")
+
+
+LOSSES: dict[str, Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, dict], torch.Tensor]] = {
+    "cross_entropy": _loss_cross_entropy,
+}
+
+
+# ---------------------------------------------------------------- model loading
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map the config's device (auto|cpu|cuda) to a torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def create_model(
+    timm_name: str, weights: str, seed: int, input_size: int | None = None, timm_kwargs: dict | None = None
+) -> torch.nn.Module:
+    """Create a frozen eval-mode timm model with `random` (seeded), `pretrained` or checkpoint weights."""
+    import timm
+
+    if weights == "random":
+        torch.manual_seed(seed)
+        model = _build(timm_name, "cpu", input_size, timm_kwargs)
+    elif weights == "pretrained":
+        try:
+            model = timm.create_model(timm_name, pretrained=True, **(timm_kwargs or {}))
+        except Exception as err:  # hub errors come in many types
+            raise RuntimeError(
+                f"could not load pretrained weights for {timm_name!r} ({type(err).__name__}: {err}). "
+                "Without network, run the prefetch rule on a node with internet, or give a local "
+                "checkpoint path as models.<alias>.weights."
+            ) from err
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} (models.<alias>.weights) does not exist")
+        model = _build(timm_name, "cpu", input_size, timm_kwargs)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _transform(model: torch.nn.Module, input_size: int | None):
+    from timm.data import create_transform, resolve_data_config
+
+    overrides = {"input_size": (3, input_size, input_size), "crop_pct": 1.0} if input_size else {}
+    return create_transform(**resolve_data_config(overrides, model=model))
+
+
+# ---------------------------------------------------------------- extraction
+
+
+class _Recorder:
+    """Forward hooks that keep each selected block's output in the autograd graph."""
+
+    def __init__(self, model: torch.nn.Module, names: Sequence[str]):
+        modules = dict(model.named_modules())
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, (tuple, list)):
+                raise ValueError(f"block {name!r} returns a {type(output).__name__}; choose another module")
+            if not output.requires_grad:
+                # Frozen parameters upstream: start the graph here (nothing before is needed).
+                output = output.detach().requires_grad_(True)
+            self.outputs[name] = output
+            return output
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def extract_batch(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    names: Sequence[str],
+    pooling: dict,
+    loss: str,
+    loss_params: dict | None = None,
+    signals: Sequence[str] = ("act", "grad"),
+) -> dict[str, list[torch.Tensor]]:
+    """Pooled activations and gradients of the named blocks for one batch: {signal: [(B, dim)]}."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r} unknown; valid losses: {sorted(LOSSES)}")
+    ctx = _token_context(model)
+    rec = _Recorder(model, names)
+    try:
+        with torch.enable_grad():
+            logits = model(images)
+            outs = [rec.outputs[n] for n in names]
+            out: dict[str, list[torch.Tensor]] = {}
+            if "grad" in signals:
+                value = LOSSES[loss](model, logits, images, loss_params or {})
+                grads = torch.autograd.grad(value, outs, allow_unused=True)
+                grads = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, grads)]
+                out["grad"] = [pool(g.float(), pooling, ctx).detach() for g in grads]
+            if "act" in signals:
+                out["act"] = [pool(o.detach().float(), pooling, ctx) for o in outs]
+    finally:
+        rec.remove()
+    return out
+
+
+def extract_features(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    names: Sequence[str],
+    pooling: dict,
+    loss: str,
+    batch_size: int = 16,
+    loss_params: dict | None = None,
+    signals: Sequence[str] = ("act", "grad"),
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """Activations and gradients for a stack of preprocessed images: {signal: [(n_images, dim)]}."""
+    chunks: dict[str, list[list[np.ndarray]]] = {s: [[] for _ in names] for s in signals}
+    device = next(model.parameters()).device
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device)
+        result = extract_batch(model, batch, names, pooling, loss, loss_params, signals)
+        for signal, arrays in result.items():
+            for k, a in enumerate(arrays):
+                chunks[signal][k].append(a.cpu().numpy().astype(np.float32))
+        if progress:
+            progress(min(start + batch_size, len(images)), len(images))
+    return {s: [np.concatenate(c) for c in chunks[s]] for s in signals}
+
+
+def _load_image_tensor(manifest_path: Path, transform) -> tuple[torch.Tensor, pd.DataFrame]:
+    from ..stimuli import load_images, load_manifest
+
+    manifest = load_manifest(manifest_path)
+    tensors = [transform(img) for _, img in load_images(manifest_path)]
+    return torch.stack(tensors), manifest
+
+
+def run_extract(
+    manifest_path: Path,
+    layers_path: Path,
+    out_dir: Path,
+    model_spec: dict,
+    pooling: dict,
+    seed: int,
+    device: str = "auto",
+    batch_size: int = 16,
+    signals: Sequence[str] = ("act", "grad"),
+) -> None:
+    """Entry point of the extract rule: features of every selected layer into `out_dir`."""
+    layers = read_table(layers_path)
+    dev = resolve_device(device)
+    model = create_model(
+        model_spec["timm_name"], model_spec["weights"], seed, model_spec.get("input_size"),
+        model_spec.get("timm_kwargs"),
+    )
+    model.to(dev)
+    transform = _transform(model, model_spec.get("input_size"))
+    images, manifest = _load_image_tensor(Path(manifest_path), transform)
+    started = time.time()
+
+    def progress(done: int, total: int) -> None:
+        rate = done / max(time.time() - started, 1e-9)
+        log.info("extract: %d/%d images, %.1f images/s, ETA %.0f s", done, total, rate, (total - done) / rate)
+
+    torch.manual_seed(seed)
+    feats = extract_features(
+        model, images, list(layers["layer"]), pooling, model_spec.get("loss", "cross_entropy"),
+        batch_size, model_spec.get("loss_params"), signals, progress,
+    )
+    for signal, arrays in feats.items():
+        for k, array in enumerate(arrays):
+            if not np.isfinite(array).all():
+                raise ValueError(f"model {model_spec['timm_name']}: non-finite {signal} at layer {k}")
+            save_array(feature_path(out_dir, signal, k), array)
+    write_table(Path(out_dir) / "samples.parquet", manifest[["image_id", "group"]])

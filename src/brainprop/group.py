@@ -1,0 +1,493 @@
+"""Group tests of the backpropagation predictions (METHOD.md §6): T1, T2, S1a, S1b and E across subjects.
+
+Each test first gives one statistic per subject (and, for T1, S1a and S1b, a per-subject
+permutation p that shuffles the layer order); the group row then holds an exact Wilcoxon
+signed-rank test of those statistics against 0, a seeded percentile-bootstrap interval of their
+mean, the smallest p the test can reach with that many subjects, and Benjamini–Hochberg FDR
+within its family.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .hierarchy import exclusion_mask, pearson
+
+__all__ = [
+    "ALTERNATIVES",
+    "p_min",
+    "wilcoxon_exact",
+    "bh_fdr",
+    "bootstrap_ci",
+    "permutation_pvalue",
+    "subject_statistics",
+    "group_tests",
+    "run_group",
+]
+
+ALTERNATIVES = ("less", "greater", "two-sided")
+TEST_ORDER = ("T1", "T2", "S1a", "S1b", "E")
+_REQUIRED = ("seed", "n_permutations", "n_boot", "alpha", "atlas", "min_count")
+_OPTIONAL = {"roi_levels": {}, "meg_windows": {}, "threshold": 0.95, "exclude": "nonpositive"}
+# Permutation nulls equal to the observed score up to rounding count as "as extreme".
+_TOL = 1e-12
+
+TESTS_COLUMNS = {
+    "dataset": str, "modality": str, "model": str, "signal": str, "test": str, "level": str,
+    "method": str, "alternative": str, "statistic": np.float64, "effect": np.float64,
+    "ci_low": np.float64, "ci_high": np.float64, "p": np.float64, "p_min": np.float64,
+    "p_fdr": np.float64, "family": str, "n_subjects": np.int64, "n_significant_subjects": np.int64,
+    "n_positive": np.int64,
+}
+SUBJECT_COLUMNS = {
+    "dataset": str, "modality": str, "model": str, "signal": str, "test": str, "level": str,
+    "alternative": str, "family": str, "subject": str, "statistic": np.float64, "p_perm": np.float64,
+}
+
+
+def _check_alternative(alternative: str) -> None:
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative={alternative!r} is not known; expected one of {list(ALTERNATIVES)}")
+
+
+def p_min(n: int, alternative: str) -> float:
+    """Smallest p an exact signed-rank test over `n` non-zero values can reach (2^-n, or 2^(1-n) two-sided)."""
+    _check_alternative(alternative)
+    if n < 1:
+        return float("nan")
+    return float(min(1.0, 2.0 ** (1 - n) if alternative == "two-sided" else 2.0 ** -n))
+
+
+def wilcoxon_exact(values: np.ndarray, alternative: str) -> tuple[float, float, float, int]:
+    """Exact Wilcoxon signed-rank test of `(n_subjects,)` values against 0.
+
+    NaN values are dropped; zeros are dropped by the test itself (Wilcoxon's convention), so
+    `p_min` is computed from the non-zero count. Returns (W, p, p_min, n_used) with n_used the
+    number of finite values; W is scipy's statistic (R+ one-sided, min(R+, R-) two-sided).
+    """
+    _check_alternative(alternative)
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    nonzero = int(np.count_nonzero(x))
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    if nonzero == 0:
+        return 0.0, 1.0, 1.0, int(x.size)
+    res = stats.wilcoxon(x, alternative=alternative, method="exact")
+    return float(res.statistic), float(res.pvalue), p_min(nonzero, alternative), int(x.size)
+
+
+def bh_fdr(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p of shape `(n,)`; NaN entries stay NaN and do not count."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        out[finite] = stats.false_discovery_control(p[finite], method="bh")
+    return out
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `(n,)` finite values, resampling with replacement."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0 or n_boot < 1:
+        return float("nan"), float("nan")
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def permutation_pvalue(layer_depth: np.ndarray, unit_layer: np.ndarray, y: np.ndarray,
+                       alternative: str, n_permutations: int,
+                       rng: np.random.Generator) -> tuple[float, float]:
+    """Layer-order permutation test of Pearson(layer_depth[unit_layer], y).
+
+    Parameters
+    ----------
+    layer_depth : (n_layers,) depth of every layer of the model (all layers, used or not).
+    unit_layer : (n_units,) index into `layer_depth` of each unit's layer (ROI's best layer,
+        or the layer itself for the temporal score).
+    y : (n_units,) the other variable (ROI distance, T_max, activation best depth).
+
+    The null reassigns the depths to the layers by a random permutation. Returns
+    (observed r, p) with p = (1 + #null as or more extreme) / (1 + n_permutations) in the
+    direction of `alternative`; p is NaN when r is.
+    """
+    _check_alternative(alternative)
+    depth = np.asarray(layer_depth, dtype=np.float64)
+    pos = np.asarray(unit_layer, dtype=np.int64)
+    y = np.asarray(y, dtype=np.float64)
+    observed = pearson(depth[pos], y)
+    if not np.isfinite(observed):
+        return observed, float("nan")
+    perms = rng.permuted(np.broadcast_to(depth, (n_permutations, depth.size)), axis=1)
+    x = perms[:, pos]
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        null = (xc @ yc) / np.sqrt(np.einsum("ij,ij->i", xc, xc) * (yc @ yc))
+    extreme = {
+        "greater": null >= observed - _TOL,
+        "less": null <= observed + _TOL,
+        "two-sided": np.abs(null) >= abs(observed) - _TOL,
+    }[alternative]
+    return observed, float((1 + np.count_nonzero(extreme)) / (1 + n_permutations))
+
+
+@dataclass(frozen=True)
+class _Context:
+    """One dataset × model: its tables restricted to what the tests read."""
+
+    dataset: str
+    model: str
+    fmri: pd.DataFrame  # encoding rows, fmri, params atlas, hemi 'both'
+    meg: pd.DataFrame  # encoding rows, meg
+    best: pd.DataFrame  # best_layers rows, params atlas, hemi 'both'
+    tm: pd.DataFrame
+    hier: dict  # (signal, subject, score) -> value
+    params: dict
+
+    def rng(self, *key: object) -> np.random.Generator:
+        """A generator seeded by the run seed and a stable hash of `key` (independent of row order)."""
+        tag = zlib.crc32("/".join(map(str, (self.dataset, self.model, *key))).encode())
+        return np.random.default_rng(np.random.SeedSequence([int(self.params["seed"]), tag]))
+
+    def keep(self, r: np.ndarray) -> np.ndarray:
+        return exclusion_mask(r, self.params["exclude"])
+
+    def hier_value(self, signal: str, subject: str, score: str) -> float:
+        try:
+            return self.hier[(signal, subject, score)]
+        except KeyError:
+            raise ValueError(f"hierarchy table lacks the {score} score of {self.dataset}/{self.model}/"
+                             f"{signal}/subject {subject}; expected one row per subject") from None
+
+
+def _checked(ctx: _Context, signal: str, subject: str, score: str, recomputed: float) -> float:
+    """The hierarchy table's score, after checking it against the score the permutation test used."""
+    value = ctx.hier_value(signal, subject, score)
+    if not (np.isnan(value) and np.isnan(recomputed)) and not np.isclose(value, recomputed, atol=1e-9):
+        raise ValueError(
+            f"hierarchy table gives {score} score {value!r} for {ctx.dataset}/{ctx.model}/{signal}/"
+            f"subject {subject}, but the best-layer/T_max tables give {recomputed!r}; expected the "
+            "same min_count and exclude in params as in the hierarchy stage")
+    return value
+
+
+def _layer_table(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted layer indices `(n_layers,)` and their depths `(n_layers,)` present in `rows`."""
+    layers = rows.drop_duplicates("layer_index").sort_values("layer_index")
+    return layers["layer_index"].to_numpy(np.int64), layers["depth"].to_numpy(np.float64)
+
+
+def _score_test(ctx: _Context, signal: str, subject: str, test: str, layer_depth: np.ndarray,
+                unit_layer: np.ndarray, y: np.ndarray, alternative: str) -> tuple[float, float]:
+    if unit_layer.size < ctx.params["min_count"]:
+        return float("nan"), float("nan")
+    return permutation_pvalue(layer_depth, unit_layer, y, alternative, ctx.params["n_permutations"],
+                              ctx.rng(signal, test, subject))
+
+
+def _t1(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, float]]:
+    """Temporal score per subject, with its layer-order permutation p."""
+    out = []
+    for subject, tm in ctx.tm[ctx.tm["signal"] == signal].groupby("subject", sort=True):
+        tm = tm.sort_values("layer_index")
+        t_max = tm["t_max_s"].to_numpy(np.float64)
+        keep = ctx.keep(tm["peak_r"].to_numpy(np.float64)) & np.isfinite(t_max)
+        observed, p = _score_test(ctx, signal, subject, "T1", tm["depth"].to_numpy(np.float64),
+                                  np.flatnonzero(keep), t_max[keep], alternative)
+        out.append((subject, _checked(ctx, signal, subject, "temporal", observed), p))
+    return out
+
+
+def _t2(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, float]]:
+    """Earliest T_max of the signal minus T_max of the activations' last layer (s), per subject.
+
+    Layers failing the exclusion rule are left out of the minimum; the subject's value is NaN
+    when the activations' last layer fails it.
+    """
+    out = []
+    act_all = ctx.tm[ctx.tm["signal"] == "act"]
+    for subject, tm in ctx.tm[ctx.tm["signal"] == signal].groupby("subject", sort=True):
+        act = act_all[act_all["subject"] == subject].sort_values("layer_index")
+        t_max = tm["t_max_s"].to_numpy(np.float64)
+        keep = ctx.keep(tm["peak_r"].to_numpy(np.float64)) & np.isfinite(t_max)
+        value = float("nan")
+        if len(act) and keep.any() and ctx.keep(act["peak_r"].to_numpy(np.float64)[-1:])[0]:
+            value = float(t_max[keep].min() - act["t_max_s"].iloc[-1])
+        out.append((subject, value, float("nan")))
+    return out
+
+
+def _best_units(ctx: _Context, best: pd.DataFrame, layer_index: np.ndarray) -> np.ndarray:
+    """Positions in `layer_index` of each ROI's best layer."""
+    pos = np.searchsorted(layer_index, best["best_layer_index"].to_numpy(np.int64))
+    if (pos >= layer_index.size).any() or (layer_index[np.minimum(pos, layer_index.size - 1)]
+                                           != best["best_layer_index"].to_numpy()).any():
+        raise ValueError(f"best_layers of {ctx.dataset}/{ctx.model} name layers absent from the "
+                         f"encoding table; expected layers among {layer_index.tolist()}")
+    return pos
+
+
+def _s1a(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, float]]:
+    """Spatial score per subject, with its layer-order permutation p."""
+    out = []
+    for subject, best in ctx.best[ctx.best["signal"] == signal].groupby("subject", sort=True):
+        enc = ctx.fmri[(ctx.fmri["signal"] == signal) & (ctx.fmri["subject"] == subject)]
+        layer_index, layer_depth = _layer_table(enc)
+        dist = best["roi_distance_mm"].to_numpy(np.float64)
+        keep = (ctx.keep(best["best_r"].to_numpy(np.float64)) & np.isfinite(dist)
+                & np.isfinite(best["best_depth"].to_numpy(np.float64)))
+        best = best[keep]
+        observed, p = _score_test(ctx, signal, subject, "S1a", layer_depth,
+                                  _best_units(ctx, best, layer_index), dist[keep], alternative)
+        out.append((subject, _checked(ctx, signal, subject, "spatial", observed), p))
+    return out
+
+
+def _s1b(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, float]]:
+    """Pearson over ROIs of the signal's best depth vs the activations' best depth, per subject.
+
+    ROIs enter when both signals' best r pass the exclusion rule; the permutation shuffles the
+    signal's layer order and keeps the activations' fixed.
+    """
+    out = []
+    act_all = ctx.best[ctx.best["signal"] == "act"]
+    for subject, best in ctx.best[ctx.best["signal"] == signal].groupby("subject", sort=True):
+        both = best.merge(act_all[act_all["subject"] == subject], on="roi", suffixes=("", "_act"))
+        keep = (ctx.keep(both["best_r"].to_numpy(np.float64))
+                & ctx.keep(both["best_r_act"].to_numpy(np.float64)))
+        both = both[keep]
+        enc = ctx.fmri[(ctx.fmri["signal"] == signal) & (ctx.fmri["subject"] == subject)]
+        layer_index, layer_depth = _layer_table(enc)
+        _, p = _score_test(ctx, signal, subject, "S1b", layer_depth, _best_units(ctx, both, layer_index),
+                           both["best_depth_act"].to_numpy(np.float64), alternative)
+        value = (pearson(both["best_depth"].to_numpy(), both["best_depth_act"].to_numpy())
+                 if len(both) >= ctx.params["min_count"] else float("nan"))
+        out.append((subject, value, p))
+    return out
+
+
+def _paired_difference(rows: pd.DataFrame, signal: str, keys: list[str]) -> pd.DataFrame:
+    """r(signal) − r(act) on matching `keys`, as a table with columns keys + ['diff']."""
+    sig = rows[rows["signal"] == signal][keys + ["r"]]
+    act = rows[rows["signal"] == "act"][keys + ["r"]]
+    both = sig.merge(act, on=keys, suffixes=("", "_act"))
+    return both.assign(diff=both["r"].to_numpy(np.float64) - both["r_act"].to_numpy(np.float64))
+
+
+def _subject_means(diff: pd.DataFrame, mask: np.ndarray, subjects: list[str]) -> list[tuple[str, float, float]]:
+    sel = diff[mask & np.isfinite(diff["diff"].to_numpy())]
+    means = sel.groupby("subject")["diff"].mean()
+    return [(s, float(means.get(s, np.nan)), float("nan")) for s in subjects]
+
+
+def _e_levels(ctx: _Context, signal: str) -> dict[str, list[tuple[str, float, float]]]:
+    """Mean over the level's ROIs and all layers of r(signal) − r(act) (hemi 'both'), per level and subject."""
+    diff = _paired_difference(ctx.fmri, signal, ["subject", "roi", "layer_index"])
+    subjects = sorted(set(ctx.fmri.loc[ctx.fmri["signal"] == signal, "subject"]))
+    present = set(ctx.fmri["roi"])
+    out = {}
+    for level, rois in ctx.params["roi_levels"].items():
+        if not present & set(rois):
+            raise ValueError(f"roi_levels[{level!r}] = {list(rois)} names no ROI of atlas "
+                             f"{ctx.params['atlas']!r} in {ctx.dataset}; expected some of {sorted(present)}")
+        out[level] = _subject_means(diff, diff["roi"].isin(list(rois)).to_numpy(), subjects)
+    return out
+
+
+def _e_windows(ctx: _Context, signal: str) -> dict[str, list[tuple[str, float, float]]]:
+    """Mean over the window's times and all layers of r(signal) − r(act), per MEG window and subject."""
+    diff = _paired_difference(ctx.meg, signal, ["subject", "layer_index", "time"])
+    subjects = sorted(set(ctx.meg.loc[ctx.meg["signal"] == signal, "subject"]))
+    out = {}
+    for window, bounds in ctx.params["meg_windows"].items():
+        if len(bounds) != 2 or not bounds[0] <= bounds[1]:
+            raise ValueError(f"meg_windows[{window!r}] = {bounds!r}; expected [t_start, t_end] in seconds "
+                             "with t_start <= t_end")
+        t = diff["time"].to_numpy(np.float64)
+        out[window] = _subject_means(diff, (t >= bounds[0]) & (t <= bounds[1]), subjects)
+    return out
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """One group row to compute: which test, on which modality, and its per-subject function."""
+
+    test: str
+    modality: str
+    needs_act: bool
+    run: Callable[[_Context, str, str], list[tuple[str, float, float]]]
+
+
+_SCORE_TESTS = {
+    "T1": _Spec("T1", "meg", False, _t1),
+    "T2": _Spec("T2", "meg", True, _t2),
+    "S1a": _Spec("S1a", "fmri", False, _s1a),
+    "S1b": _Spec("S1b", "fmri", True, _s1b),
+}
+# What backpropagation predicts for a learning signal (METHOD.md §6), and the forward check
+# that activations recover the hierarchy.
+PREDICTIONS = {"T1": "less", "T2": "greater", "S1a": "greater", "S1b": "greater"}
+FORWARD_CHECKS = {"T1": "greater", "S1a": "greater"}
+
+
+def _subject_rows(ctx: _Context, signal: str) -> list[tuple]:
+    """Per-subject rows (SUBJECT_COLUMNS order) of every test that applies to `signal`."""
+    has = {"fmri": signal in set(ctx.fmri["signal"]) or signal in set(ctx.best["signal"]),
+           "meg": signal in set(ctx.tm["signal"])}
+    has_act = {"fmri": "act" in set(ctx.best["signal"]), "meg": "act" in set(ctx.tm["signal"])}
+    forward = signal == "act"
+    tests = FORWARD_CHECKS if forward else PREDICTIONS
+    family = f"{ctx.dataset}/{ctx.model}/{signal}/" + ("forward" if forward else "hierarchy")
+    rows = []
+    for test, alternative in tests.items():
+        spec = _SCORE_TESTS[test]
+        if has[spec.modality] and (has_act[spec.modality] or not spec.needs_act):
+            for subject, value, p in spec.run(ctx, signal, alternative):
+                rows.append((spec.modality, test, "", alternative, family, subject, value, p))
+    if forward:
+        return rows
+    e_family = f"{ctx.dataset}/{ctx.model}/{signal}/E"
+    for modality, levels in (("fmri", _e_levels), ("meg", _e_windows)):
+        if has[modality] and has_act[modality]:
+            for level, values in levels(ctx, signal).items():
+                rows += [(modality, "E", level, "two-sided", e_family, s, v, p) for s, v, p in values]
+    return rows
+
+
+def _params(params: dict) -> dict:
+    missing = [k for k in _REQUIRED if k not in params]
+    unknown = sorted(set(params) - set(_REQUIRED) - set(_OPTIONAL))
+    if missing or unknown:
+        raise ValueError(f"group params: missing {missing}, unknown {unknown}; expected keys "
+                         f"{list(_REQUIRED)} and optionally {sorted(_OPTIONAL)}")
+    out = _OPTIONAL | dict(params)
+    out |= {k: v for k, v in _OPTIONAL.items() if out[k] is None}
+    for key in ("n_permutations", "n_boot", "min_count"):
+        if int(out[key]) != out[key] or out[key] < (2 if key == "min_count" else 1):
+            raise ValueError(f"group params: {key}={out[key]!r}; expected a positive integer"
+                             + (" >= 2" if key == "min_count" else ""))
+    if not 0 < out["alpha"] < 1:
+        raise ValueError(f"group params: alpha={out['alpha']!r}; expected a level in (0, 1)")
+    exclusion_mask(np.zeros(0), out["exclude"])
+    return out
+
+
+def _contexts(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: pd.DataFrame,
+              params: dict) -> list[_Context]:
+    atlas = params["atlas"]
+    fmri = enc[(enc["modality"] == "fmri") & (enc["atlas"] == atlas) & (enc["hemi"] == "both")]
+    meg = enc[enc["modality"] == "meg"]
+    best = best[(best["atlas"] == atlas) & (best["hemi"] == "both")]
+    hier = hier[(hier["score"] == "temporal") | (hier["atlas"] == atlas)]
+    out = []
+    for (dataset, model), _ in enc.groupby(["dataset", "model"], sort=True):
+        def pick(t: pd.DataFrame) -> pd.DataFrame:
+            return t[(t["dataset"] == dataset) & (t["model"] == model)]
+
+        h = pick(hier)
+        values = dict(zip(zip(h["signal"], h["subject"], h["score"]), h["value"].astype(np.float64)))
+        out.append(_Context(dataset, model, pick(fmri), pick(meg), pick(best), pick(tm), values, params))
+    return out
+
+
+def _typed(rows: list[tuple], columns: dict) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(columns)).astype(columns)
+
+
+def subject_statistics(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: pd.DataFrame,
+                       params: dict) -> pd.DataFrame:
+    """Per-subject statistic (and permutation p for T1, S1a, S1b; NaN otherwise) of every test.
+
+    Columns: dataset, modality, model, signal, test, level, alternative, family, subject,
+    statistic, p_perm. Arguments as for `group_tests`.
+    """
+    params = _params(params)
+    rows = []
+    for ctx in _contexts(enc, best, tm, hier, params):
+        for signal in sorted(set(ctx.fmri["signal"]) | set(ctx.meg["signal"])):
+            rows += [(ctx.dataset, r[0], ctx.model, signal, *r[1:])
+                     for r in _subject_rows(ctx, signal)]
+    return _typed(rows, SUBJECT_COLUMNS)
+
+
+def _group_row(key: tuple, sub: pd.DataFrame, params: dict) -> tuple:
+    """One contract `tests` row from one test's per-subject rows."""
+    dataset, modality, model, signal, test, level, alternative, family = key
+    values = sub["statistic"].to_numpy(np.float64)
+    finite = np.isfinite(values)
+    x = values[finite]
+    w, p, pmin, n = wilcoxon_exact(x, alternative)
+    tag = zlib.crc32(f"{family}/{test}/{level}".encode())
+    rng = np.random.default_rng(np.random.SeedSequence([int(params["seed"]), tag, 1]))
+    low, high = bootstrap_ci(x, int(params["n_boot"]), rng, level=1.0 - params["alpha"])
+    p_perm = sub["p_perm"].to_numpy(np.float64)[finite]
+    # Only T1, S1a and S1b have a per-subject test; the others report -1, not a sign count.
+    n_sig = int(np.count_nonzero(p_perm < params["alpha"])) if test in ("T1", "S1a", "S1b") else -1
+    effect = float(x.mean()) if n else float("nan")
+    return (dataset, modality, model, signal, test, level, "wilcoxon", alternative, w, effect, low,
+            high, p, pmin, float("nan"), family, n, n_sig, int(np.count_nonzero(x > 0)))
+
+
+def group_tests(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: pd.DataFrame,
+                params: dict) -> pd.DataFrame:
+    """Group tests T1, T2, S1a, S1b and E of every dataset × model × signal (contract `tests` table).
+
+    Parameters
+    ----------
+    enc, best, tm, hier : the contract encoding, best_layers, tmax and hierarchy tables of all
+        subjects (one dataset × model at a time in the workflow, but any number works).
+    params : seed, n_permutations, n_boot, alpha, atlas, min_count (required); roi_levels
+        (level -> ROI names), meg_windows (name -> [t_start, t_end] s), threshold (unused here,
+        accepted so one params block serves both stages), exclude (default 'nonpositive').
+
+    Notes
+    -----
+    For a learning signal (signal != 'act') the rows are T1 ('less'), T2, S1a, S1b ('greater')
+    in family '{dataset}/{model}/{signal}/hierarchy', and E per ROI level and MEG window
+    ('two-sided') in family '.../E'. For 'act' the rows are T1 and S1a with 'greater' (forward
+    activations should recover the hierarchy), family '.../act/forward'. A test runs only where
+    its modality exists (MEG-only: no S tests; fMRI-only: no T tests), and T2, S1b and E only
+    where 'act' exists too.
+
+    statistic is the Wilcoxon W, effect the mean of the per-subject statistics, [ci_low, ci_high]
+    their (1 − alpha) percentile bootstrap over subjects (seeded per row), p exact, p_min the
+    smallest reachable p, p_fdr Benjamini–Hochberg within the family. NaN subject values are
+    dropped; n_subjects counts the rest. n_significant_subjects counts subjects with a layer-order
+    permutation p < alpha for T1, S1a and S1b; it is -1 for T2 and E, which have no per-subject
+    test (a sign count is not significance). The extra column n_positive counts subjects whose
+    statistic is > 0, for every row.
+    E compares raw r (not noise-normalised) averaged over all layers; the signal's unique variance
+    needs the joint-model results and is not part of this table.
+    """
+    params = _params(params)
+    per_subject = subject_statistics(enc, best, tm, hier, params)
+    keys = ["dataset", "modality", "model", "signal", "test", "level", "alternative", "family"]
+    rows = [_group_row(key, sub, params) for key, sub in per_subject.groupby(keys, sort=False)]
+    out = _typed(rows, TESTS_COLUMNS)
+    for _, idx in out.groupby("family").groups.items():
+        out.loc[idx, "p_fdr"] = bh_fdr(out.loc[idx, "p"].to_numpy())
+    order = out["test"].map({t: i for i, t in enumerate(TEST_ORDER)})
+    out = out.assign(_order=order).sort_values(["dataset", "model", "signal", "_order", "level"],
+                                               kind="mergesort")
+    return out.drop(columns="_order").reset_index(drop=True)
+
+
+def run_group(inputs, output: str, params: dict) -> None:
+    """Entry point of the group rule: concatenate the subjects' tables and run the tests."""
+    from .io import read_table, write_table
+
+    tables = {key: pd.concat([read_table(p) for p in inputs[key]], ignore_index=True)
+              for key in ("encoding", "best_layers", "tmax", "hierarchy")}
+    tests = group_tests(tables["encoding"], tables["best_layers"], tables["tmax"], tables["hierarchy"], params)
+    write_table(output, tests)

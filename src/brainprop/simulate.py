@@ -1,0 +1,311 @@
+"""Simulated subjects with a planted hierarchy: fMRI ROIs and MEG sensors driven by a model's features.
+
+Responses are built from the source model's features under a finer pooling than the analysis
+reads (METHOD.md §7). fMRI: each ROI along the ventral stream is driven by one planted layer
+whose depth rises with the ROI's distance from V1. MEG: layer k's activation appears with a
+latency rising with depth; in the `backprop` scenario each layer's gradient appears after the
+forward sweep in reverse depth order; `shuffled` assigns gradient latencies (and gradient
+layers of ROIs) in a random order per subject, the exact null of T1 and S1.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "SIM_ROIS",
+    "SCENARIOS",
+    "Plan",
+    "plan_subject",
+    "planted_truth",
+    "simulate_subject",
+    "roi_geometry",
+    "noise_ceiling_from_repetitions",
+]
+
+# Approximate MNI centroids (right hemisphere, mm) of ventral-stream ROIs, ordered from V1
+# outwards; rounded from the Wang et al. (2015) probabilistic atlas and face/place localisers.
+SIM_ROIS: dict[str, tuple[float, float, float]] = {
+    "V1": (10.0, -92.0, 2.0),
+    "V2": (16.0, -88.0, -2.0),
+    "V3": (24.0, -86.0, -4.0),
+    "hV4": (30.0, -78.0, -12.0),
+    "LO": (42.0, -80.0, -4.0),
+    "VO": (30.0, -64.0, -12.0),
+    "FFA": (40.0, -52.0, -20.0),
+    "PPA": (26.0, -44.0, -10.0),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one simulated subject carries: planted layers per ROI and latencies per layer."""
+
+    roi_act_layer: dict[str, int]
+    roi_grad_layer: dict[str, int]  # empty when gradients are not planted
+    act_latency: np.ndarray  # (n_layers,) seconds
+    grad_latency: np.ndarray  # (n_layers,) seconds; NaN when gradients are not planted
+
+
+def _rng(seed: int, *keys: str) -> np.random.Generator:
+    return np.random.default_rng([seed, *(zlib.crc32(k.encode()) for k in keys)])
+
+
+def _roi_layers(depths: np.ndarray) -> dict[str, int]:
+    """Planted layer per ROI: ROIs ranked by distance from V1 mapped evenly onto depth."""
+    names = list(SIM_ROIS)
+    dist = {n: np.linalg.norm(np.subtract(SIM_ROIS[n], SIM_ROIS["V1"])) for n in names}
+    ranked = sorted(names, key=dist.get)
+    targets = np.linspace(0, 1, len(ranked))
+    return {roi: int(np.argmin(np.abs(depths - t))) for roi, t in zip(ranked, targets)}
+
+
+def _forward_latency(depths: np.ndarray, meg: dict) -> np.ndarray:
+    t0, t1 = meg["forward_window"]
+    return t0 + (t1 - t0) * depths
+
+
+def _backward_latency(depths: np.ndarray, meg: dict) -> np.ndarray:
+    t0, t1 = meg["backward_window"]
+    return t0 + (t1 - t0) * (1.0 - depths)
+
+
+def _plan_forward(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> Plan:
+    n = len(depths)
+    return Plan(_roi_layers(depths), {}, _forward_latency(depths, meg), np.full(n, np.nan))
+
+
+def _plan_backprop(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> Plan:
+    roi = _roi_layers(depths)
+    return Plan(roi, dict(roi), _forward_latency(depths, meg), _backward_latency(depths, meg))
+
+
+def _plan_shuffled(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> Plan:
+    roi = _roi_layers(depths)
+    grad_layers = rng.permutation(sorted(set(roi.values())))
+    remap = dict(zip(sorted(set(roi.values())), grad_layers))
+    latency = _backward_latency(depths, meg)[rng.permutation(len(depths))]
+    return Plan(roi, {r: int(remap[k]) for r, k in roi.items()}, _forward_latency(depths, meg), latency)
+
+
+SCENARIOS: dict[str, Callable[[np.ndarray, dict, np.random.Generator], Plan]] = {
+    "forward": _plan_forward,
+    "backprop": _plan_backprop,
+    "shuffled": _plan_shuffled,
+}
+
+
+def plan_subject(scenario: str, depths: np.ndarray, meg: dict, seed: int, dataset: str, subject: str) -> Plan:
+    """The planted hierarchy of one subject (deterministic in seed, dataset and subject)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"simulation scenario {scenario!r} unknown; valid: {sorted(SCENARIOS)}")
+    return SCENARIOS[scenario](np.asarray(depths, float), meg, _rng(seed, dataset, subject, "plan"))
+
+
+def planted_truth(
+    dataset: str, subjects: list[str], source_model: str, scenario: str, depths: np.ndarray, meg: dict, seed: int
+) -> pd.DataFrame:
+    """The truth table of METHOD.md §7: planted ROI depths and layer latencies per subject."""
+    rows = []
+    for subject in subjects:
+        plan = plan_subject(scenario, depths, meg, seed, dataset, subject)
+        for signal, mapping in (("act", plan.roi_act_layer), ("grad", plan.roi_grad_layer)):
+            for roi, k in mapping.items():
+                rows.append((subject, "roi", roi, signal, float(depths[k]), np.nan))
+        for signal, lat in (("act", plan.act_latency), ("grad", plan.grad_latency)):
+            for k, t in enumerate(lat):
+                if np.isfinite(t):
+                    rows.append((subject, "layer", "", signal, float(depths[k]), float(t)))
+    table = pd.DataFrame(rows, columns=["subject", "kind", "roi", "signal", "depth", "latency_s"])
+    table.insert(0, "dataset", dataset)
+    table.insert(2, "source_model", source_model)
+    return table
+
+
+# ---------------------------------------------------------------- responses
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    sd = x.std(0)
+    keep = sd > 0
+    return (x[:, keep] - x[:, keep].mean(0)) / sd[keep]
+
+
+def _split_grid(features: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split grid-pooled features into a leading token part (n, t) and the map (n, C, grid, grid)."""
+    n, d = features.shape
+    cells = grid * grid
+    lead = d % cells
+    if d - lead < cells:
+        raise ValueError(f"features of dim {d} are not a {grid}x{grid} pooled map (plant_grid={grid})")
+    return features[:, :lead], features[:, lead:].reshape(n, -1, grid, grid)
+
+
+def _coarse_and_detail(features: np.ndarray, grid: int, coarse: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spatially coarse part (the grid map averaged to coarse×coarse cells) and within-cell detail.
+
+    Computed by reshaping in NumPy, a code path independent of the analysis's pooling.
+    Returns (n, t + C·coarse²) and (n, C·grid²) arrays.
+    """
+    if grid % coarse:
+        raise ValueError(f"latent_grid={coarse} must divide plant_grid={grid}")
+    lead, fmap = _split_grid(np.asarray(features, dtype=np.float64), grid)
+    n, c, f = fmap.shape[0], fmap.shape[1], grid // coarse
+    blocks = fmap.reshape(n, c, coarse, f, coarse, f).mean(axis=(3, 5))
+    detail = fmap - np.repeat(np.repeat(blocks, f, axis=2), f, axis=3)
+    return np.concatenate([lead, blocks.reshape(n, -1)], axis=1), detail.reshape(n, -1)
+
+
+def _project(x: np.ndarray, q: int, rng: np.random.Generator) -> np.ndarray:
+    """q unit-variance random projections of z-scored columns: (n_images, q)."""
+    z = _zscore(x)
+    latent = z @ rng.standard_normal((z.shape[1], q))
+    return (latent - latent.mean(0)) / latent.std(0)
+
+
+def _latent(features: np.ndarray, q: int, params: dict, rng: np.random.Generator) -> np.ndarray:
+    """q unit-variance latents of one layer's plant features: (n_images, q).
+
+    Each latent is a random projection of the z-scored spatially coarse part of the features
+    plus, with variance fraction `detail_fraction`, a random projection of the within-cell
+    detail, which the coarser analysis pooling cannot see (it acts as structured noise).
+    """
+    coarse, detail = _coarse_and_detail(features, int(params["plant_grid"]), int(params["latent_grid"]))
+    w = float(params["detail_fraction"])
+    latent = np.sqrt(1.0 - w) * _project(coarse, q, rng)
+    if w > 0:
+        latent = latent + np.sqrt(w) * _project(detail, q, rng)
+    return (latent - latent.mean(0)) / latent.std(0)
+
+
+def noise_ceiling_from_repetitions(reps: np.ndarray) -> np.ndarray:
+    """NC (fraction, r² scale) of the repetition mean from (n_reps, n_images, n_targets) data.
+
+    ncsnr = sqrt(max(var_total - var_noise, 0)) / sd_noise with var_noise the mean over images
+    of the variance across repetitions; NC = ncsnr² / (ncsnr² + 1/n_reps) (NSD Data Manual).
+    """
+    n = reps.shape[0]
+    var_noise = reps.var(axis=0, ddof=1).mean(axis=0)
+    var_total = reps.reshape(-1, reps.shape[2]).var(axis=0, ddof=1)
+    ncsnr2 = np.clip(var_total - var_noise, 0, None) / var_noise
+    return ncsnr2 / (ncsnr2 + 1.0 / n)
+
+
+def roi_geometry(coords: pd.DataFrame, reference: str = "V1") -> dict[str, float]:
+    """Distance (mm) of each ROI's centroid from the reference ROI's, hemispheres mirrored (|x|)."""
+    xyz = coords.assign(x=coords["x"].abs()).groupby("roi")[["x", "y", "z"]].mean()
+    if reference not in xyz.index:
+        raise ValueError(f"reference ROI {reference!r} not among the ROIs {sorted(xyz.index)}")
+    return {roi: float(np.linalg.norm(xyz.loc[roi] - xyz.loc[reference])) for roi in xyz.index}
+
+
+def _fmri(
+    act: list[np.ndarray], grad: list[np.ndarray], plan: Plan, params: dict, rng: np.random.Generator
+) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    n_vert = int(params["vertices_per_roi"])
+    q = int(params["latent_dims"])
+    blocks, rows = [], []
+    for roi, centroid in SIM_ROIS.items():
+        for hemi, sign in (("lh", -1.0), ("rh", 1.0)):
+            signal = _latent(act[plan.roi_act_layer[roi]], q, params, rng) @ rng.standard_normal((q, n_vert))
+            if roi in plan.roi_grad_layer:
+                g = _latent(grad[plan.roi_grad_layer[roi]], q, params, rng) @ rng.standard_normal((q, n_vert))
+                signal = signal + params["grad_weight"] * g
+            blocks.append(signal / signal.std(0))
+            xyz = np.asarray(centroid) * [sign, 1, 1] + rng.normal(0, 2.0, (n_vert, 3))
+            rows += [(roi, hemi, *p) for p in xyz]
+    signal = np.concatenate(blocks, axis=1)
+    table = pd.DataFrame(rows, columns=["roi", "hemi", "x", "y", "z"])
+    return signal, table, np.full(signal.shape[1], params["snr_fmri"])
+
+
+def _meg_topographies(n_components: int, pos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random sensor patterns (n_components, n_sensors): Gaussian blobs on the layout."""
+    centres = pos[rng.integers(0, len(pos), n_components)]
+    d2 = ((pos[None, :, :] - centres[:, None, :]) ** 2).sum(-1)
+    topo = np.exp(-d2 / (2 * 0.15**2)) * rng.choice([-1.0, 1.0], (n_components, 1))
+    return topo
+
+
+def _meg(
+    act: list[np.ndarray], grad: list[np.ndarray], plan: Plan, params: dict, sensors: pd.DataFrame,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    meg = params["meg"]
+    times = meg["tmin"] + np.arange(meg["n_times"]) / meg["sfreq"]
+    pos = sensors[["px", "py"]].to_numpy()
+    q = int(params["latent_dims"])
+    n_img = act[0].shape[0]
+    data = np.zeros((n_img, len(sensors), len(times)))
+    sources = [(act, plan.act_latency, 1.0), (grad, plan.grad_latency, params["grad_weight"])]
+    for feats, latency, weight in sources:
+        for k, t_k in enumerate(latency):
+            if not np.isfinite(t_k):
+                continue
+            latent = _latent(feats[k], q, params, rng)  # (n_img, q)
+            topo = _meg_topographies(q, pos, rng)  # (q, n_sensors)
+            course = np.exp(-((times - t_k) ** 2) / (2 * meg["width_s"] ** 2))
+            data += weight * np.einsum("iq,qs,t->ist", latent, topo, course)
+    signal = data.reshape(n_img, -1)
+    table = pd.DataFrame({
+        "sensor": np.repeat(sensors["sensor"].to_numpy(), len(times)),
+        "time": np.tile(times, len(sensors)),
+    })
+    # Same noise level at every sensor and time: the SNR is that of the strongest target.
+    scale = np.full(signal.shape[1], signal.std(0).max())
+    return signal, table, params["snr_meg"] * (signal.std(0) / scale) ** 2
+
+
+def ctf275_sensors() -> pd.DataFrame:
+    """The CTF-275 MEG sensor names and 2-D layout positions that MNE ships (offline)."""
+    import mne
+
+    layout = mne.channels.read_layout("CTF275")
+    pos = layout.pos[:, :2] + layout.pos[:, 2:] / 2
+    pos = (pos - pos.mean(0)) / np.ptp(pos, axis=0).max()
+    return pd.DataFrame({"sensor": layout.names, "px": pos[:, 0], "py": pos[:, 1]})
+
+
+def simulate_subject(
+    act: list[np.ndarray], grad: list[np.ndarray], depths: np.ndarray, params: dict, seed: int,
+    dataset: str, subject: str, sensors: pd.DataFrame | None = None,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """One subject's responses (n_images, n_targets) float32 and its target table.
+
+    `act` and `grad` hold the source model's plant-pooled features per layer, (n_images, d_k).
+    Noise is drawn per repetition and averaged; the noise ceiling is estimated from the
+    repetitions with the NSD formula, as for real data.
+    """
+    plan = plan_subject(params["scenario"], depths, params["meg"], seed, dataset, subject)
+    rng = _rng(seed, dataset, subject, "responses")
+    parts, tables = [], []
+    fsig, ftab, fsnr = _fmri(act, grad, plan, params, rng)
+    dist = roi_geometry(ftab, params.get("reference_roi", "V1"))
+    ftab = ftab.assign(modality="fmri", atlas=params["atlas"], roi_distance_mm=ftab["roi"].map(dist),
+                       sensor="", time=np.nan)
+    parts.append((fsig, fsnr))
+    tables.append(ftab)
+    msig, mtab, msnr = _meg(act, grad, plan, params, sensors if sensors is not None else ctf275_sensors(), rng)
+    mtab = mtab.assign(modality="meg", atlas="", roi="", hemi="", x=np.nan, y=np.nan, z=np.nan,
+                       roi_distance_mm=np.nan)
+    parts.append((msig, msnr))
+    tables.append(mtab)
+    signal = np.concatenate([p[0] for p in parts], axis=1)
+    snr = np.concatenate([p[1] for p in parts])
+    signal = (signal - signal.mean(0)) / np.where(signal.std(0) > 0, signal.std(0), 1.0)
+    n_rep = int(params["n_repetitions"])
+    # Per-repetition noise so that the averaged response has the configured SNR (variance ratio).
+    noise_sd = np.sqrt(n_rep / np.maximum(snr, 1e-12))
+    reps = signal[None] + rng.standard_normal((n_rep, *signal.shape)) * noise_sd
+    table = pd.concat(tables, ignore_index=True)
+    table["noise_ceiling"] = noise_ceiling_from_repetitions(reps)
+    table.insert(0, "target", np.arange(len(table), dtype=np.int64))
+    columns = ["target", "modality", "atlas", "roi", "hemi", "x", "y", "z", "roi_distance_mm",
+               "sensor", "time", "noise_ceiling"]
+    return reps.mean(0).astype(np.float32), table[columns]

@@ -1,0 +1,318 @@
+"""Tests of the encoding stage against scikit-learn, closed forms and planted models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from sklearn.linear_model import RidgeCV
+from sklearn.metrics import r2_score
+from sklearn.model_selection import GroupKFold, KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from brainprop import contract
+from brainprop.encoding import (
+    DEFAULT_ALPHAS,
+    SUMMARY_COLUMNS,
+    RidgeEncoder,
+    encode,
+    load_target_scores,
+    make_folds,
+    ridge_cv,
+)
+from brainprop.io import CorruptFileError, write_table
+
+ALPHAS = np.asarray(DEFAULT_ALPHAS)
+
+
+def reference(X, Y, folds, alphas=ALPHAS):
+    """The METHOD.md §4 reference loop: StandardScaler + RidgeCV per fold, scipy Pearson r."""
+    r, r2, chosen = [], [], []
+    for train, test in folds:
+        pipe = make_pipeline(StandardScaler(), RidgeCV(alphas, alpha_per_target=True))
+        pred = pipe.fit(X[train], Y[train]).predict(X[test])
+        r.append([stats.pearsonr(pred[:, j], Y[test, j])[0] for j in range(Y.shape[1])])
+        r2.append(r2_score(Y[test], pred, multioutput="raw_values"))
+        chosen.append(pipe[-1].alpha_)
+    return np.mean(r, axis=0), np.mean(r2, axis=0), np.asarray(chosen)
+
+
+def random_data(rng, n, d, m):
+    """Features with unequal scales and offsets; targets mixing signal and noise at varied SNR."""
+    X = rng.standard_normal((n, d)) * rng.uniform(0.1, 10, d) + rng.uniform(-5, 5, d)
+    Y = X @ rng.standard_normal((d, m)) * 0.2 + rng.standard_normal((n, m)) * rng.uniform(0.5, 30, m) + 3
+    return X, Y
+
+
+def structured_data(rng, n, d, m, rank=4):
+    """Low-rank features plus a little noise; targets driven by the latent factors."""
+    Z = rng.standard_normal((n, rank))
+    X = Z @ rng.standard_normal((rank, d)) + 0.05 * rng.standard_normal((n, d))
+    Y = Z @ rng.standard_normal((rank, m)) + rng.standard_normal((n, m)) * rng.uniform(0.2, 5, m)
+    return X, Y
+
+
+@pytest.mark.parametrize("make", [random_data, structured_data], ids=["random", "structured"])
+@pytest.mark.parametrize("n, d", [(60, 20), (45, 90), (50, 40)], ids=["n>d", "n<d", "n_train=d"])
+@pytest.mark.parametrize("grouped", [False, True], ids=["kfold", "groupkfold"])
+def test_ridge_cv_matches_sklearn_reference(make, n, d, grouped):
+    rng = np.random.default_rng(n * d + grouped)
+    X, Y = make(rng, n, d, 12)
+    groups = np.array([f"photo{i // 3}" for i in range(n)]) if grouped else None
+    folds = make_folds(n, groups, 5, seed=3)
+    result = ridge_cv(X, Y, folds, ALPHAS)
+    r, r2, chosen = reference(X, Y, folds)
+    np.testing.assert_allclose(result.r, r, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.r2, r2, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(result.alpha, chosen)
+    assert result.alpha.shape == (5, 12)
+    assert len(np.unique(result.alpha)) > 1  # the comparison exercises penalty choice
+
+
+def test_ridge_cv_batches_and_float32_agree():
+    rng = np.random.default_rng(1)
+    X, Y = random_data(rng, 80, 30, 25)
+    folds = make_folds(80, None, 4, seed=0)
+    whole = ridge_cv(X, Y, folds, ALPHAS)
+    batched = ridge_cv(X, Y.astype(np.float32), folds, ALPHAS, batch_size=7)
+    one = ridge_cv(X, Y.astype(np.float32), folds, ALPHAS, batch_size=1)
+    np.testing.assert_allclose(batched.r, whole.r, atol=1e-5)
+    np.testing.assert_allclose(batched.r, one.r, rtol=0, atol=1e-12)  # BLAS order differs by width
+    np.testing.assert_array_equal(batched.alpha, one.alpha)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")
+def test_ridge_cv_ties_go_to_the_smallest_alpha():
+    # Features constant in every training split leave all penalties with the same
+    # leave-one-out error: an exact tie, which RidgeCV (alphas ascending) gives to the smallest.
+    rng = np.random.default_rng(2)
+    X = np.tile([1.0, -2.0, 3.0], (30, 1))
+    Y = rng.standard_normal((30, 4))
+    folds = make_folds(30, None, 3, seed=0)
+    result = ridge_cv(X, Y, folds, ALPHAS[::-1])
+    assert (result.alpha == ALPHAS.min()).all()
+    np.testing.assert_array_equal(reference(X, Y, folds)[2], result.alpha)
+    assert np.isnan(result.r).all()  # constant predictions have no correlation
+    with pytest.raises(ValueError, match="alphas"):
+        ridge_cv(X, Y, folds, [0.0, 1.0])
+
+
+def test_planted_linear_model_is_recovered():
+    # Y = X w + noise with X ~ N(0, I): the noise-limited r is sd(signal) / sd(signal + noise).
+    rng = np.random.default_rng(3)
+    n, d = 4000, 8
+    X = rng.standard_normal((n, d))
+    w = rng.standard_normal((d, 3))
+    ratio = np.array([0.5, 1.0, 3.0])  # noise sd / signal sd
+    Y = X @ w + rng.standard_normal((n, 3)) * ratio * np.linalg.norm(w, axis=0)
+    limit = 1.0 / np.sqrt(1.0 + ratio**2)
+    folds = make_folds(n, None, 5, seed=0)
+    result = ridge_cv(X, Y, folds, ALPHAS)
+    # Sampling error of r over n held-out images is about (1 - r^2) / sqrt(n); allow 4 of them.
+    assert (np.abs(result.r - limit) < 4 * (1 - limit**2) / np.sqrt(n)).all()
+    # Against the true weights on the same held-out images, only estimation error remains.
+    oracle = [[stats.pearsonr(X[test] @ w[:, j], Y[test, j])[0] for j in range(3)] for _, test in folds]
+    gap = np.mean(oracle, axis=0) - result.r
+    assert (gap > -1e-3).all() and (gap < 0.01).all()
+
+
+def test_ridge_cv_degenerate_targets_give_nan():
+    rng = np.random.default_rng(4)
+    X, Y = random_data(rng, 40, 10, 4)
+    Y[:, 1] = 7.0
+    Y[5, 2] = np.nan
+    result = ridge_cv(X, Y, make_folds(40, None, 4, seed=0), ALPHAS)
+    assert np.isnan(result.r[[1, 2]]).all() and np.isnan(result.alpha[:, [1, 2]]).all()
+    assert np.isfinite(result.r[[0, 3]]).all()
+
+
+def test_constant_column_in_one_split_gets_unit_scale():
+    # A column constant in a training split is standardised with scale 1, like StandardScaler.
+    rng = np.random.default_rng(5)
+    X, Y = random_data(rng, 40, 6, 5)
+    folds = make_folds(40, None, 4, seed=0)
+    X[folds[0][0], 2] = 1.5
+    result = ridge_cv(X, Y, folds, ALPHAS)
+    r, r2, chosen = reference(X, Y, folds)
+    np.testing.assert_allclose(result.r, r, atol=1e-6)
+    np.testing.assert_array_equal(result.alpha, chosen)
+
+
+@pytest.mark.parametrize("n, seed", [(23, 0), (100, 7)])
+def test_make_folds_equals_kfold(n, seed):
+    folds = make_folds(n, None, 5, seed)
+    expected = list(KFold(5, shuffle=True, random_state=seed).split(np.zeros(n)))
+    assert len(folds) == 5
+    for (train, test), (train_ref, test_ref) in zip(folds, expected):
+        np.testing.assert_array_equal(train, train_ref)
+        np.testing.assert_array_equal(test, test_ref)
+
+
+def test_make_folds_groups_equal_groupkfold_and_never_straddle():
+    rng = np.random.default_rng(6)
+    groups = np.array([f"img{k}" for k in rng.integers(0, 17, 90)])
+    folds = make_folds(90, groups, 5, seed=11)
+    expected = GroupKFold(5, shuffle=True, random_state=11).split(np.zeros(90), groups=groups)
+    for (train, test), (train_ref, test_ref) in zip(folds, expected):
+        np.testing.assert_array_equal(train, train_ref)
+        np.testing.assert_array_equal(test, test_ref)
+        assert not set(groups[train]) & set(groups[test])
+    np.testing.assert_array_equal(np.sort(np.concatenate([t for _, t in folds])), np.arange(90))
+    # Shuffling depends on the seed.
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(folds, make_folds(90, groups, 5, seed=12)))
+
+
+def test_make_folds_errors():
+    with pytest.raises(ValueError, match="4 samples"):
+        make_folds(4, None, 5, 0)
+    with pytest.raises(ValueError, match="3 groups"):
+        make_folds(10, np.array(list("aaabbbcccc")), 5, 0)
+    with pytest.raises(ValueError, match="groups has shape"):
+        make_folds(10, np.array(list("abcde")), 5, 0)
+    with pytest.raises(ValueError, match="n_folds=1"):
+        make_folds(10, None, 1, 0)
+
+
+def test_ridge_encoder_is_thin_wrapper():
+    rng = np.random.default_rng(8)
+    X, Y = random_data(rng, 60, 15, 6)
+    groups = np.repeat(np.arange(20), 3).astype(str)
+    model = RidgeEncoder(ALPHAS, n_folds=4, seed=2, groups=groups)
+    assert model.fit(X, Y) is model
+    expected = ridge_cv(X, Y, make_folds(60, groups, 4, 2), ALPHAS)
+    np.testing.assert_array_equal(model.scores_, expected.r)
+    np.testing.assert_array_equal(model.r2_, expected.r2)
+    np.testing.assert_array_equal(model.alphas_, expected.alpha)
+    assert model.get_params()["n_folds"] == 4
+    assert RidgeEncoder().fit(X, Y[:, 0]).scores_.shape == (1,)
+
+
+def fmri_targets(rois=("V1", "V2", "LO"), per_hemi=4, ceiling=0.5):
+    """Target table: each ROI has `per_hemi` vertices in lh and in rh."""
+    rows = []
+    for k, roi in enumerate(rois):
+        for hemi in ("lh", "rh"):
+            for _ in range(per_hemi):
+                rows.append({"modality": "fmri", "atlas": "demo", "roi": roi, "hemi": hemi,
+                             "x": 1.0, "y": 2.0, "z": 3.0, "roi_distance_mm": 10.0 * k,
+                             "sensor": "", "time": np.nan, "noise_ceiling": ceiling})
+    return pd.DataFrame(rows).assign(target=lambda t: np.arange(len(t), dtype=np.int64))
+
+
+def meg_targets(sensors=("MLO11", "MRO11", "MZO01"), times=(0.0, 0.1, 0.2, 0.3)):
+    """Target table: sensors × times, no ceiling."""
+    rows = [{"modality": "meg", "atlas": "", "roi": "", "hemi": "", "x": np.nan, "y": np.nan,
+             "z": np.nan, "roi_distance_mm": np.nan, "sensor": s, "time": t, "noise_ceiling": np.nan}
+            for t in times for s in sensors]
+    return pd.DataFrame(rows).assign(target=lambda t: np.arange(len(t), dtype=np.int64))
+
+
+@pytest.fixture
+def fmri_job():
+    rng = np.random.default_rng(9)
+    targets = fmri_targets()
+    X, Y = random_data(rng, 60, 12, len(targets))
+    X = X.astype(np.float32)
+    Y = Y.astype(np.float32)
+    return X, Y, targets, make_folds(60, None, 5, seed=0)
+
+
+def test_encode_fmri_summary_and_exclusions(fmri_job):
+    X, Y, targets, folds = fmri_job
+    Y[:, 0] = 2.0  # constant target (V1 lh)
+    Y[7, 5] = np.nan  # NaN target (V1 rh)
+    X = np.column_stack([X, np.zeros(60, np.float32)])  # dead unit
+    per_target, summary, counts = encode(X, Y, targets, folds, ALPHAS)
+
+    assert counts["n_features_dropped"] == 1 and counts["n_features"] == 13
+    assert counts["n_targets_excluded"] == 2
+    assert counts["n_targets_constant"] == 1 and counts["n_targets_nonfinite"] == 1
+    assert per_target["excluded"].tolist() == [i in (0, 5) for i in range(len(targets))]
+    assert per_target.loc[[0, 5], ["r", "r2", "alpha", "r_normalized"]].isna().all().all()
+
+    # Scores of the used targets are those of the reference fit on the used columns.
+    used = ~per_target["excluded"].to_numpy()
+    r, r2, _ = reference(X[:, :12].astype(np.float64), Y[:, used].astype(np.float64), folds)
+    np.testing.assert_allclose(per_target.loc[used, "r"], r, atol=1e-6)
+    np.testing.assert_allclose(per_target["r_normalized"], per_target["r"] / np.sqrt(0.5))
+
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    keys = list(zip(summary["roi"], summary["hemi"]))
+    assert keys == [(roi, h) for roi in ("V1", "V2", "LO") for h in ("lh", "rh", "both")]
+    merged = targets.assign(r=per_target["r"])
+    for roi in ("V1", "V2", "LO"):
+        pooled = summary[(summary.roi == roi) & (summary.hemi == "both")].iloc[0]
+        expected = merged.loc[merged.roi == roi, "r"].mean()  # pandas skips the excluded NaNs
+        assert pooled["r"] == pytest.approx(expected, abs=1e-12)
+        assert pooled["r_normalized"] == pytest.approx(expected / np.sqrt(0.5), abs=1e-12)
+        assert pooled["noise_ceiling"] == pytest.approx(0.5)
+    v1 = summary[summary.roi == "V1"].set_index("hemi")
+    assert v1.loc["lh", "n_targets"] == 3 and v1.loc["lh", "n_excluded"] == 1
+    assert v1.loc["both", "n_targets"] == 6 and v1.loc["both", "n_excluded"] == 2
+    assert summary["roi_distance_mm"].tolist() == [0.0] * 3 + [10.0] * 3 + [20.0] * 3
+    assert summary["time"].isna().all() and (summary["modality"] == "fmri").all()
+
+
+def test_encode_summary_follows_contract(fmri_job):
+    X, Y, targets, folds = fmri_job
+    _, summary, _ = encode(X, Y, targets, folds, ALPHAS)
+    identity = {"dataset": "d", "model": "m", "timm_name": "t", "signal": "act", "layer": "blocks.0",
+                "layer_index": 0, "depth": 0.0, "subject": "s1"}
+    table = summary.assign(**identity).astype({"layer_index": "int64"})
+    assert contract.validate_table("encoding", table) == []
+    assert summary["n_targets"].dtype == np.int64
+
+
+def test_encode_meg_one_row_per_time_without_ceiling():
+    rng = np.random.default_rng(10)
+    targets = meg_targets()
+    X, Y = random_data(rng, 50, 10, len(targets))
+    per_target, summary, counts = encode(X, Y, targets, make_folds(50, None, 5, 0), ALPHAS)
+    assert summary["time"].tolist() == [0.0, 0.1, 0.2, 0.3]
+    assert (summary[["atlas", "roi", "hemi"]] == "").all().all()
+    assert summary["roi_distance_mm"].isna().all() and summary["r_normalized"].isna().all()
+    assert (summary["n_targets"] == 3).all()
+    by_time = targets.assign(r=per_target["r"]).groupby("time")["r"].mean().to_numpy()
+    np.testing.assert_allclose(summary["r"], by_time, atol=1e-12)
+    assert per_target["r_normalized"].isna().all() and counts["n_targets_excluded"] == 0
+
+
+def test_encode_input_errors(fmri_job):
+    X, Y, targets, folds = fmri_job
+    bad = X.copy()
+    bad[3, 4] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        encode(bad, Y, targets, folds, ALPHAS)
+    with pytest.raises(ValueError, match="Y has 59"):
+        encode(X, Y[:59], targets, folds, ALPHAS)
+    with pytest.raises(ValueError, match="targets has 23 rows"):
+        encode(X, Y, targets.iloc[:23], folds, ALPHAS)
+    with pytest.raises(ValueError, match="3 images cannot be split into 5 folds"):
+        encode(X[:3], Y[:3], targets, folds, ALPHAS)
+    with pytest.raises(ValueError, match="all 12 feature columns are constant"):
+        encode(np.zeros_like(X), Y, targets, folds, ALPHAS)
+    with pytest.raises(ValueError, match="modality"):
+        encode(X, Y, targets.assign(modality="eeg"), folds, ALPHAS)
+
+
+def test_load_target_scores_roundtrip(tmp_path, fmri_job):
+    X, Y, targets, folds = fmri_job
+    per_target, _, _ = encode(X, Y, targets, folds, ALPHAS)
+    path = tmp_path / "scores.parquet"
+    write_table(path, per_target, {"seed": 0})
+    pd.testing.assert_frame_equal(load_target_scores(path), per_target)
+    write_table(path, per_target.drop(columns="alpha"))
+    with pytest.raises(CorruptFileError, match="alpha"):
+        load_target_scores(path)
+
+
+def test_encode_target_constant_in_one_split_is_excluded(fmri_job):
+    X, Y, targets, folds = fmri_job
+    Y[folds[2][1], 3] = 1.0  # constant over fold 2's test images only
+    per_target, summary, counts = encode(X, Y, targets, folds, ALPHAS)
+    assert per_target.loc[3, "excluded"] and np.isnan(per_target.loc[3, "r"])
+    assert counts["n_targets_degenerate_split"] == 1 and counts["n_targets_excluded"] == 1
+    assert counts["n_targets_constant"] == 0
+    assert summary["n_excluded"].sum() == 2  # once in V1 lh, once in V1 both

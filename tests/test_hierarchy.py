@@ -1,0 +1,196 @@
+"""Hierarchy scores against hand-computed best layers, T_max and np.corrcoef."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from brainprop.contract import validate_table
+from brainprop.hierarchy import (
+    best_layers,
+    exclusion_mask,
+    pearson,
+    spatial_score,
+    subject_hierarchy,
+    temporal_score,
+    tmax,
+)
+
+DEPTHS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+BASE = {"dataset": "sim", "model": "m", "timm_name": "vit_tiny", "signal": "act", "subject": "01",
+        "r_normalized": np.nan, "noise_ceiling": np.nan, "n_targets": 10, "n_excluded": 0}
+
+
+def fmri_rows(r_by_roi: dict[str, list[float]], dist: dict[str, float], hemi: str = "both",
+              atlas: str = "glasser", **over) -> pd.DataFrame:
+    """Encoding rows of one subject: r of each ROI at each of the layers in DEPTHS."""
+    rows = [BASE | {"modality": "fmri", "layer": f"blocks.{k}", "layer_index": k,
+                    "depth": DEPTHS[k], "atlas": atlas, "roi": roi, "hemi": hemi,
+                    "roi_distance_mm": dist[roi], "time": np.nan, "r": r} | over
+            for roi, rs in r_by_roi.items() for k, r in enumerate(rs)]
+    return pd.DataFrame(rows)
+
+
+def meg_rows(r_by_layer: list[list[float]], times: np.ndarray, **over) -> pd.DataFrame:
+    """Encoding rows of one subject: r(t) (mean over sensors) of each layer."""
+    rows = [BASE | {"modality": "meg", "layer": f"blocks.{k}", "layer_index": k, "depth": DEPTHS[k],
+                    "atlas": "", "roi": "", "hemi": "", "roi_distance_mm": np.nan, "time": t,
+                    "r": r} | over
+            for k, rs in enumerate(r_by_layer) for t, r in zip(times, rs)]
+    return pd.DataFrame(rows)
+
+
+# Best layers planted: V1 -> 0, V2 -> 1, V4 -> 2 (tie with 3: shallowest wins), LO -> 4,
+# IT never positive (excluded under 'nonpositive', best layer 3 under 'none').
+R_ROI = {
+    "V1": [0.5, 0.4, 0.3, 0.2, 0.1],
+    "V2": [0.2, 0.6, 0.3, 0.2, 0.1],
+    "V4": [0.1, 0.2, 0.7, 0.7, 0.1],
+    "LO": [0.1, 0.2, 0.3, 0.4, 0.8],
+    "IT": [-0.3, -0.2, -0.4, -0.1, -0.2],
+}
+DIST = {"V1": 0.0, "V2": 12.0, "V4": 25.0, "LO": 41.0, "IT": 30.0}
+TIMES = np.round(np.arange(6) * 0.1, 10)
+# T_max: layer 0 -> mean(0.1, 0.2) = 0.15 (0.96 ≥ 0.95); layer 1 -> mean(0.3, 0.5) = 0.4 (1.9/2 is
+# exactly 0.95, kept; 1.89/2 is not); layer 2: peak negative (excluded); layer 3 -> 0.4 (ties at
+# 1.0: none); layer 4 -> mean(0.4, 0.5) = 0.45.
+R_TIME = [
+    [0.0, 1.0, 0.96, 0.5, 0.0, 0.0],
+    [0.0, 0.5, 1.0, 2.0, 1.89, 1.9],
+    [-0.5, -0.2, -0.3, -0.1, -0.4, -0.6],
+    [0.0, 0.1, 0.2, 0.5, 1.0, 0.9],
+    [0.0, 0.0, 0.1, 0.3, 0.7, 0.7],
+]
+
+
+def test_pearson_matches_numpy_and_scipy():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=20), rng.normal(size=20)
+    assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
+    assert pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+    assert np.isnan(pearson(np.ones(5), y[:5]))
+    with pytest.raises(ValueError, match="equal length"):
+        pearson(x, y[:3])
+
+
+def test_exclusion_rules():
+    r = np.array([-0.1, 0.0, 0.2, np.nan, np.inf])
+    assert exclusion_mask(r, "nonpositive").tolist() == [False, False, True, False, False]
+    assert exclusion_mask(r, "none").tolist() == [True, True, True, False, False]
+
+
+def test_best_layers_argmax_with_ties_to_shallowest():
+    enc = pd.concat([fmri_rows(R_ROI, DIST), fmri_rows({"V1": [0.1, 0.9, 0.1, 0.1, 0.1]}, DIST, hemi="lh")])
+    best = best_layers(enc)
+    assert not validate_table("best_layers", best)
+    both = best[best["hemi"] == "both"].set_index("roi")
+    assert both["best_layer_index"].to_dict() == {"V1": 0, "V2": 1, "V4": 2, "LO": 4, "IT": 3}
+    assert both.loc["V4", "best_depth"] == 0.5 and both.loc["V4", "best_r"] == 0.7
+    assert both.loc["LO", "roi_distance_mm"] == 41.0
+    lh = best[best["hemi"] == "lh"]
+    assert lh["best_layer_index"].tolist() == [1]  # hemispheres are grouped apart
+
+
+def test_best_layers_all_nan_group_is_undefined():
+    best = best_layers(fmri_rows({"V1": [np.nan] * 5, "V2": [0.1, np.nan, 0.3, 0.2, 0.1]}, DIST))
+    best = best.set_index("roi")
+    assert best.loc["V1", "best_layer_index"] == -1 and np.isnan(best.loc["V1", "best_depth"])
+    assert best.loc["V2", "best_layer_index"] == 2
+
+
+def test_spatial_score_closed_form_with_exclusion():
+    best = best_layers(fmri_rows(R_ROI, DIST))
+    value, used, excluded = spatial_score(best, "glasser")
+    expected = np.corrcoef([0.0, 0.25, 0.5, 1.0], [0.0, 12.0, 25.0, 41.0])[0, 1]
+    assert value == pytest.approx(expected, abs=1e-12) and (used, excluded) == (4, 1)
+    value, used, excluded = spatial_score(best, "glasser", exclude="none")
+    expected = np.corrcoef([0.0, 0.25, 0.5, 1.0, 0.75], [0.0, 12.0, 25.0, 41.0, 30.0])[0, 1]
+    assert value == pytest.approx(expected, abs=1e-12) and (used, excluded) == (5, 0)
+
+
+def test_spatial_score_uses_only_both_hemispheres_of_the_atlas():
+    enc = pd.concat([fmri_rows(R_ROI, DIST), fmri_rows(R_ROI, DIST, hemi="lh"),
+                     fmri_rows({"V1": [0.9, 0, 0, 0, 0]}, DIST, atlas="other")])
+    assert spatial_score(best_layers(enc), "glasser")[1:] == (4, 1)
+    assert spatial_score(best_layers(enc), "other")[1:] == (1, 0)
+
+
+def test_spatial_score_nan_below_min_count_and_when_constant():
+    few = best_layers(fmri_rows({k: R_ROI[k] for k in ("V1", "V2", "IT")}, DIST))
+    value, used, excluded = spatial_score(few, "glasser")
+    assert np.isnan(value) and (used, excluded) == (2, 1)
+    flat = best_layers(fmri_rows({k: [0.1, 0.5, 0.2, 0.1, 0.1] for k in ("V1", "V2", "V4")}, DIST))
+    value, used, _ = spatial_score(flat, "glasser")
+    assert np.isnan(value) and used == 3
+
+
+def test_tmax_mean_of_times_above_threshold():
+    tm = tmax(meg_rows(R_TIME, TIMES))
+    assert not validate_table("tmax", tm)
+    np.testing.assert_allclose(tm["t_max_s"][[0, 1, 3, 4]], [0.15, 0.4, 0.4, 0.45], atol=1e-12)
+    np.testing.assert_allclose(tm["peak_r"], [1.0, 2.0, -0.1, 1.0, 0.7])
+    np.testing.assert_allclose(tm["depth"], DEPTHS)
+    # A non-positive peak: times within 5% of |peak| of it (only t = 0.3 here).
+    assert tm["t_max_s"][2] == pytest.approx(0.3)
+    strict = tmax(meg_rows(R_TIME, TIMES), threshold=1.0)
+    np.testing.assert_allclose(strict["t_max_s"][[0, 1, 4]], [0.1, 0.3, 0.45], atol=1e-12)
+
+
+def test_tmax_ignores_nan_times_and_rejects_bad_threshold():
+    tm = tmax(meg_rows([[np.nan, 0.2, 1.0, np.nan, 0.97, 0.1]], TIMES))
+    assert tm["t_max_s"].iloc[0] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="threshold=1.5"):
+        tmax(meg_rows(R_TIME, TIMES), threshold=1.5)
+
+
+def test_temporal_score_closed_form_with_exclusion():
+    tm = tmax(meg_rows(R_TIME, TIMES))
+    value, used, excluded = temporal_score(tm)
+    expected = np.corrcoef(DEPTHS[[0, 1, 3, 4]], [0.15, 0.4, 0.4, 0.45])[0, 1]
+    assert value == pytest.approx(expected, abs=1e-12) and (used, excluded) == (4, 1)
+    value, used, excluded = temporal_score(tm, exclude="none")
+    expected = np.corrcoef(DEPTHS, [0.15, 0.4, 0.3, 0.4, 0.45])[0, 1]
+    assert value == pytest.approx(expected, abs=1e-12) and (used, excluded) == (5, 0)
+    value, used, excluded = temporal_score(tm.iloc[[0, 1, 2]])
+    assert np.isnan(value) and (used, excluded) == (2, 1)
+
+
+def test_subject_hierarchy_both_modalities_and_signals():
+    enc = pd.concat([fmri_rows(R_ROI, DIST), meg_rows(R_TIME, TIMES),
+                     fmri_rows(R_ROI, DIST, signal="grad"), meg_rows(R_TIME[::-1], TIMES, signal="grad")])
+    best, tm, hier = subject_hierarchy(enc, "glasser", threshold=0.95, min_count=3)
+    for name, table in (("best_layers", best), ("tmax", tm), ("hierarchy", hier)):
+        assert not validate_table(name, table), name
+    assert len(hier) == 4 and set(hier["score"]) == {"spatial", "temporal"}
+    row = hier[(hier["signal"] == "act") & (hier["score"] == "temporal")].iloc[0]
+    assert row["atlas"] == "" and row["modality"] == "meg"
+    assert row["value"] == pytest.approx(temporal_score(tm[tm["signal"] == "act"])[0])
+    assert (row["n_used"], row["n_excluded"]) == (4, 1)
+    spatial = hier[(hier["signal"] == "grad") & (hier["score"] == "spatial")].iloc[0]
+    assert spatial["atlas"] == "glasser" and spatial["value"] == pytest.approx(
+        spatial_score(best[best["signal"] == "grad"], "glasser")[0])
+
+
+@pytest.mark.parametrize("modality", ["fmri", "meg"])
+def test_subject_hierarchy_one_modality(modality):
+    enc = fmri_rows(R_ROI, DIST) if modality == "fmri" else meg_rows(R_TIME, TIMES)
+    best, tm, hier = subject_hierarchy(enc, "glasser", 0.95, 3)
+    assert hier["score"].tolist() == ["spatial" if modality == "fmri" else "temporal"]
+    assert not validate_table("hierarchy", hier) and not validate_table("tmax", tm)
+    assert len(best if modality == "fmri" else tm) > 0
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="exclude='sometimes'"):
+        exclusion_mask(np.zeros(3), "sometimes")
+    with pytest.raises(ValueError, match="atlas='nope'"):
+        subject_hierarchy(fmri_rows(R_ROI, DIST), "nope")
+    with pytest.raises(ValueError, match="duplicated"):
+        best_layers(pd.concat([fmri_rows(R_ROI, DIST)] * 2))
+    two = best_layers(pd.concat([fmri_rows(R_ROI, DIST), fmri_rows(R_ROI, DIST, subject="02")]))
+    with pytest.raises(ValueError, match="expected one"):
+        spatial_score(two, "glasser")
+    with pytest.raises(ValueError, match="lacks columns"):
+        best_layers(fmri_rows(R_ROI, DIST).drop(columns="roi_distance_mm"))

@@ -1,0 +1,104 @@
+# The one place that reads and checks the config, names the outputs and defines input functions.
+import json
+
+from brainprop.config import ConfigError, alphas, validate_config
+from brainprop.figures import figure_names
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+
+RUN = config["run"]
+OUT = f"results/{RUN}"
+LOGS = f"{OUT}/logs"
+BENCH = f"{OUT}/benchmarks"
+DATASETS = config["datasets"]
+MODELS = config["models"]
+SUBJECTS = sorted({s for ds in DATASETS.values() for s in ds["subjects"]})
+SIGNALS = sorted({s for m in MODELS.values() for s in m["signals"]})
+
+
+def _choice(values):
+    return "|".join(sorted(values))
+
+
+wildcard_constraints:
+    imageset=_choice(config["stimuli"]),
+    model=_choice(MODELS),
+    dataset=_choice(DATASETS),
+    subject=_choice(SUBJECTS),
+    signal=_choice(SIGNALS),
+    layer=r"\d{2}",
+
+
+def mem_mb(base):
+    """Memory request that grows with each retry."""
+    return lambda wildcards, attempt: base * attempt
+
+
+def runtime(base):
+    """Runtime request (minutes) that grows with each retry."""
+    return lambda wildcards, attempt: base * attempt
+
+
+def on_cuda():
+    """Whether feature extraction runs on CUDA (only then do rules ask for a GPU)."""
+    if config["device"] == "cuda":
+        return True
+    if config["device"] == "cpu":
+        return False
+    import shutil
+
+    return shutil.which("nvidia-smi") is not None
+
+
+def manifest_of(imageset):
+    return f"{OUT}/stimuli/{imageset}/manifest.parquet"
+
+
+def layers_of(model):
+    """Layer ordinals of a model, known once the `layers` checkpoint has run."""
+    import pandas as pd
+
+    path = checkpoints.layers.get(model=model).output.layers
+    return [f"{i:02d}" for i in pd.read_parquet(path, columns=["layer_index"])["layer_index"]]
+
+
+def model_spec(model):
+    """The keys of a model entry that feature extraction depends on."""
+    keys = ("timm_name", "weights", "timm_kwargs", "input_size", "loss", "batch_size", "signals")
+    return {k: MODELS[model][k] for k in keys}
+
+
+def encode_outputs(dataset, model, subject):
+    return expand(
+        f"{OUT}/encoding/{dataset}/{model}/{{signal}}/{{layer}}/{subject}.summary.parquet",
+        signal=MODELS[model]["signals"],
+        layer=layers_of(model),
+    )
+
+
+def hierarchy_outputs(kind):
+    return [
+        f"{OUT}/hierarchy/{ds}/{model}/{subject}/{kind}.parquet"
+        for ds, cfg in DATASETS.items()
+        for model in MODELS
+        for subject in cfg["subjects"]
+    ]
+
+
+def dataset_modalities():
+    """Modalities each dataset carries (simulated datasets carry fMRI and MEG)."""
+    return {name: {"fmri", "meg"} for name in DATASETS}
+
+
+def final_outputs():
+    tables = expand(f"{OUT}/tables/{{name}}.parquet", name=TABLE_NAMES)
+    figures = [f"{OUT}/figures/{n}" for n in figure_names(dataset_modalities(), config["figures"]["formats"])]
+    truth = [f"{OUT}/truth/{ds}.parquet" for ds, cfg in DATASETS.items() if cfg["kind"] == "simulated"]
+    return tables + figures + truth
+
+
+TABLE_NAMES = ["encoding", "best_layers", "tmax", "hierarchy", "tests", "cka"]

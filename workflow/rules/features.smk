@@ -1,0 +1,67 @@
+# Features: the selected layers of each model, then activations and gradients of every layer
+# from one tracked forward and one backward pass per batch.
+
+
+checkpoint layers:
+    output:
+        layers=f"{OUT}/features/{{model}}/layers.parquet",
+    params:
+        timm_name=lambda wc: MODELS[wc.model]["timm_name"],
+        timm_kwargs=lambda wc: MODELS[wc.model]["timm_kwargs"],
+        input_size=lambda wc: MODELS[wc.model]["input_size"],
+        layers=lambda wc: MODELS[wc.model]["layers"],
+        pooling=lambda wc: MODELS[wc.model]["pooling"],
+    log:
+        f"{LOGS}/layers/{{model}}.log",
+    benchmark:
+        f"{BENCH}/layers/{{model}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime(10),
+    script:
+        "../scripts/layers.py"
+
+
+rule extract:
+    input:
+        manifest=lambda wc: manifest_of(wc.imageset),
+        layers=rules.layers.output.layers,
+    output:
+        features=directory(f"{OUT}/features/{{model}}/{{imageset}}/extract"),
+    params:
+        model=lambda wc: model_spec(wc.model),
+        pooling=lambda wc: MODELS[wc.model]["pooling"],
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        f"{LOGS}/extract/{{model}}/{{imageset}}.log",
+    benchmark:
+        f"{BENCH}/extract/{{model}}/{{imageset}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=runtime(60),
+        gpu=1 if on_cuda() else 0,
+    script:
+        "../scripts/extract.py"
+
+
+rule cka:
+    input:
+        features=rules.extract.output.features,
+        layers=rules.layers.output.layers,
+    output:
+        cka=f"{OUT}/features/{{model}}/{{imageset}}/cka.parquet",
+    params:
+        signals=lambda wc: MODELS[wc.model]["signals"],
+    log:
+        f"{LOGS}/cka/{{model}}/{{imageset}}.log",
+    benchmark:
+        f"{BENCH}/cka/{{model}}/{{imageset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=runtime(10),
+    script:
+        "../scripts/cka.py"

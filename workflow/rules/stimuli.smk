@@ -1,0 +1,19 @@
+# Stimuli: the ordered image set every feature and brain matrix is indexed by.
+
+
+rule stimuli:
+    output:
+        manifest=f"{OUT}/stimuli/{{imageset}}/manifest.parquet",
+    params:
+        spec=lambda wc: config["stimuli"][wc.imageset],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/stimuli/{{imageset}}.log",
+    benchmark:
+        f"{BENCH}/stimuli/{{imageset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime(10),
+    script:
+        "../scripts/stimuli.py"
