@@ -8,8 +8,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
-from sklearn.model_selection import GroupKFold, KFold
 
 from ._ridge import Fold, RidgeCVResult, check_folds, ridge_cv
 from .io import CorruptFileError, read_table
@@ -26,6 +24,8 @@ __all__ = [
     "encode",
     "load_target_scores",
     "run_encode",
+    "folds_table",
+    "folds_from_table",
 ]
 
 # METHOD.md §4: 10 penalties log-spaced from 1e0 to 1e8.
@@ -64,6 +64,8 @@ def make_folds(n_samples: int, groups: np.ndarray | None, n_folds: int, seed: in
         raise ValueError(f"n_folds={n_folds}; expected at least 2")
     if n_samples < n_folds:
         raise ValueError(f"{n_samples} samples cannot be split into n_folds={n_folds} folds")
+    from sklearn.model_selection import GroupKFold, KFold
+
     X = np.zeros((n_samples, 1))
     if groups is None:
         return list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
@@ -76,7 +78,7 @@ def make_folds(n_samples: int, groups: np.ndarray | None, n_folds: int, seed: in
     return list(GroupKFold(n_folds, shuffle=True, random_state=seed).split(X, groups=groups))
 
 
-class RidgeEncoder(BaseEstimator):
+class RidgeEncoder:
     """Cross-validated ridge encoding model (scikit-learn conventions).
 
     Parameters
@@ -107,6 +109,10 @@ class RidgeEncoder(BaseEstimator):
         self.n_folds = n_folds
         self.seed = seed
         self.groups = groups
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Constructor arguments, as scikit-learn's `get_params` returns them."""
+        return {"alphas": self.alphas, "n_folds": self.n_folds, "seed": self.seed, "groups": self.groups}
 
     def fit(self, X: np.ndarray, Y: np.ndarray) -> RidgeEncoder:
         """Score X -> Y by cross-validation; X (n_images, n_features), Y (n_images,[ n_targets])."""
@@ -298,7 +304,26 @@ def load_target_scores(path: str | os.PathLike) -> pd.DataFrame:
     return table
 
 
-def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict, seed: int) -> None:
+def folds_table(samples: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> pd.DataFrame:
+    """The outer folds of a dataset as a table: image_id, group, fold (the test fold of the image)."""
+    groups = samples["group"].to_numpy() if grouped else None
+    fold = np.full(len(samples), -1, dtype=np.int64)
+    for k, (_, test) in enumerate(make_folds(len(samples), groups, n_folds, seed)):
+        fold[test] = k
+    return pd.DataFrame({"image_id": samples["image_id"].to_numpy(), "group": samples["group"].to_numpy(),
+                         "fold": fold})
+
+
+def folds_from_table(table: pd.DataFrame, image_ids: np.ndarray) -> list[Fold]:
+    """(train, test) index pairs for images in `image_ids` order from a `folds_table`."""
+    if not np.array_equal(table["image_id"].to_numpy(), np.asarray(image_ids)):
+        raise ValueError("the folds table lists other images, or another order, than the targets")
+    fold = table["fold"].to_numpy()
+    every = np.arange(len(fold))
+    return [(every[fold != k], every[fold == k]) for k in range(int(fold.max()) + 1)]
+
+
+def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict) -> None:
     """Entry point of the encode rule: one layer's features against one subject's targets.
 
     `inputs` has features (extract folder), layers, Y, targets and samples; `outputs` has
@@ -319,8 +344,7 @@ def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict, 
     X = np.asarray(load_features(inputs.features, identity["signal"], layer_index))
     Y = load_array(inputs.Y, mmap=True)
     targets = read_table(inputs.targets)
-    groups = samples["group"].to_numpy() if params["group_folds"] else None
-    folds = make_folds(len(samples), groups, params["folds"], seed)
+    folds = folds_from_table(read_table(inputs.folds), samples["image_id"].to_numpy())
     per_target, summary, counts = encode(X, Y, targets, folds, alpha_grid(params))
     log.info("counts: %s", counts)
     layer = load_layers(inputs.layers).set_index("layer_index").loc[layer_index]

@@ -10,7 +10,7 @@ def source_model(dataset):
 def simulation_params(dataset):
     """What a simulated subject depends on: the simulation entry plus atlas and reference ROI."""
     ds = DATASETS[dataset]
-    return {**ds["simulation"], "atlas": ds["atlas"], "reference_roi": ds["reference_roi"]}
+    return {"latent_grid": 2, "detail_fraction": 0.25, **ds["simulation"], "plant_grid": ds["simulation"]["plant_pooling"]["grid"], "atlas": ds["atlas"], "reference_roi": ds["reference_roi"]}
 
 
 rule plant:
