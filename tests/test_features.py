@@ -1,0 +1,539 @@
+"""Tests of brainprop.features: hooked activations and gradients, pooling, checkpoints, loaders, CKA.
+
+Every model is a random-weight timm model (`pretrained=False`) on small inputs. Gradients are
+checked against `torch.autograd.grad` of the loss taken one image at a time on a copy of the
+model with its own hooks, the input requiring grad (no detached leaf), then pooled with `pool`.
+Tolerance: rtol 1e-4 and atol 1e-5 x the largest |reference| of the layer (float32 forward;
+batched and one-image convolutions differ by about 1e-6 relative).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brainprop.features import cka_table, feature_path, linear_cka, load_features, load_layers, load_samples
+from brainprop.features import extract as ex
+from brainprop.features.extract import TokenContext, pool
+from brainprop.io import CorruptFileError, save_array, write_table
+
+CNN = ("resnet18", {"zero_init_last": False})
+VIT = ("vit_tiny_patch16_224", {})
+SIZE = 64
+N_IMAGES = 16
+
+
+# ---------------------------------------------------------------- helpers and fixtures
+
+
+def _model(spec: tuple[str, dict], seed: int = 0, size: int = SIZE) -> torch.nn.Module:
+    return ex.create_model(spec[0], "random", seed, size, spec[1])
+
+
+def _images(n: int = N_IMAGES, size: int = SIZE, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _reference(model: torch.nn.Module, images: torch.Tensor, names: list[str]) -> tuple[dict, dict]:
+    """Unpooled block outputs and dL/d(output), one image at a time, with own hooks on a copy."""
+    ref = copy.deepcopy(model)
+    modules = dict(ref.named_modules())
+    outs: dict[str, list] = {n: [] for n in names}
+    grads: dict[str, list] = {n: [] for n in names}
+    for image in images:
+        store: dict[str, torch.Tensor] = {}
+        handles = [
+            modules[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o)) for n in names
+        ]
+        try:
+            x = image[None].clone().requires_grad_(True)
+            logits = ref(x)
+            loss = F.cross_entropy(logits, logits.argmax(dim=1))
+            g = torch.autograd.grad(loss, [store[n] for n in names])
+        finally:
+            for h in handles:
+                h.remove()
+        for n, gn in zip(names, g):
+            outs[n].append(store[n].detach())
+            grads[n].append(gn)
+    return {n: torch.cat(v) for n, v in outs.items()}, {n: torch.cat(v) for n, v in grads.items()}
+
+
+def _assert_close(got: np.ndarray, ref: np.ndarray) -> None:
+    scale = float(np.abs(ref).max())
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * scale if scale > 0 else 0.0)
+
+
+@pytest.fixture(scope="module")
+def cnn_case():
+    """resnet18 (random, zero_init_last=False) at 64 px: model, images, blocks, reference."""
+    model = _model(CNN)
+    images = _images()
+    names = ex.find_blocks(model)
+    return model, images, names, TokenContext(), *_reference(model, images, names)
+
+
+@pytest.fixture(scope="module")
+def vit_case():
+    """vit_tiny at 64 px (class token, head on the class token): model, images, blocks, reference."""
+    model = _model(VIT)
+    images = _images()
+    names = ex.find_blocks(model)
+    ctx = TokenContext(num_prefix_tokens=1, num_reg_tokens=0, has_class_token=True)
+    return model, images, names, ctx, *_reference(model, images, names)
+
+
+@pytest.fixture(scope="module")
+def demo_manifest(tmp_path_factory):
+    """A 12-image demo manifest of 32 px images."""
+    from brainprop.stimuli import make_demo_images, write_manifest
+
+    root = tmp_path_factory.mktemp("stimuli")
+    manifest = make_demo_images(root, n_images=12, size=32)
+    write_manifest(root / "manifest.parquet", manifest)
+    return root / "manifest.parquet", manifest
+
+
+# ---------------------------------------------------------------- 1, 2: gradients and batch size
+
+
+@pytest.mark.parametrize(
+    "case, mode",
+    [("cnn_case", "grid"), ("cnn_case", "mean"), ("vit_case", "grid"), ("vit_case", "mean"), ("vit_case", "cls")],
+)
+def test_features_match_one_image_autograd(case, mode, request):
+    model, images, names, ctx, ref_out, ref_grad = request.getfixturevalue(case)
+    spec = {"mode": mode, "grid": 2}
+    feats = ex.extract_features(model, images, names, spec, "cross_entropy", batch_size=N_IMAGES)
+    assert set(feats) == {"act", "grad"}
+    for k, name in enumerate(names):
+        _assert_close(feats["act"][k], pool(ref_out[name], spec, ctx).numpy())
+        _assert_close(feats["grad"][k], pool(ref_grad[name], spec, ctx).numpy())
+    # The check is not vacuous: the first block's gradient is not zero.
+    assert np.abs(feats["grad"][0]).max() > 0
+
+
+@pytest.mark.parametrize("case", ["cnn_case", "vit_case"])
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_batch_size_invariance(case, batch_size, request):
+    model, images, names, *_ = request.getfixturevalue(case)
+    spec = {"mode": "grid", "grid": 2}
+    full = ex.extract_features(model, images, names, spec, "cross_entropy", batch_size=N_IMAGES)
+    small = ex.extract_features(model, images, names, spec, "cross_entropy", batch_size=batch_size)
+    for signal in ("act", "grad"):
+        for a, b in zip(small[signal], full[signal]):
+            assert a.dtype == np.float32 and a.shape == (N_IMAGES, b.shape[1])
+            _assert_close(a, b)
+
+
+def test_extraction_leaves_model_frozen_and_unhooked(cnn_case):
+    model, images, names, *_ = cnn_case
+    ex.extract_features(model, images[:2], names, {"mode": "mean"}, "cross_entropy")
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+# ---------------------------------------------------------------- 3: checkpoints
+
+
+class _Payload:
+    """An object whose unpickling creates a directory: proof that arbitrary code ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_checkpoint_gives_identical_features(cnn_case, tmp_path, wrapped):
+    model, images, names, *_ = cnn_case
+    path = tmp_path / "random.pt"
+    state = model.state_dict()
+    torch.save({"state_dict": state} if wrapped else state, path)
+    loaded = ex.create_model(CNN[0], str(path), seed=123, input_size=SIZE, timm_kwargs=CNN[1])
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    spec = {"mode": "grid", "grid": 2}
+    a = ex.extract_features(model, images[:4], names, spec, "cross_entropy")
+    b = ex.extract_features(loaded, images[:4], names, spec, "cross_entropy")
+    for signal in ("act", "grad"):
+        for x, y in zip(a[signal], b[signal]):
+            np.testing.assert_array_equal(x, y)
+    # Another seed without the checkpoint gives other features: the weights came from the file.
+    other = ex.create_model(CNN[0], "random", seed=123, input_size=SIZE, timm_kwargs=CNN[1])
+    c = ex.extract_features(other, images[:4], names[:1], spec, "cross_entropy", signals=("act",))
+    assert not np.allclose(c["act"][0], a["act"][0])
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    path = tmp_path / "nowhere" / "weights.pt"
+    with pytest.raises(FileNotFoundError, match=str(path)):
+        ex.create_model("resnet18", str(path), seed=0)
+
+
+def test_checkpoint_with_pickled_object_is_refused(cnn_case, tmp_path):
+    model = cnn_case[0]
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": model.state_dict(), "extra": _Payload(str(marker))}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        ex.create_model(CNN[0], str(path), seed=0, input_size=SIZE, timm_kwargs=CNN[1])
+    assert not marker.exists()
+
+
+def test_pretrained_passes_input_size_and_wraps_hub_errors(monkeypatch):
+    import timm
+
+    calls = []
+
+    def fake_create(name, pretrained=False, **kwargs):
+        calls.append((name, pretrained, kwargs))
+        if name == "offline_model":
+            raise OSError("no network")
+        with torch.device("cpu"):
+            return torch.nn.Linear(2, 2)
+
+    monkeypatch.setattr(timm, "create_model", fake_create)
+    ex.create_model("vit_tiny_patch16_224", "pretrained", seed=0, input_size=64, timm_kwargs={"num_classes": 5})
+    assert calls[-1] == ("vit_tiny_patch16_224", True, {"num_classes": 5, "img_size": 64})
+    with pytest.raises(RuntimeError, match="offline_model.*prefetch"):
+        ex.create_model("offline_model", "pretrained", seed=0)
+
+
+# ---------------------------------------------------------------- 4: pooling
+
+
+def _adaptive_bounds(size: int, g: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling cells: [floor(i*size/g), ceil((i+1)*size/g))."""
+    return [((i * size) // g, -((-(i + 1) * size) // g)) for i in range(g)]
+
+
+def _hand_grid(fmap: np.ndarray, g: int) -> np.ndarray:
+    """(B, C, H, W) -> (B, C*g*g) by explicit cell means, channel-major."""
+    b, c, h, w = fmap.shape
+    out = np.zeros((b, c, g, g))
+    for i, (y0, y1) in enumerate(_adaptive_bounds(h, g)):
+        for j, (x0, x1) in enumerate(_adaptive_bounds(w, g)):
+            out[:, :, i, j] = fmap[:, :, y0:y1, x0:x1].mean(axis=(2, 3))
+    return out.reshape(b, -1)
+
+
+@pytest.mark.parametrize("side, g", [(4, 2), (5, 2), (6, 3)])
+def test_pooling_cnn_layout(side, g):
+    x = np.random.default_rng(0).normal(size=(2, 3, side, side)).astype(np.float32)
+    t = torch.from_numpy(x)
+    np.testing.assert_allclose(pool(t, {"mode": "mean"}).numpy(), x.mean(axis=(2, 3)), rtol=1e-6, atol=1e-6)
+    got = pool(t, {"mode": "grid", "grid": g}).numpy()
+    np.testing.assert_allclose(got, _hand_grid(x.astype(np.float64), g), rtol=1e-6, atol=1e-6)
+    assert pool(t, {"mode": "grid"}).shape == (2, 3 * 4)  # default grid is 2
+    with pytest.raises(ValueError, match="class token"):
+        pool(t, {"mode": "cls"})
+    with pytest.raises(ValueError, match="class token"):
+        pool(t, {"mode": "cls_mean"})
+
+
+def test_pooling_channels_last_layout():
+    """Swin-like (B, H, W, C) outputs pool like their (B, C, H, W) transpose."""
+    x = torch.randn(2, 4, 4, 3)
+    ctx = TokenContext(channels_last=True)
+    nchw = x.permute(0, 3, 1, 2).numpy().astype(np.float64)
+    np.testing.assert_allclose(pool(x, {"mode": "grid"}, ctx).numpy(), _hand_grid(nchw, 2), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pool(x, {"mode": "mean"}, ctx).numpy(), nchw.mean(axis=(2, 3)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n_reg", [0, 4])
+def test_pooling_token_layout(n_reg):
+    b, side, c = 2, 4, 3
+    rng = np.random.default_rng(1)
+    cls = rng.normal(size=(b, 1, c))
+    regs = np.full((b, n_reg, c), 1e6)  # registers must never leak into mean or grid
+    patches = rng.normal(size=(b, side * side, c))
+    x = torch.from_numpy(np.concatenate([cls, regs, patches], axis=1).astype(np.float32))
+    ctx = TokenContext(num_prefix_tokens=1 + n_reg, num_reg_tokens=n_reg, has_class_token=True)
+    fmap = patches.reshape(b, side, side, c).transpose(0, 3, 1, 2)  # token index = row * side + col
+    expected = {
+        "cls": cls[:, 0],
+        "mean": patches.mean(axis=1),
+        "cls_mean": np.concatenate([cls[:, 0], patches.mean(axis=1)], axis=1),
+        "grid": np.concatenate([cls[:, 0], _hand_grid(fmap, 2)], axis=1),
+    }
+    for mode, want in expected.items():
+        np.testing.assert_allclose(pool(x, {"mode": mode, "grid": 2}, ctx).numpy(), want, rtol=1e-5, atol=1e-6)
+    # Without a class token (registers only), grid is the patch grid alone and cls is refused.
+    no_cls = TokenContext(num_prefix_tokens=max(n_reg, 0), num_reg_tokens=n_reg, has_class_token=False)
+    tokens = torch.from_numpy(np.concatenate([regs, patches], axis=1).astype(np.float32))
+    np.testing.assert_allclose(pool(tokens, {"mode": "grid"}, no_cls).numpy(), _hand_grid(fmap, 2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="class token"):
+        pool(tokens, {"mode": "cls"}, no_cls)
+
+
+def test_pooling_errors():
+    with pytest.raises(ValueError) as err:
+        pool(torch.zeros(1, 3, 2, 2), {"mode": "max"})
+    assert "'max'" in str(err.value)
+    for mode in ("grid", "mean", "cls", "cls_mean"):
+        assert repr(mode) in str(err.value)
+    with pytest.raises(ValueError, match="square"):
+        pool(torch.zeros(1, 1 + 15, 3), {"mode": "mean"}, TokenContext(1, 0, True))
+    with pytest.raises(ValueError, match=r"\(2, 3\)"):
+        pool(torch.zeros(2, 3), {"mode": "mean"})
+
+
+def test_token_context_reads_timm_models():
+    import timm
+
+    with torch.device("meta"):
+        regs = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, reg_tokens=4)
+        bare = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=64, reg_tokens=4, class_token=False, global_pool="avg"
+        )
+        swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
+        cnn = timm.create_model("resnet18", pretrained=False)
+    assert ex._token_context(regs) == TokenContext(5, 4, True, False)
+    assert ex._token_context(bare) == TokenContext(4, 4, False, False)
+    assert ex._token_context(swin).channels_last
+    assert ex._token_context(cnn) == TokenContext()
+
+
+# ---------------------------------------------------------------- 5: losses
+
+
+def test_cross_entropy_needs_a_classifier_head():
+    model = ex.create_model("resnet18", "random", 0, 32, {"num_classes": 0})
+    with pytest.raises(ValueError, match="classifier head"):
+        ex.extract_features(model, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "cross_entropy")
+
+
+def test_unknown_loss_lists_valid_losses(cnn_case):
+    model, images, names, *_ = cnn_case
+    with pytest.raises(ValueError) as err:
+        ex.extract_features(model, images[:1], names, {"mode": "mean"}, "mse")
+    assert "'mse'" in str(err.value)
+    for name in ex.LOSSES:
+        assert repr(name) in str(err.value)
+
+
+# ---------------------------------------------------------------- 6: layer resolution
+
+
+@pytest.fixture
+def meta_spy(monkeypatch):
+    """Record the device of every model timm builds."""
+    import timm
+
+    devices: list[torch.device] = []
+    original = timm.create_model
+
+    def spy(*args, **kwargs):
+        model = original(*args, **kwargs)
+        devices.append(next(model.parameters()).device)
+        return model
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    return devices
+
+
+def test_resolve_layers_resnet_all_blocks_on_meta(meta_spy):
+    table = ex.resolve_layers("resnet18", {"n": 22}, {"mode": "grid", "grid": 2}, SIZE, CNN[1])
+    assert meta_spy and all(d.type == "meta" for d in meta_spy)
+    assert list(table["layer"]) == [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
+    assert list(table["layer_index"]) == list(range(8)) and list(table["ordinal"]) == list(range(8))
+    depth = table["depth"].to_numpy()
+    assert depth[0] == 0.0 and depth[-1] == 1.0 and np.all(np.diff(depth) > 0)
+    np.testing.assert_allclose(depth, np.arange(8) / 7)
+    assert table["layer_index"].dtype == np.int64 and table["depth"].dtype == np.float64
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_resolve_layers_even_selection(n):
+    table = ex.resolve_layers("resnet18", {"n": n}, {"mode": "mean"}, SIZE, CNN[1])
+    ordinals = table["ordinal"].to_numpy()
+    assert len(table) == n and ordinals[0] == 0 and ordinals[-1] == 7
+    gaps = np.diff(ordinals)
+    assert gaps.min() >= 1 and gaps.max() - gaps.min() <= 1  # evenly spaced up to rounding
+    np.testing.assert_allclose(table["depth"], ordinals / 7)
+
+
+def test_resolve_layers_explicit_names_and_errors():
+    table = ex.resolve_layers("resnet18", {"names": ["layer2.0", "layer4.1"]}, {"mode": "mean"}, SIZE, CNN[1])
+    assert list(table["layer"]) == ["layer2.0", "layer4.1"]
+    assert list(table["ordinal"]) == [2, 7] and list(table["layer_index"]) == [0, 1]
+    np.testing.assert_allclose(table["depth"], [2 / 7, 1.0])
+    with pytest.raises(ValueError) as err:
+        ex.resolve_layers("resnet18", {"names": ["layer9.9"]}, {"mode": "mean"}, SIZE)
+    assert "layer9.9" in str(err.value) and "layer1.0" in str(err.value) and "layer4.1" in str(err.value)
+    with pytest.raises(ValueError, match="not a block"):
+        ex.resolve_layers("resnet18", {"names": ["conv1"]}, {"mode": "mean"}, SIZE)
+    with pytest.raises(ValueError, match="positive integer"):
+        ex.resolve_layers("resnet18", {"n": 0}, {"mode": "mean"}, SIZE)
+
+
+@pytest.mark.parametrize(
+    "case, spec",
+    [
+        ("cnn_case", {"mode": "grid", "grid": 2}),
+        ("cnn_case", {"mode": "grid", "grid": 3}),
+        ("cnn_case", {"mode": "mean"}),
+        ("vit_case", {"mode": "grid", "grid": 2}),
+        ("vit_case", {"mode": "cls_mean"}),
+    ],
+)
+def test_resolved_dim_equals_real_pooled_dim(case, spec, request):
+    model, images, *_ = request.getfixturevalue(case)
+    timm_name, kwargs = CNN if case == "cnn_case" else VIT
+    table = ex.resolve_layers(timm_name, {"n": 4}, spec, SIZE, kwargs)
+    feats = ex.extract_features(model, images[:2], list(table["layer"]), spec, "cross_entropy")
+    assert list(table["dim"]) == [a.shape[1] for a in feats["act"]] == [g.shape[1] for g in feats["grad"]]
+
+
+def test_resolve_layers_channels_last_model():
+    """Swin blocks output (B, H, W, C): the grid keeps C channels, not H."""
+    table = ex.resolve_layers("swin_tiny_patch4_window7_224", {"n": 2}, {"mode": "grid", "grid": 2})
+    assert list(table["dim"]) == [96 * 4, 768 * 4]
+
+
+# ---------------------------------------------------------------- 7: class-token head
+
+
+def test_vit_class_token_head_gives_finite_zero_patch_gradients(vit_case):
+    model, images, names, *_ = vit_case
+    last = [names[0], names[-1]]
+    grid = ex.extract_features(model, images[:4], last, {"mode": "grid", "grid": 2}, "cross_entropy")
+    mean = ex.extract_features(model, images[:4], last, {"mode": "mean"}, "cross_entropy")
+    for feats in (grid, mean):
+        for signal in ("act", "grad"):
+            assert all(np.isfinite(a).all() for a in feats[signal])
+    dim = 192
+    assert np.abs(grid["grad"][1][:, :dim]).max() > 0  # class token gradient
+    assert np.all(grid["grad"][1][:, dim:] == 0)  # patch-token gradients of the last block
+    assert np.all(mean["grad"][1] == 0)
+    assert np.abs(mean["grad"][0]).max() > 0  # earlier blocks reach the class token through attention
+
+
+# ---------------------------------------------------------------- 8: run_extract and loaders
+
+
+def test_run_extract_end_to_end(demo_manifest, tmp_path):
+    import timm
+    from PIL import Image
+
+    manifest_path, manifest = demo_manifest
+    pooling = {"mode": "grid", "grid": 2}
+    spec = {"timm_name": CNN[0], "weights": "random", "input_size": 32, "timm_kwargs": CNN[1], "loss": "cross_entropy"}
+    layers = ex.resolve_layers(CNN[0], {"n": 3}, pooling, 32, CNN[1])
+    write_table(tmp_path / "layers.parquet", layers)
+    out = tmp_path / "extract"
+    ex.run_extract(manifest_path, tmp_path / "layers.parquet", out, spec, pooling, seed=0, device="cpu", batch_size=5)
+
+    assert load_layers(tmp_path / "layers.parquet").equals(layers)
+    for signal in ("act", "grad"):
+        for k, dim in enumerate(layers["dim"]):
+            path = out / signal / f"{k:02d}.npy"
+            assert feature_path(out, signal, k) == path and path.is_file()
+            array = load_features(out, signal, k)
+            assert array.dtype == np.float32 and array.shape == (12, dim) and np.isfinite(array).all()
+    samples = load_samples(out)
+    assert list(samples["image_id"]) == list(manifest["image_id"])
+    assert list(samples["group"]) == list(manifest["group"])
+
+    # Row i is image i: recompute image 7 alone with an independently built transform.
+    model = ex.create_model(CNN[0], "random", 0, 32, CNN[1])
+    config = timm.data.resolve_data_config({"input_size": (3, 32, 32), "crop_pct": 1.0}, model=model)
+    with Image.open(manifest_path.parent / manifest["path"].iloc[7]) as img:
+        x = timm.data.create_transform(**config)(img.convert("RGB"))[None]
+    one = ex.extract_features(model, x, list(layers["layer"]), pooling, "cross_entropy")
+    for signal in ("act", "grad"):
+        for k in range(len(layers)):
+            _assert_close(np.asarray(load_features(out, signal, k))[7:8], one[signal][k])
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_truncated_features_raise_corrupt_file_error(tmp_path, mmap):
+    path = feature_path(tmp_path, "act", 0)
+    save_array(path, np.ones((12, 40), dtype=np.float32))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match=str(path)):
+        load_features(tmp_path, "act", 0, mmap=mmap)
+
+
+def test_load_features_rejects_non_matrix(tmp_path):
+    save_array(feature_path(tmp_path, "act", 3), np.ones(5, dtype=np.float32))
+    with pytest.raises(ValueError, match="n_images, dim"):
+        load_features(tmp_path, "act", 3)
+
+
+# ---------------------------------------------------------------- 9: CKA
+
+
+def _hsic(k: np.ndarray, l: np.ndarray) -> float:
+    n = len(k)
+    h = np.eye(n) - np.ones((n, n)) / n
+    return float(np.trace(k @ h @ l @ h)) / (n - 1) ** 2
+
+
+def _cka_by_hsic(a: np.ndarray, b: np.ndarray) -> float:
+    k, l = a @ a.T, b @ b.T
+    return _hsic(k, l) / np.sqrt(_hsic(k, k) * _hsic(l, l))
+
+
+@pytest.mark.parametrize("n, da, db", [(30, 5, 8), (10, 40, 25)])
+def test_linear_cka_against_hsic(n, da, db):
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(n, da))
+    b = a[:, :3] @ rng.normal(size=(3, db)) + 0.5 * rng.normal(size=(n, db))
+    value = linear_cka(a, b)
+    assert value == pytest.approx(_cka_by_hsic(a, b), rel=1e-10)
+    assert 0 < value < 1
+    assert linear_cka(a, a) == pytest.approx(1.0, rel=1e-12)
+    assert linear_cka(3.7 * a + 2.0, b) == pytest.approx(value, rel=1e-10)  # scale and shift
+    q, _ = np.linalg.qr(rng.normal(size=(da, da)))
+    assert linear_cka(a @ q, b) == pytest.approx(value, rel=1e-10)
+    # Not invariant to anisotropic scaling: the reference can tell a wrong formula apart.
+    assert linear_cka(a * np.arange(1, da + 1), b) != pytest.approx(value, rel=1e-3)
+    assert linear_cka(a.astype(np.float32), b) == pytest.approx(value, rel=1e-5)
+    assert np.isnan(linear_cka(np.ones((n, 3)), b))
+
+
+def test_cka_table(tmp_path):
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(20, 6))
+    mats = {
+        "act": [base, base @ rng.normal(size=(6, 9)) + rng.normal(size=(20, 9)), rng.normal(size=(20, 4))],
+        "grad": [rng.normal(size=(20, 5)), np.zeros((20, 5)), rng.normal(size=(20, 7))],
+    }
+    for signal, arrays in mats.items():
+        for k, a in enumerate(arrays):
+            save_array(feature_path(tmp_path, signal, k), a.astype(np.float32))
+    names = ["b0", "b1", "b2"]
+    write_table(tmp_path / "layers.parquet", pd.DataFrame({
+        "layer": names, "layer_index": np.arange(3, dtype=np.int64), "depth": [0.0, 0.5, 1.0],
+    }))
+    table = cka_table(tmp_path, tmp_path / "layers.parquet", ["act", "grad"])
+    assert list(table.columns) == ["signal", "layer_a", "layer_b", "cka"] and len(table) == 18
+    for signal, arrays in mats.items():
+        m = table[table["signal"] == signal].pivot(index="layer_a", columns="layer_b", values="cka").loc[names, names]
+        m = m.to_numpy()
+        np.testing.assert_array_equal(m, m.T)
+        for i in range(3):
+            for j in range(3):
+                want = linear_cka(arrays[i].astype(np.float32), arrays[j].astype(np.float32))
+                np.testing.assert_allclose(m[i, j], want, rtol=1e-12)
+    act = table[table["signal"] == "act"]
+    assert np.all(act.loc[act["layer_a"] == act["layer_b"], "cka"] == 1.0)
+    # An all-zero gradient layer has no CKA, not even with itself (NaN, never a spurious 1).
+    grad = table[table["signal"] == "grad"]
+    zero = grad[(grad["layer_a"] == "b1") | (grad["layer_b"] == "b1")]
+    assert zero["cka"].isna().all()
+    assert np.all(grad.loc[(grad["layer_a"] == grad["layer_b"]) & (grad["layer_a"] != "b1"), "cka"] == 1.0)
