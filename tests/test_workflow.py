@@ -70,3 +70,18 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert done.returncode != 0
     assert "models.resnet18.pooling.mode" in done.stderr + done.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean(tiny_run):
+    done = _snakemake(tiny_run, "--lint")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Congratulations" in done.stdout + done.stderr
+
+
+def test_report_builds_with_every_figure(tiny_run):
+    report = tiny_run / "report.html"
+    done = _snakemake(tiny_run, "--report", str(report))
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = report.read_text(errors="replace")
+    for name in ("encoding_by_layer_sim_backprop.png", "spatial_hierarchy_sim_backprop.png", "tmax_sim_backprop.png"):
+        assert name in text

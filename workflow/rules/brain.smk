@@ -3,16 +3,6 @@
 # pooling than the analysis reads (METHOD.md §7).
 
 
-def source_model(dataset):
-    return DATASETS[dataset]["simulation"]["source_model"]
-
-
-def simulation_params(dataset):
-    """What a simulated subject depends on: the simulation entry plus atlas and reference ROI."""
-    ds = DATASETS[dataset]
-    return {"latent_grid": 2, "detail_fraction": 0.25, **ds["simulation"], "plant_grid": ds["simulation"]["plant_pooling"]["grid"], "atlas": ds["atlas"], "reference_roi": ds["reference_roi"]}
-
-
 rule plant:
     input:
         manifest=lambda wc: manifest_of(DATASETS[wc.dataset]["imageset"]),
@@ -33,6 +23,8 @@ rule plant:
         mem_mb=mem_mb(4000),
         runtime=runtime(60),
         gpu=1 if on_cuda() else 0,
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/extract.py"
 
@@ -56,6 +48,8 @@ rule brain:
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/brain.py"
 
@@ -77,5 +71,7 @@ rule truth:
     resources:
         mem_mb=mem_mb(1000),
         runtime=runtime(5),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/truth.py"

@@ -1,8 +1,8 @@
 # The one place that reads and checks the config, names the outputs and defines input functions.
-import json
+from pathlib import Path
 
-from brainprop.config import ConfigError, alphas, validate_config
-from brainprop.figures import figure_names
+from brainprop.config import ConfigError, validate_config
+from brainprop.figures import FIGURES, figure_names
 
 try:
     validate_config(config)
@@ -102,3 +102,42 @@ def final_outputs():
 
 
 TABLE_NAMES = ["encoding", "best_layers", "tmax", "hierarchy", "tests", "cka"]
+
+
+def source_model(dataset):
+    return DATASETS[dataset]["simulation"]["source_model"]
+
+
+def simulation_params(dataset):
+    """What a simulated subject depends on: the simulation entry plus atlas and reference ROI."""
+    ds = DATASETS[dataset]
+    return {"latent_grid": 2, "detail_fraction": 0.25, **ds["simulation"], "plant_grid": ds["simulation"]["plant_pooling"]["grid"], "atlas": ds["atlas"], "reference_roi": ds["reference_roi"]}
+
+
+def hierarchy_params(dataset):
+    """Settings shared by the hierarchy and group stages (they must agree)."""
+    return {
+        "atlas": DATASETS[dataset]["atlas"],
+        "threshold": config["hierarchy"]["tmax_threshold"],
+        "min_count": config["hierarchy"]["min_count"],
+        "exclude": config["hierarchy"]["exclude"],
+    }
+
+
+def subject_outputs(dataset, model, kind):
+    return [
+        f"{OUT}/hierarchy/{dataset}/{model}/{subject}/{kind}.parquet"
+        for subject in DATASETS[dataset]["subjects"]
+    ]
+
+
+def figure_outputs():
+    """Every figure file; PNGs are registered in the report with their kind's caption."""
+    paths = []
+    for name in figure_names(dataset_modalities(), config["figures"]["formats"]):
+        path = f"{OUT}/figures/{name}"
+        kind = next(k for k in FIGURES if name.startswith(f"{k}_"))
+        if name.endswith(".png"):
+            path = report(path, caption=f"../report/{kind}.rst", category="figures", subcategory=kind)
+        paths.append(path)
+    return paths

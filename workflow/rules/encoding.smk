@@ -19,6 +19,8 @@ rule folds:
     resources:
         mem_mb=mem_mb(1000),
         runtime=runtime(5),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/folds.py"
 
@@ -47,5 +49,7 @@ rule encode:
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/encode.py"

@@ -19,6 +19,8 @@ checkpoint layers:
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/layers.py"
 
@@ -43,6 +45,8 @@ rule extract:
         mem_mb=mem_mb(4000),
         runtime=runtime(60),
         gpu=1 if on_cuda() else 0,
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/extract.py"
 
@@ -63,5 +67,7 @@ rule cka:
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime(10),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/cka.py"

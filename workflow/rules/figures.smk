@@ -1,17 +1,4 @@
 # Figures: drawn from the run's tables, registered in the Snakemake report with captions.
-from brainprop.figures import FIGURES
-
-
-def figure_outputs():
-    """Every figure file; PNGs are registered in the report with their kind's caption."""
-    paths = []
-    for name in figure_names(dataset_modalities(), config["figures"]["formats"]):
-        path = f"{OUT}/figures/{name}"
-        kind = next(k for k in FIGURES if name.startswith(k + "_"))
-        if name.endswith(".png"):
-            path = report(path, caption=f"../report/{kind}.rst", category="figures", subcategory=kind)
-        paths.append(path)
-    return paths
 
 
 rule figures:
@@ -22,8 +9,8 @@ rule figures:
     params:
         formats=config["figures"]["formats"],
         roi_levels={name: ds["roi_levels"] for name, ds in DATASETS.items()},
-        tables_dir=f"{OUT}/tables",
-        out_dir=f"{OUT}/figures",
+        tables_dir=lambda wc, input: Path(input.tables[0]).parent,
+        out_dir=lambda wc, output: Path(output[0]).parent,
     log:
         f"{LOGS}/figures/figures.log",
     benchmark:
@@ -32,5 +19,7 @@ rule figures:
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime(10),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/figures.py"

@@ -2,16 +2,6 @@
 # tests per dataset x model, and the run's tables.
 
 
-def hierarchy_params(dataset):
-    """Settings shared by the hierarchy and group stages (they must agree)."""
-    return {
-        "atlas": DATASETS[dataset]["atlas"],
-        "threshold": config["hierarchy"]["tmax_threshold"],
-        "min_count": config["hierarchy"]["min_count"],
-        "exclude": config["hierarchy"]["exclude"],
-    }
-
-
 rule hierarchy:
     input:
         summaries=lambda wc: encode_outputs(wc.dataset, wc.model, wc.subject),
@@ -30,15 +20,10 @@ rule hierarchy:
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/hierarchy.py"
-
-
-def subject_outputs(dataset, model, kind):
-    return [
-        f"{OUT}/hierarchy/{dataset}/{model}/{subject}/{kind}.parquet"
-        for subject in DATASETS[dataset]["subjects"]
-    ]
 
 
 rule group:
@@ -67,6 +52,8 @@ rule group:
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(20),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/group.py"
 
@@ -101,5 +88,7 @@ rule tables:
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime(10),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/tables.py"

@@ -15,5 +15,7 @@ rule stimuli:
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
+    conda:
+        "../../envs/brainprop.yaml"
     script:
         "../scripts/stimuli.py"

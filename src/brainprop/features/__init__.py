@@ -59,8 +59,7 @@ def cka_table(features_dir: str | Path, layers_path: str | Path, signals: Sequen
     rows = []
     for signal in signals:
         mats = [np.asarray(load_features(features_dir, signal, int(k))) for k in layers["layer_index"]]
-        # A constant layer (e.g. zero gradients) has no CKA, not even with itself.
-        cka = np.diag([1.0 if np.ptp(m, axis=0).any() else np.nan for m in mats])
+        cka = np.eye(len(mats))
         for i in range(len(mats)):
             for j in range(i + 1, len(mats)):
                 cka[i, j] = cka[j, i] = linear_cka(mats[i], mats[j])
