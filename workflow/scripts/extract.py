@@ -7,4 +7,5 @@ with rule_log(snakemake.log[0]) as log:
     run_extract(
         snakemake.input.manifest, snakemake.input.layers, snakemake.output.features, p.model, p.pooling,
         seed=p.seed, device=p.device, batch_size=p.model["batch_size"], signals=p.model["signals"],
+        threads=snakemake.threads,
     )

@@ -65,6 +65,8 @@ def find_blocks(model: torch.nn.Module) -> list[str]:
 
 def select_layers(blocks: Sequence[str], n: int) -> list[tuple[str, int]]:
     """Choose `n` blocks evenly spaced by ordinal (all when fewer), as (name, ordinal) pairs."""
+    if int(n) != n or n < 1:
+        raise ValueError(f"layers.n={n!r}: expected a positive integer")
     if len(blocks) <= n:
         return [(b, i) for i, b in enumerate(blocks)]
     idx = np.unique(np.round(np.linspace(0, len(blocks) - 1, n)).astype(int))
@@ -83,7 +85,11 @@ def _input_size(model: torch.nn.Module, input_size: int | None) -> tuple[int, in
 
 
 def _build(
-    timm_name: str, device: str | torch.device, input_size: int | None = None, kwargs: dict | None = None
+    timm_name: str,
+    device: str | torch.device,
+    input_size: int | None = None,
+    kwargs: dict | None = None,
+    pretrained: bool = False,
 ) -> torch.nn.Module:
     import timm
 
@@ -91,7 +97,7 @@ def _build(
     if input_size and _accepts_img_size(timm_name):
         kwargs["img_size"] = input_size
     with torch.device(device):
-        return timm.create_model(timm_name, pretrained=False, **kwargs)
+        return timm.create_model(timm_name, pretrained=pretrained, **kwargs)
 
 
 def _accepts_img_size(timm_name: str) -> bool:
@@ -160,18 +166,21 @@ class TokenContext:
     num_prefix_tokens: int = 0
     num_reg_tokens: int = 0
     has_class_token: bool = False
+    channels_last: bool = False  # 4-d block outputs are (B, H, W, C), as in Swin or MambaOut
 
 
 def _token_context(model: torch.nn.Module) -> TokenContext:
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
     regs = int(getattr(model, "num_reg_tokens", 0) or 0)
-    return TokenContext(prefix, regs, has_class_token=prefix - regs > 0)
+    fmt = getattr(model, "output_fmt", "NCHW")
+    channels_last = getattr(fmt, "value", fmt) == "NHWC"
+    return TokenContext(prefix, regs, has_class_token=prefix - regs > 0, channels_last=channels_last)
 
 
 def _as_map(x: torch.Tensor, ctx: TokenContext) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Split an output into a (B, C, H, W) map of patch tokens and the class token (or None)."""
     if x.ndim == 4:
-        return x, None
+        return (x.permute(0, 3, 1, 2) if ctx.channels_last else x), None
     if x.ndim != 3:
         raise ValueError(f"cannot pool an output of shape {tuple(x.shape)}; expected (B,C,H,W) or (B,N,C)")
     cls = x[:, 0] if ctx.has_class_token else None
@@ -225,10 +234,11 @@ def pool(x: torch.Tensor, spec: dict, ctx: TokenContext = TokenContext()) -> tor
 
 
 def _loss_cross_entropy(model: torch.nn.Module, logits: torch.Tensor, images: torch.Tensor, params: dict) -> torch.Tensor:
-    if logits.ndim != 2 or logits.shape[1] < 2:
+    # A headless model (num_classes=0) returns pooled features of shape (batch, dim): not logits.
+    if logits.ndim != 2 or logits.shape[1] < 2 or getattr(model, "num_classes", None) == 0:
         raise ValueError(
             "loss 'cross_entropy' needs a classifier head (logits of shape (batch, classes)); "
-            f"this model outputs {tuple(logits.shape)}. Use loss 'self_distillation'."
+            f"this model outputs {tuple(logits.shape)}. Give a model with a classifier head."
         )
     target = logits.detach().argmax(dim=1)
     return F.cross_entropy(logits, target, reduction="sum")
@@ -255,14 +265,12 @@ def create_model(
     timm_name: str, weights: str, seed: int, input_size: int | None = None, timm_kwargs: dict | None = None
 ) -> torch.nn.Module:
     """Create a frozen eval-mode timm model with `random` (seeded), `pretrained` or checkpoint weights."""
-    import timm
-
     if weights == "random":
         torch.manual_seed(seed)
         model = _build(timm_name, "cpu", input_size, timm_kwargs)
     elif weights == "pretrained":
         try:
-            model = timm.create_model(timm_name, pretrained=True, **(timm_kwargs or {}))
+            model = _build(timm_name, "cpu", input_size, timm_kwargs, pretrained=True)
         except Exception as err:  # hub errors come in many types
             raise RuntimeError(
                 f"could not load pretrained weights for {timm_name!r} ({type(err).__name__}: {err}). "
@@ -392,8 +400,11 @@ def run_extract(
     device: str = "auto",
     batch_size: int = 16,
     signals: Sequence[str] = ("act", "grad"),
+    threads: int | None = None,
 ) -> None:
     """Entry point of the extract rule: features of every selected layer into `out_dir`."""
+    if threads:
+        torch.set_num_threads(threads)  # the rule's share of the CPU, not every core
     layers = read_table(layers_path)
     dev = resolve_device(device)
     model = create_model(
