@@ -1,11 +1,34 @@
 """Simulated subjects with a planted hierarchy: fMRI ROIs and MEG sensors driven by a model's features.
 
-Responses are built from the source model's features under a finer pooling than the analysis
-reads (METHOD.md §7). fMRI: each ROI along the ventral stream is driven by one planted layer
-whose depth rises with the ROI's distance from V1. MEG: layer k's activation appears with a
-latency rising with depth; in the `backprop` scenario each layer's gradient appears after the
-forward sweep in reverse depth order; `shuffled` assigns gradient latencies (and gradient
-layers of ROIs) in a random order per subject, the exact null of T1 and S1.
+Responses are built from the source model's features under a finer pooling (4×4 grid) than
+the analysis reads (2×2), METHOD.md §7. fMRI: each ROI along the ventral stream is driven by
+one planted layer whose depth rises with the ROI's distance from V1 (in `backprop` also by
+that layer's gradient). MEG: layer k's activation appears with a latency rising with depth; in
+`backprop` each layer's gradient appears after the forward sweep in reverse depth order;
+`shuffled` assigns gradient latencies (and gradient layers of ROIs) in a random order per
+subject, the exact null of T1 and S1.
+
+Design choices, so that the planted truth is identifiable and recoverable (defaults in the
+config schema, `datasets.<name>.simulation`):
+
+- Latents live in the spatially coarse part of the 4×4 features (the map averaged to 2×2
+  cells by a NumPy reshape, independent of the analysis's pooling code). The 2×2 analysis
+  pooling is a linear function of it; random projections over all 4×4 dims would put 3/4 of
+  their variance in within-cell detail that no analysis feature can see. `detail_fraction`
+  adds such detail back as structured, unexplainable variance (default 0).
+- Random-weight layers share most of their variance (linear CKA 0.9-1.0 between neighbours;
+  the gradient of the last block is a function of the logits, hence of the activations). A
+  latent drawn from shared variance has no defined source layer: every layer predicts it,
+  and the easiest latents (low-level, early ones) win every layer's comparison. So a fraction
+  `unique_fraction` of each latent's variance is its part orthogonal to the top
+  `shared_components` principal components of every other (signal, layer): what only this
+  layer's activation (or gradient) carries. The rest stays shared, as in a real hierarchy.
+- MEG components have dipolar topographies (two opposite Gaussian blobs) normalised to peak 1,
+  so every layer reaches a similar number of sensors; time courses are Gaussians of width
+  `width_s` centred on the planted latency; sensor noise is the same at every sensor and time,
+  set so that the strongest target has SNR `snr_meg`.
+- SNR is the variance ratio of signal to noise in the repetition mean; noise is drawn per
+  repetition so the noise ceiling is estimated as for real data (NSD formula).
 """
 
 from __future__ import annotations
@@ -20,6 +43,7 @@ import pandas as pd
 __all__ = [
     "SIM_ROIS",
     "SCENARIOS",
+    "params_from_config",
     "Plan",
     "plan_subject",
     "planted_truth",
@@ -40,6 +64,13 @@ SIM_ROIS: dict[str, tuple[float, float, float]] = {
     "FFA": (40.0, -52.0, -20.0),
     "PPA": (26.0, -44.0, -10.0),
 }
+
+
+def params_from_config(dataset: dict) -> dict:
+    """Simulation parameters of a validated dataset entry (defaults come from the config schema)."""
+    sim = dataset["simulation"]
+    return {**sim, "plant_grid": sim["plant_pooling"]["grid"], "atlas": dataset["atlas"],
+            "reference_roi": dataset["reference_roi"]}
 
 
 @dataclass(frozen=True)
@@ -162,26 +193,74 @@ def _coarse_and_detail(features: np.ndarray, grid: int, coarse: int) -> tuple[np
     return np.concatenate([lead, blocks.reshape(n, -1)], axis=1), detail.reshape(n, -1)
 
 
-def _project(x: np.ndarray, q: int, rng: np.random.Generator) -> np.ndarray:
-    """q unit-variance random projections of z-scored columns: (n_images, q)."""
-    z = _zscore(x)
-    latent = z @ rng.standard_normal((z.shape[1], q))
-    return (latent - latent.mean(0)) / latent.std(0)
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean(0)) / x.std(0)
 
 
-def _latent(features: np.ndarray, q: int, params: dict, rng: np.random.Generator) -> np.ndarray:
-    """q unit-variance latents of one layer's plant features: (n_images, q).
+@dataclass(frozen=True)
+class _Plant:
+    """One signal's plant features, ready to draw latents from.
 
-    Each latent is a random projection of the z-scored spatially coarse part of the features
-    plus, with variance fraction `detail_fraction`, a random projection of the within-cell
-    detail, which the coarser analysis pooling cannot see (it acts as structured noise).
+    coarse : per layer, the z-scored spatially coarse features (n_images, d_k).
+    detail : per layer, the z-scored within-cell detail (n_images, e_k).
+    shared : per layer, an orthonormal basis (n_images, m·(n_layers-1)) of the other layers'
+        top-m principal components of their coarse features.
     """
-    coarse, detail = _coarse_and_detail(features, int(params["plant_grid"]), int(params["latent_grid"]))
+
+    coarse: list[np.ndarray]
+    detail: list[np.ndarray]
+    shared: list[np.ndarray]
+
+
+def _top_components(z: np.ndarray, m: int) -> np.ndarray:
+    """Left singular vectors of the m largest principal components: (n_images, m)."""
+    # Eigenvectors of the (n_images, n_images) Gram matrix: cheaper than an SVD when dims > images.
+    _, vecs = np.linalg.eigh(z @ z.T)
+    return vecs[:, ::-1][:, :m]
+
+
+def _prepare(signals: list[list[np.ndarray]], params: dict) -> list[_Plant]:
+    """Split every layer of every signal into coarse part and detail; find what the others share.
+
+    The shared basis of (signal, layer) spans the top `shared_components` principal components
+    of the coarse features of every other layer of every signal (activations and gradients).
+    """
+    grid, coarse_grid = int(params["plant_grid"]), int(params["latent_grid"])
+    m = int(params["shared_components"])
+    parts = [[_coarse_and_detail(f, grid, coarse_grid) for f in feats] for feats in signals]
+    coarse = [[_zscore(c) for c, _ in sig] for sig in parts]
+    detail = [[_zscore(d) for _, d in sig] for sig in parts]
+    tops = {(s, k): _top_components(z, m) for s, sig in enumerate(coarse) for k, z in enumerate(sig)}
+    plants = []
+    for s, sig in enumerate(coarse):
+        shared = []
+        for k, z in enumerate(sig):
+            others = [t for key, t in tops.items() if key != (s, k)]
+            shared.append(np.linalg.qr(np.concatenate(others, axis=1))[0] if others and m > 0
+                          else np.zeros((len(z), 0)))
+        plants.append(_Plant(sig, detail[s], shared))
+    return plants
+
+
+def _latent(plant: _Plant, k: int, q: int, params: dict, rng: np.random.Generator) -> np.ndarray:
+    """q unit-variance latents of layer k's plant features: (n_images, q).
+
+    A random projection of the z-scored coarse features, of which a fraction `unique_fraction`
+    of the variance is replaced by its part orthogonal to the other layers' leading components
+    (what only layer k carries), plus a fraction `detail_fraction` from the within-cell detail
+    (invisible to the coarser analysis pooling: structured noise).
+    """
+    z = plant.coarse[k]
+    base = _unit(z @ rng.standard_normal((z.shape[1], q)))
+    q_other = plant.shared[k]
+    unique = _unit(base - q_other @ (q_other.T @ base))
+    u = float(params["unique_fraction"])
+    latent = np.sqrt(1.0 - u) * base + np.sqrt(u) * unique
     w = float(params["detail_fraction"])
-    latent = np.sqrt(1.0 - w) * _project(coarse, q, rng)
     if w > 0:
-        latent = latent + np.sqrt(w) * _project(detail, q, rng)
-    return (latent - latent.mean(0)) / latent.std(0)
+        d = plant.detail[k]
+        latent = np.sqrt(1.0 - w) * _unit(latent) + np.sqrt(w) * _unit(d @ rng.standard_normal((d.shape[1], q)))
+    return _unit(latent)
 
 
 def noise_ceiling_from_repetitions(reps: np.ndarray) -> np.ndarray:
@@ -206,16 +285,16 @@ def roi_geometry(coords: pd.DataFrame, reference: str = "V1") -> dict[str, float
 
 
 def _fmri(
-    act: list[np.ndarray], grad: list[np.ndarray], plan: Plan, params: dict, rng: np.random.Generator
+    act: _Plant, grad: _Plant | None, plan: Plan, params: dict, rng: np.random.Generator
 ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     n_vert = int(params["vertices_per_roi"])
     q = int(params["latent_dims"])
     blocks, rows = [], []
     for roi, centroid in SIM_ROIS.items():
         for hemi, sign in (("lh", -1.0), ("rh", 1.0)):
-            signal = _latent(act[plan.roi_act_layer[roi]], q, params, rng) @ rng.standard_normal((q, n_vert))
+            signal = _latent(act, plan.roi_act_layer[roi], q, params, rng) @ rng.standard_normal((q, n_vert))
             if roi in plan.roi_grad_layer:
-                g = _latent(grad[plan.roi_grad_layer[roi]], q, params, rng) @ rng.standard_normal((q, n_vert))
+                g = _latent(grad, plan.roi_grad_layer[roi], q, params, rng) @ rng.standard_normal((q, n_vert))
                 signal = signal + params["grad_weight"] * g
             blocks.append(signal / signal.std(0))
             xyz = np.asarray(centroid) * [sign, 1, 1] + rng.normal(0, 2.0, (n_vert, 3))
@@ -226,29 +305,39 @@ def _fmri(
 
 
 def _meg_topographies(n_components: int, pos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Smooth random sensor patterns (n_components, n_sensors): Gaussian blobs on the layout."""
+    """Smooth dipolar sensor patterns (n_components, n_sensors), peak |value| 1.
+
+    Each is the difference of two Gaussian blobs 0.25 layout units apart (the outgoing and
+    ingoing flux of one current dipole), so that every component reaches a similar number of
+    sensors with a similar power.
+    """
     centres = pos[rng.integers(0, len(pos), n_components)]
-    d2 = ((pos[None, :, :] - centres[:, None, :]) ** 2).sum(-1)
-    topo = np.exp(-d2 / (2 * 0.15**2)) * rng.choice([-1.0, 1.0], (n_components, 1))
-    return topo
+    angle = rng.uniform(0, 2 * np.pi, n_components)
+    partner = centres + 0.25 * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+
+    def blob(c: np.ndarray) -> np.ndarray:
+        return np.exp(-((pos[None, :, :] - c[:, None, :]) ** 2).sum(-1) / (2 * 0.12**2))
+
+    topo = blob(centres) - blob(partner)
+    return topo / np.abs(topo).max(axis=1, keepdims=True)
 
 
 def _meg(
-    act: list[np.ndarray], grad: list[np.ndarray], plan: Plan, params: dict, sensors: pd.DataFrame,
+    act: _Plant, grad: _Plant | None, plan: Plan, params: dict, sensors: pd.DataFrame,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     meg = params["meg"]
     times = meg["tmin"] + np.arange(meg["n_times"]) / meg["sfreq"]
     pos = sensors[["px", "py"]].to_numpy()
     q = int(params["latent_dims"])
-    n_img = act[0].shape[0]
+    n_img = act.coarse[0].shape[0]
     data = np.zeros((n_img, len(sensors), len(times)))
     sources = [(act, plan.act_latency, 1.0), (grad, plan.grad_latency, params["grad_weight"])]
     for feats, latency, weight in sources:
         for k, t_k in enumerate(latency):
             if not np.isfinite(t_k):
                 continue
-            latent = _latent(feats[k], q, params, rng)  # (n_img, q)
+            latent = _latent(feats, k, q, params, rng)  # (n_img, q)
             topo = _meg_topographies(q, pos, rng)  # (q, n_sensors)
             course = np.exp(-((times - t_k) ** 2) / (2 * meg["width_s"] ** 2))
             data += weight * np.einsum("iq,qs,t->ist", latent, topo, course)
@@ -284,6 +373,7 @@ def simulate_subject(
     """
     plan = plan_subject(params["scenario"], depths, params["meg"], seed, dataset, subject)
     rng = _rng(seed, dataset, subject, "responses")
+    act, grad = _prepare([act, grad], params)
     parts, tables = [], []
     fsig, ftab, fsnr = _fmri(act, grad, plan, params, rng)
     dist = roi_geometry(ftab, params.get("reference_roi", "V1"))

@@ -3,6 +3,7 @@ from pathlib import Path
 
 from brainprop.config import ConfigError, validate_config
 from brainprop.figures import FIGURES, figure_names
+from brainprop.simulate import params_from_config
 
 try:
     validate_config(config)
@@ -110,8 +111,7 @@ def source_model(dataset):
 
 def simulation_params(dataset):
     """What a simulated subject depends on: the simulation entry plus atlas and reference ROI."""
-    ds = DATASETS[dataset]
-    return {"latent_grid": 2, "detail_fraction": 0.25, **ds["simulation"], "plant_grid": ds["simulation"]["plant_pooling"]["grid"], "atlas": ds["atlas"], "reference_roi": ds["reference_roi"]}
+    return params_from_config(DATASETS[dataset])
 
 
 def hierarchy_params(dataset):

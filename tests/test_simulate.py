@@ -1,0 +1,164 @@
+"""Tests of the simulated subjects: planted truth, determinism, noise ceiling, recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainprop import simulate as S
+from brainprop.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = load_config(ROOT / "config" / "config.yaml", check_models=False)
+DEPTHS = np.linspace(0, 1, 8)
+DEFAULTS = S.params_from_config(DEMO["datasets"]["sim_backprop"])
+MEG = DEFAULTS["meg"]
+
+
+def _params(scenario: str = "backprop", **over) -> dict:
+    params = dict(DEFAULTS, scenario=scenario, meg=dict(MEG))
+    params.update(over)
+    return params
+
+
+def _sensors(n: int = 30) -> pd.DataFrame:
+    return S.ctf275_sensors().iloc[:: 275 // n].reset_index(drop=True)
+
+
+def _random_features(seed: int, n_images: int = 60) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n_images, 8 * 16)).astype(np.float32) for _ in DEPTHS]
+
+
+def test_truth_table_schema_and_order():
+    truth = S.planted_truth("sim", ["sub-01", "sub-02"], "resnet18", "backprop", DEPTHS, MEG, 0)
+    assert list(truth.columns) == ["dataset", "subject", "source_model", "kind", "roi", "signal", "depth", "latency_s"]
+    assert set(truth["kind"]) == {"roi", "layer"}
+    layer = truth[(truth.kind == "layer") & (truth.subject == "sub-01")]
+    act, grad = layer[layer.signal == "act"], layer[layer.signal == "grad"]
+    assert np.all(np.diff(act.sort_values("depth").latency_s) > 0)
+    assert np.all(np.diff(grad.sort_values("depth").latency_s) < 0)
+    assert grad.latency_s.min() > act.latency_s.max()
+    roi = truth[(truth.kind == "roi") & (truth.signal == "act") & (truth.subject == "sub-01")].set_index("roi")
+    dist = S.roi_geometry(pd.DataFrame([(r, *c) for r, c in S.SIM_ROIS.items()], columns=["roi", "x", "y", "z"]))
+    assert np.corrcoef(roi.loc[list(S.SIM_ROIS), "depth"], [dist[r] for r in S.SIM_ROIS])[0, 1] > 0.9
+    forward = S.planted_truth("sim", ["sub-01"], "resnet18", "forward", DEPTHS, MEG, 0)
+    assert set(forward["signal"]) == {"act"}
+
+
+def test_shuffled_permutes_gradient_latencies_per_subject():
+    plans = [S.plan_subject("shuffled", DEPTHS, MEG, 0, "sim", f"sub-{i:02d}") for i in range(1, 6)]
+    lat = np.stack([p.grad_latency for p in plans])
+    assert np.allclose(np.sort(lat, axis=1), np.sort(S._backward_latency(DEPTHS, MEG)))
+    assert len({tuple(row) for row in lat}) > 1
+
+
+def test_unknown_scenario_raises():
+    with pytest.raises(ValueError, match="scenario 'nope' unknown"):
+        S.plan_subject("nope", DEPTHS, MEG, 0, "sim", "sub-01")
+
+
+def test_simulation_is_deterministic_per_seed_and_subject():
+    act, grad = _random_features(0), _random_features(1)
+    sensors = _sensors()
+    y1, t1 = S.simulate_subject(act, grad, DEPTHS, _params(), 3, "sim", "sub-01", sensors)
+    y2, t2 = S.simulate_subject(act, grad, DEPTHS, _params(), 3, "sim", "sub-01", sensors)
+    y3, _ = S.simulate_subject(act, grad, DEPTHS, _params(), 3, "sim", "sub-02", sensors)
+    assert y1.dtype == np.float32 and y1.shape == (60, len(t1))
+    np.testing.assert_array_equal(y1, y2)
+    pd.testing.assert_frame_equal(t1, t2)
+    assert not np.allclose(y1, y3)
+    assert list(t1.columns) == ["target", "modality", "atlas", "roi", "hemi", "x", "y", "z", "roi_distance_mm",
+                                "sensor", "time", "noise_ceiling"]
+    n_fmri = len(S.SIM_ROIS) * 2 * DEFAULTS["vertices_per_roi"]
+    assert (t1.modality == "fmri").sum() == n_fmri and (t1.modality == "meg").sum() == len(sensors) * MEG["n_times"]
+
+
+def test_coarse_part_equals_torch_average_pooling():
+    torch = pytest.importorskip("torch")
+    fmap = torch.randn(5, 3, 8, 8)
+    fine = torch.nn.functional.adaptive_avg_pool2d(fmap, 4).flatten(1).numpy()
+    coarse_ref = torch.nn.functional.adaptive_avg_pool2d(fmap, 2).flatten(1).numpy()
+    coarse, detail = S._coarse_and_detail(fine, 4, 2)
+    np.testing.assert_allclose(coarse, coarse_ref, rtol=1e-5, atol=1e-6)
+    assert detail.shape == fine.shape
+    np.testing.assert_allclose(detail.reshape(5, 3, 2, 2, 2, 2).sum(axis=(3, 5)), 0, atol=1e-5)
+    with pytest.raises(ValueError, match="latent_grid=3"):
+        S._coarse_and_detail(fine, 4, 3)
+
+
+def test_noise_ceiling_matches_closed_form():
+    rng = np.random.default_rng(0)
+    n_rep, n_img = 4, 20000
+    signal_sd = np.array([1.0, 0.5, 0.0])
+    noise_sd = 1.0
+    reps = rng.standard_normal((n_img, 3)) * signal_sd + rng.standard_normal((n_rep, n_img, 3)) * noise_sd
+    expected = signal_sd**2 / (signal_sd**2 + noise_sd**2 / n_rep)
+    np.testing.assert_allclose(S.noise_ceiling_from_repetitions(reps), expected, atol=0.02)
+
+
+def _cv_r(X: np.ndarray, Y: np.ndarray, folds) -> np.ndarray:
+    from brainprop._ridge import ridge_cv
+
+    X = X[:, X.std(0) > 0]
+    return ridge_cv(X, Y, folds, np.logspace(0, 8, 10)).r
+
+
+@pytest.fixture(scope="module")
+def resnet_features(tmp_path_factory):
+    """The demo's source model and image set, as the demo config gives them."""
+    torch = pytest.importorskip("torch")
+    from brainprop.encoding import make_folds
+    from brainprop.features.extract import _build, _transform, extract_features, find_blocks, select_layers
+    from brainprop.stimuli import load_images, make_demo_images, write_manifest
+
+    spec = DEMO["models"][DEMO["datasets"]["sim_backprop"]["simulation"]["source_model"]]
+    images = DEMO["stimuli"]["demo"]
+    out = tmp_path_factory.mktemp("demo")
+    manifest = make_demo_images(out, images["n_images"], images["size"], DEMO["seed"])
+    write_manifest(out / "manifest.parquet", manifest)
+    torch.manual_seed(DEMO["seed"])
+    model = _build(spec["timm_name"], "cpu", spec["input_size"], spec["timm_kwargs"]).eval().requires_grad_(False)
+    transform = _transform(model, spec["input_size"])
+    x = torch.stack([transform(im) for _, im in load_images(out / "manifest.parquet")])
+    names = [name for name, _ in select_layers(find_blocks(model), spec["layers"]["n"])]
+    assert len(names) == len(DEPTHS)
+    plant = extract_features(model, x, names, {"mode": "grid", "grid": 4}, "cross_entropy", 60)
+    analysis = extract_features(model, x, names, spec["pooling"], "cross_entropy", 60)
+    folds = make_folds(len(manifest), manifest["group"].to_numpy(), 5, 0)
+    return plant, analysis, folds
+
+
+def _scores(Y, table, feats, folds) -> tuple[np.ndarray, np.ndarray]:
+    fm = (table.modality == "fmri").to_numpy()
+    R = np.stack([_cv_r(X, Y, folds) for X in feats])
+    ft = table[fm]
+    best = np.array([np.argmax(R[:, ft.index[ft.roi == roi]].mean(1)) for roi in S.SIM_ROIS])
+    times = np.sort(table.time.dropna().unique())
+    rt = R[:, ~fm].reshape(len(feats), -1, len(times)).mean(1)
+    tmax = np.array([times[r / r.max() >= 0.95].mean() for r in rt])
+    return best, tmax
+
+
+def test_planted_hierarchy_is_recovered(resnet_features):
+    """Act best layers and T_max follow the plant (mean over subjects); gradient T_max falls with depth."""
+    from scipy.stats import spearmanr
+
+    plant, analysis, folds = resnet_features
+    sensors = _sensors(60)
+    spatial, temporal, grad_temporal = [], [], []
+    for subject in ("sub-01", "sub-02", "sub-03"):
+        Y, table = S.simulate_subject(plant["act"], plant["grad"], DEPTHS, _params(), 0, "sim_backprop", subject, sensors)
+        plan = S.plan_subject("backprop", DEPTHS, MEG, 0, "sim_backprop", subject)
+        best, tmax = _scores(Y, table, analysis["act"], folds)
+        spatial.append(spearmanr(best, [plan.roi_act_layer[r] for r in S.SIM_ROIS])[0])
+        temporal.append(spearmanr(tmax, DEPTHS)[0])
+        _, gtmax = _scores(Y, table, analysis["grad"], folds)
+        grad_temporal.append(np.corrcoef(DEPTHS, gtmax)[0, 1])
+    print(f"act spatial {np.round(spatial, 2)}, act temporal {np.round(temporal, 2)}, grad temporal {np.round(grad_temporal, 2)}")
+    assert np.mean(spatial) >= 0.7
+    assert np.mean(temporal) >= 0.6
+    assert max(grad_temporal) < 0
