@@ -310,10 +310,12 @@ def test_token_context_reads_timm_models():
         )
         swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
         cnn = timm.create_model("resnet18", pretrained=False)
+        sam = timm.create_model("samvit_base_patch16", pretrained=False)
     assert ex._token_context(regs) == TokenContext(5, 4, True, False)
     assert ex._token_context(bare) == TokenContext(4, 4, False, False)
     assert ex._token_context(swin).channels_last
     assert ex._token_context(cnn) == TokenContext()
+    assert ex._token_context(sam) == TokenContext(channels_last=True)  # format read from patch_embed
 
 
 # ---------------------------------------------------------------- 5: losses
@@ -434,13 +436,14 @@ def test_vit_class_token_head_gives_finite_zero_patch_gradients(vit_case):
 # ---------------------------------------------------------------- 8: run_extract and loaders
 
 
-def test_run_extract_end_to_end(demo_manifest, tmp_path):
+@pytest.mark.parametrize("loss", ["cross_entropy", "self_distillation"])
+def test_run_extract_end_to_end(demo_manifest, tmp_path, loss):
     import timm
     from PIL import Image
 
     manifest_path, manifest = demo_manifest
     pooling = {"mode": "grid", "grid": 2}
-    spec = {"timm_name": CNN[0], "weights": "random", "input_size": 32, "timm_kwargs": CNN[1], "loss": "cross_entropy"}
+    spec = {"timm_name": CNN[0], "weights": "random", "input_size": 32, "timm_kwargs": CNN[1], "loss": loss}
     layers = ex.resolve_layers(CNN[0], {"n": 3}, pooling, 32, CNN[1])
     write_table(tmp_path / "layers.parquet", layers)
     out = tmp_path / "extract"
@@ -462,7 +465,8 @@ def test_run_extract_end_to_end(demo_manifest, tmp_path):
     config = timm.data.resolve_data_config({"input_size": (3, 32, 32), "crop_pct": 1.0}, model=model)
     with Image.open(manifest_path.parent / manifest["path"].iloc[7]) as img:
         x = timm.data.create_transform(**config)(img.convert("RGB"))[None]
-    one = ex.extract_features(model, x, list(layers["layer"]), pooling, "cross_entropy")
+    # The image id (not the row) seeds the teacher view: run_extract passed the manifest's ids.
+    one = ex.extract_features(model, x, list(layers["layer"]), pooling, loss, image_ids=[manifest["image_id"].iloc[7]])
     for signal in ("act", "grad"):
         for k in range(len(layers)):
             _assert_close(np.asarray(load_features(out, signal, k))[7:8], one[signal][k])
@@ -547,3 +551,201 @@ def test_cka_table(tmp_path):
     zero = grad[(grad["layer_a"] == "b1") | (grad["layer_b"] == "b1")]
     assert zero["cka"].isna().all()
     assert np.all(grad.loc[(grad["layer_a"] == grad["layer_b"]) & (grad["layer_a"] != "b1"), "cka"] == 1.0)
+
+
+# ---------------------------------------------------------------- 10: self-distillation, labelled losses
+
+
+def _sd_reference(model, images, ids, names, params):
+    """dL/d(output) one image at a time: teacher on its view without grad, loss written out here."""
+    ref = copy.deepcopy(model)
+    modules = dict(ref.named_modules())
+    mean, std = ref.pretrained_cfg["mean"], ref.pretrained_cfg["std"]
+    grads: dict[str, list] = {n: [] for n in names}
+    for image, image_id in zip(images, ids):
+        with torch.no_grad():
+            view = ex.teacher_view(image, image_id, mean, std, params)[None]
+            teacher = ref.forward_head(ref.forward_features(view), pre_logits=True).double()
+        store: dict[str, torch.Tensor] = {}
+        handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o)) for n in names]
+        try:
+            x = image[None].clone().requires_grad_(True)
+            student = ref.forward_head(ref.forward_features(x), pre_logits=True).double()
+            w = np.random.default_rng(params["seed"]).standard_normal((params["n_prototypes"], student.shape[1]))
+            w = torch.from_numpy(w / np.linalg.norm(w, axis=1, keepdims=True))
+            t = torch.softmax((teacher / teacher.norm()) @ w.T / 0.04, dim=1)
+            s = torch.log_softmax((student / student.norm()) @ w.T / 0.1, dim=1)
+            g = torch.autograd.grad(-(t * s).sum(), [store[n] for n in names])
+        finally:
+            for h in handles:
+                h.remove()
+        for n, gn in zip(names, g):
+            grads[n].append(gn)
+    return {n: torch.cat(v) for n, v in grads.items()}
+
+
+@pytest.mark.parametrize("case", ["cnn_case", "vit_case"])
+def test_self_distillation_matches_one_image_autograd(case, request):
+    model, images, names, ctx, ref_out, _ = request.getfixturevalue(case)
+    images, names = images[:6], names[::2]
+    ids = [f"img{i:03d}" for i in range(6)]
+    params = {"seed": 3, "n_prototypes": 512}
+    spec = {"mode": "grid", "grid": 2}
+    got = ex.extract_features(model, images, names, spec, "self_distillation", 6, params, image_ids=ids)
+    ref = _sd_reference(model, images, ids, names, params)
+    for k, name in enumerate(names):
+        # The teacher pass did not overwrite the recorded activations.
+        _assert_close(got["act"][k], pool(ref_out[name][:6], spec, ctx).numpy())
+        _assert_close(got["grad"][k], pool(ref[name], spec, ctx).numpy())
+    assert np.abs(got["grad"][0]).max() > 0
+    # Batch-size invariance, and the teacher view follows the image id, not the position.
+    small = ex.extract_features(model, images, names, spec, "self_distillation", 4, params, image_ids=ids)
+    for a, b in zip(small["grad"], got["grad"]):
+        _assert_close(a, b)
+    other = ex.extract_features(model, images, names, spec, "self_distillation", 6, params, image_ids=ids[::-1])
+    assert not np.allclose(other["grad"][0], got["grad"][0])
+
+
+def test_teacher_view_is_deterministic_per_id():
+    image = _images(1, 48)[0]
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    a = ex.teacher_view(image, "img007", mean, std)
+    np.testing.assert_array_equal(a.numpy(), ex.teacher_view(image.clone(), "img007", mean, std).numpy())
+    assert a.shape == image.shape and not torch.allclose(a, image)
+    assert not torch.allclose(a, ex.teacher_view(image, "img008", mean, std))
+    assert not torch.allclose(a, ex.teacher_view(image, "img007", mean, std, {"seed": 1}))
+    # No crop, flip or jitter: the identity (up to the pixel clamp to [0, 1]).
+    plain = torch.rand(3, 16, 16)
+    ident = ex.teacher_view((plain - 0.5) / 0.25, "x", mean, std, {"crop_scale": (1.0, 1.0), "flip": 0, "jitter": 0})
+    np.testing.assert_allclose(ident.numpy() * 0.25 + 0.5, plain.numpy(), atol=1e-5)
+    # Crop boxes follow torchvision's RandomResizedCrop law: area fraction within the scale range.
+    for i in range(50):
+        top, left, h, w = ex._crop_box(np.random.default_rng(ex.image_seed(f"id{i}")), 64, 64, (0.4, 1.0))
+        assert 0.4 * 64 * 64 * 0.9 <= h * w <= 64 * 64 and top + h <= 64 and left + w <= 64
+
+
+def test_prototypes_are_unit_norm_and_seeded():
+    p = ex.prototypes(8, 100, 0).numpy()
+    np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, rtol=1e-12)
+    assert p.shape == (100, 8) and not np.allclose(p, ex.prototypes(8, 100, 1).numpy())
+
+
+def test_self_distillation_default_is_not_degenerate():
+    """With the default 4,096 prototypes the loss varies with the image (gradients differ by image)."""
+    model = _model(VIT, size=32)
+    got = ex.extract_features(model, _images(3, 32), ["blocks.0"], {"mode": "mean"}, "self_distillation")
+    g = got["grad"][0]
+    assert np.isfinite(g).all() and np.abs(g).max() > 0 and not np.allclose(g[0], g[1])
+
+
+def _ce_grads(model, images, names, labels):
+    ref = copy.deepcopy(model)
+    modules = dict(ref.named_modules())
+    store: dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o)) for n in names]
+    try:
+        x = images.clone().requires_grad_(True)
+        loss = F.cross_entropy(ref(x), torch.as_tensor(labels), reduction="sum")
+        return torch.autograd.grad(loss, [store[n] for n in names])
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_cross_entropy_given_labels(cnn_case):
+    model, images, names, ctx, *_ = cnn_case
+    images, names = images[:6], names[-2:]
+    labels = np.array([3, 7, 1, 999, 0, 42])
+    spec = {"mode": "mean"}
+    ids = [f"i{k}" for k in range(6)]
+    by_array = ex.extract_features(model, images, names, spec, "cross_entropy", 4, {"labels": labels})
+    by_map = ex.extract_features(
+        model, images, names, spec, "cross_entropy", 4, {"labels": dict(zip(ids, labels.tolist()))}, image_ids=ids
+    )
+    ref = _ce_grads(model, images, names, labels)
+    for k in range(2):
+        _assert_close(by_array["grad"][k], pool(ref[k], spec, ctx).numpy())
+        np.testing.assert_array_equal(by_map["grad"][k], by_array["grad"][k])
+    own = ex.extract_features(model, images, names, spec, "cross_entropy", 4)
+    assert not np.allclose(own["grad"][1], by_array["grad"][1])
+    with pytest.raises(ValueError, match=r"\[0, 1000\)"):
+        ex.extract_features(model, images[:1], names, spec, "cross_entropy", 1, {"labels": [1000]})
+    with pytest.raises(ValueError, match="i9"):
+        ex.extract_features(model, images[:1], names, spec, "cross_entropy", 1, {"labels": {"i0": 1}},
+                            image_ids=["i9"])
+
+
+def test_cross_entropy_shuffled_permutes_own_labels_batch_invariantly(vit_case):
+    model, images, names, ctx, *_ = vit_case
+    names = names[-2:]
+    spec = {"mode": "cls_mean"}
+    with torch.no_grad():
+        top1 = model(images).argmax(dim=1).numpy()
+    assert len(set(top1)) > 1  # a permutation can change something
+    perm = np.random.default_rng(5).permutation(N_IMAGES)
+    ref = _ce_grads(model, images, names, top1[perm])
+    full = ex.extract_features(model, images, names, spec, "cross_entropy_shuffled", N_IMAGES, {"seed": 5})
+    small = ex.extract_features(model, images, names, spec, "cross_entropy_shuffled", 3, {"seed": 5})
+    for k in range(2):
+        _assert_close(full["grad"][k], pool(ref[k], spec, ctx).numpy())
+        _assert_close(small["grad"][k], full["grad"][k])
+    own = ex.extract_features(model, images, names, spec, "cross_entropy", N_IMAGES)
+    assert not np.allclose(own["grad"][1], full["grad"][1], atol=1e-6)
+
+
+def test_shuffled_and_self_distillation_errors():
+    headless = ex.create_model("resnet18", "random", 0, 32, {"num_classes": 0})
+    with pytest.raises(ValueError, match="classifier head"):
+        ex.extract_features(headless, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "cross_entropy_shuffled")
+    with pytest.raises(ValueError, match="one id per image"):
+        ex.extract_features(headless, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "self_distillation",
+                            image_ids=["a"])
+
+
+# ---------------------------------------------------------------- 11: sparse random projection
+
+
+def test_projection_matrix_law_and_determinism():
+    d, k = 2500, 300
+    r = ex.projection_matrix(d, k, 0, 3).to_dense().numpy()
+    s = np.sqrt(d)
+    values = np.unique(r)
+    np.testing.assert_allclose(values, [-np.sqrt(s / k), 0.0, np.sqrt(s / k)])
+    density = (r != 0).mean()
+    assert abs(density - 1 / s) < 4 * np.sqrt(1 / s / (d * k))  # Binomial(d*k, 1/s), 4 sd
+    assert abs((r > 0).mean() - (r < 0).mean()) < 4 * np.sqrt(1 / s / (d * k))
+    ex.projection_matrix.cache_clear()
+    np.testing.assert_array_equal(ex.projection_matrix(d, k, 0, 3).to_dense().numpy(), r)
+    assert not np.array_equal(ex.projection_matrix(d, k, 0, 4).to_dense().numpy(), r)
+    assert not np.array_equal(ex.projection_matrix(d, k, 1, 3).to_dense().numpy(), r)
+
+
+def test_projection_preserves_distances():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5000)) * rng.uniform(0.5, 2, size=5000)
+    spec = {"projection": {"dim": 2000, "above": 100}}
+    y = ex.project(torch.from_numpy(x), spec, 0).numpy()
+    assert y.shape == (40, 2000)
+    from scipy.spatial.distance import pdist
+
+    ratio = pdist(y) / pdist(x)
+    assert abs(ratio.mean() - 1) < 0.02 and ratio.min() > 0.85 and ratio.max() < 1.15
+    assert ex.projected_dim(5000, spec) == 2000 and ex.projected_dim(100, spec) == 100
+    assert ex.projected_dim(20000, {}) == 4096 and ex.projected_dim(16384, {}) == 16384  # METHOD §2 default
+    assert ex.projected_dim(10**6, {"projection": {"dim": None}}) == 10**6
+
+
+def test_projection_applies_one_matrix_to_act_and_grad(cnn_case):
+    model, images, names, *_ = cnn_case
+    images, names = images[:4], names[:3]
+    plain = {"mode": "grid", "grid": 2, "projection": {"dim": None}}
+    proj = {"mode": "grid", "grid": 2, "projection": {"dim": 50, "above": 0, "seed": 7}}
+    a = ex.extract_features(model, images, names, plain, "cross_entropy")
+    b = ex.extract_features(model, images, names, proj, "cross_entropy")
+    for k in range(3):
+        r = ex.projection_matrix(a["act"][k].shape[1], 50, 7, k).to_dense().numpy()
+        for signal in ("act", "grad"):
+            assert b[signal][k].shape == (4, 50)
+            _assert_close(b[signal][k], a[signal][k].astype(np.float64) @ r)
+    table = ex.resolve_layers(CNN[0], {"n": 3}, proj, SIZE, CNN[1])
+    assert list(table["dim"]) == [50, 50, 50]

@@ -8,6 +8,8 @@ its own gradient.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import re
 import time
@@ -27,6 +29,16 @@ __all__ = [
     "BLOCK_PATTERNS",
     "POOLINGS",
     "LOSSES",
+    "LOSS_PREPARERS",
+    "LossBatch",
+    "PROJECTION_DEFAULTS",
+    "SELF_DISTILLATION_DEFAULTS",
+    "projected_dim",
+    "projection_matrix",
+    "project",
+    "image_seed",
+    "teacher_view",
+    "prototypes",
     "find_blocks",
     "select_layers",
     "resolve_layers",
@@ -130,7 +142,10 @@ def resolve_layers(
         chosen = select_layers(blocks, int(layers.get("n", 22)))
     shapes = _output_shapes(model, [c[0] for c in chosen], _input_size(model, input_size))
     ctx = _token_context(model)
-    dims = [pool(torch.empty(shapes[name], device="meta"), pooling, ctx).shape[1] for name, _ in chosen]
+    dims = [
+        projected_dim(pool(torch.empty(shapes[name], device="meta"), pooling, ctx).shape[1], pooling)
+        for name, _ in chosen
+    ]
     return pd.DataFrame({
         "layer": [c[0] for c in chosen],
         "layer_index": np.arange(len(chosen), dtype=np.int64),
@@ -172,7 +187,8 @@ class TokenContext:
 def _token_context(model: torch.nn.Module) -> TokenContext:
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
     regs = int(getattr(model, "num_reg_tokens", 0) or 0)
-    fmt = getattr(model, "output_fmt", "NCHW")
+    # SAM's ViT keeps no output_fmt on the model: its patch embedding's format is the blocks' one.
+    fmt = getattr(model, "output_fmt", None) or getattr(getattr(model, "patch_embed", None), "output_fmt", "NCHW")
     channels_last = getattr(fmt, "value", fmt) == "NHWC"
     return TokenContext(prefix, regs, has_class_token=prefix - regs > 0, channels_last=channels_last)
 
@@ -230,22 +246,218 @@ def pool(x: torch.Tensor, spec: dict, ctx: TokenContext = TokenContext()) -> tor
     return POOLINGS[mode](x, spec, ctx)
 
 
+# ---------------------------------------------------------------- projection
+
+PROJECTION_DEFAULTS: dict = {"dim": 4096, "above": 16384, "seed": 0}
+
+
+def _projection_spec(spec: dict) -> dict:
+    return {**PROJECTION_DEFAULTS, **(spec.get("projection") or {})}
+
+
+def projected_dim(dim: int, spec: dict) -> int:
+    """Feature dimension after the pooling spec's projection (unchanged when it does not apply)."""
+    proj = _projection_spec(spec)
+    return int(proj["dim"]) if proj["dim"] and dim > int(proj["above"]) else int(dim)
+
+
+@functools.lru_cache(maxsize=64)
+def projection_matrix(n_features: int, n_components: int, seed: int, layer_index: int) -> torch.Tensor:
+    """Very sparse random projection (Li et al. 2006), sparse COO of shape (n_features, n_components).
+
+    Entries are +-sqrt(s / n_components) with probability 1/(2s) each and 0 otherwise,
+    s = sqrt(n_features), so squared norms are preserved in expectation. Column j draws its
+    number of non-zeros ~ Binomial(n_features, 1/s), their rows without replacement and their
+    signs from numpy's generator seeded by (seed, layer_index, n_features).
+    """
+    s = np.sqrt(n_features)
+    rng = np.random.default_rng([int(seed), int(layer_index), int(n_features)])
+    rows, cols, signs = [], [], []
+    for j in range(n_components):
+        nnz = rng.binomial(n_features, 1.0 / s)
+        rows.append(rng.choice(n_features, nnz, replace=False))
+        cols.append(np.full(nnz, j))
+        signs.append(rng.choice([-1.0, 1.0], nnz))
+    index = torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(cols)]).astype(np.int64))
+    values = torch.from_numpy(np.concatenate(signs) * np.sqrt(s / n_components))
+    return torch.sparse_coo_tensor(index, values, (n_features, n_components), check_invariants=True).coalesce()
+
+
+def project(x: torch.Tensor, spec: dict, layer_index: int) -> torch.Tensor:
+    """Apply the pooling spec's sparse random projection to pooled features (B, dim), if it applies."""
+    proj = _projection_spec(spec)
+    if projected_dim(x.shape[1], spec) == x.shape[1]:
+        return x
+    matrix = projection_matrix(x.shape[1], int(proj["dim"]), int(proj["seed"]), int(layer_index))
+    out = torch.sparse.mm(matrix.to(x.device).t(), x.double().t()).t()
+    return out.to(x.dtype)
+
+
 # ---------------------------------------------------------------- losses
 
 
-def _loss_cross_entropy(model: torch.nn.Module, logits: torch.Tensor, images: torch.Tensor, params: dict) -> torch.Tensor:
+@dataclass
+class LossBatch:
+    """What a loss sees of one batch: the tracked pass, the images and their place in the set."""
+
+    model: torch.nn.Module
+    features: torch.Tensor  # forward_features output of the tracked pass (in the autograd graph)
+    images: torch.Tensor  # (B, 3, H, W) preprocessed
+    ids: list[str]  # image ids, in batch order
+    index: np.ndarray  # (B,) positions of the images in the whole set
+    untracked: Callable[[torch.Tensor], torch.Tensor]  # pre-logits of a no-grad, unhooked pass
+
+    def logits(self) -> torch.Tensor:
+        """Classifier output (B, classes) of the tracked pass."""
+        head = getattr(self.model, "forward_head", None)
+        return head(self.features) if head else self.features
+
+    def embedding(self) -> torch.Tensor:
+        """Pooled pre-logits (B, dim) of the tracked pass."""
+        return self.model.forward_head(self.features, pre_logits=True)
+
+
+def _check_logits(model: torch.nn.Module, logits: torch.Tensor, loss: str) -> None:
     # A headless model (num_classes=0) returns pooled features of shape (batch, dim): not logits.
     if logits.ndim != 2 or logits.shape[1] < 2 or getattr(model, "num_classes", None) == 0:
         raise ValueError(
-            "loss 'cross_entropy' needs a classifier head (logits of shape (batch, classes)); "
-            f"this model outputs {tuple(logits.shape)}. Give a model with a classifier head."
+            f"loss {loss!r} needs a classifier head (logits of shape (batch, classes)); "
+            f"this model outputs {tuple(logits.shape)}. Give a model with a classifier head, "
+            "or use loss 'self_distillation'."
         )
-    target = logits.detach().argmax(dim=1)
+
+
+def _given_labels(labels, batch: LossBatch, n_classes: int) -> torch.Tensor:
+    """Labels of the batch from a mapping image_id -> class or an array aligned to the image set."""
+    if isinstance(labels, dict):
+        missing = [i for i in batch.ids if i not in labels]
+        if missing:
+            raise ValueError(f"loss_params.labels has no label for image ids {missing[:5]}")
+        values = np.array([labels[i] for i in batch.ids])
+    else:
+        values = np.asarray(labels)[batch.index]
+    if values.dtype.kind not in "iu" or values.min() < 0 or values.max() >= n_classes:
+        raise ValueError(f"loss_params.labels {values[:5].tolist()}...: expected integers in [0, {n_classes})")
+    return torch.as_tensor(values, dtype=torch.long, device=batch.features.device)
+
+
+def _loss_cross_entropy(batch: LossBatch, params: dict) -> torch.Tensor:
+    logits = batch.logits()
+    _check_logits(batch.model, logits, "cross_entropy")
+    if params.get("labels") is not None:
+        target = _given_labels(params["labels"], batch, logits.shape[1])
+    else:
+        target = logits.detach().argmax(dim=1)
     return F.cross_entropy(logits, target, reduction="sum")
 
 
-LOSSES: dict[str, Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, dict], torch.Tensor]] = {
+def _prepare_shuffled(model: torch.nn.Module, images: torch.Tensor, params: dict, batch_size: int) -> dict:
+    """Own top-1 labels of the whole set, permuted across images by a seeded permutation."""
+    device = next(model.parameters()).device
+    top1 = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            logits = model(images[start:start + batch_size].to(device))
+            _check_logits(model, logits, "cross_entropy_shuffled")
+            top1.append(logits.argmax(dim=1).cpu().numpy())
+    labels = np.concatenate(top1)
+    perm = np.random.default_rng(int(params.get("seed", 0))).permutation(len(labels))
+    return {**params, "labels": labels[perm]}
+
+
+def _loss_cross_entropy_shuffled(batch: LossBatch, params: dict) -> torch.Tensor:
+    if params.get("labels") is None:
+        raise ValueError("loss 'cross_entropy_shuffled' runs through extract_features, which permutes the labels")
+    return _loss_cross_entropy(batch, params)
+
+
+SELF_DISTILLATION_DEFAULTS: dict = {
+    "n_prototypes": 4096,
+    "temperature_student": 0.1,
+    "temperature_teacher": 0.04,
+    "crop_scale": (0.4, 1.0),
+    "flip": 0.5,
+    "jitter": 0.4,
+    "seed": 0,
+}
+
+
+def image_seed(image_id: str, seed: int = 0) -> np.random.SeedSequence:
+    """Seed of one image's augmented view: (seed, first 8 bytes of sha256(image_id))."""
+    digest = int.from_bytes(hashlib.sha256(str(image_id).encode()).digest()[:8], "little")
+    return np.random.SeedSequence([int(seed), digest])
+
+
+def _crop_box(rng: np.random.Generator, h: int, w: int, scale: Sequence[float]) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (ratio 3/4 to 4/3, 10 tries, else the whole image)."""
+    for _ in range(10):
+        area = h * w * rng.uniform(scale[0], scale[1])
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = int(round(np.sqrt(area * ratio))), int(round(np.sqrt(area / ratio)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    return 0, 0, h, w
+
+
+def _jitter(x: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
+    """Brightness, contrast, saturation (in this order) of a (3, H, W) image in [0, 1]."""
+    gray = lambda t: (0.299 * t[0] + 0.587 * t[1] + 0.114 * t[2])[None]  # noqa: E731
+    x = (x * factors[0]).clamp(0, 1)
+    x = (factors[1] * x + (1 - factors[1]) * gray(x).mean()).clamp(0, 1)
+    return (factors[2] * x + (1 - factors[2]) * gray(x)).clamp(0, 1)
+
+
+def teacher_view(image: torch.Tensor, image_id: str, mean: Sequence[float], std: Sequence[float],
+                 params: dict | None = None) -> torch.Tensor:
+    """The deterministic augmented view (3, H, W) of one preprocessed image, seeded by its id."""
+    p = {**SELF_DISTILLATION_DEFAULTS, **(params or {})}
+    rng = np.random.default_rng(image_seed(image_id, p["seed"]))
+    _, h, w = image.shape
+    top, left, ch, cw = _crop_box(rng, h, w, p["crop_scale"])
+    flip = rng.random() < p["flip"]
+    factors = rng.uniform(1 - p["jitter"], 1 + p["jitter"], size=3)
+    m = torch.as_tensor(mean, dtype=image.dtype, device=image.device)[:, None, None]
+    s = torch.as_tensor(std, dtype=image.dtype, device=image.device)[:, None, None]
+    crop = image[None, :, top:top + ch, left:left + cw]
+    view = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+    view = view.flip(-1) if flip else view
+    return (_jitter(view * s + m, factors) - m) / s
+
+
+@functools.lru_cache(maxsize=8)
+def prototypes(dim: int, n_prototypes: int = 4096, seed: int = 0) -> torch.Tensor:
+    """Fixed prototype head (n_prototypes, dim): standard normal rows (numpy, seeded) scaled to unit norm."""
+    w = np.random.default_rng(int(seed)).standard_normal((n_prototypes, dim))
+    return torch.from_numpy(w / np.linalg.norm(w, axis=1, keepdims=True))
+
+
+def _norm_stats(model: torch.nn.Module) -> tuple[tuple, tuple]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+
+def _loss_self_distillation(batch: LossBatch, params: dict) -> torch.Tensor:
+    p = {**SELF_DISTILLATION_DEFAULTS, **params}
+    mean, std = _norm_stats(batch.model)
+    views = torch.stack([teacher_view(x, i, mean, std, p) for x, i in zip(batch.images, batch.ids)])
+    teacher = batch.untracked(views).detach()
+    student = batch.embedding()
+    protos = prototypes(student.shape[1], int(p["n_prototypes"]), int(p["seed"]))
+    protos = protos.to(device=student.device, dtype=student.dtype)
+    s = F.normalize(student, dim=1) @ protos.T / p["temperature_student"]
+    t = F.normalize(teacher, dim=1) @ protos.T / p["temperature_teacher"]
+    return -(F.softmax(t, dim=1) * F.log_softmax(s, dim=1)).sum()
+
+
+LOSSES: dict[str, Callable[[LossBatch, dict], torch.Tensor]] = {
     "cross_entropy": _loss_cross_entropy,
+    "cross_entropy_shuffled": _loss_cross_entropy_shuffled,
+    "self_distillation": _loss_self_distillation,
+}
+
+# Losses that need the whole image set before batching (so results do not depend on batch size).
+LOSS_PREPARERS: dict[str, Callable[[torch.nn.Module, torch.Tensor, dict, int], dict]] = {
+    "cross_entropy_shuffled": _prepare_shuffled,
 }
 
 
@@ -307,10 +519,13 @@ class _Recorder:
     def __init__(self, model: torch.nn.Module, names: Sequence[str]):
         modules = dict(model.named_modules())
         self.outputs: dict[str, torch.Tensor] = {}
+        self.active = True
         self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
+            if not self.active:  # an untracked pass (a loss's teacher view) must not overwrite
+                return None
             if isinstance(output, (tuple, list)):
                 raise ValueError(f"block {name!r} returns a {type(output).__name__}; choose another module")
             if not output.requires_grad:
@@ -326,6 +541,25 @@ class _Recorder:
             h.remove()
 
 
+def _forward_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    fwd = getattr(model, "forward_features", None)
+    return fwd(images) if fwd else model(images)
+
+
+def _untracked(model: torch.nn.Module, rec: _Recorder) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Pre-logits of a no-grad pass whose block outputs the recorder ignores."""
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        rec.active = False
+        try:
+            with torch.no_grad():
+                return model.forward_head(_forward_features(model, images), pre_logits=True)
+        finally:
+            rec.active = True
+
+    return run
+
+
 def extract_batch(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -334,24 +568,35 @@ def extract_batch(
     loss: str,
     loss_params: dict | None = None,
     signals: Sequence[str] = ("act", "grad"),
+    ids: Sequence[str] | None = None,
+    index: np.ndarray | None = None,
 ) -> dict[str, list[torch.Tensor]]:
-    """Pooled activations and gradients of the named blocks for one batch: {signal: [(B, dim)]}."""
+    """Pooled activations and gradients of the named blocks for one batch: {signal: [(B, dim)]}.
+
+    `ids` (image ids) seed per-image augmentations and `index` (positions in the whole image
+    set) aligns given labels; both default to the batch positions.
+    """
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} unknown; valid losses: {sorted(LOSSES)}")
+    index = np.arange(len(images)) if index is None else np.asarray(index)
+    ids = [str(i) for i in index] if ids is None else [str(i) for i in ids]
     ctx = _token_context(model)
     rec = _Recorder(model, names)
     try:
         with torch.enable_grad():
-            logits = model(images)
+            features = _forward_features(model, images)
             outs = [rec.outputs[n] for n in names]
             out: dict[str, list[torch.Tensor]] = {}
             if "grad" in signals:
-                value = LOSSES[loss](model, logits, images, loss_params or {})
+                batch = LossBatch(model, features, images, ids, index, _untracked(model, rec))
+                value = LOSSES[loss](batch, loss_params or {})
                 grads = torch.autograd.grad(value, outs, allow_unused=True)
                 grads = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, grads)]
-                out["grad"] = [pool(g.float(), pooling, ctx).detach() for g in grads]
+                out["grad"] = [
+                    project(pool(g.float(), pooling, ctx), pooling, k).detach() for k, g in enumerate(grads)
+                ]
             if "act" in signals:
-                out["act"] = [pool(o.detach().float(), pooling, ctx) for o in outs]
+                out["act"] = [project(pool(o.detach().float(), pooling, ctx), pooling, k) for k, o in enumerate(outs)]
     finally:
         rec.remove()
     return out
@@ -367,13 +612,27 @@ def extract_features(
     loss_params: dict | None = None,
     signals: Sequence[str] = ("act", "grad"),
     progress: Callable[[int, int], None] | None = None,
+    image_ids: Sequence[str] | None = None,
 ) -> dict[str, list[np.ndarray]]:
-    """Activations and gradients for a stack of preprocessed images: {signal: [(n_images, dim)]}."""
+    """Activations and gradients for a stack of preprocessed images: {signal: [(n_images, dim)]}.
+
+    `image_ids` (default: the positions "0", "1", ...) seed per-image augmentations; the
+    k-th name's projection (if any) is seeded by k, its layer index.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r} unknown; valid losses: {sorted(LOSSES)}")
+    ids = [str(i) for i in range(len(images))] if image_ids is None else [str(i) for i in image_ids]
+    if len(ids) != len(images):
+        raise ValueError(f"{len(ids)} image ids for {len(images)} images; expected one id per image")
+    params = dict(loss_params or {})
+    if loss in LOSS_PREPARERS and "grad" in signals:
+        params = LOSS_PREPARERS[loss](model, images, params, batch_size)
     chunks: dict[str, list[list[np.ndarray]]] = {s: [[] for _ in names] for s in signals}
     device = next(model.parameters()).device
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].to(device)
-        result = extract_batch(model, batch, names, pooling, loss, loss_params, signals)
+        index = np.arange(start, start + len(batch))
+        result = extract_batch(model, batch, names, pooling, loss, params, signals, ids[start:start + len(batch)], index)
         for signal, arrays in result.items():
             for k, a in enumerate(arrays):
                 chunks[signal][k].append(a.cpu().numpy().astype(np.float32))
@@ -423,7 +682,7 @@ def run_extract(
     torch.manual_seed(seed)
     feats = extract_features(
         model, images, list(layers["layer"]), pooling, model_spec.get("loss", "cross_entropy"),
-        batch_size, model_spec.get("loss_params"), signals, progress,
+        batch_size, model_spec.get("loss_params"), signals, progress, list(manifest["image_id"]),
     )
     for signal, arrays in feats.items():
         for k, array in enumerate(arrays):
