@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +24,7 @@ from brainprop.encoding import (
     load_target_scores,
     make_folds,
     ridge_cv,
+    ridge_cv_shared,
 )
 from brainprop.io import CorruptFileError, write_table
 
@@ -97,6 +101,132 @@ def test_ridge_cv_ties_go_to_the_smallest_alpha():
     assert np.isnan(result.r).all()  # constant predictions have no correlation
     with pytest.raises(ValueError, match="alphas"):
         ridge_cv(X, Y, folds, [0.0, 1.0])
+
+
+# Torch float32 tolerance on held-out r and R² against numpy float64 (observed <= 2e-6 here).
+TORCH_ATOL = 1e-4
+
+
+def loo_errors(X, Y, train, alphas=ALPHAS):
+    """scikit-learn's float64 mean leave-one-out squared error, (n_targets, n_alphas)."""
+    pipe = make_pipeline(StandardScaler(), RidgeCV(alphas, alpha_per_target=True, store_cv_results=True))
+    return pipe.fit(X[train], Y[train])[-1].cv_results_.mean(axis=0)
+
+
+@pytest.mark.parametrize("n, d", [(60, 20), (45, 90)], ids=["svd", "kernel"])
+def test_torch_cpu_float32_agrees_with_numpy_float64(n, d):
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(20 + n)
+    X, Y = random_data(rng, n, d, 40)
+    folds = make_folds(n, None, 5, seed=3)
+    ref = ridge_cv(X, Y, folds, ALPHAS)
+    got = ridge_cv(X, Y, folds, ALPHAS, backend="torch", device="cpu")
+    np.testing.assert_allclose(got.r_folds, ref.r_folds, rtol=0, atol=TORCH_ATOL)
+    np.testing.assert_allclose(got.r2_folds, ref.r2_folds, rtol=0, atol=TORCH_ATOL)
+    # Penalties agree except at near-ties (noise targets whose error is flat over large
+    # penalties): allow at most 5% of (fold, target) pairs to differ, each only where the
+    # float64 leave-one-out errors of the two penalties are within 1e-5 relative of each other.
+    differ = np.argwhere(got.alpha != ref.alpha)
+    assert len(differ) <= 0.05 * ref.alpha.size
+    for f, j in differ:
+        err = loo_errors(X, Y, folds[f][0])[j]
+        a, b = np.searchsorted(ALPHAS, [ref.alpha[f, j], got.alpha[f, j]])
+        assert abs(err[a] - err[b]) <= 1e-5 * err[a]
+    assert np.mean(got.alpha == ref.alpha) > 0.9 and len(np.unique(ref.alpha)) > 2
+
+
+def test_backend_dtypes_are_explicit():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(21)
+    X, Y = random_data(rng, 50, 12, 6)
+    folds = make_folds(50, None, 5, seed=0)
+    ref = ridge_cv(X, Y, folds, ALPHAS)
+    np.testing.assert_array_equal(ridge_cv(X, Y, folds, ALPHAS, backend="numpy", dtype="float64").r, ref.r)
+    # Torch in float64 follows the float64 path closely; numpy in float32 is allowed too.
+    np.testing.assert_allclose(ridge_cv(X, Y, folds, ALPHAS, backend="torch", device="cpu",
+                                        dtype="float64").r, ref.r, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ridge_cv(X, Y, folds, ALPHAS, dtype=np.float32).r, ref.r, rtol=0, atol=TORCH_ATOL)
+
+
+def test_backend_errors_name_the_choices():
+    X, Y = random_data(np.random.default_rng(22), 20, 4, 2)
+    folds = make_folds(20, None, 4, seed=0)
+    with pytest.raises(ValueError, match=r"backend='jax'.*\['numpy', 'torch'\]"):
+        ridge_cv(X, Y, folds, ALPHAS, backend="jax")
+    with pytest.raises(ValueError, match="device='tpu'"):
+        ridge_cv(X, Y, folds, ALPHAS, device="tpu")
+    with pytest.raises(ValueError, match="numpy backend"):
+        ridge_cv(X, Y, folds, ALPHAS, device="cuda")
+    with pytest.raises(ValueError, match="dtype='float16'"):
+        ridge_cv(X, Y, folds, ALPHAS, dtype="float16")
+
+
+def test_torch_cuda_unavailable_is_a_clear_error():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present; the error path cannot be reached")
+    X, Y = random_data(np.random.default_rng(23), 20, 4, 2)
+    with pytest.raises(ValueError, match=r"torch.cuda.is_available\(\) is False"):
+        ridge_cv(X, Y, make_folds(20, None, 4, seed=0), ALPHAS, backend="torch", device="cuda")
+
+
+def test_torch_cuda_float32_agrees_with_numpy_float64():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    rng = np.random.default_rng(24)
+    X, Y = random_data(rng, 300, 60, 50)
+    folds = make_folds(300, None, 5, seed=0)
+    ref = ridge_cv(X, Y, folds, ALPHAS)
+    got = ridge_cv(X, Y, folds, ALPHAS, backend="torch", device="cuda")
+    np.testing.assert_allclose(got.r, ref.r, rtol=0, atol=TORCH_ATOL)
+    assert np.mean(got.alpha == ref.alpha) > 0.9
+
+
+def test_numpy_backend_does_not_import_torch():
+    code = (
+        "import sys, numpy as np\n"
+        "from brainprop.encoding import make_folds, ridge_cv\n"
+        "rng = np.random.default_rng(0)\n"
+        "ridge_cv(rng.standard_normal((30, 4)), rng.standard_normal((30, 2)), make_folds(30, None, 3, 0), [1.0, 10.0])\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_ridge_cv_shared_equals_separate_fits(backend):
+    if backend == "torch":
+        pytest.importorskip("torch")
+    rng = np.random.default_rng(25)
+    X, Y1 = random_data(rng, 60, 25, 9)
+    Y2 = structured_data(rng, 60, 25, 14)[1].astype(np.float32)
+    Y3 = Y1[:, :3] * 2.0 + 1.0
+    Y3[:, 1] = 4.0  # a constant target, NaN in every fold
+    folds = make_folds(60, np.repeat(np.arange(20), 3), 5, seed=1)
+    kwargs = {"batch_size": 4, "backend": backend, "device": "cpu"}
+    shared = ridge_cv_shared(X, [Y1, Y2, Y3], folds, ALPHAS, **kwargs)
+    assert len(shared) == 3
+    for Y, got in zip([Y1, Y2, Y3], shared):
+        alone = ridge_cv(X, Y, folds, ALPHAS, **kwargs)
+        for field in ("r", "r2", "alpha", "r_folds", "r2_folds"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(alone, field))
+    assert np.isnan(shared[2].r[1]) and np.isfinite(shared[1].r).all()
+    with pytest.raises(ValueError, match=r"Ys\[1\]"):
+        ridge_cv_shared(X, [Y1, Y2[:50]], folds, ALPHAS)
+    with pytest.raises(ValueError, match="Ys is empty"):
+        ridge_cv_shared(X, [], folds, ALPHAS)
+
+
+def test_encode_passes_the_backend_through(fmri_job):
+    pytest.importorskip("torch")
+    X, Y, targets, folds = fmri_job
+    ref, _, _ = encode(X, Y, targets, folds, ALPHAS)
+    got, _, _ = encode(X, Y, targets, folds, ALPHAS, backend="torch", device="cpu")
+    np.testing.assert_allclose(got["r"], ref["r"], rtol=0, atol=TORCH_ATOL)
+    with pytest.raises(ValueError, match="backend='cupy'"):
+        encode(X, Y, targets, folds, ALPHAS, backend="cupy")
 
 
 def test_planted_linear_model_is_recovered():

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["RidgeCVResult", "ridge_cv", "check_alphas", "check_folds"]
+from ._backends import Backend, get_backend
+
+__all__ = ["RidgeCVResult", "ridge_cv", "ridge_cv_shared", "check_alphas", "check_folds"]
 
 Fold = tuple[np.ndarray, np.ndarray]
 
@@ -37,7 +40,7 @@ class RidgeCVResult:
 
 @dataclass(frozen=True)
 class _Basis:
-    """Spectral basis of one fold's standardised, centred training features.
+    """Spectral basis of one fold's standardised, centred training features, as backend arrays.
 
     Attributes
     ----------
@@ -47,9 +50,9 @@ class _Basis:
         held-out prediction for penalty a is ``P @ (U.T @ y / (lam + a)) + mean(y)``.
     """
 
-    U: np.ndarray
-    lam: np.ndarray
-    P: np.ndarray
+    U: Any
+    lam: Any
+    P: Any
 
 
 def check_alphas(alphas: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -97,31 +100,31 @@ def _standardize(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, n
     return X_train, X_test
 
 
-def _svd_basis(X_train: np.ndarray, X_test: np.ndarray) -> _Basis:
+def _svd_basis(ops: Backend, X_train: Any, X_test: Any) -> _Basis:
     """Basis from the thin SVD of the training features (n_train > n_features)."""
-    U, s, Vt = np.linalg.svd(X_train, full_matrices=False)
+    U, s, Vt = ops.svd(X_train)
     return _Basis(U=U, lam=s**2, P=(X_test @ Vt.T) * s)
 
 
-def _kernel_basis(X_train: np.ndarray, X_test: np.ndarray) -> _Basis:
+def _kernel_basis(ops: Backend, X_train: Any, X_test: Any) -> _Basis:
     """Basis from the eigendecomposition of the kernel X X^T (n_features >= n_train)."""
-    lam, Q = np.linalg.eigh(X_train @ X_train.T)
-    return _Basis(U=Q, lam=np.clip(lam, 0.0, None), P=(X_test @ X_train.T) @ Q)
+    lam, Q = ops.eigh(X_train @ X_train.T)
+    return _Basis(U=Q, lam=ops.clip0(lam), P=(X_test @ X_train.T) @ Q)
 
 
-_DECOMPOSITIONS: dict[str, Callable[[np.ndarray, np.ndarray], _Basis]] = {
+_DECOMPOSITIONS: dict[str, Callable[[Backend, Any, Any], _Basis]] = {
     "svd": _svd_basis,
     "kernel": _kernel_basis,
 }
 
 
-def _decompose(X_train: np.ndarray, X_test: np.ndarray) -> _Basis:
+def _decompose(ops: Backend, X_train: np.ndarray, X_test: np.ndarray) -> _Basis:
     """One decomposition per fold: SVD when samples outnumber features, kernel otherwise."""
     kind = "svd" if X_train.shape[0] > X_train.shape[1] else "kernel"
-    return _DECOMPOSITIONS[kind](X_train, X_test)
+    return _DECOMPOSITIONS[kind](ops, ops.asarray(X_train), ops.asarray(X_test))
 
 
-def _loo_terms(basis: _Basis, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _loo_terms(basis: _Basis, alphas: Any) -> tuple[Any, Any]:
     """Shrinkage M (k, n_alphas) and leave-one-out denominators (n_train, n_alphas).
 
     With intercept, scikit-learn's `_RidgeGCV` treats the constant direction as unpenalised:
@@ -131,20 +134,28 @@ def _loo_terms(basis: _Basis, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarra
     U, lam = basis.U, basis.lam
     n = U.shape[0]
     M = -lam[:, None] / (lam[:, None] + alphas[None, :])
-    UT1 = U.sum(axis=0)
+    UT1 = U.sum(0)
     denom = 1.0 + (U**2) @ M - (U @ (M * UT1[:, None]) + 1.0) / n
     return M, denom
 
 
-def _select(basis: _Basis, M: np.ndarray, denom: np.ndarray, yc: np.ndarray, UTy: np.ndarray) -> np.ndarray:
-    """Index of the penalty with the smallest leave-one-out squared error per target, shape (batch,)."""
-    best_err = np.full(yc.shape[1], np.inf)
-    best = np.zeros(yc.shape[1], dtype=np.intp)
+def _loo_errors(ops: Backend, basis: _Basis, M: Any, denom: Any, yc: Any, UTy: Any) -> np.ndarray:
+    """Mean squared leave-one-out error of every penalty and target, (n_alphas, batch) float64."""
+    errors = []
     for i in range(M.shape[1]):
         looe = basis.U @ (M[:, i, None] * UTy)
         looe += yc
         looe /= denom[:, i, None]
-        err = np.mean(np.square(looe, out=looe), axis=0)
+        looe *= looe
+        errors.append(looe.mean(0))
+    return ops.to_numpy(ops.stack(errors))
+
+
+def _select(errors: np.ndarray) -> np.ndarray:
+    """Index of the penalty with the smallest leave-one-out error per target, shape (batch,)."""
+    best_err = np.full(errors.shape[1], np.inf)
+    best = np.zeros(errors.shape[1], dtype=np.intp)
+    for i, err in enumerate(errors):
         better = err < best_err  # strict, as RidgeCV: ties keep the earlier (smaller) penalty
         best_err[better] = err[better]
         best[better] = i
@@ -176,20 +187,84 @@ def _valid(y_train: np.ndarray, y_test: np.ndarray) -> np.ndarray:
 
 
 def _fit_batch(
-    basis: _Basis, M: np.ndarray, denom: np.ndarray, alphas: np.ndarray,
+    ops: Backend, basis: _Basis, M: Any, denom: Any, alphas: np.ndarray,
     y_train: np.ndarray, y_test: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chosen penalty, held-out r and R² of one batch of targets, each (batch,)."""
     valid = _valid(y_train, y_test)
     y_train = np.where(valid, y_train, 0.0)
     mean = y_train.mean(axis=0)
-    yc = y_train - mean
+    yc = ops.asarray(y_train - mean)
     UTy = basis.U.T @ yc
-    chosen = alphas[_select(basis, M, denom, yc, UTy)]
-    pred = basis.P @ (UTy / (basis.lam[:, None] + chosen[None, :])) + mean
+    chosen = alphas[_select(_loo_errors(ops, basis, M, denom, yc, UTy))]
+    pred = ops.to_numpy(basis.P @ (UTy / (basis.lam[:, None] + ops.asarray(chosen)[None, :]))) + mean
     nan = np.full(valid.shape, np.nan)
     return (np.where(valid, chosen, nan), np.where(valid, _pearson(pred, y_test), nan),
             np.where(valid, _r2(pred, y_test), nan))
+
+
+def _check_xy(X: np.ndarray, Ys: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Raise a ValueError unless X is 2-D and finite and every Y is 2-D with X's rows."""
+    if len(Ys) == 0:
+        raise ValueError("Ys is empty; expected one (n_images, n_targets) array per subject")
+    Ys = [np.asarray(Y) for Y in Ys]
+    for s, Y in enumerate(Ys):
+        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+            where = "" if len(Ys) == 1 else f" (Ys[{s}])"
+            raise ValueError(f"X and Y{where} must be 2-D with equal rows, got shapes {X.shape} and {Y.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"X has {np.count_nonzero(~np.isfinite(X))} non-finite values; expected finite features")
+    return Ys
+
+
+def ridge_cv_shared(
+    X: np.ndarray,
+    Ys: Sequence[np.ndarray],
+    folds: Sequence[Fold],
+    alphas: Sequence[float] | np.ndarray,
+    batch_size: int | None = None,
+    backend: str | Backend = "numpy",
+    device: str = "auto",
+    dtype: Any = None,
+) -> list[RidgeCVResult]:
+    """`ridge_cv` of several response sets that share X: one decomposition per fold serves all.
+
+    For subjects who saw the same images in the same order (e.g. THINGS-MEG), each fold's
+    features are standardised and decomposed once and every subject's targets are fitted from
+    that basis; each result is identical to a separate `ridge_cv` call with the same arguments.
+
+    Parameters
+    ----------
+    X : (n_images, n_features) features, finite.
+    Ys : one (n_images, n_targets_s) response array per subject, rows in X's order.
+    folds, alphas, batch_size, backend, device, dtype : as in `ridge_cv`.
+
+    Returns
+    -------
+    list of RidgeCVResult, one per entry of `Ys`.
+    """
+    X = np.asarray(X)
+    Ys = _check_xy(X, Ys)
+    folds = check_folds(folds, X.shape[0])
+    alphas = check_alphas(alphas)
+    ops = get_backend(backend, device, dtype)
+    shapes = [(len(folds), Y.shape[1]) for Y in Ys]
+    scores = [tuple(np.full(shape, np.nan) for _ in range(3)) for shape in shapes]
+    for f, (train, test) in enumerate(folds):
+        X_train, X_test = _standardize(X[train].astype(np.float64), X[test].astype(np.float64))
+        basis = _decompose(ops, X_train, X_test)
+        del X_train, X_test
+        M, denom = _loo_terms(basis, ops.asarray(alphas))
+        step = batch_size or max(1, _BATCH_BYTES // (32 * len(train)))
+        for Y, (alpha, r, r2) in zip(Ys, scores):
+            for start in range(0, Y.shape[1], step):
+                cols = slice(start, min(start + step, Y.shape[1]))
+                alpha[f, cols], r[f, cols], r2[f, cols] = _fit_batch(
+                    ops, basis, M, denom, alphas,
+                    Y[train, cols].astype(np.float64), Y[test, cols].astype(np.float64),
+                )
+    return [RidgeCVResult(r=r.mean(axis=0), r2=r2.mean(axis=0), alpha=alpha, r_folds=r, r2_folds=r2)
+            for alpha, r, r2 in scores]
 
 
 def ridge_cv(
@@ -198,16 +273,23 @@ def ridge_cv(
     folds: Sequence[Fold],
     alphas: Sequence[float] | np.ndarray,
     batch_size: int | None = None,
+    backend: str | Backend = "numpy",
+    device: str = "auto",
+    dtype: Any = None,
 ) -> RidgeCVResult:
     """Cross-validated ridge scores, equal to StandardScaler + RidgeCV(alpha_per_target) per fold.
 
     Per fold the training features are standardised (StandardScaler: training mean and
     population std, scale 1 for constant columns) and decomposed once; the penalty of each
     target is chosen by efficient leave-one-out (RidgeCV's GCV mode, intercept unpenalised,
-    ties to the smallest penalty), and held-out predictions are scored. All arithmetic is in
-    float64; targets are processed in batches, so `Y` may be a large float32 (or memory-mapped)
-    array. Feature columns constant over all of X should be dropped first: they do not change
-    the result, only the cost. Targets not finite or constant in a split get NaN in that fold.
+    ties to the smallest penalty), and held-out predictions are scored. Standardisation,
+    target centring and scoring run in float64 on the CPU; the decomposition, leave-one-out
+    errors and predictions run on the chosen backend (NumPy float64 by default: equal to
+    scikit-learn to 1e-6; PyTorch float32: r within about 1e-4 of it, the same penalties
+    up to near-ties of the leave-one-out error). Targets are processed in batches, so `Y` may
+    be a large float32 (or memory-mapped) array. Feature columns constant over all of X
+    should be dropped first: they do not change the result, only the cost. Targets not
+    finite or constant in a split get NaN in that fold.
 
     Parameters
     ----------
@@ -216,31 +298,13 @@ def ridge_cv(
     folds : (train, test) index pairs, e.g. from `make_folds`.
     alphas : candidate penalties (> 0).
     batch_size : targets per batch; default from a ~512 MiB working-memory budget.
+    backend : "numpy" or "torch" (imported only when chosen), or a `Backend`.
+    device : "auto", "cpu" or "cuda" ("cuda" only with torch; "auto" takes cuda when available).
+    dtype : "float32" or "float64" for the backend arithmetic; None for the backend's default
+        (numpy: float64, torch: float32).
 
     Returns
     -------
     RidgeCVResult
     """
-    X, Y = np.asarray(X), np.asarray(Y)
-    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
-        raise ValueError(f"X and Y must be 2-D with equal rows, got shapes {X.shape} and {Y.shape}")
-    if not np.isfinite(X).all():
-        raise ValueError(f"X has {np.count_nonzero(~np.isfinite(X))} non-finite values; expected finite features")
-    folds = check_folds(folds, X.shape[0])
-    alphas = check_alphas(alphas)
-    n_targets = Y.shape[1]
-    shape = (len(folds), n_targets)
-    alpha, r, r2 = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
-    for f, (train, test) in enumerate(folds):
-        X_train, X_test = _standardize(X[train].astype(np.float64), X[test].astype(np.float64))
-        basis = _decompose(X_train, X_test)
-        del X_train, X_test
-        M, denom = _loo_terms(basis, alphas)
-        step = batch_size or max(1, _BATCH_BYTES // (32 * len(train)))
-        for start in range(0, n_targets, step):
-            cols = slice(start, min(start + step, n_targets))
-            alpha[f, cols], r[f, cols], r2[f, cols] = _fit_batch(
-                basis, M, denom, alphas,
-                Y[train, cols].astype(np.float64), Y[test, cols].astype(np.float64),
-            )
-    return RidgeCVResult(r=r.mean(axis=0), r2=r2.mean(axis=0), alpha=alpha, r_folds=r, r2_folds=r2)
+    return ridge_cv_shared(X, [Y], folds, alphas, batch_size, backend, device, dtype)[0]

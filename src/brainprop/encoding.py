@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ._ridge import Fold, RidgeCVResult, check_folds, ridge_cv
+from ._backends import BACKENDS, DEVICES
+from ._ridge import Fold, RidgeCVResult, check_folds, ridge_cv, ridge_cv_shared
 from .io import CorruptFileError, read_table
 
 __all__ = [
@@ -19,7 +20,10 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "make_folds",
     "ridge_cv",
+    "ridge_cv_shared",
     "RidgeCVResult",
+    "BACKENDS",
+    "DEVICES",
     "RidgeEncoder",
     "encode",
     "load_target_scores",
@@ -247,6 +251,9 @@ def encode(
     folds: Sequence[Fold],
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     batch_size: int | None = None,
+    backend: str = "numpy",
+    device: str = "auto",
+    dtype: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Encode one subject's targets from one layer's features and summarise per ROI or time.
 
@@ -258,6 +265,7 @@ def encode(
     folds : (train, test) index pairs from `make_folds`, the same for every layer and signal.
     alphas : candidate ridge penalties.
     batch_size : targets per solver batch (default from a memory budget).
+    backend, device, dtype : array backend of the fits, as in `ridge_cv` (default NumPy float64).
 
     Returns
     -------
@@ -275,7 +283,7 @@ def encode(
     if not used.any():
         raise ValueError(f"all {Y.shape[1]} targets are constant or contain NaN; nothing to encode")
     result = ridge_cv(X if keep.all() else X[:, keep], Y if used.all() else Y[:, used],
-                      folds, alphas, batch_size)
+                      folds, alphas, batch_size, backend, device, dtype)
     per_target = _per_target_table(targets, used, result)
     excluded = per_target["excluded"].to_numpy()
     table = targets[list(TARGET_COLUMNS[1:])].reset_index(drop=True).assign(
@@ -327,7 +335,9 @@ def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict) 
     """Entry point of the encode rule: one layer's features against one subject's targets.
 
     `inputs` has features (extract folder), layers, Y, targets and samples; `outputs` has
-    scores (per target) and summary (rows of the contract's encoding table).
+    scores (per target) and summary (rows of the contract's encoding table). `params` is the
+    `encoding` config entry; its optional `backend` ("numpy" default, or "torch"), `device`
+    ("auto" default) and `dtype` (backend default) choose the array backend.
     """
     from .config import alphas as alpha_grid
     from .features import load_features, load_layers, load_samples
@@ -345,8 +355,10 @@ def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict) 
     Y = load_array(inputs.Y, mmap=True)
     targets = read_table(inputs.targets)
     folds = folds_from_table(read_table(inputs.folds), samples["image_id"].to_numpy())
-    per_target, summary, counts = encode(X, Y, targets, folds, alpha_grid(params))
-    log.info("counts: %s", counts)
+    backend = {"backend": params.get("backend", "numpy"), "device": params.get("device", "auto"),
+               "dtype": params.get("dtype")}
+    per_target, summary, counts = encode(X, Y, targets, folds, alpha_grid(params), **backend)
+    log.info("backend: %s; counts: %s", backend, counts)
     layer = load_layers(inputs.layers).set_index("layer_index").loc[layer_index]
     summary = summary.assign(
         **identity, layer=str(layer["layer"]), layer_index=np.int64(layer_index), depth=float(layer["depth"])

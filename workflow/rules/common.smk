@@ -69,8 +69,17 @@ def layers_of(model):
 
 def model_spec(model):
     """The keys of a model entry that feature extraction depends on."""
-    keys = ("timm_name", "weights", "timm_kwargs", "input_size", "loss", "batch_size", "signals")
+    keys = ("timm_name", "weights", "timm_kwargs", "input_size", "loss", "loss_params", "batch_size", "signals")
     return {k: MODELS[model][k] for k in keys}
+
+
+def encode_params():
+    """What an encode job depends on (the device only when the torch backend uses it)."""
+    enc = config["encoding"]
+    params = {"alphas": enc["alphas"], "backend": enc["backend"], "dtype": enc["dtype"]}
+    if enc["backend"] == "torch":
+        params["device"] = config["device"]
+    return params
 
 
 def encode_outputs(dataset, model, subject):

@@ -39,7 +39,7 @@ rule encode:
         scores=f"{OUT}/encoding/{{dataset}}/{{model}}/{{signal}}/{{layer}}/{{subject}}.targets.parquet",
         summary=f"{OUT}/encoding/{{dataset}}/{{model}}/{{signal}}/{{layer}}/{{subject}}.summary.parquet",
     params:
-        encoding={"alphas": config["encoding"]["alphas"]},
+        encoding=encode_params(),
         timm_name=lambda wc: MODELS[wc.model]["timm_name"],
     log:
         f"{LOGS}/encode/{{dataset}}/{{model}}/{{signal}}/{{layer}}/{{subject}}.log",
