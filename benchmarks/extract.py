@@ -1,0 +1,176 @@
+"""Benchmark: brainprop's feature extraction against the bare forward + backward it cannot beat.
+
+For a CNN (resnet18) and a ViT (vit_tiny), random weights, one batch of images and the
+cross_entropy loss, times (1) `extract_features` (activations and gradients of 8 evenly
+spaced blocks, grid-2 pooling) and (2) the floor: one forward + backward of the same frozen
+model with the input requiring grad (and, tighter, backward only down to the first selected
+block, where brainprop's graph starts when everything upstream is frozen). Also times (3) the backward pass with frozen parameters
+against one that also computes weight gradients. Medians over repeats after a warm-up, all in
+the same run. On CUDA it adds ViT-L/16 and DINOv3-L (random weights, 224 px, bf16 autocast).
+Writes results/benchmarks/extract.json.
+Usage: python benchmarks/extract.py [--device auto|cpu|cuda] [--quick] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from brainprop.features.extract import create_model, extract_features, find_blocks, resolve_device, select_layers
+
+POOLING = {"mode": "grid", "grid": 2}
+N_LAYERS = 8
+
+# name -> (timm name, timm kwargs, input size, batch size); CPU cases run everywhere.
+CPU_CASES: dict[str, tuple[str, dict, int, int]] = {
+    "cnn": ("resnet18", {"zero_init_last": False}, 112, 32),
+    "vit": ("vit_tiny_patch16_224", {}, 224, 32),
+}
+# Large models, CUDA only, in bf16 autocast (DINOv3 has no head by default: give it one).
+CUDA_CASES: dict[str, tuple[str, dict, int, int]] = {
+    "vit_large": ("vit_large_patch16_224", {}, 224, 64),
+    "dinov3_large": ("vit_large_patch16_dinov3", {"num_classes": 1000}, 224, 64),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median wall time (s) of `fn` over `repeats` calls after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _loss(logits: torch.Tensor) -> torch.Tensor:
+    """brainprop's cross_entropy: summed over the batch against the model's own top-1 class."""
+    return F.cross_entropy(logits, logits.detach().argmax(dim=1), reduction="sum")
+
+
+def bare_forward_backward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The floor: one forward and one backward to the input (frozen parameters)."""
+    x = images.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(_loss(model(x)), x)
+    return grad
+
+
+def bare_to_block(model: torch.nn.Module, images: torch.Tensor, first: str) -> torch.Tensor:
+    """A tighter floor: forward, and backward only down to the first selected block's output.
+
+    brainprop's recorder starts the graph at the first hooked block when everything upstream
+    is frozen, so it never backpropagates through the stem; the bare loop above does.
+    """
+    kept = {}
+
+    def hook(module, inputs, output):
+        kept["out"] = output.detach().requires_grad_(True)
+        return kept["out"]
+
+    handle = dict(model.named_modules())[first].register_forward_hook(hook)
+    try:
+        (grad,) = torch.autograd.grad(_loss(model(images)), kept["out"])
+    finally:
+        handle.remove()
+    return grad
+
+
+def backward_only(model: torch.nn.Module, images: torch.Tensor, device: torch.device, repeats: int) -> float:
+    """Median time of the backward pass alone (forward untimed), with the model's current requires_grad."""
+    times = []
+    for i in range(repeats + 1):
+        x = images.detach().requires_grad_(True)
+        loss = _loss(model(x))
+        _sync(device)
+        start = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        if i:  # the first is a warm-up
+            times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return statistics.median(times)
+
+
+def run_case(name: str, spec: tuple, device: torch.device, repeats: int, bf16: bool = False) -> dict:
+    """Time brainprop against the bare loop, and frozen against weight-gradient backward, for one model."""
+    timm_name, kwargs, size, batch = spec
+    model = create_model(timm_name, "random", 0, size, kwargs).to(device)
+    names = [n for n, _ in select_layers(find_blocks(model), N_LAYERS)]
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with amp:
+        t_brainprop = median_time(
+            lambda: extract_features(model, images, names, POOLING, "cross_entropy", batch_size=batch), device, repeats
+        )
+        t_bare = median_time(lambda: bare_forward_backward(model, images), device, repeats)
+        t_block = median_time(lambda: bare_to_block(model, images, names[0]), device, repeats)
+        t_frozen = backward_only(model, images, device, repeats)
+        model.requires_grad_(True)
+        t_weights = backward_only(model, images, device, repeats)
+        model.requires_grad_(False)
+    return {
+        "case": name, "timm_name": timm_name, "input_size": size, "batch_size": batch, "n_layers": len(names),
+        "dtype": "bf16-autocast" if bf16 else "float32",
+        "brainprop_s": t_brainprop, "bare_forward_backward_s": t_bare, "ratio_vs_bare": t_brainprop / t_bare,
+        "bare_to_first_block_s": t_block, "ratio_vs_bare_to_first_block": t_brainprop / t_block,
+        "brainprop_images_per_s": batch / t_brainprop, "bare_images_per_s": batch / t_bare,
+        "backward_frozen_s": t_frozen, "backward_with_weight_grads_s": t_weights,
+        "frozen_backward_ratio": t_frozen / t_weights,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, ViT at 112 px")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument("--out", default="results/benchmarks/extract.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    repeats = 3 if args.quick else 7
+    cases = dict(CPU_CASES)
+    if args.quick:
+        cases["vit"] = (*cases["vit"][:2], 112, cases["vit"][3])
+    results = {name: run_case(name, spec, device, repeats) for name, spec in cases.items()}
+    if device.type == "cuda":
+        for name, spec in CUDA_CASES.items():
+            try:
+                results[name] = run_case(name, spec, device, repeats, bf16=True)
+            except torch.OutOfMemoryError as err:
+                results[name] = {"case": name, "error": f"out of memory: {err}"}
+            torch.cuda.empty_cache()
+    summary = {
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": args.threads, "quick": args.quick, "repeats": repeats,
+        "cnn_ratio_vs_bare": results["cnn"]["ratio_vs_bare"],
+        "vit_ratio_vs_bare": results["vit"]["ratio_vs_bare"],
+        "frozen_backward_ratio": results["cnn"]["frozen_backward_ratio"],
+        "vit_frozen_backward_ratio": results["vit"]["frozen_backward_ratio"],
+        "cases": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
