@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ._backends import BACKENDS, DEVICES
+from ._banded import BANDED_ALPHAS, BandedResult, banded_ridge_cv, joint_ridge_cv
 from ._ridge import Fold, RidgeCVResult, check_folds, ridge_cv, ridge_cv_shared
 from .io import CorruptFileError, read_table
 
@@ -22,6 +23,10 @@ __all__ = [
     "ridge_cv",
     "ridge_cv_shared",
     "RidgeCVResult",
+    "banded_ridge_cv",
+    "joint_ridge_cv",
+    "BandedResult",
+    "BANDED_ALPHAS",
     "BACKENDS",
     "DEVICES",
     "RidgeEncoder",

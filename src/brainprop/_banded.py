@@ -1,0 +1,206 @@
+"""Banded (joint) ridge: one penalty per feature space, chosen per target by exact leave-one-out."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._backends import get_backend
+from ._ridge import (
+    Fold,
+    RidgeCVResult,
+    _Basis,
+    _loo_errors,
+    _loo_terms,
+    _pearson,
+    _r2,
+    _standardize,
+    _valid,
+    check_alphas,
+    check_folds,
+    ridge_cv,
+)
+
+__all__ = ["BandedResult", "BANDED_ALPHAS", "banded_grid", "joint_ridge_cv", "banded_ridge_cv"]
+
+# METHOD.md §4 grid per band (1e0..1e8, 10 values): 100 penalty pairs for two bands.
+BANDED_ALPHAS: tuple[float, ...] = tuple(np.logspace(0, 8, 10).tolist())
+
+# Working-memory budget of one target batch: about four (n_train, batch) float64 arrays.
+_BATCH_BYTES = 2**29
+
+_UNIT = np.ones(1)
+
+
+@dataclass(frozen=True)
+class BandedResult:
+    """Cross-validated scores of a two-band joint ridge and of each band alone (NaN where not fitted).
+
+    Attributes
+    ----------
+    r : (n_targets,) Pearson r of the joint model's held-out prediction, averaged over folds.
+    r2 : (n_targets,) R² of the joint model, averaged over folds.
+    alpha : (n_folds, n_targets, n_bands) penalty pair chosen by leave-one-out per fold and target.
+    r_folds : (n_folds, n_targets) joint Pearson r of each fold.
+    r2_folds : (n_folds, n_targets) joint R² of each fold.
+    single : one `RidgeCVResult` per band, that band fitted alone by `ridge_cv` on the same folds.
+    unique : (n_bands, n_targets) unique variance of each band, R²_joint − R² of the other band alone.
+    """
+
+    r: np.ndarray
+    r2: np.ndarray
+    alpha: np.ndarray
+    r_folds: np.ndarray
+    r2_folds: np.ndarray
+    single: tuple[RidgeCVResult, ...]
+    unique: np.ndarray
+
+
+def banded_grid(alphas: Sequence[float] | Sequence[Sequence[float]], n_bands: int) -> np.ndarray:
+    """All penalty combinations, (n_combinations, n_bands), ascending in band order (ties go first).
+
+    `alphas` is either one list of penalties shared by every band or one list per band.
+    """
+    values = list(alphas)
+    nested = len(values) > 0 and all(np.ndim(v) == 1 for v in values)
+    if nested and len(values) != n_bands:
+        raise ValueError(f"alphas has {len(values)} per-band grids, expected {n_bands} (one per band)")
+    grids = [check_alphas(v) for v in values] if nested else [check_alphas(values)] * n_bands
+    return np.array(list(itertools.product(*grids)), dtype=np.float64)
+
+
+def _check_bands(Xs: Sequence[np.ndarray], Y: np.ndarray, min_bands: int) -> list[np.ndarray]:
+    """Raise a ValueError unless there are enough 2-D finite bands, each with Y's rows."""
+    Xs = [np.asarray(X) for X in Xs]
+    if len(Xs) < min_bands:
+        raise ValueError(f"got {len(Xs)} feature band(s), expected at least {min_bands}")
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be 2-D (n_images, n_targets), got shape {Y.shape}")
+    for j, X in enumerate(Xs):
+        if X.ndim != 2 or X.shape[0] != Y.shape[0]:
+            raise ValueError(f"Xs[{j}] has shape {X.shape}; expected 2-D with {Y.shape[0]} rows as Y")
+        if not np.isfinite(X).all():
+            raise ValueError(f"Xs[{j}] has {np.count_nonzero(~np.isfinite(X))} non-finite values; expected finite")
+    return Xs
+
+
+def _kernels(Xs: list[np.ndarray], train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band training kernels (n_bands, n_train, n_train) and test-train kernels (n_bands, n_test, n_train)."""
+    K, C = [], []
+    for X in Xs:
+        X_train, X_test = _standardize(X[train].astype(np.float64), X[test].astype(np.float64))
+        K.append(X_train @ X_train.T)
+        C.append(X_test @ X_train.T)
+    return np.stack(K), np.stack(C)
+
+
+def _combo_basis(K: np.ndarray, C: np.ndarray, penalties: np.ndarray) -> _Basis:
+    """Basis of the joint kernel Σ_j K_j / α_j, whose ridge with unit penalty is the banded ridge."""
+    scale = 1.0 / penalties
+    lam, Q = np.linalg.eigh(np.tensordot(scale, K, axes=1))
+    return _Basis(U=Q, lam=np.clip(lam, 0.0, None), P=np.tensordot(scale, C, axes=1) @ Q)
+
+
+def _fold_fit(
+    K: np.ndarray, C: np.ndarray, grid: np.ndarray, y_train: np.ndarray, batch_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best combination index (m,), its leave-one-out MSE (m,) and held-out prediction (n_test, m).
+
+    `y_train` must be finite; the first combination wins ties of the leave-one-out error.
+    """
+    ops = get_backend("numpy", "cpu", None)
+    n_train, m = y_train.shape
+    mean = y_train.mean(axis=0)
+    yc = y_train - mean
+    best = np.zeros(m, dtype=np.intp)
+    best_err = np.full(m, np.inf)
+    pred = np.zeros((C.shape[1], m))
+    step = batch_size or max(1, _BATCH_BYTES // (32 * n_train))
+    for c, penalties in enumerate(grid):
+        basis = _combo_basis(K, C, penalties)
+        M, denom = _loo_terms(basis, _UNIT)
+        for start in range(0, m, step):
+            cols = slice(start, min(start + step, m))
+            UTy = basis.U.T @ yc[:, cols]
+            err = _loo_errors(ops, basis, M, denom, yc[:, cols], UTy)[0]
+            better = err < best_err[cols]  # strict, as RidgeCV: ties keep the earlier combination
+            if better.any():
+                idx = np.flatnonzero(better) + start
+                pred[:, idx] = basis.P @ (UTy[:, better] / (basis.lam[:, None] + 1.0))
+                best_err[idx] = err[better]
+                best[idx] = c
+    return best, best_err, pred + mean
+
+
+def joint_ridge_cv(
+    Xs: Sequence[np.ndarray],
+    Y: np.ndarray,
+    folds: Sequence[Fold],
+    alphas: Sequence[float] | Sequence[Sequence[float]] = BANDED_ALPHAS,
+    batch_size: int | None = None,
+) -> RidgeCVResult:
+    """Cross-validated banded ridge of any number of bands; scores only (see `banded_ridge_cv`).
+
+    Returns a `RidgeCVResult` whose `alpha` is (n_folds, n_targets, n_bands). With one band it
+    equals `ridge_cv` on the same grid.
+    """
+    Y = np.asarray(Y)
+    Xs = _check_bands(Xs, Y, min_bands=1)
+    folds = check_folds(folds, Y.shape[0])
+    grid = banded_grid(alphas, len(Xs))
+    shape = (len(folds), Y.shape[1])
+    r, r2 = np.full(shape, np.nan), np.full(shape, np.nan)
+    alpha = np.full(shape + (len(Xs),), np.nan)
+    for f, (train, test) in enumerate(folds):
+        y_train, y_test = Y[train].astype(np.float64), Y[test].astype(np.float64)
+        valid = _valid(y_train, y_test)
+        K, C = _kernels(Xs, train, test)
+        best, _, pred = _fold_fit(K, C, grid, np.where(valid, y_train, 0.0), batch_size)
+        r[f] = np.where(valid, _pearson(pred, y_test), np.nan)
+        r2[f] = np.where(valid, _r2(pred, y_test), np.nan)
+        alpha[f] = np.where(valid[:, None], grid[best], np.nan)
+    return RidgeCVResult(r=r.mean(axis=0), r2=r2.mean(axis=0), alpha=alpha, r_folds=r, r2_folds=r2)
+
+
+def banded_ridge_cv(
+    Xs: Sequence[np.ndarray],
+    Y: np.ndarray,
+    folds: Sequence[Fold],
+    alphas: Sequence[float] | Sequence[Sequence[float]] = BANDED_ALPHAS,
+    batch_size: int | None = None,
+) -> BandedResult:
+    """Joint ridge of two feature bands (e.g. activations, gradients) and each band's unique variance.
+
+    Per fold each band is standardised on the training split (as `ridge_cv`); for every penalty
+    pair (α_1, α_2) of the grid the banded ridge is the unit-penalty ridge on the hstacked
+    X_j / √α_j, solved in kernel form (K = Σ_j X_j X_jᵀ / α_j, one eigendecomposition per pair
+    and fold) with the intercept unpenalised. Each target takes the pair with the smallest exact
+    leave-one-out error (ties to the earlier pair: smaller α_1, then smaller α_2). Each band is
+    also fitted alone by `ridge_cv` over the union of the grid's penalties, and the unique
+    variance of band j is R²_joint − R²(other band alone), both held-out and fold-averaged.
+
+    Parameters
+    ----------
+    Xs : two (n_images, n_features_j) feature arrays, finite, rows in Y's order.
+    Y : (n_images, n_targets) responses.
+    folds : (train, test) index pairs, e.g. from `make_folds`.
+    alphas : penalties shared by both bands, or one list per band (grid = their product).
+    batch_size : targets per batch; default from a ~512 MiB working-memory budget.
+
+    Returns
+    -------
+    BandedResult
+    """
+    Y = np.asarray(Y)
+    Xs = _check_bands(Xs, Y, min_bands=2)
+    if len(Xs) != 2:
+        raise ValueError(f"got {len(Xs)} feature bands, expected exactly 2 (e.g. activations, gradients)")
+    grid = banded_grid(alphas, 2)
+    joint = joint_ridge_cv(Xs, Y, folds, alphas, batch_size)
+    single = tuple(ridge_cv(X, Y, folds, np.unique(grid[:, j]), batch_size) for j, X in enumerate(Xs))
+    unique = np.stack([joint.r2 - single[1].r2, joint.r2 - single[0].r2])
+    return BandedResult(r=joint.r, r2=joint.r2, alpha=joint.alpha, r_folds=joint.r_folds,
+                        r2_folds=joint.r2_folds, single=single, unique=unique)
