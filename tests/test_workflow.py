@@ -1,6 +1,5 @@
 """Real Snakemake on a tiny config in a temporary directory: every table follows the contract."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
