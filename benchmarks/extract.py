@@ -4,9 +4,10 @@ For a CNN (resnet18) and a ViT (vit_tiny), random weights, one batch of images a
 cross_entropy loss, times (1) `extract_features` (activations and gradients of 8 evenly
 spaced blocks, grid-2 pooling) and (2) the floor: one forward + backward of the same frozen
 model with the input requiring grad (and, tighter, backward only down to the first selected
-block, where brainprop's graph starts when everything upstream is frozen). Also times (3) the backward pass with frozen parameters
-against one that also computes weight gradients. Medians over repeats after a warm-up, all in
-the same run. On CUDA it adds ViT-L/16 and DINOv3-L (random weights, 224 px, bf16 autocast).
+block, where brainprop's graph starts when everything upstream is frozen). Also times (3) the
+backward pass with frozen parameters against one that also computes weight gradients.
+Medians over repeats after a warm-up, all in the same run. On CUDA it adds ViT-L/16 and
+DINOv3-L (random weights, 224 px, bf16 autocast) and the batch size `auto` would choose.
 Writes results/benchmarks/extract.json.
 Usage: python benchmarks/extract.py [--device auto|cpu|cuda] [--quick] [--threads 1]
 """
@@ -24,7 +25,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from brainprop.features.extract import create_model, extract_features, find_blocks, resolve_device, select_layers
+from brainprop.features.extract import (
+    auto_batch_size,
+    create_model,
+    extract_features,
+    find_blocks,
+    resolve_device,
+    select_layers,
+)
 
 POOLING = {"mode": "grid", "grid": 2}
 N_LAYERS = 8
@@ -114,19 +122,27 @@ def run_case(name: str, spec: tuple, device: torch.device, repeats: int, bf16: b
     model = create_model(timm_name, "random", 0, size, kwargs).to(device)
     names = [n for n, _ in select_layers(find_blocks(model), N_LAYERS)]
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    precision = "bfloat16" if bf16 else "float32"
+    t_brainprop = median_time(
+        lambda: extract_features(model, images, names, POOLING, "cross_entropy", batch, precision=precision),
+        device, repeats,
+    )
+    # The bare loops run in the same autocast as brainprop's forward.
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with amp:
-        t_brainprop = median_time(
-            lambda: extract_features(model, images, names, POOLING, "cross_entropy", batch_size=batch), device, repeats
-        )
         t_bare = median_time(lambda: bare_forward_backward(model, images), device, repeats)
         t_block = median_time(lambda: bare_to_block(model, images, names[0]), device, repeats)
         t_frozen = backward_only(model, images, device, repeats)
         model.requires_grad_(True)
         t_weights = backward_only(model, images, device, repeats)
         model.requires_grad_(False)
+    auto = None
+    if device.type == "cuda":
+        probe = lambda x: extract_features(model, x, names, POOLING, "cross_entropy", len(x), precision=precision)  # noqa: E731
+        auto = auto_batch_size(probe, images[:1], device)
     return {
-        "case": name, "timm_name": timm_name, "input_size": size, "batch_size": batch, "n_layers": len(names),
+        "case": name, "timm_name": timm_name, "auto_batch_size": auto, "input_size": size, "batch_size": batch,
+        "n_layers": len(names),
         "dtype": "bf16-autocast" if bf16 else "float32",
         "brainprop_s": t_brainprop, "bare_forward_backward_s": t_bare, "ratio_vs_bare": t_brainprop / t_bare,
         "bare_to_first_block_s": t_block, "ratio_vs_bare_to_first_block": t_brainprop / t_block,
@@ -136,12 +152,71 @@ def run_case(name: str, spec: tuple, device: torch.device, repeats: int, bf16: b
     }
 
 
+def _cycled_manifest(manifest, n: int):
+    """A manifest of n rows reading the images of `manifest` in turn (unique ids, repeated files)."""
+    rows = manifest.iloc[[i % len(manifest) for i in range(n)]].reset_index(drop=True)
+    return rows.assign(image_id=[f"img{i:06d}" for i in range(n)], group=[f"g{i}" for i in range(n)])
+
+
+def run_pipeline(device: torch.device, sizes: tuple[int, int], size: int, workers: int, threads: int) -> dict:
+    """Images/s of whole extract jobs (PNG decoding, loader, shards, cache) against preloaded tensors.
+
+    Two jobs of different lengths separate the fixed cost of a job (model creation, loader start,
+    assembly) from its throughput per image: marginal images/s = extra images / extra time.
+    """
+    import tempfile
+
+    from brainprop.features.extract import ImageDataset, _transform, resolve_layers, run_extract
+    from brainprop.io import write_table
+    from brainprop.stimuli import make_demo_images, write_manifest
+
+    timm_name, kwargs, batch = "resnet50", {"zero_init_last": False}, 64
+    spec = {"timm_name": timm_name, "weights": "random", "input_size": size, "timm_kwargs": kwargs,
+            "loss": "cross_entropy"}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        unique = make_demo_images(root / "images", n_images=min(512, sizes[0]), size=size)
+        layers = resolve_layers(timm_name, {"n": N_LAYERS}, POOLING, size, kwargs)
+        write_table(root / "layers.parquet", layers)
+        model = create_model(timm_name, "random", 0, size, kwargs).to(device)
+        dataset = ImageDataset(_write(root, unique, sizes[0], write_manifest), _transform(model, size))
+        images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        t_tensor = median_time(
+            lambda: extract_features(model, images, list(layers["layer"]), POOLING, "cross_entropy", batch),
+            device, 1,
+        )
+        timings = {}
+        for n in sizes:
+            start = time.perf_counter()
+            run_extract(_write(root, unique, n, write_manifest), root / "layers.parquet", root / f"out-{n}", spec,
+                        POOLING, 0, str(device), batch, threads=threads, cache_dir=root / f"cache-{n}",
+                        shard_size=1024, workers=workers)
+            timings[n] = time.perf_counter() - start
+    marginal = (sizes[1] - sizes[0]) / (timings[sizes[1]] - timings[sizes[0]])
+    return {
+        "case": "pipeline", "timm_name": timm_name, "input_size": size, "batch_size": batch, "workers": workers,
+        "job_sizes": list(sizes), "job_seconds": [timings[n] for n in sizes],
+        "preloaded_tensor_images_per_s": sizes[0] / t_tensor,
+        "run_extract_marginal_images_per_s": marginal,
+        "run_extract_fixed_s": timings[sizes[0]] - sizes[0] / marginal,
+        "marginal_vs_preloaded": (sizes[0] / t_tensor) / marginal,
+    }
+
+
+def _write(root: Path, unique, n: int, write_manifest) -> Path:
+    path = root / "images" / f"manifest-{n}.parquet"
+    write_manifest(path, _cycled_manifest(unique, n))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, ViT at 112 px")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument("--out", default="results/benchmarks/extract.json")
+    parser.add_argument("--pipeline", type=int, default=0, metavar="N",
+                        help="also time whole extract jobs (loader, cache) of N and 4N images of 160 px")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -157,6 +232,8 @@ def main() -> None:
             except torch.OutOfMemoryError as err:
                 results[name] = {"case": name, "error": f"out of memory: {err}"}
             torch.cuda.empty_cache()
+    if args.pipeline:
+        results["pipeline"] = run_pipeline(device, (args.pipeline, 4 * args.pipeline), 160, 4, args.threads)
     summary = {
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": args.threads, "quick": args.quick, "repeats": repeats,

@@ -32,6 +32,30 @@ def test_demo_config_is_valid_and_defaults_are_filled(demo):
     assert alphas(config["encoding"])[0] == 1.0 and alphas(config["encoding"])[-1] == 1e8
 
 
+def _reversed_keys(value, path=()):
+    if isinstance(value, dict):
+        return {k: _reversed_keys(value[k], (*path, k)) for k in reversed(list(value))}
+    return value
+
+
+def test_key_order_in_the_file_does_not_change_the_config(demo):
+    # Rule params come from the config and Snakemake compares them as written: a reordered
+    # YAML file must give the same params (no rerun), except where the order is the user's choice.
+    plain = validate_config(copy.deepcopy(demo))
+    shuffled = validate_config(_reversed_keys(copy.deepcopy(demo)))
+    as_text = lambda c: repr({k: c[k] for k in sorted(c)})  # noqa: E731
+    user_ordered = ("stimuli", "models", "datasets")
+    assert list(shuffled["models"]) == list(reversed(list(plain["models"])))
+    assert list(shuffled["datasets"]["sim_backprop"]["roi_levels"]) == ["high", "intermediate", "early"]
+    for key in plain:
+        if key not in user_ordered:
+            assert repr(plain[key]) == repr(shuffled[key]), key
+    for alias, entry in plain["models"].items():
+        assert repr(entry) == repr(shuffled["models"][alias])
+    assert as_text(plain) != as_text(shuffled)  # only because of the user-ordered maps
+    assert list(plain["models"]["resnet18"]["pooling"]) == ["grid", "mode", "projection"]
+
+
 def test_tiny_test_config_is_valid():
     load_config(ROOT / "tests" / "configs" / "tiny.yaml")
 

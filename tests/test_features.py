@@ -101,17 +101,6 @@ def vit_case():
     return model, images, names, ctx, *_reference(model, images, names)
 
 
-@pytest.fixture(scope="module")
-def demo_manifest(tmp_path_factory):
-    """A 12-image demo manifest of 32 px images."""
-    from brainprop.stimuli import make_demo_images, write_manifest
-
-    root = tmp_path_factory.mktemp("stimuli")
-    manifest = make_demo_images(root, n_images=12, size=32)
-    write_manifest(root / "manifest.parquet", manifest)
-    return root / "manifest.parquet", manifest
-
-
 # ---------------------------------------------------------------- 1, 2: gradients and batch size
 
 

@@ -60,6 +60,21 @@ def test_second_run_has_nothing_to_do(tiny_run):
     assert "Nothing to be done" in done.stdout + done.stderr
 
 
+def test_runtime_settings_rerun_nothing(tiny_run, tmp_path):
+    # Batch size, device and loader settings change how features are computed, not what:
+    # a config that changes only them leaves every output up to date.
+    import yaml
+
+    config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+    config["models"]["resnet18"]["batch_size"] = "auto"
+    config["extraction"] = {"workers": 1, "shard_size": 7, "progress_every_s": 5}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    done = _snakemake(tiny_run, "--dry-run", "--configfile", str(changed))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Nothing to be done" in done.stdout + done.stderr
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "tests" / "configs" / "tiny.yaml").read_text().replace("mode: grid", "mode: gird"))

@@ -74,7 +74,28 @@ def validate_config(config: dict, schema_path: Path | None = None, check_models:
     _check_cross_fields(config)
     if check_models:
         _check_timm_names(config)
+    canonical = _canonical_order(config)
+    config.clear()
+    config.update(canonical)
     return config
+
+
+# Maps whose entry order the user chooses (it orders figures and tables); every other mapping
+# is sorted by key, so that reordering keys in the YAML file changes no rule's params (and
+# triggers no rerun).
+_ORDERED_MAPS = {("stimuli",), ("models",), ("datasets",), ("datasets", "*", "roi_levels"),
+                 ("datasets", "*", "meg_windows")}
+
+
+def _canonical_order(value, path: tuple = ()):
+    """`value` with the keys of every mapping sorted, except the user-ordered maps."""
+    if isinstance(value, dict):
+        ordered = any(len(p) == len(path) and all(a in ("*", b) for a, b in zip(p, path)) for p in _ORDERED_MAPS)
+        keys = list(value) if ordered else sorted(value, key=str)
+        return {k: _canonical_order(value[k], (*path, str(k))) for k in keys}
+    if isinstance(value, list):
+        return [_canonical_order(v, path) for v in value]
+    return value
 
 
 def _check_cross_fields(config: dict) -> None:

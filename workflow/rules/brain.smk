@@ -13,7 +13,7 @@ rule plant:
         model=lambda wc: model_spec(source_model(wc.dataset)),
         pooling=lambda wc: DATASETS[wc.dataset]["simulation"]["plant_pooling"],
         seed=config["seed"],
-        device=config["device"],
+        storage_dtype="float32",
     log:
         f"{LOGS}/plant/{{dataset}}.log",
     benchmark:
@@ -23,6 +23,7 @@ rule plant:
         mem_mb=mem_mb(4000),
         runtime=runtime(60),
         gpu=1 if on_cuda() else 0,
+        batch_size=lambda wc, attempt: extract_batch_size(source_model(wc.dataset), attempt),
     conda:
         "../../envs/brainprop.yaml"
     script:

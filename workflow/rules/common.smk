@@ -68,9 +68,15 @@ def layers_of(model):
 
 
 def model_spec(model):
-    """The keys of a model entry that feature extraction depends on."""
-    keys = ("timm_name", "weights", "timm_kwargs", "input_size", "loss", "loss_params", "batch_size", "signals")
+    """The keys of a model entry that the extracted features depend on (not batch size or device)."""
+    keys = ("timm_name", "weights", "timm_kwargs", "input_size", "loss", "loss_params", "precision", "signals")
     return {k: MODELS[model][k] for k in keys}
+
+
+def extract_batch_size(model, attempt):
+    """Batch size of a model's extract job (0 = auto), halved on each retry after running out of memory."""
+    batch = MODELS[model]["batch_size"]
+    return 0 if batch == "auto" else max(1, batch // 2 ** (attempt - 1))
 
 
 def encode_params():

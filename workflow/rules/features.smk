@@ -35,7 +35,7 @@ rule extract:
         model=lambda wc: model_spec(wc.model),
         pooling=lambda wc: MODELS[wc.model]["pooling"],
         seed=config["seed"],
-        device=config["device"],
+        storage_dtype=config["extraction"]["storage_dtype"],
     log:
         f"{LOGS}/extract/{{model}}/{{imageset}}.log",
     benchmark:
@@ -45,6 +45,8 @@ rule extract:
         mem_mb=mem_mb(4000),
         runtime=runtime(60),
         gpu=1 if on_cuda() else 0,
+        # Not params: batch size does not change the features, so it must not trigger a rerun.
+        batch_size=lambda wc, attempt: extract_batch_size(wc.model, attempt),
     conda:
         "../../envs/brainprop.yaml"
     script:

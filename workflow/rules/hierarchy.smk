@@ -78,7 +78,6 @@ rule tables:
         provenance={
             "seed": config["seed"],
             "models": {a: {"timm_name": m["timm_name"], "weights": m["weights"]} for a, m in MODELS.items()},
-            "config": config,
         },
     log:
         f"{LOGS}/tables/tables.log",

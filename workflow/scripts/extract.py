@@ -4,8 +4,13 @@ with rule_log(snakemake.log[0]) as log:
     from brainprop.features.extract import run_extract
 
     p = snakemake.params
+    # Device, batch size, workers and the cache location change how, not what, is computed:
+    # they come from the config and resources, not params, so changing them reruns nothing.
+    options = snakemake.config["extraction"]
     run_extract(
         snakemake.input.manifest, snakemake.input.layers, snakemake.output.features, p.model, p.pooling,
-        seed=p.seed, device=p.device, batch_size=p.model["batch_size"], signals=p.model["signals"],
-        threads=snakemake.threads,
+        seed=p.seed, device=snakemake.config["device"], batch_size=snakemake.resources.batch_size or "auto",
+        signals=p.model["signals"], threads=snakemake.threads, cache_dir=options["cache_dir"],
+        shard_size=options["shard_size"], workers=options["workers"], storage_dtype=p.storage_dtype,
+        progress_every_s=options["progress_every_s"],
     )

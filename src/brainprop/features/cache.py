@@ -1,0 +1,271 @@
+"""Resumable, content-addressed cache of extracted features (light: no torch import).
+
+An extraction is identified by everything its numbers depend on (`feature_identity`); the
+SHA-256 of that identity names its cache folder. Images are extracted in shards: each shard's
+arrays are written first and its `shard.json` (with a checksum per array) last, so a shard
+without a valid `shard.json` is never trusted. Once every shard is verified the shards are
+concatenated into one memory-mappable `.npy` per signal and layer (`assembled/`, again with
+checksums), which the extract rule's output folder then hard-links (or copies across file
+systems). Layout::
+
+    {cache_dir}/{key}/identity.json
+    {cache_dir}/{key}/shard-00000/{signal}/{layer:02d}.npy + shard.json
+    {cache_dir}/{key}/assembled/{signal}/{layer:02d}.npy + assembled.json
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_path, load_array, save_array
+from . import feature_path
+
+__all__ = [
+    "CACHE_FORMAT",
+    "STORAGE_DTYPES",
+    "Shard",
+    "ShardCache",
+    "feature_identity",
+    "feature_key",
+    "file_sha256",
+    "manifest_digest",
+    "weights_identity",
+]
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 hex digest of a file, read in chunks (feature files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_identity(weights: str, seed: int) -> str:
+    """What identifies a model's weights: the seed of random ones, the checkpoint's content hash."""
+    if weights == "random":
+        return f"random(seed={seed})"
+    if weights == "pretrained":
+        return "pretrained"  # the pretrained tag is part of the timm name
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} (models.<alias>.weights) does not exist")
+    return f"checkpoint(sha256={file_sha256(path)})"
+
+
+def manifest_digest(manifest: pd.DataFrame) -> str:
+    """SHA-256 over the image ids and image hashes of a manifest, in order."""
+    digest = hashlib.sha256()
+    for image_id, sha in zip(manifest["image_id"], manifest["sha256"]):
+        digest.update(f"{image_id}\t{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def feature_identity(
+    model: dict, seed: int, preprocessing: dict, layers: Sequence[str], pooling: dict,
+    manifest: pd.DataFrame, storage_dtype: str,
+) -> dict:
+    """Everything the extracted numbers depend on (and nothing else: not batch size, device or workers)."""
+    import timm
+
+    return {
+        "format": CACHE_FORMAT,
+        "timm": timm.__version__,
+        "timm_name": model["timm_name"],
+        "timm_kwargs": model.get("timm_kwargs") or {},
+        "weights": weights_identity(model["weights"], seed),
+        "preprocessing": preprocessing,
+        "layers": list(layers),
+        "pooling": pooling,
+        "loss": model.get("loss", "cross_entropy"),
+        "loss_params": model.get("loss_params") or {},
+        "precision": model.get("precision", "float32"),
+        "signals": sorted(model.get("signals", ["act", "grad"])),
+        "images": manifest_digest(manifest),
+        "n_images": len(manifest),
+        "storage_dtype": storage_dtype,
+    }
+
+
+def feature_key(identity: dict) -> str:
+    """Cache key of an extraction: SHA-256 of its canonical JSON identity (first 24 hex digits)."""
+    text = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A contiguous block of images [start, stop) of the manifest."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class ShardCache:
+    """The cache folder of one extraction: shards, their checksums and the assembled arrays."""
+
+    def __init__(
+        self, cache_dir: str | os.PathLike, identity: dict, n_images: int, shard_size: int,
+        signals: Sequence[str], n_layers: int,
+    ):
+        if shard_size < 1:
+            raise ValueError(f"extraction.shard_size {shard_size}: expected a positive integer")
+        self.identity = identity
+        self.key = feature_key(identity)
+        self.root = Path(cache_dir) / self.key
+        self.n_images = n_images
+        self.shard_size = int(shard_size)
+        self.signals = list(signals)
+        self.n_layers = n_layers
+        self.dtype = STORAGE_DTYPES[identity.get("storage_dtype", "float32")]
+        self.shards = [
+            Shard(i, start, min(start + self.shard_size, n_images))
+            for i, start in enumerate(range(0, n_images, self.shard_size))
+        ]
+
+    # ------------------------------------------------------------ bookkeeping
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on this cache entry (two jobs with one key take turns)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                existing = _read_json(self.root / "identity.json")
+                if existing is not None and existing != json.loads(json.dumps(self.identity, default=str)):
+                    raise RuntimeError(f"{self.root}: identity.json differs from this extraction's identity")
+                if existing is None:
+                    _write_json(self.root / "identity.json", self.identity)
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _files(self, folder: Path) -> list[Path]:
+        return [feature_path(folder, s, k) for s in self.signals for k in range(self.n_layers)]
+
+    def _verify(self, folder: Path, record: str, rows: int) -> bool:
+        """Whether `folder` holds every array with the checksum and row count its record lists."""
+        meta = _read_json(folder / record)
+        if meta is None or meta.get("rows") != rows:
+            return False
+        sums = meta.get("sha256", {})
+        for path in self._files(folder):
+            rel = str(path.relative_to(folder))
+            if not path.is_file() or sums.get(rel) != file_sha256(path):
+                return False
+        return True
+
+    def shard_dir(self, shard: Shard) -> Path:
+        return self.root / f"shard-{shard.index:05d}"
+
+    @property
+    def assembled_dir(self) -> Path:
+        return self.root / "assembled"
+
+    def is_assembled(self) -> bool:
+        """Whether the assembled arrays exist and match their checksums."""
+        return self._verify(self.assembled_dir, "assembled.json", self.n_images)
+
+    def pending(self) -> list[Shard]:
+        """Shards still to extract; a shard that fails verification is deleted and counted in the log."""
+        todo, broken = [], 0
+        for shard in self.shards:
+            folder = self.shard_dir(shard)
+            if self._verify(folder, "shard.json", shard.size):
+                continue
+            if folder.exists():
+                broken += 1
+                shutil.rmtree(folder)
+            todo.append(shard)
+        log.info(
+            "cache %s: %d shard(s) of %d verified, %d to extract (%d incomplete or corrupt, deleted)",
+            self.root, len(self.shards) - len(todo), len(self.shards), len(todo), broken,
+        )
+        return todo
+
+    # ------------------------------------------------------------ writing
+
+    def write_shard(self, shard: Shard, features: dict[str, list[np.ndarray]]) -> None:
+        """Store one shard's arrays, then its checksums (which make it trusted)."""
+        folder = self.shard_dir(shard)
+        sums = {}
+        for signal in self.signals:
+            arrays = features[signal]
+            if len(arrays) != self.n_layers:
+                raise ValueError(f"shard {shard.index}: {len(arrays)} {signal} layers, expected {self.n_layers}")
+            for k, array in enumerate(arrays):
+                if array.shape[0] != shard.size:
+                    raise ValueError(f"shard {shard.index}: {array.shape[0]} rows, expected {shard.size}")
+                path = feature_path(folder, signal, k)
+                save_array(path, np.asarray(array, dtype=self.dtype))
+                sums[str(path.relative_to(folder))] = file_sha256(path)
+        _write_json(folder / "shard.json", {"rows": shard.size, "start": shard.start, "sha256": sums})
+
+    def assemble(self) -> None:
+        """Concatenate the verified shards into one array per signal and layer, then drop the shards."""
+        folder = self.assembled_dir
+        sums = {}
+        for signal in self.signals:
+            for k in range(self.n_layers):
+                parts = [load_array(feature_path(self.shard_dir(s), signal, k), mmap=True) for s in self.shards]
+                target = feature_path(folder, signal, k)
+                with atomic_path(target) as tmp:
+                    out = np.lib.format.open_memmap(
+                        tmp, mode="w+", dtype=self.dtype, shape=(self.n_images, parts[0].shape[1])
+                    )
+                    for shard, part in zip(self.shards, parts):
+                        out[shard.start:shard.stop] = part
+                    out.flush()
+                    del out
+                sums[str(target.relative_to(folder))] = file_sha256(target)
+        _write_json(folder / "assembled.json", {"rows": self.n_images, "sha256": sums})
+        for shard in self.shards:
+            shutil.rmtree(self.shard_dir(shard), ignore_errors=True)
+
+    def link_into(self, out_dir: str | os.PathLike) -> None:
+        """Put the assembled arrays into `out_dir` as hard links (copies across file systems)."""
+        for source in self._files(self.assembled_dir):
+            target = Path(out_dir) / source.relative_to(self.assembled_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target.unlink()
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
