@@ -6,6 +6,7 @@ spaced blocks, grid-2 pooling) and (2) the floor: one forward + backward of the 
 model with the input requiring grad (and, tighter, backward only down to the first selected
 block, where brainprop's graph starts when everything upstream is frozen). Also times (3) the
 backward pass with frozen parameters against one that also computes weight gradients.
+Also times each error signal alone (grad, fa, sign, dfa; `fa_ratio_vs_grad`, `dfa_ratio_vs_grad`).
 Medians over repeats after a warm-up, all in the same run. On CUDA it adds ViT-L/16 and
 DINOv3-L (random weights, 224 px, bf16 autocast) and the batch size `auto` would choose.
 Writes results/benchmarks/extract.json.
@@ -116,6 +117,20 @@ def backward_only(model: torch.nn.Module, images: torch.Tensor, device: torch.de
     return statistics.median(times)
 
 
+def signal_times(model, images, names, device: torch.device, repeats: int) -> dict:
+    """Seconds per batch of each error signal alone (feedback matrices made once, as in a job)."""
+    from brainprop.features.extract import Feedback, extract_batch
+
+    feedback = Feedback(model, seed=0)
+    times = {}
+    for signal in ("grad", "fa", "sign", "dfa"):
+        times[signal] = median_time(
+            lambda s=signal: extract_batch(model, images, names, POOLING, "cross_entropy", signals=(s,),
+                                           feedback=feedback), device, repeats,
+        )
+    return times
+
+
 def run_case(name: str, spec: tuple, device: torch.device, repeats: int, bf16: bool = False) -> dict:
     """Time brainprop against the bare loop, and frozen against weight-gradient backward, for one model."""
     timm_name, kwargs, size, batch = spec
@@ -136,6 +151,7 @@ def run_case(name: str, spec: tuple, device: torch.device, repeats: int, bf16: b
         model.requires_grad_(True)
         t_weights = backward_only(model, images, device, repeats)
         model.requires_grad_(False)
+    signals = signal_times(model, images, names, device, repeats) if not bf16 else {}
     auto = None
     if device.type == "cuda":
         probe = lambda x: extract_features(model, x, names, POOLING, "cross_entropy", len(x), precision=precision)  # noqa: E731
@@ -149,6 +165,9 @@ def run_case(name: str, spec: tuple, device: torch.device, repeats: int, bf16: b
         "brainprop_images_per_s": batch / t_brainprop, "bare_images_per_s": batch / t_bare,
         "backward_frozen_s": t_frozen, "backward_with_weight_grads_s": t_weights,
         "frozen_backward_ratio": t_frozen / t_weights,
+        **{f"{sig}_alone_s": t for sig, t in signals.items()},
+        **({"fa_ratio_vs_grad": signals["fa"] / signals["grad"], "sign_ratio_vs_grad": signals["sign"] / signals["grad"],
+            "dfa_ratio_vs_grad": signals["dfa"] / signals["grad"]} if signals else {}),
     }
 
 
@@ -241,6 +260,10 @@ def main() -> None:
         "vit_ratio_vs_bare": results["vit"]["ratio_vs_bare"],
         "frozen_backward_ratio": results["cnn"]["frozen_backward_ratio"],
         "vit_frozen_backward_ratio": results["vit"]["frozen_backward_ratio"],
+        "fa_ratio_vs_grad": results["cnn"]["fa_ratio_vs_grad"],
+        "dfa_ratio_vs_grad": results["cnn"]["dfa_ratio_vs_grad"],
+        "vit_fa_ratio_vs_grad": results["vit"]["fa_ratio_vs_grad"],
+        "vit_dfa_ratio_vs_grad": results["vit"]["dfa_ratio_vs_grad"],
         "cases": results,
     }
     out = Path(args.out)

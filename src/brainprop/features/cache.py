@@ -102,6 +102,8 @@ def feature_identity(
         "images": manifest_digest(manifest),
         "n_images": len(manifest),
         "storage_dtype": storage_dtype,
+        # The seed of the feedback matrices, for the signals that have them.
+        "feedback_seed": seed if set(model.get("signals", [])) & {"fa", "dfa"} else None,
     }
 
 

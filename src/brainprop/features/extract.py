@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import read_table, write_table
+from . import learning_rules
 
 __all__ = [
     "BLOCK_PATTERNS",
@@ -33,6 +34,8 @@ __all__ = [
     "LOSS_PREPARERS",
     "LossBatch",
     "PROJECTION_DEFAULTS",
+    "SIGNALS",
+    "Feedback",
     "SELF_DISTILLATION_DEFAULTS",
     "projected_dim",
     "projection_matrix",
@@ -313,15 +316,21 @@ class LossBatch:
     ids: list[str]  # image ids, in batch order
     index: np.ndarray  # (B,) positions of the images in the whole set
     untracked: Callable[[torch.Tensor], torch.Tensor]  # pre-logits of a no-grad, unhooked pass
+    output: torch.Tensor | None = None  # what the loss read (logits or embedding): e = dL/d(output)
 
     def logits(self) -> torch.Tensor:
         """Classifier output (B, classes) of the tracked pass."""
         head = getattr(self.model, "forward_head", None)
-        return head(self.features) if head else self.features
+        return self._output(head(self.features) if head else self.features)
 
     def embedding(self) -> torch.Tensor:
         """Pooled pre-logits (B, dim) of the tracked pass."""
-        return self.model.forward_head(self.features, pre_logits=True)
+        return self._output(self.model.forward_head(self.features, pre_logits=True))
+
+    def _output(self, out: torch.Tensor) -> torch.Tensor:
+        # Without a tracked forward (dfa alone), the output is a leaf: dL/d(output) is still defined.
+        self.output = out if out.requires_grad else out.detach().requires_grad_(True)
+        return self.output
 
 
 def _check_logits(model: torch.nn.Module, logits: torch.Tensor, loss: str) -> None:
@@ -615,6 +624,58 @@ def _gradients(value: torch.Tensor, outs: list[torch.Tensor], precision: str) ->
     raise AssertionError("unreachable")
 
 
+SIGNALS = ("act", "grad", "fa", "dfa", "sign")
+
+
+class Feedback:
+    """The feedback matrices of one extraction (learning_rules), made once and kept on the device."""
+
+    def __init__(self, model: torch.nn.Module, seed: int = 0):
+        self.model, self.seed = model, int(seed)
+        self._rules: dict[str, dict[str, torch.Tensor]] = {}
+        self._dfa: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def rule(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in self._rules:
+            self._rules[name] = learning_rules.feedback_matrices(self.model, name, self.seed)
+        return self._rules[name]
+
+    def dfa(self, layer_index: int, n_outputs: int, dim: int, device: torch.device) -> torch.Tensor:
+        key = (layer_index, n_outputs, dim)
+        if key not in self._dfa:
+            self._dfa[key] = learning_rules.dfa_matrix(n_outputs, dim, self.seed, layer_index).to(device)
+        return self._dfa[key]
+
+
+@dataclass
+class _Pass:
+    outs: list[torch.Tensor]  # block outputs
+    grads: list[torch.Tensor] | None  # dL/d(out) through the pass's backward (float32)
+    output_error: torch.Tensor | None  # dL/d(network output) (float32)
+
+
+def _run_pass(model, images, names, loss, params, ids, index, precision, track: bool, output_error: bool,
+              feedback: dict[str, torch.Tensor] | None = None) -> _Pass:
+    """One forward pass (tracked when block gradients are wanted) and the loss's gradients."""
+    rec = _Recorder(model, names)
+    try:
+        with torch.set_grad_enabled(track), _no_tf32(images.device), learning_rules.use_feedback(model, feedback):
+            with _autocast(images.device, precision):
+                features = _forward_features(model, images)
+                outs = [rec.outputs[n] for n in names]
+            if not (track or output_error):
+                return _Pass(outs, None, None)
+            with torch.enable_grad():
+                with _autocast(images.device, precision):
+                    batch = LossBatch(model, features, images, ids, index, _untracked(model, rec))
+                    value = LOSSES[loss](batch, params).float()
+                targets = (outs if track else []) + ([batch.output] if output_error else [])
+                grads = _gradients(value, targets, precision)
+            return _Pass(outs, grads[:len(outs)] if track else None, grads[-1] if output_error else None)
+    finally:
+        rec.remove()
+
+
 def extract_batch(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -626,36 +687,51 @@ def extract_batch(
     ids: Sequence[str] | None = None,
     index: np.ndarray | None = None,
     precision: str = "float32",
+    feedback: Feedback | None = None,
 ) -> dict[str, list[torch.Tensor]]:
-    """Pooled activations and gradients of the named blocks for one batch: {signal: [(B, dim)]}.
+    """Pooled features of the named blocks for one batch: {signal: [(B, dim)]}.
 
-    `ids` (image ids) seed per-image augmentations and `index` (positions in the whole image
-    set) aligns given labels; both default to the batch positions. Under a reduced `precision`
-    the forward pass runs in autocast; pooled features are float32 either way.
+    Signals: `act` (activations), `grad` (backpropagated dL/dh), `fa` and `sign` (the error a
+    backward pass through feedback matrices delivers), `dfa` (the output error through each
+    layer's direct feedback matrix); see `learning_rules`. `ids` (image ids) seed per-image
+    augmentations and `index` (positions in the whole image set) aligns given labels; both
+    default to the batch positions. Under a reduced `precision` the forward pass runs in
+    autocast; pooled features are float32 either way.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} unknown; valid losses: {sorted(LOSSES)}")
+    unknown = sorted(set(signals) - set(SIGNALS))
+    if unknown:
+        raise ValueError(f"signals {unknown} unknown; valid signals: {list(SIGNALS)}")
     index = np.arange(len(images)) if index is None else np.asarray(index)
     ids = [str(i) for i in index] if ids is None else [str(i) for i in ids]
+    params = loss_params or {}
+    feedback = feedback or Feedback(model)
     ctx = _token_context(model)
-    rec = _Recorder(model, names)
-    try:
-        with torch.enable_grad(), _no_tf32(images.device):
-            with _autocast(images.device, precision):
-                features = _forward_features(model, images)
-                outs = [rec.outputs[n] for n in names]
-                if "grad" in signals:
-                    batch = LossBatch(model, features, images, ids, index, _untracked(model, rec))
-                    value = LOSSES[loss](batch, loss_params or {}).float()
-            out: dict[str, list[torch.Tensor]] = {}
-            if "grad" in signals:
-                grads = _gradients(value, outs, precision)
-                out["grad"] = [project(pool(g, pooling, ctx), pooling, k).detach() for k, g in enumerate(grads)]
-            if "act" in signals:
-                out["act"] = [project(pool(o.detach().float(), pooling, ctx), pooling, k) for k, o in enumerate(outs)]
-    finally:
-        rec.remove()
-    return out
+
+    def pooled(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [project(pool(t.detach().float(), pooling, ctx), pooling, k) for k, t in enumerate(tensors)]
+
+    out: dict[str, list[torch.Tensor]] = {}
+    passes = []  # every pass computes the same activations: one is enough
+    for rule in learning_rules.FEEDBACK_SIGNALS:
+        if rule in signals:
+            passes.append(_run_pass(model, images, names, loss, params, ids, index, precision, track=True,
+                                    output_error=False, feedback=feedback.rule(rule)))
+            out[rule] = pooled(passes[-1].grads)
+    if {"grad", "dfa"} & set(signals) or not passes:
+        passes.append(_run_pass(model, images, names, loss, params, ids, index, precision,
+                                track="grad" in signals, output_error="dfa" in signals))
+    last = passes[-1]
+    acts = pooled(last.outs) if {"act", "dfa"} & set(signals) else []
+    if "act" in signals:
+        out["act"] = acts
+    if "grad" in signals:
+        out["grad"] = pooled(last.grads)
+    if "dfa" in signals:
+        e = last.output_error.reshape(len(images), -1)
+        out["dfa"] = [e @ feedback.dfa(k, e.shape[1], a.shape[1], e.device) for k, a in enumerate(acts)]
+    return {s: out[s] for s in signals}
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -665,10 +741,11 @@ def _is_out_of_memory(err: BaseException) -> bool:
 class _BatchRunner:
     """Runs batches through `extract_batch`, splitting a batch in halves when memory runs out."""
 
-    def __init__(self, model, names, pooling, loss, params, signals, precision):
+    def __init__(self, model, names, pooling, loss, params, signals, precision, seed: int = 0):
         self.args = (names, pooling, loss, params, signals)
         self.model = model
         self.precision = precision
+        self.feedback = Feedback(model, seed)
         self.largest_fit: int | None = None  # smallest batch size that ran out of memory, halved
 
     def __call__(self, images: torch.Tensor, ids: Sequence[str], index: np.ndarray) -> dict[str, list[np.ndarray]]:
@@ -676,7 +753,8 @@ class _BatchRunner:
         if self.largest_fit and len(images) > self.largest_fit:  # known not to fit: split at once
             return self._chunks(images, ids, index, self.largest_fit)
         try:
-            out = extract_batch(self.model, images, names, pooling, loss, params, signals, ids, index, self.precision)
+            out = extract_batch(self.model, images, names, pooling, loss, params, signals, ids, index, self.precision,
+                                self.feedback)
             return {s: [a.cpu().numpy().astype(np.float32) for a in arrays] for s, arrays in out.items()}
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not _is_out_of_memory(err) or len(images) == 1:
@@ -716,7 +794,7 @@ def _prepared_params(model, loss: str, params: dict | None, signals: Sequence[st
                      batches: Callable[[], Iterable[torch.Tensor]]) -> dict:
     """The loss's parameters, completed over the whole image set when the loss needs it."""
     params = dict(params or {})
-    if loss in LOSS_PREPARERS and "grad" in signals:
+    if loss in LOSS_PREPARERS and set(signals) - {"act"}:
         params = LOSS_PREPARERS[loss](model, batches(), params)
     return params
 
@@ -733,11 +811,13 @@ def extract_features(
     progress: Callable[[int, int], None] | None = None,
     image_ids: Sequence[str] | None = None,
     precision: str = "float32",
+    seed: int = 0,
 ) -> dict[str, list[np.ndarray]]:
     """Activations and gradients for a stack of preprocessed images: {signal: [(n_images, dim)]}.
 
     `image_ids` (default: the positions "0", "1", ...) seed per-image augmentations; the
-    k-th name's projection (if any) is seeded by k, its layer index.
+    k-th name's projection (if any) is seeded by k, its layer index; `seed` seeds the
+    feedback matrices of the fa and dfa signals.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} unknown; valid losses: {sorted(LOSSES)}")
@@ -749,7 +829,7 @@ def extract_features(
         model, loss, loss_params, signals, lambda: (images[s:s + batch_size] for s in starts)
     )
     device = next(model.parameters()).device
-    runner = _BatchRunner(model, names, pooling, loss, params, signals, precision)
+    runner = _BatchRunner(model, names, pooling, loss, params, signals, precision, seed)
     done = [0]
 
     def on_batch(n: int) -> None:
@@ -972,7 +1052,7 @@ def _extract_shards(cache, manifest_path, manifest, spec, names, pooling, seed, 
         model, loss, spec.get("loss_params"), spec["signals"],
         lambda: (x for x, _ in image_loader(dataset, [(0, len(dataset))], batch_size, n_workers, dev)),
     )
-    runner = _BatchRunner(model, names, pooling, loss, params, spec["signals"], precision)
+    runner = _BatchRunner(model, names, pooling, loss, params, spec["signals"], precision, seed)
     ids = [str(i) for i in manifest["image_id"]]
     done = len(manifest) - sum(s.size for s in pending)
     progress = Progress(len(manifest), done, progress_every_s)
