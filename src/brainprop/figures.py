@@ -785,8 +785,9 @@ def plot_simulation_recovery(truth: pd.DataFrame, best: pd.DataFrame, tm: pd.Dat
     _check_table(best, "best_layers", _BEST_COLUMNS)
     _check_table(tm, "tmax", _TMAX_COLUMNS)
     planted = _select_dataset(truth, "truth", dataset)
-    rois = _recovered_rois(_select_dataset(best, "best_layers", dataset), planted)
-    layers = _recovered_layers(_select_dataset(tm, "tmax", dataset), planted)
+    # A dataset may carry one modality only: then one panel stays empty.
+    rois = _recovered_rois(best[best["dataset"] == dataset], planted)
+    layers = _recovered_layers(tm[tm["dataset"] == dataset], planted)
     if rois.empty and layers.empty:
         raise ValueError(f"no recovered row matches the planted truth of {dataset!r} (source model "
                          f"{sorted(planted['source_model'].unique())}); are its results in the tables?")

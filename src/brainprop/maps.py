@@ -42,7 +42,8 @@ __all__ = [
     "VIEWS",
     "fsaverage5",
     "group_vertex_maps",
-    "make_maps",
+    "make_brain_map",
+    "make_meg_topomaps",
     "map_names",
     "plot_brain_map",
     "plot_meg_topomaps",
@@ -267,7 +268,7 @@ def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
 
 def map_names(datasets: Mapping[str, Sequence[str]], models: Sequence[str],
               formats: Sequence[str] = ("png", "svg")) -> list[tuple[str, str, str, str]]:
-    """(kind, dataset, model, file name) of every map `make_maps` writes, datasets mapped to modalities."""
+    """(kind, dataset, model, file name) of every map file, datasets mapped to their modalities."""
     return [(kind, dataset, model, f"{kind}_{dataset}_{model}.{fmt}")
             for dataset in sorted(datasets) for model in sorted(models)
             for kind, modality in MAP_FIGURES.items() if modality in set(datasets[dataset])
@@ -356,36 +357,43 @@ def _topomap_values(targets: Mapping[str, pd.DataFrame], r: Mapping, tm: pd.Data
     return pd.DataFrame(rows)
 
 
-def make_maps(scores: Sequence[str], subject_dirs: Mapping[str, Path], tables_dir: Path, out_dir: Path,
-              dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, fdr: float = 0.01,
-              radius_mm: float = 10.0) -> list[Path]:
-    """Draw the brain map (fMRI) and MEG topomaps of one dataset × model; return the written paths.
-
-    `scores` are the encode rule's per-target files of every signal × layer × subject,
-    `subject_dirs` the brain stage's subject folders, `tables_dir` the run's tables (layer
-    depths from `encoding`, T_max from `tmax`).
-    """
+def _identity(tables_dir: Path, dataset: str, model: str) -> tuple[pd.DataFrame, dict[int, float]]:
+    """Encoding rows of dataset × model and the depth of each layer index."""
     from .io import read_table
 
-    tables_dir, out_dir = Path(tables_dir), Path(out_dir)
-    enc = read_table(tables_dir / "encoding.parquet")
+    enc = read_table(Path(tables_dir) / "encoding.parquet")
     enc = enc[(enc["dataset"] == dataset) & (enc["model"] == model)]
     if enc.empty:
-        raise ValueError(f"{tables_dir / 'encoding.parquet'} has no rows for {dataset} × {model}")
-    depth = enc.groupby("layer_index")["depth"].first().to_dict()
+        raise ValueError(f"{Path(tables_dir) / 'encoding.parquet'} has no rows for {dataset} × {model}")
+    return enc, enc.groupby("layer_index")["depth"].first().to_dict()
+
+
+def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], tables_dir: Path, out_dir: Path,
+                   dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, fdr: float = 0.01,
+                   radius_mm: float = 10.0) -> list[Path]:
+    """Draw the fsaverage5 brain map of one dataset × model; return the written paths.
+
+    `scores` are the encode rule's per-target files of every signal × layer × subject,
+    `subject_dirs` the brain stage's subject folders (subject -> folder), `tables_dir` the
+    run's tables (layer depths from `encoding`).
+    """
+    _, depth = _identity(tables_dir, dataset, model)
     targets, r = _subject_scores(scores, subject_dirs)
-    modalities = set(enc["modality"])
-    paths = []
-    name = f"{dataset} · {model}"
-    if "fmri" in modalities:
-        mesh = fsaverage5()
-        maps = _brain_maps(targets, r, depth, fdr, radius_mm, mesh)
-        fig = plot_brain_map(maps, mesh, title=f"{name}: best layer per vertex", fdr=fdr)
-        paths += save_figure(fig, out_dir / f"brain_map_{dataset}_{model}", formats)
-    if "meg" in modalities:
-        tm = read_table(tables_dir / "tmax.parquet")
-        tm = tm[(tm["dataset"] == dataset) & (tm["model"] == model)]
-        values = _topomap_values(targets, r, tm)
-        fig = plot_meg_topomaps(values, title=f"{name}: sensor r at each layer's T_max (CTF-275)")
-        paths += save_figure(fig, out_dir / f"meg_topomaps_{dataset}_{model}", formats)
-    return paths
+    mesh = fsaverage5()
+    maps = _brain_maps(targets, r, depth, fdr, radius_mm, mesh)
+    fig = plot_brain_map(maps, mesh, title=f"{dataset} · {model}: best layer per vertex", fdr=fdr)
+    return save_figure(fig, Path(out_dir) / f"brain_map_{dataset}_{model}", formats)
+
+
+def make_meg_topomaps(scores: Sequence[str], subject_dirs: Mapping[str, Path], tables_dir: Path, out_dir: Path,
+                      dataset: str, model: str, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Draw the MEG topomaps of one dataset × model at its layers' T_max; return the written paths."""
+    from .io import read_table
+
+    _identity(tables_dir, dataset, model)
+    tm = read_table(Path(tables_dir) / "tmax.parquet")
+    tm = tm[(tm["dataset"] == dataset) & (tm["model"] == model)]
+    targets, r = _subject_scores(scores, subject_dirs)
+    values = _topomap_values(targets, r, tm)
+    fig = plot_meg_topomaps(values, title=f"{dataset} · {model}: sensor r at each layer's T_max (CTF-275)")
+    return save_figure(fig, Path(out_dir) / f"meg_topomaps_{dataset}_{model}", formats)
