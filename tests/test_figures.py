@@ -5,22 +5,21 @@
 
 from __future__ import annotations
 
+import matplotlib
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
 
-import matplotlib
-import matplotlib.colors
-
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.image import imread  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.image import imread
+from matplotlib.text import Text
 
-from brainprop import figures  # noqa: E402
-from brainprop.contract import validate_table  # noqa: E402
-from brainprop.io import write_table  # noqa: E402
+from brainprop import figures
+from brainprop.contract import validate_table
+from brainprop.io import write_table
 
 MODELS = ("vit_small", "resnet50")
 SUBJECTS = ("s01", "s02", "s03")

@@ -162,7 +162,7 @@ def _reported(path, kind, category, subcategory):
         return path
     return report(
         path,
-        caption=f"../report/{kind}.rst",
+        caption=f"{workflow.basedir}/workflow/report/{kind}.rst",  # absolute: rule all wraps it too
         category=category,
         subcategory=subcategory,
         labels={"figure": FIGURE_TITLES[kind]},
