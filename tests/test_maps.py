@@ -179,7 +179,7 @@ def test_brain_map_recovers_the_planted_depths(tmp_path):
     far = np.argmax(np.asarray(mesh["lh"]["pial"].coordinates)[:, 1])  # frontal pole: no target in reach
     assert np.isnan(out["act"]["lh"]["r"][far])
     # SVG only: the PNG path of save_figure is tested in test_figures (a PNG of 24 surfaces takes ~8 s).
-    paths = maps.make_brain_map(scores, dirs, tmp_path / "tables", tmp_path / "figures", "d", "m",
+    paths = maps.make_brain_map(scores, dirs, tmp_path / "tables" / "encoding.parquet", tmp_path / "figures", "d", "m",
                                 ("svg",), fdr=0.01)
     assert [p.name for p in paths] == ["brain_map_d_m.svg"]
     assert 20_000 < paths[0].stat().st_size < 3_000_000  # surfaces are rasterised in the SVG
@@ -212,7 +212,9 @@ def test_meg_topomaps_at_each_layers_tmax(tmp_path):
     fig = maps.plot_meg_topomaps(values, title="t")
     images = [im.get_gid() for ax in fig.axes for im in ax.get_images()]
     assert sorted(images) == sorted(f"topo:{s}:{d:.3f}" for s in SIGNALS for d in DEPTHS.values())
-    paths = maps.make_meg_topomaps(scores, dirs, tmp_path / "tables", tmp_path / "figures", "d", "m", ("png", "svg"))
+    tables = tmp_path / "tables"
+    paths = maps.make_meg_topomaps(scores, dirs, tables / "encoding.parquet", tmp_path / "figures", "d", "m",
+                                   ("png", "svg"), tmax=tables / "tmax.parquet")
     assert [p.name for p in paths] == ["meg_topomaps_d_m.png", "meg_topomaps_d_m.svg"]
     with pytest.raises(ValueError, match="no layer with a positive peak"):
         maps.topomap_layers(tm.assign(peak_r=-1.0))

@@ -357,27 +357,27 @@ def _topomap_values(targets: Mapping[str, pd.DataFrame], r: Mapping, tm: pd.Data
     return pd.DataFrame(rows)
 
 
-def _identity(tables_dir: Path, dataset: str, model: str) -> tuple[pd.DataFrame, dict[int, float]]:
-    """Encoding rows of dataset × model and the depth of each layer index."""
+def _layer_depths(encoding: Path, dataset: str, model: str) -> dict[int, float]:
+    """Depth of each layer index of dataset × model, from the run's encoding table."""
     from .io import read_table
 
-    enc = read_table(Path(tables_dir) / "encoding.parquet")
+    enc = read_table(encoding)
     enc = enc[(enc["dataset"] == dataset) & (enc["model"] == model)]
     if enc.empty:
-        raise ValueError(f"{Path(tables_dir) / 'encoding.parquet'} has no rows for {dataset} × {model}")
-    return enc, enc.groupby("layer_index")["depth"].first().to_dict()
+        raise ValueError(f"{encoding} has no rows for {dataset} × {model}")
+    return enc.groupby("layer_index")["depth"].first().to_dict()
 
 
-def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], tables_dir: Path, out_dir: Path,
+def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path, out_dir: Path,
                    dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, fdr: float = 0.01,
                    radius_mm: float = 10.0) -> list[Path]:
     """Draw the fsaverage5 brain map of one dataset × model; return the written paths.
 
     `scores` are the encode rule's per-target files of every signal × layer × subject,
-    `subject_dirs` the brain stage's subject folders (subject -> folder), `tables_dir` the
-    run's tables (layer depths from `encoding`).
+    `subject_dirs` the brain stage's subject folders (subject -> folder), `encoding` the run's
+    encoding table (layer depths).
     """
-    _, depth = _identity(tables_dir, dataset, model)
+    depth = _layer_depths(encoding, dataset, model)
     targets, r = _subject_scores(scores, subject_dirs)
     mesh = fsaverage5()
     maps = _brain_maps(targets, r, depth, fdr, radius_mm, mesh)
@@ -385,13 +385,14 @@ def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], tabl
     return save_figure(fig, Path(out_dir) / f"brain_map_{dataset}_{model}", formats)
 
 
-def make_meg_topomaps(scores: Sequence[str], subject_dirs: Mapping[str, Path], tables_dir: Path, out_dir: Path,
-                      dataset: str, model: str, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Draw the MEG topomaps of one dataset × model at its layers' T_max; return the written paths."""
+def make_meg_topomaps(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path, out_dir: Path,
+                      dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, tmax: Path
+                      ) -> list[Path]:
+    """Draw the MEG topomaps of one dataset × model at its layers' T_max (`tmax` table); return the paths."""
     from .io import read_table
 
-    _identity(tables_dir, dataset, model)
-    tm = read_table(Path(tables_dir) / "tmax.parquet")
+    _layer_depths(encoding, dataset, model)
+    tm = read_table(tmax)
     tm = tm[(tm["dataset"] == dataset) & (tm["model"] == model)]
     targets, r = _subject_scores(scores, subject_dirs)
     values = _topomap_values(targets, r, tm)

@@ -195,3 +195,16 @@ def target_score_outputs(dataset, model):
         layer=layers_of(model),
         subject=DATASETS[dataset]["subjects"],
     )
+
+
+def map_inputs(wc):
+    """Per-target scores of every signal × layer × subject, the subjects' target tables and the tables."""
+    return {
+        "scores": target_score_outputs(wc.dataset, wc.model),
+        "targets": [
+            rules.brain.output.targets.format(dataset=wc.dataset, subject=s)
+            for s in DATASETS[wc.dataset]["subjects"]
+        ],
+        "encoding": f"{OUT}/tables/encoding.parquet",
+        "tmax": f"{OUT}/tables/tmax.parquet",
+    }

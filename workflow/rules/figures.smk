@@ -17,10 +17,10 @@ rule figures:
     params:
         formats=config["figures"]["formats"],
         roi_levels={name: ds["roi_levels"] for name, ds in DATASETS.items()},
-        truth={ds: f"{OUT}/truth/{ds}.parquet" for ds in SIMULATED},
+        truth=lambda wc, input: dict(zip(SIMULATED, input.truth)),
         alpha=config["stats"]["alpha"],
-        tables_dir=f"{OUT}/tables",
-        out_dir=f"{OUT}/figures",
+        tables_dir=lambda wc, input: Path(input.tables[0]).parent,
+        out_dir=lambda wc, output: Path(output.figures[0]).parent,
     log:
         f"{LOGS}/figures/figures.log",
     benchmark:
@@ -35,22 +35,9 @@ rule figures:
         "../scripts/figures.py"
 
 
-def _map_rule_input(wc):
-    """Per-target scores of every signal × layer × subject, the subjects' target tables and the tables."""
-    return {
-        "scores": target_score_outputs(wc.dataset, wc.model),
-        "targets": [
-            rules.brain.output.targets.format(dataset=wc.dataset, subject=s)
-            for s in DATASETS[wc.dataset]["subjects"]
-        ],
-        "encoding": f"{OUT}/tables/encoding.parquet",
-        "tmax": f"{OUT}/tables/tmax.parquet",
-    }
-
-
 rule brain_map:
     input:
-        unpack(_map_rule_input),
+        unpack(map_inputs),
     output:
         figures=expand(
             f"{OUT}/figures/brain_map_{{{{dataset}}}}_{{{{model}}}}.{{fmt}}", fmt=config["figures"]["formats"]
@@ -59,8 +46,7 @@ rule brain_map:
         formats=config["figures"]["formats"],
         fdr=config["stats"]["map_fdr"],
         radius_mm=config["figures"]["map_radius_mm"],
-        tables_dir=f"{OUT}/tables",
-        out_dir=f"{OUT}/figures",
+        out_dir=lambda wc, output: Path(output.figures[0]).parent,
     log:
         f"{LOGS}/brain_map/{{dataset}}/{{model}}.log",
     benchmark:
@@ -77,7 +63,7 @@ rule brain_map:
 
 rule meg_topomaps:
     input:
-        unpack(_map_rule_input),
+        unpack(map_inputs),
     output:
         figures=expand(
             f"{OUT}/figures/meg_topomaps_{{{{dataset}}}}_{{{{model}}}}.{{fmt}}",
@@ -85,8 +71,7 @@ rule meg_topomaps:
         ),
     params:
         formats=config["figures"]["formats"],
-        tables_dir=f"{OUT}/tables",
-        out_dir=f"{OUT}/figures",
+        out_dir=lambda wc, output: Path(output.figures[0]).parent,
     log:
         f"{LOGS}/meg_topomaps/{{dataset}}/{{model}}.log",
     benchmark:

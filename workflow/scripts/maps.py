@@ -7,9 +7,9 @@ with rule_log(snakemake.log[0]) as log:
 
     w, p, i = snakemake.wildcards, snakemake.params, snakemake.input
     subject_dirs = {Path(t).parent.name: Path(t).parent for t in i.targets}
-    common = (i.scores, subject_dirs, p.tables_dir, p.out_dir, w.dataset, w.model, p.formats)
+    common = (i.scores, subject_dirs, i.encoding, p.out_dir, w.dataset, w.model, p.formats)
     if snakemake.rule == "brain_map":
         paths = make_brain_map(*common, fdr=p.fdr, radius_mm=p.radius_mm)
     else:
-        paths = make_meg_topomaps(*common)
+        paths = make_meg_topomaps(*common, tmax=i.tmax)
     log.info("%s written", [str(x) for x in paths])
