@@ -147,7 +147,7 @@ def _score_label(hier: pd.DataFrame, model: str, signal: str, score: str,
     values = rows["value"].to_numpy(dtype="float64")
     values = values[np.isfinite(values)]
     if values.size == 0:
-        return f"{signal} ({score} score n/a)"
+        return f"{signal}: {score} score n/a"
     sem = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else np.nan
     spread = f" ± {sem:.2f}" if np.isfinite(sem) else ""
     ci = ""
@@ -155,8 +155,8 @@ def _score_label(hier: pd.DataFrame, model: str, signal: str, score: str,
         row = tests[(tests["model"] == model) & (tests["signal"] == signal)
                     & (tests["test"] == _SCORE_TESTS[score])]
         if len(row) == 1 and np.isfinite(row[["ci_low", "ci_high"]].to_numpy(dtype="float64")).all():
-            ci = f", 95% CI [{row['ci_low'].iloc[0]:+.2f}, {row['ci_high'].iloc[0]:+.2f}]"
-    return f"{signal} ({score} score {values.mean():+.2f}{spread}{ci}, n={values.size})"
+            ci = f"\n95% CI [{row['ci_low'].iloc[0]:+.2f}, {row['ci_high'].iloc[0]:+.2f}]"
+    return f"{signal}: {score} score {values.mean():+.2f}{spread} (n={values.size}){ci}"
 
 
 # ---------------------------------------------------------------- styles and drawing helpers
