@@ -187,6 +187,33 @@ def test_brain_map_recovers_the_planted_depths(tmp_path):
     assert plt.get_fignums() == []
 
 
+def test_glass_brain_markers_are_subject_means(tmp_path):
+    scores, dirs, _ = _write_subject_folders(tmp_path, "fmri")
+    targets, _ = maps._subject_scores(scores, dirs)
+    best = pd.DataFrame([{"dataset": "d", "model": "m", "signal": sig, "subject": sub, "atlas": "", "roi": roi,
+                          "hemi": hemi, "best_layer_index": 0, "best_depth": depth + 0.1 * i,
+                          "best_r": r_best}
+                         for i, sub in enumerate(SUBJECTS) for sig in SIGNALS for hemi in ("lh", "rh", "both")
+                         for roi, depth, r_best in (("V1", 0.0, 0.3), ("FFA", 0.5, -0.2))])
+    markers = maps.roi_markers(best, targets)
+    assert sorted(markers["hemi"]) == ["lh", "lh", "rh", "rh"] and set(markers["roi"]) == {"V1"}  # FFA: r < 0
+    row = markers[(markers.signal == "act") & (markers.hemi == "lh")].iloc[0]
+    assert row["best_depth"] == pytest.approx(np.mean([0.1 * i for i in range(len(SUBJECTS))]))
+    xyz = pd.concat([t[(t.roi == "V1") & (t.hemi == "lh")] for t in targets.values()])[["x", "y", "z"]].mean()
+    np.testing.assert_allclose(row[["x", "y", "z"]].to_numpy(float), xyz.to_numpy(), rtol=1e-12)
+    assert row["x"] < 0  # left hemisphere
+    fig = maps.plot_glass_brain(markers, title="t")
+    assert sorted(ax.get_gid() for ax in fig.axes if str(ax.get_gid()).startswith("glass:")) == [
+        "glass:act:2", "glass:grad:2"]
+    write_table(tmp_path / "tables" / "best_layers.parquet", best)
+    tables = tmp_path / "tables"
+    paths = maps.make_glass_brain(scores, dirs, tables / "encoding.parquet", tmp_path / "figures", "d", "m",
+                                  ("png", "svg"), best_layers=tables / "best_layers.parquet")
+    assert [p.name for p in paths] == ["glass_brain_d_m.png", "glass_brain_d_m.svg"]
+    with pytest.raises(ValueError, match="no ROI with a positive best r"):
+        maps.plot_glass_brain(markers.iloc[:0], title="t")
+
+
 def test_plot_brain_map_panels():
     mesh = maps.fsaverage5()
     empty = np.full(maps.N_FSAVERAGE5, np.nan)
@@ -224,5 +251,6 @@ def test_meg_topomaps_at_each_layers_tmax(tmp_path):
 
 def test_map_names():
     names = maps.map_names({"a": {"fmri", "meg"}, "b": {"meg"}}, ["m2", "m1"], ("png",))
-    assert [n[3] for n in names] == ["brain_map_a_m1.png", "meg_topomaps_a_m1.png", "brain_map_a_m2.png",
-                                     "meg_topomaps_a_m2.png", "meg_topomaps_b_m1.png", "meg_topomaps_b_m2.png"]
+    assert [n[3] for n in names] == [
+        "brain_map_a_m1.png", "glass_brain_a_m1.png", "meg_topomaps_a_m1.png", "brain_map_a_m2.png",
+        "glass_brain_a_m2.png", "meg_topomaps_a_m2.png", "meg_topomaps_b_m1.png", "meg_topomaps_b_m2.png"]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.workflow
 # Every figure of the tiny run: one simulated dataset with fMRI and MEG, one model, PNG only.
 TINY_FIGURES = [f"{kind}_sim_backprop.png" for kind in (
     "encoding_by_layer", "meg_timecourses", "spatial_hierarchy", "tmax", "model_comparison", "simulation_recovery")
-] + ["cka.png", "brain_map_sim_backprop_resnet18.png", "meg_topomaps_sim_backprop_resnet18.png"]
+] + ["cka.png"] + [f"{kind}_sim_backprop_resnet18.png" for kind in ("brain_map", "glass_brain", "meg_topomaps")]
 
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:

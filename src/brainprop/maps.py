@@ -43,18 +43,21 @@ __all__ = [
     "fsaverage5",
     "group_vertex_maps",
     "make_brain_map",
+    "make_glass_brain",
     "make_meg_topomaps",
     "map_names",
     "plot_brain_map",
+    "plot_glass_brain",
     "plot_meg_topomaps",
     "project_to_fsaverage5",
+    "roi_markers",
     "topomap_layers",
 ]
 
 log = logging.getLogger(__name__)
 
 # Map figure kind -> the modality it draws; one file per dataset × model with that modality.
-MAP_FIGURES: dict[str, str] = {"brain_map": "fmri", "meg_topomaps": "meg"}
+MAP_FIGURES: dict[str, str] = {"brain_map": "fmri", "glass_brain": "fmri", "meg_topomaps": "meg"}
 HEMIS = {"lh": "left", "rh": "right"}
 VIEWS = ("lateral", "medial", "ventral")
 N_FSAVERAGE5 = 10242
@@ -191,8 +194,60 @@ def plot_brain_map(maps: Mapping[str, Mapping[str, dict[str, np.ndarray]]], mesh
             cax = fig.add_axes((0.9, 0.5 - 0.43 * k, 0.015, 0.33))
             bar = fig.colorbar(plt.cm.ScalarMappable(Normalize(vmin, vmax_q), cmap), cax=cax)
             bar.set_label("Pearson r (subject mean)" if quantity == "r" else _DEPTH_LABEL)
+        shown = ", ".join(f"{s} {sum(int(np.isfinite(maps[s][h]['r']).sum()) for h in maps[s])}"
+                          for s in signals)
         fig.suptitle(f"{title}\nvertices with BH-FDR q ≤ {fdr} (one-sided t-test across subjects, "
-                     f"best layer); fsaverage5, inflated")
+                     f"best layer): {shown}; fsaverage5, inflated")
+    return fig
+
+
+# ---------------------------------------------------------------- glass brain (volume variant)
+
+def roi_markers(best: pd.DataFrame, targets: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per signal × ROI × hemisphere: MNI centroid and subject means of best depth and best r.
+
+    `best` holds one dataset × model's best_layers rows; centroids are the mean coordinates of
+    the ROI's fMRI targets over subjects (hemispheres kept apart). ROIs whose mean best r is not
+    positive are left out.
+    """
+    frames = [t[t["modality"] == "fmri"] for t in targets.values()]
+    coords = pd.concat(frames, ignore_index=True).groupby(["roi", "hemi"], as_index=False)[["x", "y", "z"]].mean()
+    rows = best[best["hemi"].isin(list(HEMIS))]
+    means = rows.groupby(["signal", "roi", "hemi"], as_index=False)[["best_depth", "best_r"]].mean()
+    out = means.merge(coords, on=["roi", "hemi"], how="inner")
+    return out[out["best_r"] > 0].reset_index(drop=True)
+
+
+def plot_glass_brain(markers: pd.DataFrame, *, title: str) -> Figure:
+    """ROIs on a glass brain, coloured by best layer depth and sized by best r, one row per signal.
+
+    The variant for volume data and for ROI-level results: no surface projection, each ROI at its
+    MNI centroid (left, top and right views).
+    """
+    from nilearn import plotting
+
+    if markers.empty:
+        raise ValueError("no ROI with a positive best r to draw on the glass brain")
+    signals = _signal_order(markers["signal"].unique())
+    r_max = float(markers["best_r"].max())
+    with plt.rc_context(_RC):
+        height = 1.0 + 2.7 * len(signals)
+        fig = plt.figure(figsize=(9.5, height))
+        row = (1 - 1.0 / height) / len(signals)  # the top inch holds the title
+        for i, signal in enumerate(signals):
+            part = markers[markers["signal"] == signal]
+            ax = fig.add_axes((0.02, 1 - 1.0 / height - (i + 1) * row, 0.84, row * 0.95))
+            sizes = 15 + 185 * np.clip(part["best_r"].to_numpy() / r_max, 0, 1)
+            plotting.plot_markers(part["best_depth"].to_numpy(), part[["x", "y", "z"]].to_numpy(),
+                                  node_size=sizes, node_cmap=DEPTH_CMAP, node_vmin=0.0, node_vmax=1.0,
+                                  display_mode="lzr", axes=ax, figure=fig, colorbar=False, alpha=0.9,
+                                  title=f"{signal} ({len(part)} ROI × hemisphere)", annotate=True)
+            ax.set_gid(f"glass:{signal}:{len(part)}")
+        cax = fig.add_axes((0.9, 0.15, 0.015, 0.6))
+        bar = fig.colorbar(plt.cm.ScalarMappable(Normalize(0.0, 1.0), DEPTH_CMAP), cax=cax)
+        bar.set_label(f"best {_DEPTH_LABEL}")
+        fig.suptitle(f"{title} (subject means, both hemispheres)\n"
+                     f"marker area ∝ best r (largest {r_max:.2f}); ROIs with best r ≤ 0 left out", y=0.99)
     return fig
 
 
@@ -255,7 +310,8 @@ def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
                 row = part.iloc[j]
                 image, _ = mne.viz.plot_topomap(np.asarray(row["r"], dtype="float64"),
                                                 _layout_positions(list(row["sensors"])), axes=ax, show=False,
-                                                vlim=(-vmax, vmax), cmap="RdBu_r", sensors=False, contours=4)
+                                                vlim=(-vmax, vmax), cmap="RdBu_r", sensors=False, contours=4,
+                                                extrapolate="local")
                 image.set_gid(f"topo:{signal}:{row['depth']:.3f}")
                 ax.set_title(f"{signal} · depth {row['depth']:.2f}\nT_max {row['time']:.3f} s")
         bar = fig.colorbar(image, ax=list(axes.ravel()), shrink=0.8, aspect=25)
@@ -383,6 +439,21 @@ def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], enco
     maps = _brain_maps(targets, r, depth, fdr, radius_mm, mesh)
     fig = plot_brain_map(maps, mesh, title=f"{dataset} · {model}: best layer per vertex", fdr=fdr)
     return save_figure(fig, Path(out_dir) / f"brain_map_{dataset}_{model}", formats)
+
+
+def make_glass_brain(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path, out_dir: Path,
+                     dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, best_layers: Path
+                     ) -> list[Path]:
+    """Draw the glass-brain ROI figure of one dataset × model from the `best_layers` table; return the paths."""
+    from .brain import load_subject
+    from .io import read_table
+
+    _layer_depths(encoding, dataset, model)
+    best = read_table(best_layers)
+    best = best[(best["dataset"] == dataset) & (best["model"] == model)]
+    targets = {subject: load_subject(folder)[1] for subject, folder in subject_dirs.items()}
+    fig = plot_glass_brain(roi_markers(best, targets), title=f"{dataset} · {model}: best layer per ROI")
+    return save_figure(fig, Path(out_dir) / f"glass_brain_{dataset}_{model}", formats)
 
 
 def make_meg_topomaps(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path, out_dir: Path,

@@ -152,6 +152,7 @@ FIGURE_TITLES = {
     "simulation_recovery": "planted vs recovered",
     "cka": "layer CKA",
     "brain_map": "brain map",
+    "glass_brain": "glass brain",
     "meg_topomaps": "MEG topomaps",
 }
 
@@ -207,4 +208,5 @@ def map_inputs(wc):
         ],
         "encoding": f"{OUT}/tables/encoding.parquet",
         "tmax": f"{OUT}/tables/tmax.parquet",
+        "best_layers": f"{OUT}/tables/best_layers.parquet",
     }

@@ -40,7 +40,9 @@ rule brain_map:
         unpack(map_inputs),
     output:
         figures=expand(
-            f"{OUT}/figures/brain_map_{{{{dataset}}}}_{{{{model}}}}.{{fmt}}", fmt=config["figures"]["formats"]
+            f"{OUT}/figures/{{kind}}_{{{{dataset}}}}_{{{{model}}}}.{{fmt}}",
+            kind=["brain_map", "glass_brain"],
+            fmt=config["figures"]["formats"],
         ),
     params:
         formats=config["figures"]["formats"],
