@@ -506,6 +506,10 @@ def test_cka_grid_matrices_in_depth_order(tables):
               & (cka.layer_b == "blocks.4")]["cka"].iloc[0]
     assert matrix[1, 4] == matrix[4, 1] == row
     np.testing.assert_array_equal(np.diag(matrix), 1.0)
+    many = pd.concat([cka.assign(model=f"m{i}") for i in range(7)], ignore_index=True)
+    fig = figures.plot_cka_grid(many)  # 7 models x 2 signals: 3 models a row, 3 rows
+    assert sum(bool(ax.get_images()) for ax in fig.axes) == 14
+    assert fig.axes[0].get_gridspec().get_geometry() == (3, 6)
     with pytest.raises(ValueError, match=r"cka table lacks column\(s\) \['cka'\]"):
         figures.plot_cka_grid(cka.drop(columns="cka"))
 

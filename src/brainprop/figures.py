@@ -699,21 +699,26 @@ def cka_matrix(cka: pd.DataFrame, layers: Sequence[str]) -> np.ndarray:
 def plot_cka_grid(cka: pd.DataFrame, enc: pd.DataFrame | None = None) -> Figure:
     """Layer × layer linear CKA of each model's activations and gradients, one matrix per panel.
 
-    Rows are models (and image sets when there are several), columns signals; layers run in
-    depth order, taken from the encoding table's `layer_index` when `enc` is given.
+    Each model (and image set, when there are several) has one panel per signal, side by side,
+    wrapped at 6 panels a row; layers run in depth order, taken from the encoding table's
+    `layer_index` when `enc` is given.
     """
     _check_table(cka, "cka", _CKA_COLUMNS)
     keys = sorted(cka.groupby(["model", "imageset"]).groups)
     signals = _signal_order(cka["signal"].unique())
     several_sets = cka["imageset"].nunique() > 1
+    per_row = min(len(keys), max(1, 6 // len(signals)))  # models side by side, wrapped at 6 panels
+    nrows = -(-len(keys) // per_row)
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(len(keys), len(signals), squeeze=False, layout="constrained",
-                                 figsize=(1.4 + 3.0 * len(signals), 0.8 + 2.9 * len(keys)))
+        fig, axes = plt.subplots(nrows, per_row * len(signals), squeeze=False, layout="constrained",
+                                 figsize=(1.4 + 3.0 * per_row * len(signals), 0.8 + 2.9 * nrows))
+        for ax in axes.ravel()[len(keys) * len(signals):]:
+            ax.set_axis_off()
         for i, (model, imageset) in enumerate(keys):
             part = cka[(cka["model"] == model) & (cka["imageset"] == imageset)]
             layers = _layer_order(part, enc, model)
             for j, signal in enumerate(signals):
-                ax = axes[i, j]
+                ax = axes[i // per_row, (i % per_row) * len(signals) + j]
                 rows = part[part["signal"] == signal]
                 matrix = cka_matrix(rows, layers)
                 image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="magma", origin="lower",
@@ -723,9 +728,8 @@ def plot_cka_grid(cka: pd.DataFrame, enc: pd.DataFrame | None = None) -> Figure:
                 ax.set_xticks(ticks, [str(t) for t in ticks])
                 ax.set_yticks(ticks, [str(t) for t in ticks])
                 ax.set_xlabel("layer (0 = first)")
-                if j == 0:
-                    ax.set_ylabel(f"{model}{f' · {imageset}' if several_sets else ''}\nlayer (0 = first)")
-                ax.set_title(f"{model} · {signal}")
+                ax.set_ylabel("layer (0 = first)")
+                ax.set_title(f"{model}{f' · {imageset}' if several_sets else ''} · {signal}")
         bar = fig.colorbar(image, ax=list(axes.ravel()), shrink=0.8, aspect=30)
         bar.set_label("linear CKA (0 = unrelated, 1 = same up to rotation and scale)")
         fig.suptitle("Layer × layer similarity (linear CKA) of activations and gradients")
