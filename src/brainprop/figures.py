@@ -731,7 +731,7 @@ def plot_cka_grid(cka: pd.DataFrame, enc: pd.DataFrame | None = None) -> Figure:
                 ax.set_ylabel("layer (0 = first)")
                 ax.set_title(f"{model}{f' · {imageset}' if several_sets else ''} · {signal}")
         bar = fig.colorbar(image, ax=list(axes.ravel()), shrink=0.8, aspect=30)
-        bar.set_label("linear CKA (0 = unrelated, 1 = same up to rotation and scale)")
+        bar.set_label("linear CKA (1 = same up to rotation and scale)")
         fig.suptitle("Layer × layer similarity (linear CKA) of activations and gradients")
     return fig
 
