@@ -390,6 +390,10 @@ def test_save_figure_writes_atomically_and_closes(tmp_path):
     assert paths[1].read_text().lstrip().startswith("<?xml")
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["plot.v1.png", "plot.v1.svg"]
     assert not plt.fignum_exists(fig.number)
+    fig_pdf, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    (pdf,) = figures.save_figure(fig_pdf, tmp_path / "plot", ("pdf",))
+    assert pdf.read_bytes().startswith(b"%PDF") and b"CreationDate" not in pdf.read_bytes()  # reproducible
     fig2 = plt.figure()
     with pytest.raises(ValueError, match=r"unknown figure format\(s\) \['jpeg'\]"):
         figures.save_figure(fig2, tmp_path / "x", ("png", "jpeg"))
@@ -469,6 +473,8 @@ def test_tmax_draws_the_backprop_prediction(tables):
     row = tables["tests"].query("model == 'resnet50' and signal == 'grad' and test == 'T1'").iloc[0]
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any(f"95% CI [{row.ci_low:+.2f}, {row.ci_high:+.2f}]" in t for t in texts)
+    fig = figures.plot_tmax(tm, tables["hierarchy"], "things_meg_sim", tests=tables["tests"], alpha=0.1)
+    assert any("90% CI [" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
 
 
 def test_model_comparison_values_order_and_fill(tables):

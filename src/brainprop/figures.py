@@ -140,9 +140,14 @@ def _mean_sem(rows: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
     return out.reset_index()
 
 
+def _ci_name(alpha: float) -> str:
+    """Name of the tests table's bootstrap interval, whose level is 1 − `stats.alpha`."""
+    return f"{100 * (1 - alpha):g}% CI"
+
+
 def _score_label(hier: pd.DataFrame, model: str, signal: str, score: str,
-                 tests: pd.DataFrame | None = None) -> str:
-    """Legend text for one signal: its mean ± SEM hierarchy score over subjects, and the tests' 95% CI."""
+                 tests: pd.DataFrame | None = None, alpha: float = 0.05) -> str:
+    """Legend text for one signal: its mean ± SEM hierarchy score over subjects, and the tests' CI."""
     rows = hier[(hier["model"] == model) & (hier["signal"] == signal) & (hier["score"] == score)]
     values = rows["value"].to_numpy(dtype="float64")
     values = values[np.isfinite(values)]
@@ -155,7 +160,7 @@ def _score_label(hier: pd.DataFrame, model: str, signal: str, score: str,
         row = tests[(tests["model"] == model) & (tests["signal"] == signal)
                     & (tests["test"] == _SCORE_TESTS[score])]
         if len(row) == 1 and np.isfinite(row[["ci_low", "ci_high"]].to_numpy(dtype="float64")).all():
-            ci = f"\n95% CI [{row['ci_low'].iloc[0]:+.2f}, {row['ci_high'].iloc[0]:+.2f}]"
+            ci = f"\n{_ci_name(alpha)} [{row['ci_low'].iloc[0]:+.2f}, {row['ci_high'].iloc[0]:+.2f}]"
     return f"{signal}: {score} score {values.mean():+.2f}{spread} (n={values.size}){ci}"
 
 
@@ -504,7 +509,7 @@ def _dataset_tests(tests: pd.DataFrame | None, dataset: str) -> pd.DataFrame | N
 
 
 def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str, *,
-                           tests: pd.DataFrame | None = None,
+                           tests: pd.DataFrame | None = None, alpha: float = 0.05,
                            roi_distance_mm: Mapping[str, float] | None = None,
                            min_best_r: float | None = 0.0) -> Figure:
     """Best layer depth (mean ± SEM over subjects) against ROI distance from V1, one panel per model.
@@ -513,7 +518,7 @@ def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str,
     Subjects whose best r for an ROI is not above `min_best_r` are left out of that ROI's mean,
     as the spatial score leaves them out (None keeps all). Dashed/solid lines are least-squares
     fits through the ROI means; the legend gives each signal's spatial score over subjects and,
-    with `tests`, the bootstrap 95% CI of its S1a row.
+    with `tests`, the bootstrap CI of its S1a row (level 1 − `alpha`, as the group stage computes it).
     """
     _check_table(best, "best_layers", _BEST_COLUMNS)
     _check_table(hier, "hierarchy", _HIER_COLUMNS)
@@ -526,7 +531,7 @@ def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str,
         fig, axes = _panel_grid(len(models))
         anchors = {}
         for ax, model in zip(axes, models):
-            labels = {s: _score_label(scores, model, s, "spatial", tests) for s in styles}
+            labels = {s: _score_label(scores, model, s, "spatial", tests, alpha) for s in styles}
             anchors[model] = _spatial_panel(ax, rows[rows["model"] == model], distance, styles, labels,
                                             min_best_r)
             pad = 0.06 * (float(np.ptp(distance.to_numpy())) or 1.0)
@@ -560,14 +565,14 @@ def _backprop_prediction(act: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_tmax(tm: pd.DataFrame, hier: pd.DataFrame, dataset: str, *, tests: pd.DataFrame | None = None,
-              min_peak_r: float | None = 0.0) -> Figure:
+              alpha: float = 0.05, min_peak_r: float | None = 0.0) -> Figure:
     """T_max (s) against layer depth per signal, mean ± SEM over subjects, one panel per model.
 
     Layers whose peak r(t) is not above `min_peak_r` are left out for that subject, as the
     temporal score leaves them out (None keeps all). A dotted line marks the activations'
     last-layer T_max: the end of the forward sweep, after which backprop puts the gradients;
     a dash-dotted line gives backprop's prediction for the gradients (`_backprop_prediction`).
-    The legend gives each signal's temporal score and, with `tests`, its T1 row's 95% CI.
+    The legend gives each signal's temporal score and, with `tests`, its T1 row's CI (level 1 − `alpha`).
     """
     _check_table(tm, "tmax", _TMAX_COLUMNS)
     _check_table(hier, "hierarchy", _HIER_COLUMNS)
@@ -587,7 +592,7 @@ def plot_tmax(tm: pd.DataFrame, hier: pd.DataFrame, dataset: str, *, tests: pd.D
             for signal, style in styles.items():
                 curve = stats[(stats["model"] == model) & (stats["signal"] == signal)]
                 if not curve.empty:
-                    label = _score_label(scores, model, signal, "temporal", tests)
+                    label = _score_label(scores, model, signal, "temporal", tests, alpha)
                     _draw_curve(ax, curve, "depth", signal, style, label)
             act = stats[(stats["model"] == model) & (stats["signal"] == "act")]
             if not act.empty:
@@ -622,11 +627,12 @@ def _comparison_rows(tests: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 def plot_model_comparison(tests: pd.DataFrame, dataset: str, *, alpha: float = 0.05) -> Figure:
-    """Every model's spatial and temporal score per signal with its bootstrap 95% CI, one panel each.
+    """Every model's spatial and temporal score per signal with its bootstrap CI, one panel each.
 
     Values are the group effects of the S1a (spatial) and T1 (temporal) rows of the tests table:
     the mean score over subjects. Models are sorted by the activations' score (highest on top);
-    filled markers have p_fdr < `alpha` in the direction the test checks, open ones do not.
+    filled markers have p_fdr < `alpha` in the direction the test checks, open ones do not. The
+    CI's level is 1 − `alpha`, as the group stage computes it.
     """
     _check_table(tests, "tests", _TESTS_COLUMNS)
     rows = _comparison_rows(tests, dataset)
@@ -665,7 +671,7 @@ def plot_model_comparison(tests: pd.DataFrame, dataset: str, *, alpha: float = 0
             ax.set_xlim(-1.05, 1.05)
             test = _SCORE_TESTS[score]
             ax.set_xlabel(f"{score} score (Pearson r, mean over subjects)")
-            ax.set_title(f"{score} score ({test} row), 95% CI")
+            ax.set_title(f"{score} score ({test} row), {_ci_name(alpha)}")
         handles = [plt.Line2D([], [], color=s["color"], marker=s["marker"], linestyle="none")
                    for s in styles.values()]
         handles.append(plt.Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="none"))
@@ -879,9 +885,9 @@ def _plotters(tables: dict[str, pd.DataFrame], roi_levels: Mapping | None, alpha
             tables["encoding"], d, roi_levels=(roi_levels or {}).get(d)),
         "meg_timecourses": lambda d: plot_meg_timecourses(tables["encoding"], d),
         "spatial_hierarchy": lambda d: plot_spatial_hierarchy(
-            tables["best_layers"], tables["hierarchy"], d, tests=tables["tests"],
+            tables["best_layers"], tables["hierarchy"], d, tests=tables["tests"], alpha=alpha,
             roi_distance_mm=_roi_distance_map(tables["encoding"], d)),
-        "tmax": lambda d: plot_tmax(tables["tmax"], tables["hierarchy"], d, tests=tables["tests"]),
+        "tmax": lambda d: plot_tmax(tables["tmax"], tables["hierarchy"], d, tests=tables["tests"], alpha=alpha),
         "model_comparison": lambda d: plot_model_comparison(tables["tests"], d, alpha=alpha),
         "simulation_recovery": lambda d: plot_simulation_recovery(
             tables["truth"], tables["best_layers"], tables["tmax"], d),
@@ -899,7 +905,8 @@ def make_figures(tables_dir: Path, out_dir: Path, formats: Sequence[str] = ("png
 
     `roi_levels` maps dataset -> level -> ROI names (the config's `roi_levels`; default
     distance thirds); `truth` maps each simulated dataset to its planted-truth table; `alpha`
-    is the test level that fills the model comparison's markers.
+    is `stats.alpha`: the test level that fills the model comparison's markers and names the
+    CI level (1 − alpha).
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     tables = {name: read_table(tables_dir / f"{name}.parquet") for name in TABLES_READ}
