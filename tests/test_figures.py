@@ -402,11 +402,14 @@ def test_save_figure_writes_atomically_and_closes(tmp_path):
 
 def test_figure_names():
     names = figures.figure_names({"things_meg_sim": {"meg"}, "nsd_sim": {"fmri"}}, formats=("png",),
-                                 simulated=["nsd_sim"])
-    assert names == ["encoding_by_layer_nsd_sim.png", "spatial_hierarchy_nsd_sim.png",
+                                 models=["m2", "m1"], simulated=["nsd_sim"])
+    assert names == ["encoding_by_layer_nsd_sim_m1.png", "encoding_by_layer_nsd_sim_m2.png",
+                     "spatial_hierarchy_nsd_sim_m1.png", "spatial_hierarchy_nsd_sim_m2.png",
                      "model_comparison_nsd_sim.png", "simulation_recovery_nsd_sim.png",
-                     "encoding_by_layer_things_meg_sim.png", "meg_timecourses_things_meg_sim.png",
-                     "tmax_things_meg_sim.png", "model_comparison_things_meg_sim.png", "cka.png"]
+                     "encoding_by_layer_things_meg_sim_m1.png", "encoding_by_layer_things_meg_sim_m2.png",
+                     "meg_timecourses_things_meg_sim_m1.png", "meg_timecourses_things_meg_sim_m2.png",
+                     "tmax_things_meg_sim_m1.png", "tmax_things_meg_sim_m2.png",
+                     "model_comparison_things_meg_sim.png", "cka.png"]
     with pytest.raises(ValueError, match=r"modality \['eeg'\]"):
         figures.figure_names({"x": {"eeg"}})
 
@@ -422,12 +425,17 @@ def test_make_figures_writes_the_announced_files(tables, tmp_path):
     written = figures.make_figures(tmp_path / "tables", tmp_path / "figures", formats=("png", "svg"),
                                    truth=paths)
     expected = figures.figure_names({"nsd_sim": {"fmri"}, "things_meg_sim": {"meg"}}, formats=("png", "svg"),
-                                    simulated=paths)
+                                    models=MODELS, simulated=paths)
     assert sorted(p.name for p in written) == sorted(expected)
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(expected)
     assert all(p.stat().st_size > 10_000 for p in written)
     assert all(p.read_text().lstrip().startswith("<?xml") for p in written if p.suffix == ".svg")
-    assert plt.get_fignums() == []
+    assert plt.get_fignums() == []  # every figure closed once written
+    # Per-model figures draw only their model: the T_max figure of resnet50 has one panel.
+    plot = figures._plotters(tables, None, 0.05)
+    assert [ax.get_title() for ax in plot["tmax"]("things_meg_sim", "resnet50").axes] == [
+        "things_meg_sim · resnet50"]
+    assert len(plot["encoding_by_layer"]("nsd_sim", "vit_small").axes) == 2 * 3  # r, r_normalized x 3 levels
 
 
 def test_tests_html_lists_every_row(tables, tmp_path):

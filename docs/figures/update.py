@@ -13,9 +13,9 @@ from PIL import Image
 
 # The README's figures, in the order it shows them.
 KEY_FIGURES = (
-    "encoding_by_layer_sim_backprop.png",
-    "spatial_hierarchy_sim_backprop.png",
-    "tmax_sim_backprop.png",
+    "encoding_by_layer_sim_backprop_resnet18.png",
+    "spatial_hierarchy_sim_backprop_resnet18.png",
+    "tmax_sim_backprop_resnet18.png",
     "brain_map_sim_backprop_resnet18.png",
     "simulation_recovery_sim_backprop.png",
 )

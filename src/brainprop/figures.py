@@ -65,13 +65,15 @@ DEPTH_CMAP = "viridis"
 # Colour of the brain's reference lines (end of the forward sweep, backprop prediction, identity).
 REFERENCE_COLOR = "0.35"
 
-# Figure kind -> (modalities whose rows it draws, scope). Scope "dataset": one file per dataset
-# with one of those modalities; "simulated": per simulated dataset; "run": one file per run.
+# Figure kind -> (modalities whose rows it draws, scope). Scope "model": one file per dataset ×
+# model (so that a run of many models gives figures of a readable size, grouped by model in the
+# report); "dataset": one per dataset, all models in it; "simulated": per simulated dataset;
+# "run": one file per run.
 FIGURES: dict[str, tuple[frozenset[str], str]] = {
-    "encoding_by_layer": (frozenset({"fmri", "meg"}), "dataset"),
-    "meg_timecourses": (frozenset({"meg"}), "dataset"),
-    "spatial_hierarchy": (frozenset({"fmri"}), "dataset"),
-    "tmax": (frozenset({"meg"}), "dataset"),
+    "encoding_by_layer": (frozenset({"fmri", "meg"}), "model"),
+    "meg_timecourses": (frozenset({"meg"}), "model"),
+    "spatial_hierarchy": (frozenset({"fmri"}), "model"),
+    "tmax": (frozenset({"meg"}), "model"),
     "model_comparison": (frozenset({"fmri", "meg"}), "dataset"),
     "simulation_recovery": (frozenset({"fmri", "meg"}), "simulated"),
     "cka": (frozenset(), "run"),
@@ -125,6 +127,12 @@ def _select_dataset(table: pd.DataFrame, name: str, dataset: str) -> pd.DataFram
         present = sorted(table["dataset"].unique())
         raise ValueError(f"{name} table has no rows for dataset {dataset!r}; datasets present: {present}")
     return rows
+
+
+def _figure_name(dataset: str, rows: pd.DataFrame) -> str:
+    """'dataset · model' when `rows` hold one model, else the dataset."""
+    models = rows["model"].unique()
+    return f"{dataset} · {models[0]}" if len(models) == 1 else dataset
 
 
 def _mean_sem(rows: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
@@ -310,7 +318,7 @@ def plot_encoding_by_layer(enc: pd.DataFrame, dataset: str, *, values: Sequence[
                 if i == len(grid) - 1:
                     ax.set_xlabel(_DEPTH_LABEL)
         n_subjects = rows["subject"].nunique()
-        fig.suptitle(f"{dataset}: encoding by layer (mean ± SEM over {n_subjects} subjects)")
+        fig.suptitle(f"{_figure_name(dataset, rows)}: encoding by layer (mean ± SEM over {n_subjects} subjects)")
         handles = [plt.Line2D([], [], color=s["color"], marker=s["marker"], linestyle=s["linestyle"])
                    for s in styles.values()]
         fig.legend(handles, list(styles), loc="outside lower center", ncols=len(styles), frameon=False)
@@ -367,7 +375,7 @@ def plot_meg_timecourses(enc: pd.DataFrame, dataset: str, *, value: str = "r") -
                 if i == len(models) - 1:
                     ax.set_xlabel("time after image onset (s)")
         _depth_colorbar(fig, axes.ravel())
-        fig.suptitle(f"{dataset}: MEG encoding time course per layer "
+        fig.suptitle(f"{_figure_name(dataset, rows)}: MEG encoding time course per layer "
                      f"(mean over {rows['subject'].nunique()} subjects)")
     return fig
 
@@ -845,30 +853,35 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png", "svg")
 
 
 def figure_entries(datasets: Mapping[str, Iterable[str]], formats: Sequence[str] = ("png", "svg"), *,
-                   simulated: Iterable[str] = ()) -> list[tuple[str, str, str]]:
-    """(kind, dataset or "" for run-wide figures, file name) of every file `make_figures` writes.
+                   models: Iterable[str] = (), simulated: Iterable[str] = ()) -> list[tuple[str, str, str, str]]:
+    """(kind, dataset, model, file name) of every file `make_figures` writes ("" where not per dataset/model).
 
-    `datasets` maps each dataset to its modalities ({'fmri', 'meg'}); `simulated` names the
-    datasets with a planted truth.
+    `datasets` maps each dataset to its modalities ({'fmri', 'meg'}); `models` names the run's
+    models; `simulated` names the datasets with a planted truth.
     """
-    simulated, entries = set(simulated), []
+    simulated, models, entries = set(simulated), sorted(models), []
     for dataset in sorted(datasets):
         modalities = set(datasets[dataset])
         bad = sorted(modalities - set(MODALITIES))
         if bad:
             raise ValueError(f"dataset {dataset!r} has modality {bad}; expected some of {list(MODALITIES)}")
         for kind, (needs, scope) in FIGURES.items():
-            if needs & modalities and (scope == "dataset" or (scope == "simulated" and dataset in simulated)):
-                entries += [(kind, dataset, f"{kind}_{dataset}.{fmt}") for fmt in formats]
-    entries += [(kind, "", f"{kind}.{fmt}") for kind, (_, scope) in FIGURES.items() if scope == "run"
+            if not needs & modalities:
+                continue
+            if scope == "model":
+                entries += [(kind, dataset, model, f"{kind}_{dataset}_{model}.{fmt}")
+                            for model in models for fmt in formats]
+            elif scope == "dataset" or (scope == "simulated" and dataset in simulated):
+                entries += [(kind, dataset, "", f"{kind}_{dataset}.{fmt}") for fmt in formats]
+    entries += [(kind, "", "", f"{kind}.{fmt}") for kind, (_, scope) in FIGURES.items() if scope == "run"
                 for fmt in formats]
     return entries
 
 
 def figure_names(datasets: Mapping[str, Iterable[str]], formats: Sequence[str] = ("png", "svg"), *,
-                 simulated: Iterable[str] = ()) -> list[str]:
+                 models: Iterable[str] = (), simulated: Iterable[str] = ()) -> list[str]:
     """File names `make_figures` writes for datasets mapped to their modalities ({'fmri', 'meg'})."""
-    return [name for _, _, name in figure_entries(datasets, formats, simulated=simulated)]
+    return [e[3] for e in figure_entries(datasets, formats, models=models, simulated=simulated)]
 
 
 def _roi_distance_map(enc: pd.DataFrame, dataset: str) -> dict[str, float]:
@@ -877,21 +890,26 @@ def _roi_distance_map(enc: pd.DataFrame, dataset: str) -> dict[str, float]:
     return rows.groupby("roi")["roi_distance_mm"].mean().dropna().to_dict()
 
 
+def _of_model(table: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Rows of `model` (all rows when `model` is "")."""
+    return table[table["model"] == model] if model else table
+
+
 def _plotters(tables: dict[str, pd.DataFrame], roi_levels: Mapping | None, alpha: float
-              ) -> dict[str, Callable[[str], Figure]]:
-    """Figure kind -> function drawing that figure for one dataset ("" for run-wide) from the tables."""
+              ) -> dict[str, Callable[[str, str], Figure]]:
+    """Figure kind -> function drawing it for one dataset and model ("" where not per dataset or model)."""
+    t = tables
     return {
-        "encoding_by_layer": lambda d: plot_encoding_by_layer(
-            tables["encoding"], d, roi_levels=(roi_levels or {}).get(d)),
-        "meg_timecourses": lambda d: plot_meg_timecourses(tables["encoding"], d),
-        "spatial_hierarchy": lambda d: plot_spatial_hierarchy(
-            tables["best_layers"], tables["hierarchy"], d, tests=tables["tests"], alpha=alpha,
-            roi_distance_mm=_roi_distance_map(tables["encoding"], d)),
-        "tmax": lambda d: plot_tmax(tables["tmax"], tables["hierarchy"], d, tests=tables["tests"], alpha=alpha),
-        "model_comparison": lambda d: plot_model_comparison(tables["tests"], d, alpha=alpha),
-        "simulation_recovery": lambda d: plot_simulation_recovery(
-            tables["truth"], tables["best_layers"], tables["tmax"], d),
-        "cka": lambda _: plot_cka_grid(tables["cka"], tables["encoding"]),
+        "encoding_by_layer": lambda d, m: plot_encoding_by_layer(
+            _of_model(t["encoding"], m), d, roi_levels=(roi_levels or {}).get(d)),
+        "meg_timecourses": lambda d, m: plot_meg_timecourses(_of_model(t["encoding"], m), d),
+        "spatial_hierarchy": lambda d, m: plot_spatial_hierarchy(
+            _of_model(t["best_layers"], m), t["hierarchy"], d, tests=t["tests"], alpha=alpha,
+            roi_distance_mm=_roi_distance_map(t["encoding"], d)),
+        "tmax": lambda d, m: plot_tmax(_of_model(t["tmax"], m), t["hierarchy"], d, tests=t["tests"], alpha=alpha),
+        "model_comparison": lambda d, _: plot_model_comparison(t["tests"], d, alpha=alpha),
+        "simulation_recovery": lambda d, _: plot_simulation_recovery(t["truth"], t["best_layers"], t["tmax"], d),
+        "cka": lambda *_: plot_cka_grid(t["cka"], t["encoding"]),
     }
 
 
@@ -916,11 +934,11 @@ def make_figures(tables_dir: Path, out_dir: Path, formats: Sequence[str] = ("png
     _check_table(tables["encoding"], "encoding", ("dataset", "modality"))
     datasets = tables["encoding"].groupby("dataset")["modality"].agg(set).to_dict()
     plotters = _plotters(tables, roi_levels, alpha)
-    entries = figure_entries(datasets, formats[:1], simulated=truth)
+    models = sorted(tables["encoding"]["model"].unique())
     paths = []
-    for kind, dataset, name in entries:
+    for kind, dataset, model, name in figure_entries(datasets, formats[:1], models=models, simulated=truth):
         stem = out_dir / name.rsplit(".", 1)[0]
-        paths += save_figure(plotters[kind](dataset), stem, formats)
+        paths += save_figure(plotters[kind](dataset, model), stem, formats)
     return paths
 
 

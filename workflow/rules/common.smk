@@ -172,10 +172,12 @@ def _reported(path, kind, category, subcategory):
 
 def figure_outputs():
     """Every figure file of the figures rule; PNGs are registered in the report."""
-    entries = figure_entries(dataset_modalities(), config["figures"]["formats"], simulated=SIMULATED)
+    entries = figure_entries(
+        dataset_modalities(), config["figures"]["formats"], models=list(MODELS), simulated=SIMULATED
+    )
     return [
-        _reported(f"{OUT}/figures/{name}", kind, dataset or "all datasets", "all models")
-        for kind, dataset, name in entries
+        _reported(f"{OUT}/figures/{name}", kind, dataset or "all datasets", model or "all models")
+        for kind, dataset, model, name in entries
     ]
 
 
