@@ -222,7 +222,7 @@ def _panel_grid(n_panels: int, max_cols: int = 3, size: tuple[float, float] = (4
     """A figure with exactly `n_panels` axes, at most `max_cols` per row."""
     ncols = min(n_panels, max_cols)
     nrows = -(-n_panels // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows + 0.6),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(5.6, size[0] * ncols), size[1] * nrows + 0.6),
                              squeeze=False, layout="constrained")
     for ax in axes.ravel()[n_panels:]:
         ax.remove()
@@ -550,7 +550,8 @@ def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str,
             ax.set_ylabel(f"best {_DEPTH_LABEL}")
             ax.set_title(f"{dataset} · {model}")
             _legend_below(ax, f"no ROI with best r > {min_best_r}")
-        fig.suptitle(f"{dataset}: best layer per ROI (mean ± SEM over {rows['subject'].nunique()} subjects)")
+        fig.suptitle(f"{_figure_name(dataset, rows)}: best layer per ROI\n"
+                     f"(mean ± SEM over {rows['subject'].nunique()} subjects)")
         # Labels are placed in display space, so the layout must be final first.
         fig.canvas.draw()
         fig.set_layout_engine("none")
@@ -617,7 +618,7 @@ def plot_tmax(tm: pd.DataFrame, hier: pd.DataFrame, dataset: str, *, tests: pd.D
             ax.set_ylabel("T_max (s after image onset)")
             ax.set_title(f"{dataset} · {model}")
             _legend_below(ax, f"no layer with peak r > {min_peak_r}")
-        fig.suptitle(f"{dataset}: time of peak encoding per layer "
+        fig.suptitle(f"{_figure_name(dataset, rows)}: time of peak encoding per layer\n"
                      f"(mean ± SEM over {n_subjects} subjects)")
     return fig
 
