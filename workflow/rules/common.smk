@@ -181,12 +181,11 @@ def figure_outputs():
     ]
 
 
-def map_outputs(dataset=None, model=None):
-    """Brain map and topomap files (of one dataset × model, or all), PNGs registered in the report."""
+def map_outputs():
+    """Brain map, glass brain and topomap files of every dataset × model, PNGs registered in the report."""
     return [
         _reported(f"{OUT}/figures/{name}", kind, ds, m)
         for kind, ds, m, name in map_names(dataset_modalities(), list(MODELS), config["figures"]["formats"])
-        if dataset in (None, ds) and model in (None, m)
     ]
 
 
