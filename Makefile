@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean readme-figures
 
 $(BIN)/brainprop: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(BIN)/brainprop
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+
+# The README's figures (docs/figures/*.png) from a demo run; see docs/figures.md.
+readme-figures: demo
+	$(BIN)/python docs/figures/update.py results/demo/figures docs/figures
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q

@@ -5,21 +5,21 @@
 
 from __future__ import annotations
 
+import matplotlib
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
 
-import matplotlib
-
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.image import imread  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.image import imread
+from matplotlib.text import Text
 
-from brainprop import figures  # noqa: E402
-from brainprop.contract import validate_table  # noqa: E402
-from brainprop.io import write_table  # noqa: E402
+from brainprop import figures
+from brainprop.contract import validate_table
+from brainprop.io import write_table
 
 MODELS = ("vit_small", "resnet50")
 SUBJECTS = ("s01", "s02", "s03")
@@ -99,14 +99,59 @@ def _hierarchy(best: pd.DataFrame, tm: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _tests(hier: pd.DataFrame) -> pd.DataFrame:
+    """S1a and T1 rows: group mean of the scores with a made-up CI around it and a p per signal."""
+    out = []
+    for (d, modality, m, s, score), g in hier.groupby(["dataset", "modality", "model", "signal", "score"]):
+        mean = g["value"].mean()
+        test = "S1a" if score == "spatial" else "T1"
+        out.append({"dataset": d, "modality": modality, "model": m, "signal": s, "test": test, "level": "",
+                    "method": "wilcoxon", "alternative": "greater", "statistic": 6.0, "effect": mean,
+                    "ci_low": mean - 0.1, "ci_high": mean + 0.05, "p": 0.125,
+                    "p_min": 0.125, "p_fdr": 0.01 if s == "act" else 0.5, "family": f"{d}/{m}/{s}",
+                    "n_subjects": len(g), "n_significant_subjects": 1})
+    return pd.DataFrame(out)
+
+
+def _cka(rng: np.random.Generator) -> pd.DataFrame:
+    """Upper-triangle rows (with the diagonal) of a random symmetric matrix per model × signal."""
+    out = []
+    for model in MODELS:
+        for signal in SIGNALS:
+            for a in range(N_LAYERS):
+                for b in range(a, N_LAYERS):
+                    out.append({"model": model, "imageset": "demo", "signal": signal, "layer_a": f"blocks.{a}",
+                                "layer_b": f"blocks.{b}", "cka": 1.0 if a == b else float(rng.uniform(0, 1))})
+    return pd.DataFrame(out)
+
+
+def _truth(enc: pd.DataFrame) -> pd.DataFrame:
+    """Planted depth per ROI (nsd_sim) and latency per layer (things_meg_sim) for resnet50."""
+    out = []
+    for subject in SUBJECTS:
+        for signal in SIGNALS:
+            for roi, dist in ROIS.items():
+                out.append({"dataset": "nsd_sim", "subject": subject, "source_model": "resnet50", "kind": "roi",
+                            "roi": roi, "signal": signal, "depth": dist / 52.0, "latency_s": np.nan})
+            for k in range(N_LAYERS):
+                depth = k / (N_LAYERS - 1)
+                latency = 0.08 + 0.3 * depth if signal == "act" else 0.95 - 0.25 * depth
+                out.append({"dataset": "things_meg_sim", "subject": subject, "source_model": "resnet50",
+                            "kind": "layer", "roi": "", "signal": signal, "depth": depth, "latency_s": latency})
+    return pd.DataFrame(out)
+
+
 @pytest.fixture(scope="module")
 def tables() -> dict[str, pd.DataFrame]:
     enc = pd.DataFrame(_encoding_rows(np.random.default_rng(0)))
     best = _best_layers(enc)
     tm = _tmax(enc)
-    out = {"encoding": enc, "best_layers": best, "tmax": tm, "hierarchy": _hierarchy(best, tm)}
+    hier = _hierarchy(best, tm)
+    out = {"encoding": enc, "best_layers": best, "tmax": tm, "hierarchy": hier, "tests": _tests(hier),
+           "cka": _cka(np.random.default_rng(1))}
     for name, table in out.items():
         assert validate_table(name, table) == [], name
+    out["truth"] = _truth(enc)
     return out
 
 
@@ -129,32 +174,35 @@ def _line(ax, signal: str):
 
 # ---------------------------------------------------------------- encoding by layer
 
-def test_encoding_fmri_panels_series_and_values(tables):
+def test_encoding_fmri_levels_series_and_values(tables):
     enc = tables["encoding"]
-    fig = figures.plot_encoding_by_layer(enc, "nsd_sim")
-    assert len(fig.axes) == len(MODELS) * len(ROIS)
-    titles = [ax.get_title() for ax in fig.axes[: len(ROIS)]]
-    assert [t.split(" ")[0] for t in titles] == list(ROIS)  # ordered by distance from V1
+    fig = figures.plot_encoding_by_layer(enc, "nsd_sim")  # 6 ROIs -> distance thirds
+    values = ("r", "r_normalized")
+    assert len(fig.axes) == len(MODELS) * len(values) * 3
+    titles = [ax.get_title() for ax in fig.axes[:3]]
+    assert [t.split(":")[0] for t in titles] == ["fMRI early", "fMRI intermediate", "fMRI high"]
+    assert "V1, V2" in titles[0] and "LO, FFA" in titles[2]
     for ax in fig.axes:
         for signal in SIGNALS:
             assert _series(ax, signal) == (1, 1)
-    # Reference: hemi 'both' rows of one panel, mean and SEM over subjects per layer.
-    model_row, roi_col = 1, 3
-    model, roi = sorted(MODELS)[model_row], list(ROIS)[roi_col]
-    ax = fig.axes[model_row * len(ROIS) + roi_col]
-    rows = enc[(enc.dataset == "nsd_sim") & (enc.model == model) & (enc.roi == roi) & (enc.hemi == "both")
-               & (enc.signal == "grad")]
-    wide = rows.pivot(index="layer_index", columns="subject", values="r").to_numpy()
-    np.testing.assert_allclose(_line(ax, "grad").get_ydata(), wide.mean(axis=1), rtol=1e-12)
-    band = next(c for c in ax.collections if c.get_gid() == "grad:sem")
-    top = band.get_paths()[0].vertices[:, 1].max()
-    expected = (wide.mean(axis=1) + scipy.stats.sem(wide, axis=1, ddof=1)).max()
-    np.testing.assert_allclose(top, expected, rtol=1e-12)
+    # Reference: each subject's mean over the level's ROIs (hemi 'both'), then mean and SEM over subjects.
+    model = sorted(MODELS)[1]
+    for row, value in enumerate(values):
+        ax = fig.axes[(2 + row) * 3 + 2]  # second model, high level
+        assert fig.axes[(2 + row) * 3].get_ylabel().startswith(model)
+        rows = enc[(enc.dataset == "nsd_sim") & (enc.model == model) & enc.roi.isin(["LO", "FFA"])
+                   & (enc.hemi == "both") & (enc.signal == "grad")]
+        wide = rows.groupby(["layer_index", "subject"])[value].mean().unstack().to_numpy()
+        np.testing.assert_allclose(_line(ax, "grad").get_ydata(), wide.mean(axis=1), rtol=1e-12)
+        band = next(c for c in ax.collections if c.get_gid() == "grad:sem")
+        top = band.get_paths()[0].vertices[:, 1].max()
+        expected = (wide.mean(axis=1) + scipy.stats.sem(wide, axis=1, ddof=1)).max()
+        np.testing.assert_allclose(top, expected, rtol=1e-12)
 
 
 def test_encoding_meg_is_peak_over_time(tables):
     enc = tables["encoding"]
-    fig = figures.plot_encoding_by_layer(enc, "things_meg_sim")
+    fig = figures.plot_encoding_by_layer(enc, "things_meg_sim", values=("r",))
     assert len(fig.axes) == len(MODELS)
     for ax in fig.axes:
         assert all(_series(ax, s) == (1, 1) for s in SIGNALS)
@@ -163,19 +211,26 @@ def test_encoding_meg_is_peak_over_time(tables):
     np.testing.assert_allclose(_line(fig.axes[0], "act").get_ydata(), peak.mean(axis=1), rtol=1e-12)
 
 
-def test_encoding_many_rois_become_levels(tables):
+def test_encoding_without_noise_ceiling_drops_the_normalised_row(tables):
+    enc = tables["encoding"].assign(r_normalized=np.nan)
+    fig = figures.plot_encoding_by_layer(enc, "things_meg_sim")
+    assert len(fig.axes) == len(MODELS)
+    with pytest.raises(ValueError, match="no finite value"):
+        figures.plot_encoding_by_layer(enc, "things_meg_sim", values=("r_normalized",))
+
+
+def test_encoding_roi_levels_from_config(tables):
     enc = tables["encoding"]
-    fmri = enc[(enc.dataset == "nsd_sim") & (enc.hemi == "both")]
-    extra = [fmri.assign(roi=fmri.roi + f"_{i}", roi_distance_mm=fmri.roi_distance_mm + i) for i in range(2)]
-    many = pd.concat(extra, ignore_index=True)  # 12 ROIs
-    fig = figures.plot_encoding_by_layer(many, "nsd_sim")
-    assert len(fig.axes) == len(MODELS) * 3
-    levels = {"early": ["V1_0", "V1_1", "V2_0"], "late": ["FFA_0", "LO_1"], "absent": ["MT"]}
-    fig = figures.plot_encoding_by_layer(many, "nsd_sim", roi_levels=levels)
-    assert [ax.get_title().split(":")[0] for ax in fig.axes[:2]] == ["early", "late"]
-    rows = many[(many.model == "resnet50") & (many.signal == "act") & many.roi.isin(levels["late"])]
+    levels = {"early": ["V1", "V2"], "late": ["FFA", "LO"], "absent": ["MT"]}
+    fig = figures.plot_encoding_by_layer(enc, "nsd_sim", roi_levels=levels, values=("r",))
+    assert [ax.get_title().split(":")[0] for ax in fig.axes[:2]] == ["fMRI early", "fMRI late"]
+    assert len(fig.axes) == len(MODELS) * 2
+    rows = enc[(enc.model == "resnet50") & (enc.signal == "act") & enc.roi.isin(levels["late"])
+               & (enc.hemi == "both")]
     per_subject = rows.groupby(["layer_index", "subject"])["r"].mean().unstack().to_numpy()
     np.testing.assert_allclose(_line(fig.axes[1], "act").get_ydata(), per_subject.mean(axis=1), rtol=1e-12)
+    with pytest.raises(ValueError, match="name none of the ROIs"):
+        figures.plot_encoding_by_layer(enc, "nsd_sim", roi_levels={"x": ["MT"]})
 
 
 def test_extra_signal_gets_its_own_style(tables):
@@ -299,6 +354,11 @@ def test_spatial_model_without_positive_roi_keeps_its_panel(tables):
     (lambda t: figures.plot_spatial_hierarchy(t["best_layers"], t["hierarchy"], "nsd_sim"),
      "hierarchy", "value"),
     (lambda t: figures.plot_tmax(t["tmax"], t["hierarchy"], "things_meg_sim"), "tmax", "t_max_s"),
+    (lambda t: figures.plot_meg_timecourses(t["encoding"], "things_meg_sim"), "encoding", "time"),
+    (lambda t: figures.plot_model_comparison(t["tests"], "nsd_sim"), "tests", "ci_low"),
+    (lambda t: figures.plot_cka_grid(t["cka"]), "cka", "layer_b"),
+    (lambda t: figures.plot_simulation_recovery(t["truth"], t["best_layers"], t["tmax"], "nsd_sim"),
+     "best_layers", "best_depth"),
 ])
 def test_missing_column_and_empty_table_raise(tables, call, table, column):
     broken = {**tables, table: tables[table].drop(columns=column)}
@@ -330,6 +390,10 @@ def test_save_figure_writes_atomically_and_closes(tmp_path):
     assert paths[1].read_text().lstrip().startswith("<?xml")
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["plot.v1.png", "plot.v1.svg"]
     assert not plt.fignum_exists(fig.number)
+    fig_pdf, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    (pdf,) = figures.save_figure(fig_pdf, tmp_path / "plot", ("pdf",))
+    assert pdf.read_bytes().startswith(b"%PDF") and b"CreationDate" not in pdf.read_bytes()  # reproducible
     fig2 = plt.figure()
     with pytest.raises(ValueError, match=r"unknown figure format\(s\) \['jpeg'\]"):
         figures.save_figure(fig2, tmp_path / "x", ("png", "jpeg"))
@@ -337,19 +401,152 @@ def test_save_figure_writes_atomically_and_closes(tmp_path):
 
 
 def test_figure_names():
-    names = figures.figure_names({"things_meg_sim": {"meg"}, "nsd_sim": {"fmri"}}, formats=("png",))
-    assert names == ["encoding_by_layer_nsd_sim.png", "spatial_hierarchy_nsd_sim.png",
-                     "encoding_by_layer_things_meg_sim.png", "tmax_things_meg_sim.png"]
+    names = figures.figure_names({"things_meg_sim": {"meg"}, "nsd_sim": {"fmri"}}, formats=("png",),
+                                 models=["m2", "m1"], simulated=["nsd_sim"])
+    assert names == ["encoding_by_layer_nsd_sim_m1.png", "encoding_by_layer_nsd_sim_m2.png",
+                     "spatial_hierarchy_nsd_sim_m1.png", "spatial_hierarchy_nsd_sim_m2.png",
+                     "model_comparison_nsd_sim.png", "simulation_recovery_nsd_sim.png",
+                     "encoding_by_layer_things_meg_sim_m1.png", "encoding_by_layer_things_meg_sim_m2.png",
+                     "meg_timecourses_things_meg_sim_m1.png", "meg_timecourses_things_meg_sim_m2.png",
+                     "tmax_things_meg_sim_m1.png", "tmax_things_meg_sim_m2.png",
+                     "model_comparison_things_meg_sim.png", "cka.png"]
     with pytest.raises(ValueError, match=r"modality \['eeg'\]"):
         figures.figure_names({"x": {"eeg"}})
 
 
 def test_make_figures_writes_the_announced_files(tables, tmp_path):
-    for name, table in tables.items():
-        write_table(tmp_path / "tables" / f"{name}.parquet", table)
-    paths = figures.make_figures(tmp_path / "tables", tmp_path / "figures", formats=("png",))
-    expected = figures.figure_names({"nsd_sim": {"fmri"}, "things_meg_sim": {"meg"}}, formats=("png",))
-    assert sorted(p.name for p in paths) == sorted(expected)
+    for name in figures.TABLES_READ:
+        write_table(tmp_path / "tables" / f"{name}.parquet", tables[name])
+    truth = tables["truth"]
+    paths = {}
+    for dataset in ("nsd_sim", "things_meg_sim"):
+        paths[dataset] = tmp_path / "truth" / f"{dataset}.parquet"
+        write_table(paths[dataset], truth[truth.dataset == dataset])
+    written = figures.make_figures(tmp_path / "tables", tmp_path / "figures", formats=("png", "svg"),
+                                   truth=paths)
+    expected = figures.figure_names({"nsd_sim": {"fmri"}, "things_meg_sim": {"meg"}}, formats=("png", "svg"),
+                                    models=MODELS, simulated=paths)
+    assert sorted(p.name for p in written) == sorted(expected)
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(expected)
-    assert all(p.stat().st_size > 10_000 for p in paths)
-    assert plt.get_fignums() == []
+    assert all(p.stat().st_size > 10_000 for p in written)
+    assert all(p.read_text().lstrip().startswith("<?xml") for p in written if p.suffix == ".svg")
+    assert plt.get_fignums() == []  # every figure closed once written
+    # Per-model figures draw only their model: the T_max figure of resnet50 has one panel.
+    plot = figures._plotters(tables, None, 0.05)
+    assert [ax.get_title() for ax in plot["tmax"]("things_meg_sim", "resnet50").axes] == [
+        "things_meg_sim · resnet50"]
+    assert len(plot["encoding_by_layer"]("nsd_sim", "vit_small").axes) == 2 * 3  # r, r_normalized x 3 levels
+
+
+def test_tests_html_lists_every_row(tables, tmp_path):
+    write_table(tmp_path / "tests.parquet", tables["tests"])
+    figures.write_tests_html(tmp_path, tmp_path / "report" / "tests.html")
+    html = (tmp_path / "report" / "tests.html").read_text()
+    assert html.count("<tr") == len(tables["tests"]) + 1  # header + rows
+    first = tables["tests"].sort_values(["dataset", "model", "signal"]).iloc[0]
+    assert f"{first['effect']:.4g}" in html
+
+
+# ---------------------------------------------------------------- MEG time courses
+
+def test_meg_timecourses_one_line_per_layer_coloured_by_depth(tables):
+    enc = tables["encoding"]
+    fig = figures.plot_meg_timecourses(enc, "things_meg_sim")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == len(MODELS) * len(SIGNALS)
+    ax = next(a for a in panels if a.get_title() == "vit_small · grad")
+    lines = [ln for ln in ax.get_lines() if str(ln.get_gid()).startswith("grad:layer")]
+    assert len(lines) == N_LAYERS
+    rows = enc[(enc.dataset == "things_meg_sim") & (enc.model == "vit_small") & (enc.signal == "grad")
+               & (enc.layer_index == 4)]
+    expected = rows.groupby("time")["r"].mean()
+    line = next(ln for ln in lines if ln.get_gid() == "grad:layer4")
+    np.testing.assert_allclose(line.get_xdata(), expected.index.to_numpy())
+    np.testing.assert_allclose(line.get_ydata(), expected.to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(matplotlib.colors.to_rgba(line.get_color()),
+                               figures.depth_colors([4 / (N_LAYERS - 1)])[0])
+    with pytest.raises(ValueError, match="no MEG rows"):
+        figures.plot_meg_timecourses(enc, "nsd_sim")
+
+
+# ---------------------------------------------------------------- T_max prediction, model comparison
+
+def test_tmax_draws_the_backprop_prediction(tables):
+    tm = tables["tmax"]
+    fig = figures.plot_tmax(tm, tables["hierarchy"], "things_meg_sim", tests=tables["tests"])
+    ax = fig.axes[0]  # resnet50
+    act = tm[(tm.model == "resnet50") & (tm.signal == "act")].groupby("depth")["t_max_s"].mean()
+    predicted = next(ln for ln in ax.get_lines() if ln.get_gid() == "backprop_prediction")
+    np.testing.assert_allclose(predicted.get_ydata(), 2 * act.iloc[-1] - act.to_numpy(), rtol=1e-12)
+    row = tables["tests"].query("model == 'resnet50' and signal == 'grad' and test == 'T1'").iloc[0]
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(f"95% CI [{row.ci_low:+.2f}, {row.ci_high:+.2f}]" in t for t in texts)
+    fig = figures.plot_tmax(tm, tables["hierarchy"], "things_meg_sim", tests=tables["tests"], alpha=0.1)
+    assert any("90% CI [" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_model_comparison_values_order_and_fill(tables):
+    tests = tables["tests"]
+    extra = tests[tests.model == "vit_small"].assign(model="convnext", effect=lambda t: t.effect - 0.5,
+                                                     ci_low=lambda t: t.ci_low - 0.5,
+                                                     ci_high=lambda t: t.ci_high - 0.5)
+    both = pd.concat([tests, extra], ignore_index=True)
+    fig = figures.plot_model_comparison(both, "nsd_sim")
+    (ax,) = [a for a in fig.axes if a.get_title()]  # fMRI only: the spatial panel
+    rows = both[(both.dataset == "nsd_sim") & (both.test == "S1a")]
+    order = [t.get_text() for t in ax.get_yticklabels()][::-1]  # top first
+    act = rows[rows.signal == "act"].set_index("model")["effect"]
+    assert order == list(act.sort_values(ascending=False).index)
+    grad = next(ln for ln in ax.get_lines() if ln.get_gid() == "grad:mean")
+    expected = rows[rows.signal == "grad"].set_index("model").loc[[t.get_text() for t in ax.get_yticklabels()]]
+    np.testing.assert_allclose(np.sort(grad.get_xdata()), np.sort(expected["effect"].to_numpy()))
+    filled = next(ln for ln in ax.get_lines() if ln.get_gid() == "act:significant")
+    assert len(filled.get_xdata()) == len(act)  # act rows have p_fdr 0.01
+    assert len(next(ln for ln in ax.get_lines() if ln.get_gid() == "grad:significant").get_xdata()) == 0
+    fig = figures.plot_model_comparison(both, "things_meg_sim")
+    assert [a.get_title().split(" ")[0] for a in fig.axes if a.get_title()] == ["temporal"]
+
+
+# ---------------------------------------------------------------- CKA and simulation recovery
+
+def test_cka_grid_matrices_in_depth_order(tables):
+    cka = tables["cka"]
+    shuffled = cka.sample(frac=1.0, random_state=0)  # layer order must come from the encoding table
+    fig = figures.plot_cka_grid(shuffled, tables["encoding"])
+    images = {ax.get_images()[0].get_gid(): ax.get_images()[0] for ax in fig.axes if ax.get_images()}
+    assert sorted(images) == sorted(f"cka:{m}:{s}" for m in MODELS for s in SIGNALS)
+    matrix = images["cka:vit_small:grad"].get_array()
+    row = cka[(cka.model == "vit_small") & (cka.signal == "grad") & (cka.layer_a == "blocks.1")
+              & (cka.layer_b == "blocks.4")]["cka"].iloc[0]
+    assert matrix[1, 4] == matrix[4, 1] == row
+    np.testing.assert_array_equal(np.diag(matrix), 1.0)
+    many = pd.concat([cka.assign(model=f"m{i}") for i in range(7)], ignore_index=True)
+    fig = figures.plot_cka_grid(many)  # 7 models x 2 signals: 3 models a row, 3 rows
+    assert sum(bool(ax.get_images()) for ax in fig.axes) == 14
+    assert fig.axes[0].get_gridspec().get_geometry() == (3, 6)
+    with pytest.raises(ValueError, match=r"cka table lacks column\(s\) \['cka'\]"):
+        figures.plot_cka_grid(cka.drop(columns="cka"))
+
+
+def test_simulation_recovery_points(tables):
+    fig = figures.plot_simulation_recovery(tables["truth"], tables["best_layers"], tables["tmax"], "nsd_sim")
+    ax_roi = fig.axes[0]
+    best = tables["best_layers"]
+    rows = best[(best.model == "resnet50") & (best.signal == "act") & (best.hemi == "both")]
+    expected = rows.groupby("roi")["best_depth"].mean().loc[list(ROIS)].to_numpy()  # ROIS sorted by depth
+    line = _line(ax_roi, "act")
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), expected, rtol=1e-12)
+    assert any(ln.get_gid() == "identity" for ln in ax_roi.get_lines())
+    fig = figures.plot_simulation_recovery(tables["truth"], tables["best_layers"], tables["tmax"],
+                                           "things_meg_sim")
+    tm = tables["tmax"]
+    grad = tm[(tm.model == "resnet50") & (tm.signal == "grad")].groupby("depth")["t_max_s"].mean()
+    line = _line(fig.axes[1], "grad")
+    np.testing.assert_allclose(np.sort(np.asarray(line.get_ydata(), dtype=float)), np.sort(grad.to_numpy()),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="no recovered row"):
+        figures.plot_simulation_recovery(tables["truth"].assign(source_model="nope"), tables["best_layers"],
+                                         tables["tmax"], "nsd_sim")
+    with pytest.raises(ValueError, match=r"truth table lacks column\(s\) \['latency_s'\]"):
+        figures.plot_simulation_recovery(tables["truth"].drop(columns="latency_s"), tables["best_layers"],
+                                         tables["tmax"], "nsd_sim")

@@ -1,17 +1,25 @@
 """Real Snakemake on a tiny config in a temporary directory: every table follows the contract."""
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.image import imread
 
 from brainprop.contract import validate_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 pytestmark = pytest.mark.workflow
+# Every figure of the tiny run: one simulated dataset with fMRI and MEG, one model, PNG only.
+TINY_FIGURES = [f"{kind}_sim_backprop.png" for kind in ("model_comparison", "simulation_recovery")] + ["cka.png"] + [
+    f"{kind}_sim_backprop_resnet18.png" for kind in (
+        "encoding_by_layer", "meg_timecourses", "spatial_hierarchy", "tmax", "brain_map", "glass_brain", "meg_topomaps")]
 
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -50,8 +58,7 @@ def test_tables_have_every_job(tiny_run):
     truth = pd.read_parquet(tiny_run / "results" / "tiny" / "truth" / "sim_backprop.parquet")
     assert list(truth.columns) == ["dataset", "subject", "source_model", "kind", "roi", "signal", "depth", "latency_s"]
     figures = sorted(p.name for p in (tiny_run / "results" / "tiny" / "figures").iterdir())
-    assert figures == ["encoding_by_layer_sim_backprop.png", "spatial_hierarchy_sim_backprop.png",
-                       "tmax_sim_backprop.png"]
+    assert figures == sorted(TINY_FIGURES)
 
 
 def test_second_run_has_nothing_to_do(tiny_run):
@@ -97,5 +104,57 @@ def test_report_builds_with_every_figure(tiny_run):
     done = _snakemake(tiny_run, "--report", str(report))
     assert done.returncode == 0, done.stderr[-3000:]
     text = report.read_text(errors="replace")
-    for name in ("encoding_by_layer_sim_backprop.png", "spatial_hierarchy_sim_backprop.png", "tmax_sim_backprop.png"):
+    for name in TINY_FIGURES:
         assert name in text
+    assert "tests.html" in text
+
+
+# ---------------------------------------------------------------- the report in a browser
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run Debian's Chromium headless with a fresh profile; console messages go to stderr."""
+    profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
+    cmd = [shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr",
+           "--v=0", "--virtual-time-budget=15000", *args]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=180)
+
+
+def _console_errors(stderr: str) -> list[str]:
+    """Console lines of the page that report a JavaScript error."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line
+            and any(word in line for word in ("Uncaught", "Error", "error"))]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (tests/browser/install_chromium.sh)")
+def test_report_renders_in_chromium(tiny_run, tmp_path):
+    report = tiny_run / "report_browser.html"
+    done = _snakemake(tiny_run, "--report", str(report))
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The report is a JavaScript app: its rendered DOM must list the run's categories, without errors.
+    shown = _chromium(tmp_path, "--dump-dom", report.as_uri())
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert _console_errors(shown.stderr) == []
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", "", shown.stdout, flags=re.DOTALL))
+    for category in ("sim_backprop", "all datasets", "tests", "Workflow"):
+        assert category in text, category
+    shot = tmp_path / "report.png"
+    assert _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,900", report.as_uri()).returncode == 0
+    pixels = imread(shot)
+    assert pixels.shape[:2] == (900, 1280) and len(np.unique(pixels.reshape(-1, pixels.shape[2]), axis=0)) > 50
+    # Every embedded figure decodes in the browser: a page of <img> tags reports each natural width.
+    found = re.findall(r"(data:image/png;charset=utf8;filename=([^;]+);base64,[A-Za-z0-9+/=]+)", report.read_text())
+    uris = {name: uri for uri, name in found}
+    assert sorted(uris) == sorted(TINY_FIGURES)
+    page = tmp_path / "figures.html"
+    images = "".join(f'<img src="{uris[name]}">' for name in sorted(uris))
+    page.write_text(f"<html><body>{images}<pre id='out'></pre><script>window.onload = () => {{"
+                    "document.getElementById('out').textContent = Array.from(document.images)"
+                    ".map(i => i.complete ? i.naturalWidth : -1).join(',');};</script></body></html>")
+    loaded = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    widths = re.search(r"<pre id=\"out\">([^<]*)</pre>", loaded.stdout).group(1).split(",")
+    assert len(widths) == len(uris) and all(int(w) > 100 for w in widths), dict(zip(sorted(uris), widths))

@@ -1,4 +1,10 @@
-"""Figures of a run's tables: encoding by layer, spatial hierarchy and T_max, one figure per dataset."""
+"""Figures of a run's tables: encoding by layer, MEG time courses, hierarchies, model comparison, CKA, recovery.
+
+Every figure is drawn from the results tables (docs/results.md) with one style: activations
+blue (solid line, circles), gradients red (dashed line, squares), layer depth on a shared
+colormap (viridis, whose lightness rises with depth, so it reads in greyscale), units on every
+axis. Per-target brain maps and MEG topomaps are in `brainprop.maps`.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +15,37 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
-from matplotlib.transforms import Bbox  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
-from .io import atomic_path, read_table  # noqa: E402
+from .io import atomic_path, read_table
 
 __all__ = [
-    "SIGNAL_STYLES",
+    "DEPTH_CMAP",
     "FIGURES",
-    "signal_styles",
+    "SIGNAL_STYLES",
+    "cka_matrix",
+    "depth_colors",
+    "figure_entries",
+    "figure_names",
+    "make_figures",
+    "plot_cka_grid",
     "plot_encoding_by_layer",
+    "plot_meg_timecourses",
+    "plot_model_comparison",
+    "plot_simulation_recovery",
     "plot_spatial_hierarchy",
     "plot_tmax",
     "save_figure",
-    "figure_names",
-    "make_figures",
+    "signal_styles",
+    "tests_html",
+    "write_tests_html",
 ]
 
 # Fixed colours for the two signals every run has, with marker and line style so they read in greyscale.
@@ -43,16 +60,27 @@ _EXTRA_STYLES: tuple[dict, ...] = (
     {"color": "#e09f3e", "marker": "v", "linestyle": (0, (5, 1, 1, 1, 1, 1))},
     {"color": "#555555", "marker": "P", "linestyle": (0, (1, 1))},
 )
+# Layer depth in [0, 1] on every figure that colours by depth (lightness rises with depth).
+DEPTH_CMAP = "viridis"
+# Colour of the brain's reference lines (end of the forward sweep, backprop prediction, identity).
+REFERENCE_COLOR = "0.35"
 
-# Figure kind -> the modalities whose rows it draws (fixes which files `figures` writes).
-FIGURES: dict[str, frozenset[str]] = {
-    "encoding_by_layer": frozenset({"fmri", "meg"}),
-    "spatial_hierarchy": frozenset({"fmri"}),
-    "tmax": frozenset({"meg"}),
+# Figure kind -> (modalities whose rows it draws, scope). Scope "model": one file per dataset ×
+# model (so that a run of many models gives figures of a readable size, grouped by model in the
+# report); "dataset": one per dataset, all models in it; "simulated": per simulated dataset;
+# "run": one file per run.
+FIGURES: dict[str, tuple[frozenset[str], str]] = {
+    "encoding_by_layer": (frozenset({"fmri", "meg"}), "model"),
+    "meg_timecourses": (frozenset({"meg"}), "model"),
+    "spatial_hierarchy": (frozenset({"fmri"}), "model"),
+    "tmax": (frozenset({"meg"}), "model"),
+    "model_comparison": (frozenset({"fmri", "meg"}), "dataset"),
+    "simulation_recovery": (frozenset({"fmri", "meg"}), "simulated"),
+    "cka": (frozenset(), "run"),
 }
 MODALITIES = ("fmri", "meg")
-FORMATS: dict[str, dict] = {"png": {"dpi": 150}, "svg": {"metadata": {"Date": None}}, "pdf": {}}
-MAX_ROI_PANELS = 8
+FORMATS: dict[str, dict] = {"png": {"dpi": 150}, "svg": {"metadata": {"Date": None}},
+                            "pdf": {"metadata": {"CreationDate": None}}}
 ROI_LEVEL_NAMES = ("early", "intermediate", "high")
 
 # Columns each plot reads (a subset of brainprop.contract.TABLES).
@@ -63,9 +91,14 @@ _ENCODING_COLUMNS = (
 _BEST_COLUMNS = ("dataset", "model", "signal", "subject", "atlas", "roi", "hemi", "best_depth", "best_r")
 _TMAX_COLUMNS = ("dataset", "model", "signal", "subject", "layer_index", "depth", "t_max_s", "peak_r")
 _HIER_COLUMNS = ("dataset", "model", "signal", "subject", "score", "atlas", "value")
+_TESTS_COLUMNS = ("dataset", "model", "signal", "test", "effect", "ci_low", "ci_high", "p_fdr", "n_subjects")
+_CKA_COLUMNS = ("model", "imageset", "signal", "layer_a", "layer_b", "cka")
+_TRUTH_COLUMNS = ("dataset", "subject", "source_model", "kind", "roi", "signal", "depth", "latency_s")
 
 _VALUE_LABELS = {"r": "Pearson r", "r_normalized": "noise-normalised r"}
 _DEPTH_LABEL = "layer depth (0 = first, 1 = last)"
+# Test rows that carry each hierarchy score's group mean and bootstrap CI (tests.parquet).
+_SCORE_TESTS = {"spatial": "S1a", "temporal": "T1"}
 _RC = {
     "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "xtick.labelsize": 8,
     "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 11,
@@ -96,6 +129,12 @@ def _select_dataset(table: pd.DataFrame, name: str, dataset: str) -> pd.DataFram
     return rows
 
 
+def _figure_name(dataset: str, rows: pd.DataFrame) -> str:
+    """'dataset · model' when `rows` hold one model, else the dataset."""
+    models = rows["model"].unique()
+    return f"{dataset} · {models[0]}" if len(models) == 1 else dataset
+
+
 def _mean_sem(rows: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
     """Mean, SEM (ddof=1) and n over subjects of `value` per `keys`, in float64.
 
@@ -109,16 +148,28 @@ def _mean_sem(rows: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _score_label(hier: pd.DataFrame, model: str, signal: str, score: str) -> str:
-    """Legend text for one signal: its mean ± SEM hierarchy score over subjects."""
+def _ci_name(alpha: float) -> str:
+    """Name of the tests table's bootstrap interval, whose level is 1 − `stats.alpha`."""
+    return f"{100 * (1 - alpha):g}% CI"
+
+
+def _score_label(hier: pd.DataFrame, model: str, signal: str, score: str,
+                 tests: pd.DataFrame | None = None, alpha: float = 0.05) -> str:
+    """Legend text for one signal: its mean ± SEM hierarchy score over subjects, and the tests' CI."""
     rows = hier[(hier["model"] == model) & (hier["signal"] == signal) & (hier["score"] == score)]
     values = rows["value"].to_numpy(dtype="float64")
     values = values[np.isfinite(values)]
     if values.size == 0:
-        return f"{signal} ({score} score n/a)"
+        return f"{signal}: {score} score n/a"
     sem = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else np.nan
     spread = f" ± {sem:.2f}" if np.isfinite(sem) else ""
-    return f"{signal} ({score} score {values.mean():+.2f}{spread}, n={values.size})"
+    ci = ""
+    if tests is not None:
+        row = tests[(tests["model"] == model) & (tests["signal"] == signal)
+                    & (tests["test"] == _SCORE_TESTS[score])]
+        if len(row) == 1 and np.isfinite(row[["ci_low", "ci_high"]].to_numpy(dtype="float64")).all():
+            ci = f"\n{_ci_name(alpha)} [{row['ci_low'].iloc[0]:+.2f}, {row['ci_high'].iloc[0]:+.2f}]"
+    return f"{signal}: {score} score {values.mean():+.2f}{spread} (n={values.size}){ci}"
 
 
 # ---------------------------------------------------------------- styles and drawing helpers
@@ -171,7 +222,7 @@ def _panel_grid(n_panels: int, max_cols: int = 3, size: tuple[float, float] = (4
     """A figure with exactly `n_panels` axes, at most `max_cols` per row."""
     ncols = min(n_panels, max_cols)
     nrows = -(-n_panels // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows + 0.6),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(5.6, size[0] * ncols), size[1] * nrows + 0.6),
                              squeeze=False, layout="constrained")
     for ax in axes.ravel()[n_panels:]:
         ax.remove()
@@ -188,64 +239,75 @@ def _levels_by_distance(distance: pd.Series) -> dict[str, list[str]]:
 
 def _fmri_panels(rows: pd.DataFrame, roi_levels: Mapping[str, Sequence[str]] | None
                  ) -> list[tuple[str, pd.DataFrame]]:
-    """One panel per ROI (hemi 'both') by distance from V1, or per ROI level when there are many ROIs."""
+    """One panel per ROI level (hemi 'both'): the config's `roi_levels`, or distance thirds."""
     rows = rows[rows["hemi"] == "both"]
     if rows.empty:
         raise ValueError("encoding table has fMRI rows but none with hemi == 'both'")
     distance = rows.groupby("roi")["roi_distance_mm"].mean().sort_values(kind="stable")
-    if len(distance) <= MAX_ROI_PANELS:
-        return [(f"{roi} ({d:.0f} mm)", rows[rows["roi"] == roi]) for roi, d in distance.items()]
-    levels = roi_levels if roi_levels is not None else _levels_by_distance(distance)
+    levels = roi_levels if roi_levels else _levels_by_distance(distance)
     panels = []
     for level, rois in levels.items():
         present = [r for r in rois if r in distance.index]
         if present:
-            span = f"{distance[present].min():.0f}–{distance[present].max():.0f} mm"
-            panels.append((f"{level}: {len(present)} ROIs, {span}", rows[rows["roi"].isin(present)]))
+            names = ", ".join(present) if len(present) <= 4 else f"{len(present)} ROIs"
+            span = f"{distance[present].min():.0f}–{distance[present].max():.0f} mm from V1"
+            panels.append((f"fMRI {level}: {names}\n({span})", rows[rows["roi"].isin(present)]))
     if not panels:
         raise ValueError(f"roi_levels {dict(levels)} name none of the ROIs present: {list(distance.index)}")
     return panels
 
 
-def _meg_panels(rows: pd.DataFrame, value: str) -> list[tuple[str, pd.DataFrame]]:
-    """One panel: each subject's peak over time of r(t) per layer."""
+def _meg_panels(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One panel: each subject's peak over time of r(t) per layer (values peaked column by column)."""
     keys = ["model", "signal", "layer_index", "depth", "subject"]
-    per_time = rows.groupby([*keys, "time"])[value].mean()
+    values = [v for v in ("r", "r_normalized") if v in rows.columns]
+    per_time = rows.groupby([*keys, "time"])[values].mean()
     peak = per_time.groupby(level=keys).max().reset_index()
-    return [("MEG: peak of r(t) over time", peak)]
+    return [("MEG: peak of r(t) over time\n(all sensors)", peak)]
 
 
-def plot_encoding_by_layer(enc: pd.DataFrame, dataset: str, *, value: str = "r",
+def _value_rows(rows: pd.DataFrame, values: Sequence[str]) -> list[str]:
+    """The requested values that have at least one finite entry (r_normalized needs a noise ceiling)."""
+    present = [v for v in values if np.isfinite(rows[v].to_numpy(dtype="float64")).any()]
+    if not present:
+        raise ValueError(f"encoding rows have no finite value in column(s) {list(values)}")
+    return present
+
+
+def plot_encoding_by_layer(enc: pd.DataFrame, dataset: str, *, values: Sequence[str] = ("r", "r_normalized"),
                            roi_levels: Mapping[str, Sequence[str]] | None = None) -> Figure:
     """Encoding score against layer depth per signal, mean ± SEM over subjects.
 
-    Rows are models; columns are ROIs (fMRI, hemi 'both', ordered by distance from V1) and,
-    for MEG, one panel with each layer's peak over time of r(t). With more than 8 ROIs the
-    columns are ROI levels: `roi_levels` (level -> ROI names) or distance thirds.
+    Columns are fMRI ROI levels (hemi 'both'; `roi_levels` maps level -> ROI names, default
+    the ROIs split into distance thirds; a subject's ROIs of a level are averaged first) and,
+    for MEG, each layer's peak over time of the sensor-averaged r(t). Rows are models × `values`
+    (r, and noise-normalised r where a noise ceiling exists).
     """
-    _check_table(enc, "encoding", (*_ENCODING_COLUMNS, value))
+    _check_table(enc, "encoding", (*_ENCODING_COLUMNS, *values))
     rows = _select_dataset(enc, "encoding", dataset)
     panels = []
     if (rows["modality"] == "fmri").any():
         panels += _fmri_panels(rows[rows["modality"] == "fmri"], roi_levels)
     if (rows["modality"] == "meg").any():
-        panels += _meg_panels(rows[rows["modality"] == "meg"], value)
+        panels += _meg_panels(rows[rows["modality"] == "meg"])
     if not panels:
         raise ValueError(f"encoding rows of {dataset!r} have modality {sorted(rows['modality'].unique())}, "
                          f"expected one of {list(MODALITIES)}")
-    models = sorted(rows["model"].unique())
+    present = _value_rows(rows, values)
+    grid = [(model, value) for model in sorted(rows["model"].unique()) for value in present]
     styles = signal_styles(rows["signal"].unique())
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(len(models), len(panels), sharex=True, sharey=True, squeeze=False,
-                                 figsize=(max(5.0, 1.2 + 2.4 * len(panels)), 1.1 + 2.1 * len(models)),
+        # y axes are not shared: MEG and fMRI scores, and early and late ROIs, differ in range.
+        fig, axes = plt.subplots(len(grid), len(panels), sharex=True, squeeze=False,
+                                 figsize=(1.0 + 2.9 * len(panels), 1.3 + 2.0 * len(grid)),
                                  layout="constrained")
         for j, (title, panel) in enumerate(panels):
-            stats = _mean_sem(panel, ["model", "signal", "layer_index", "depth"], value)
-            for i, model in enumerate(models):
+            stats = {v: _mean_sem(panel, ["model", "signal", "layer_index", "depth"], v) for v in present}
+            for i, (model, value) in enumerate(grid):
                 ax = axes[i, j]
                 ax.axhline(0.0, color="0.6", linewidth=0.6, zorder=0)
                 for signal, style in styles.items():
-                    curve = stats[(stats["model"] == model) & (stats["signal"] == signal)]
+                    curve = stats[value][(stats[value]["model"] == model) & (stats[value]["signal"] == signal)]
                     if not curve.empty:
                         _draw_curve(ax, curve, "depth", signal, style, signal)
                 _depth_axis(ax)
@@ -253,14 +315,68 @@ def plot_encoding_by_layer(enc: pd.DataFrame, dataset: str, *, value: str = "r",
                     ax.set_title(title)
                 if j == 0:
                     ax.set_ylabel(f"{model}\n{_VALUE_LABELS.get(value, value)}")
-                if i == len(models) - 1:
-                    ax.set_xlabel("layer depth")
+                if i == len(grid) - 1:
+                    ax.set_xlabel(_DEPTH_LABEL)
         n_subjects = rows["subject"].nunique()
-        fig.suptitle(f"{dataset}: encoding by layer\n(mean ± SEM over {n_subjects} subjects; "
-                     f"depth 0 = first layer, 1 = last)")
+        fig.suptitle(f"{_figure_name(dataset, rows)}: encoding by layer (mean ± SEM over {n_subjects} subjects)")
         handles = [plt.Line2D([], [], color=s["color"], marker=s["marker"], linestyle=s["linestyle"])
                    for s in styles.values()]
         fig.legend(handles, list(styles), loc="outside lower center", ncols=len(styles), frameon=False)
+    return fig
+
+
+# ---------------------------------------------------------------- MEG time courses
+
+def depth_colors(depths: Iterable[float]) -> list[tuple]:
+    """RGBA colour of each depth on the shared depth colormap (0 = first layer, 1 = last)."""
+    cmap, norm = plt.get_cmap(DEPTH_CMAP), Normalize(0.0, 1.0)
+    return [cmap(norm(float(d))) for d in depths]
+
+
+def _depth_colorbar(fig: Figure, axes: Sequence[Axes], label: str = _DEPTH_LABEL) -> None:
+    """One colorbar of the shared depth colormap beside `axes`."""
+    mappable = plt.cm.ScalarMappable(norm=Normalize(0.0, 1.0), cmap=DEPTH_CMAP)
+    bar = fig.colorbar(mappable, ax=list(axes), shrink=0.85, aspect=30, pad=0.02)
+    bar.set_label(label)
+    bar.set_ticks([0.0, 0.5, 1.0])
+
+
+def plot_meg_timecourses(enc: pd.DataFrame, dataset: str, *, value: str = "r") -> Figure:
+    """Sensor-averaged r(t) of every layer, coloured by depth, mean over subjects.
+
+    Rows are models, columns signals, all on one time axis (s after image onset) and, per
+    model, one y axis, so activations and gradients compare directly.
+    """
+    _check_table(enc, "encoding", (*_ENCODING_COLUMNS, value))
+    rows = _select_dataset(enc, "encoding", dataset)
+    rows = rows[rows["modality"] == "meg"]
+    if rows.empty:
+        raise ValueError(f"encoding table has no MEG rows (modality == 'meg') for dataset {dataset!r}")
+    models = sorted(rows["model"].unique())
+    signals = _signal_order(rows["signal"].unique())
+    stats = _mean_sem(rows, ["model", "signal", "layer_index", "depth", "time"], value)
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(len(models), len(signals), sharex=True, sharey="row", squeeze=False,
+                                 figsize=(1.2 + 3.6 * len(signals), 1.0 + 2.3 * len(models)),
+                                 layout="constrained")
+        for i, model in enumerate(models):
+            for j, signal in enumerate(signals):
+                ax = axes[i, j]
+                ax.axhline(0.0, color="0.6", linewidth=0.6, zorder=0)
+                ax.axvline(0.0, color="0.6", linewidth=0.6, linestyle=":", zorder=0)
+                curves = stats[(stats["model"] == model) & (stats["signal"] == signal)]
+                for (k, depth), curve in curves.groupby(["layer_index", "depth"], sort=True):
+                    curve = curve.sort_values("time")
+                    ax.plot(curve["time"], curve["mean"], color=depth_colors([depth])[0], linewidth=1.2,
+                            gid=f"{signal}:layer{int(k)}")
+                ax.set_title(f"{model} · {signal}")
+                if j == 0:
+                    ax.set_ylabel(f"{_VALUE_LABELS.get(value, value)}\n(mean over sensors)")
+                if i == len(models) - 1:
+                    ax.set_xlabel("time after image onset (s)")
+        _depth_colorbar(fig, axes.ravel())
+        fig.suptitle(f"{_figure_name(dataset, rows)}: MEG encoding time course per layer "
+                     f"(mean over {rows['subject'].nunique()} subjects)")
     return fig
 
 
@@ -392,7 +508,16 @@ def _spatial_panel(ax: Axes, rows: pd.DataFrame, distance: pd.Series, styles: di
     return pd.DataFrame({"roi": top.index, "x": distance[top.index].to_numpy(), "y": top.to_numpy()})
 
 
+def _dataset_tests(tests: pd.DataFrame | None, dataset: str) -> pd.DataFrame | None:
+    """The tests rows of `dataset` (None passes through), after a column check."""
+    if tests is None:
+        return None
+    _check_table(tests, "tests", _TESTS_COLUMNS)
+    return tests[tests["dataset"] == dataset]
+
+
 def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str, *,
+                           tests: pd.DataFrame | None = None, alpha: float = 0.05,
                            roi_distance_mm: Mapping[str, float] | None = None,
                            min_best_r: float | None = 0.0) -> Figure:
     """Best layer depth (mean ± SEM over subjects) against ROI distance from V1, one panel per model.
@@ -400,10 +525,12 @@ def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str,
     Distances come from `roi_distance_mm` (ROI -> mm) or a `roi_distance_mm` column of `best`.
     Subjects whose best r for an ROI is not above `min_best_r` are left out of that ROI's mean,
     as the spatial score leaves them out (None keeps all). Dashed/solid lines are least-squares
-    fits through the ROI means; the legend gives each signal's spatial score over subjects.
+    fits through the ROI means; the legend gives each signal's spatial score over subjects and,
+    with `tests`, the bootstrap CI of its S1a row (level 1 − `alpha`, as the group stage computes it).
     """
     _check_table(best, "best_layers", _BEST_COLUMNS)
     _check_table(hier, "hierarchy", _HIER_COLUMNS)
+    tests = _dataset_tests(tests, dataset)
     rows, scores = _spatial_rows(best, hier, dataset)
     distance = _roi_distances(rows, roi_distance_mm)
     models = sorted(rows["model"].unique())
@@ -412,7 +539,7 @@ def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str,
         fig, axes = _panel_grid(len(models))
         anchors = {}
         for ax, model in zip(axes, models):
-            labels = {s: _score_label(scores, model, s, "spatial") for s in styles}
+            labels = {s: _score_label(scores, model, s, "spatial", tests, alpha) for s in styles}
             anchors[model] = _spatial_panel(ax, rows[rows["model"] == model], distance, styles, labels,
                                             min_best_r)
             pad = 0.06 * (float(np.ptp(distance.to_numpy())) or 1.0)
@@ -423,7 +550,8 @@ def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str,
             ax.set_ylabel(f"best {_DEPTH_LABEL}")
             ax.set_title(f"{dataset} · {model}")
             _legend_below(ax, f"no ROI with best r > {min_best_r}")
-        fig.suptitle(f"{dataset}: best layer per ROI (mean ± SEM over {rows['subject'].nunique()} subjects)")
+        fig.suptitle(f"{_figure_name(dataset, rows)}: best layer per ROI\n"
+                     f"(mean ± SEM over {rows['subject'].nunique()} subjects)")
         # Labels are placed in display space, so the layout must be final first.
         fig.canvas.draw()
         fig.set_layout_engine("none")
@@ -434,16 +562,30 @@ def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str,
 
 # ---------------------------------------------------------------- T_max
 
-def plot_tmax(tm: pd.DataFrame, hier: pd.DataFrame, dataset: str, *,
-              min_peak_r: float | None = 0.0) -> Figure:
+def _backprop_prediction(act: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient T_max that backprop predicts from the activations' curve (depth, mean T_max).
+
+    The error reaches layer k after the forward sweep ends (the last layer's T_max, T_end), in
+    reverse order, as fast as the forward sweep went: T_pred(k) = T_end + (T_end − T_act(k)).
+    """
+    act = act.sort_values("depth")
+    end = float(act["mean"].iloc[-1])
+    return act["depth"].to_numpy(dtype="float64"), 2.0 * end - act["mean"].to_numpy(dtype="float64")
+
+
+def plot_tmax(tm: pd.DataFrame, hier: pd.DataFrame, dataset: str, *, tests: pd.DataFrame | None = None,
+              alpha: float = 0.05, min_peak_r: float | None = 0.0) -> Figure:
     """T_max (s) against layer depth per signal, mean ± SEM over subjects, one panel per model.
 
     Layers whose peak r(t) is not above `min_peak_r` are left out for that subject, as the
     temporal score leaves them out (None keeps all). A dotted line marks the activations'
-    last-layer T_max: the end of the forward sweep, after which backprop puts the gradients.
+    last-layer T_max: the end of the forward sweep, after which backprop puts the gradients;
+    a dash-dotted line gives backprop's prediction for the gradients (`_backprop_prediction`).
+    The legend gives each signal's temporal score and, with `tests`, its T1 row's CI (level 1 − `alpha`).
     """
     _check_table(tm, "tmax", _TMAX_COLUMNS)
     _check_table(hier, "hierarchy", _HIER_COLUMNS)
+    tests = _dataset_tests(tests, dataset)
     rows = _select_dataset(tm, "tmax", dataset)
     models = sorted(rows["model"].unique())
     styles = signal_styles(rows["signal"].unique())
@@ -454,25 +596,239 @@ def plot_tmax(tm: pd.DataFrame, hier: pd.DataFrame, dataset: str, *,
     scores = hier[(hier["dataset"] == dataset) & (hier["score"] == "temporal")]
     stats = _mean_sem(rows, ["model", "signal", "layer_index", "depth"], "t_max_s")
     with plt.rc_context(_RC):
-        fig, axes = _panel_grid(len(models))
+        fig, axes = _panel_grid(len(models), size=(4.4, 3.8))
         for ax, model in zip(axes, models):
             for signal, style in styles.items():
                 curve = stats[(stats["model"] == model) & (stats["signal"] == signal)]
                 if not curve.empty:
-                    label = _score_label(scores, model, signal, "temporal")
+                    label = _score_label(scores, model, signal, "temporal", tests, alpha)
                     _draw_curve(ax, curve, "depth", signal, style, label)
             act = stats[(stats["model"] == model) & (stats["signal"] == "act")]
             if not act.empty:
-                ax.axhline(act.loc[act["depth"].idxmax(), "mean"], color="0.4", linestyle=":",
+                ax.axhline(act.loc[act["depth"].idxmax(), "mean"], color=REFERENCE_COLOR, linestyle=":",
                            linewidth=1, label="act, last layer (end of forward sweep)",
                            gid="forward_sweep_end")
+                if len(act) >= 2:
+                    depth, predicted = _backprop_prediction(act)
+                    ax.plot(depth, predicted, color=REFERENCE_COLOR, linestyle="-.", linewidth=1.2,
+                            label="backprop prediction for grad\n(reverse order, after the sweep)",
+                            gid="backprop_prediction")
             _depth_axis(ax)
             ax.set_xlabel(_DEPTH_LABEL)
             ax.set_ylabel("T_max (s after image onset)")
             ax.set_title(f"{dataset} · {model}")
             _legend_below(ax, f"no layer with peak r > {min_peak_r}")
-        fig.suptitle(f"{dataset}: time of peak encoding per layer "
+        fig.suptitle(f"{_figure_name(dataset, rows)}: time of peak encoding per layer\n"
                      f"(mean ± SEM over {n_subjects} subjects)")
+    return fig
+
+
+# ---------------------------------------------------------------- model comparison
+
+def _comparison_rows(tests: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Spatial (S1a) and temporal (T1) score rows of `dataset`: score, model, signal, effect, CI, p_fdr."""
+    rows = _select_dataset(tests, "tests", dataset)
+    rows = rows[rows["test"].isin(_SCORE_TESTS.values())]
+    if rows.empty:
+        raise ValueError(f"tests table has no {sorted(_SCORE_TESTS.values())} rows for dataset {dataset!r}")
+    score = {test: name for name, test in _SCORE_TESTS.items()}
+    return rows.assign(score=rows["test"].map(score))
+
+
+def plot_model_comparison(tests: pd.DataFrame, dataset: str, *, alpha: float = 0.05) -> Figure:
+    """Every model's spatial and temporal score per signal with its bootstrap CI, one panel each.
+
+    Values are the group effects of the S1a (spatial) and T1 (temporal) rows of the tests table:
+    the mean score over subjects. Models are sorted by the activations' score (highest on top);
+    filled markers have p_fdr < `alpha` in the direction the test checks, open ones do not. The
+    CI's level is 1 − `alpha`, as the group stage computes it.
+    """
+    _check_table(tests, "tests", _TESTS_COLUMNS)
+    rows = _comparison_rows(tests, dataset)
+    scores = [s for s in _SCORE_TESTS if (rows["score"] == s).any()]
+    styles = signal_styles(rows["signal"].unique())
+    models = sorted(rows["model"].unique())
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(1, len(scores), squeeze=False, layout="constrained",
+                                 figsize=(1.5 + 3.4 * len(scores), 1.6 + 0.45 * len(models) * len(styles)))
+        for ax, score in zip(axes[0], scores):
+            part = rows[rows["score"] == score]
+            key = part[part["signal"] == "act"].set_index("model")["effect"]
+            order = sorted(models, key=lambda m: (-key.get(m, -np.inf), m))[::-1]  # best at the top
+            y_of = {m: i for i, m in enumerate(order)}
+            for k, (signal, style) in enumerate(styles.items()):
+                curve = part[part["signal"] == signal]
+                if curve.empty:
+                    continue
+                dodge = (k - (len(styles) - 1) / 2) * 0.22
+                ys = curve["model"].map(y_of).to_numpy(dtype="float64") + dodge
+                x = curve["effect"].to_numpy(dtype="float64")
+                err = np.abs(np.vstack([x - curve["ci_low"].to_numpy(dtype="float64"),
+                                        curve["ci_high"].to_numpy(dtype="float64") - x]))
+                bars = ax.errorbar(x, ys, xerr=np.nan_to_num(err), color=style["color"], marker="none",
+                                   linestyle="none", capsize=2, elinewidth=1)
+                for coll in bars.lines[2]:
+                    coll.set_gid(f"{signal}:ci")
+                significant = curve["p_fdr"].to_numpy(dtype="float64") < alpha
+                ax.plot(x, ys, linestyle="none", marker=style["marker"], color=style["color"],
+                        markerfacecolor="none", markersize=6, label=signal, gid=f"{signal}:mean")
+                ax.plot(x[significant], ys[significant], linestyle="none", marker=style["marker"],
+                        color=style["color"], markersize=6, gid=f"{signal}:significant")
+            ax.axvline(0.0, color="0.6", linewidth=0.6, zorder=0)
+            ax.set_yticks(range(len(order)), order)
+            ax.set_ylim(-0.6, len(order) - 0.4)
+            ax.set_xlim(-1.05, 1.05)
+            test = _SCORE_TESTS[score]
+            ax.set_xlabel(f"{score} score (Pearson r, mean over subjects)")
+            ax.set_title(f"{score} score ({test} row), {_ci_name(alpha)}")
+        handles = [plt.Line2D([], [], color=s["color"], marker=s["marker"], linestyle="none")
+                   for s in styles.values()]
+        handles.append(plt.Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="none"))
+        fig.legend(handles, [*styles, f"open: p_fdr ≥ {alpha}"], loc="outside lower center",
+                   ncols=len(handles), frameon=False)
+        fig.suptitle(f"{dataset}: hierarchy scores of every model")
+    return fig
+
+
+# ---------------------------------------------------------------- CKA
+
+def _layer_order(cka: pd.DataFrame, enc: pd.DataFrame | None, model: str) -> list[str]:
+    """Layer names of `model` in depth order (from the encoding table when given), else as listed."""
+    names = list(dict.fromkeys([*cka["layer_a"], *cka["layer_b"]]))
+    if enc is not None and {"model", "layer", "layer_index"} <= set(enc.columns):
+        index = enc[enc["model"] == model].groupby("layer")["layer_index"].min()
+        if set(names) <= set(index.index):
+            return sorted(names, key=lambda n: index[n])
+    return names
+
+
+def cka_matrix(cka: pd.DataFrame, layers: Sequence[str]) -> np.ndarray:
+    """Symmetric (n_layers, n_layers) CKA matrix from long rows (NaN where a pair is missing)."""
+    pos = {name: i for i, name in enumerate(layers)}
+    out = np.full((len(layers), len(layers)), np.nan)
+    for a, b, v in cka[["layer_a", "layer_b", "cka"]].itertuples(index=False):
+        out[pos[a], pos[b]] = out[pos[b], pos[a]] = float(v)
+    return out
+
+
+def plot_cka_grid(cka: pd.DataFrame, enc: pd.DataFrame | None = None) -> Figure:
+    """Layer × layer linear CKA of each model's activations and gradients, one matrix per panel.
+
+    Each model (and image set, when there are several) has one panel per signal, side by side,
+    wrapped at 6 panels a row; layers run in depth order, taken from the encoding table's
+    `layer_index` when `enc` is given.
+    """
+    _check_table(cka, "cka", _CKA_COLUMNS)
+    keys = sorted(cka.groupby(["model", "imageset"]).groups)
+    signals = _signal_order(cka["signal"].unique())
+    several_sets = cka["imageset"].nunique() > 1
+    per_row = min(len(keys), max(1, 6 // len(signals)))  # models side by side, wrapped at 6 panels
+    nrows = -(-len(keys) // per_row)
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(nrows, per_row * len(signals), squeeze=False, layout="constrained",
+                                 figsize=(1.4 + 3.0 * per_row * len(signals), 0.8 + 2.9 * nrows))
+        for ax in axes.ravel()[len(keys) * len(signals):]:
+            ax.set_axis_off()
+        for i, (model, imageset) in enumerate(keys):
+            part = cka[(cka["model"] == model) & (cka["imageset"] == imageset)]
+            layers = _layer_order(part, enc, model)
+            for j, signal in enumerate(signals):
+                ax = axes[i // per_row, (i % per_row) * len(signals) + j]
+                rows = part[part["signal"] == signal]
+                matrix = cka_matrix(rows, layers)
+                image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="magma", origin="lower",
+                                  interpolation="nearest", gid=f"cka:{model}:{signal}")
+                step = max(1, -(-len(layers) // 8))
+                ticks = list(range(0, len(layers), step))
+                ax.set_xticks(ticks, [str(t) for t in ticks])
+                ax.set_yticks(ticks, [str(t) for t in ticks])
+                ax.set_xlabel("layer (0 = first)")
+                ax.set_ylabel("layer (0 = first)")
+                ax.set_title(f"{model}{f' · {imageset}' if several_sets else ''} · {signal}")
+        bar = fig.colorbar(image, ax=list(axes.ravel()), shrink=0.8, aspect=30)
+        bar.set_label("linear CKA (1 = same up to rotation and scale)")
+        fig.suptitle("Layer × layer similarity (linear CKA) of activations and gradients")
+    return fig
+
+
+# ---------------------------------------------------------------- simulation recovery
+
+def _recovered_rois(best: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Planted and recovered depth per subject × signal × ROI (source model, hemi 'both')."""
+    planted = truth[truth["kind"] == "roi"][["dataset", "subject", "source_model", "roi", "signal", "depth"]]
+    found = best[best["hemi"] == "both"].rename(columns={"model": "source_model"})
+    merged = planted.merge(found[["dataset", "subject", "source_model", "roi", "signal", "best_depth"]],
+                           on=["dataset", "subject", "source_model", "roi", "signal"], how="inner")
+    return merged.rename(columns={"depth": "planted", "best_depth": "recovered"})
+
+
+def _recovered_layers(tm: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Planted latency and recovered T_max per subject × signal × layer depth (source model)."""
+    planted = truth[(truth["kind"] == "layer") & np.isfinite(truth["latency_s"].to_numpy(dtype="float64"))]
+    planted = planted[["dataset", "subject", "source_model", "signal", "depth", "latency_s"]]
+    found = tm.rename(columns={"model": "source_model"})[
+        ["dataset", "subject", "source_model", "signal", "depth", "t_max_s"]]
+    planted = planted.assign(depth=planted["depth"].round(9))
+    found = found.assign(depth=found["depth"].round(9))
+    merged = planted.merge(found, on=["dataset", "subject", "source_model", "signal", "depth"], how="inner")
+    return merged.rename(columns={"latency_s": "planted", "t_max_s": "recovered"})
+
+
+def _identity_panel(ax: Axes, pairs: pd.DataFrame, key: str, styles: dict[str, dict], lim: tuple[float, float]
+                    ) -> None:
+    """Recovered against planted (mean ± SEM over subjects per `key`), with the identity line."""
+    ax.plot(lim, lim, color=REFERENCE_COLOR, linestyle=":", linewidth=1, label="perfect recovery",
+            gid="identity")
+    stats = _mean_sem(pairs.assign(_x=pairs["planted"]), ["signal", key, "_x"], "recovered")
+    present = [s for s in styles if (stats["signal"] == s).any()]
+    for k, signal in enumerate(present):
+        style, curve = styles[signal], stats[stats["signal"] == signal].sort_values("_x")
+        # Signals are shifted apart by 1.5% of the axis so that equal points stay visible.
+        dodge = (k - (len(present) - 1) / 2) * 0.015 * (lim[1] - lim[0])
+        bars = ax.errorbar(curve["_x"] + dodge, curve["mean"], yerr=np.nan_to_num(curve["sem"].to_numpy()),
+                           color=style["color"], marker=style["marker"], linestyle="none", markersize=5,
+                           capsize=2, elinewidth=1, label=signal)
+        bars.lines[0].set_gid(f"{signal}:mean")
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+
+
+def plot_simulation_recovery(truth: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, dataset: str) -> Figure:
+    """Planted against recovered: best layer depth per ROI (fMRI) and T_max per layer (MEG).
+
+    Recovered values are the source model's (`truth.source_model`), hemi 'both', mean ± SEM
+    over subjects per ROI or layer; a point on the dotted identity line is recovered exactly.
+    Gradients of a scenario without planted gradient latencies (forward) have no MEG points.
+    """
+    _check_table(truth, "truth", _TRUTH_COLUMNS)
+    _check_table(best, "best_layers", _BEST_COLUMNS)
+    _check_table(tm, "tmax", _TMAX_COLUMNS)
+    planted = _select_dataset(truth, "truth", dataset)
+    # A dataset may carry one modality only: then one panel stays empty.
+    rois = _recovered_rois(best[best["dataset"] == dataset], planted)
+    layers = _recovered_layers(tm[tm["dataset"] == dataset], planted)
+    if rois.empty and layers.empty:
+        raise ValueError(f"no recovered row matches the planted truth of {dataset!r} (source model "
+                         f"{sorted(planted['source_model'].unique())}); are its results in the tables?")
+    styles = signal_styles(planted["signal"].unique())
+    with plt.rc_context(_RC):
+        fig, (ax_roi, ax_meg) = plt.subplots(1, 2, figsize=(9.0, 4.6), layout="constrained")
+        _identity_panel(ax_roi, rois, "roi", styles, (-0.08, 1.08))
+        ax_roi.set_xlabel(f"planted {_DEPTH_LABEL}")
+        ax_roi.set_ylabel("recovered best layer depth")
+        ax_roi.set_title(f"fMRI: best layer per ROI ({rois['roi'].nunique()} ROIs)")
+        times = layers[["planted", "recovered"]].to_numpy(dtype="float64")
+        times = times[np.isfinite(times)]
+        lo, hi = (float(times.min()), float(times.max())) if times.size else (0.0, 1.0)
+        pad = 0.06 * max(hi - lo, 0.1)
+        _identity_panel(ax_meg, layers, "depth", styles, (lo - pad, hi + pad))
+        ax_meg.set_xlabel("planted latency (s after image onset)")
+        ax_meg.set_ylabel("recovered T_max (s after image onset)")
+        ax_meg.set_title(f"MEG: T_max per layer ({layers['depth'].nunique()} layers)")
+        ax_roi.legend(loc="upper left", frameon=False)
+        source = ", ".join(sorted(planted["source_model"].unique()))
+        fig.suptitle(f"{dataset}: planted vs recovered (source model {source}, "
+                     f"mean ± SEM over {planted['subject'].nunique()} subjects)")
     return fig
 
 
@@ -497,17 +853,36 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png", "svg")
     return paths
 
 
-def figure_names(datasets: Mapping[str, Iterable[str]], formats: Sequence[str] = ("png", "svg")) -> list[str]:
-    """File names `make_figures` writes for datasets mapped to their modalities ({'fmri', 'meg'})."""
-    names = []
+def figure_entries(datasets: Mapping[str, Iterable[str]], formats: Sequence[str] = ("png", "svg"), *,
+                   models: Iterable[str] = (), simulated: Iterable[str] = ()) -> list[tuple[str, str, str, str]]:
+    """(kind, dataset, model, file name) of every file `make_figures` writes ("" where not per dataset/model).
+
+    `datasets` maps each dataset to its modalities ({'fmri', 'meg'}); `models` names the run's
+    models; `simulated` names the datasets with a planted truth.
+    """
+    simulated, models, entries = set(simulated), sorted(models), []
     for dataset in sorted(datasets):
         modalities = set(datasets[dataset])
         bad = sorted(modalities - set(MODALITIES))
         if bad:
             raise ValueError(f"dataset {dataset!r} has modality {bad}; expected some of {list(MODALITIES)}")
-        names += [f"{kind}_{dataset}.{fmt}" for kind, needs in FIGURES.items() if needs & modalities
-                  for fmt in formats]
-    return names
+        for kind, (needs, scope) in FIGURES.items():
+            if not needs & modalities:
+                continue
+            if scope == "model":
+                entries += [(kind, dataset, model, f"{kind}_{dataset}_{model}.{fmt}")
+                            for model in models for fmt in formats]
+            elif scope == "dataset" or (scope == "simulated" and dataset in simulated):
+                entries += [(kind, dataset, "", f"{kind}_{dataset}.{fmt}") for fmt in formats]
+    entries += [(kind, "", "", f"{kind}.{fmt}") for kind, (_, scope) in FIGURES.items() if scope == "run"
+                for fmt in formats]
+    return entries
+
+
+def figure_names(datasets: Mapping[str, Iterable[str]], formats: Sequence[str] = ("png", "svg"), *,
+                 models: Iterable[str] = (), simulated: Iterable[str] = ()) -> list[str]:
+    """File names `make_figures` writes for datasets mapped to their modalities ({'fmri', 'meg'})."""
+    return [e[3] for e in figure_entries(datasets, formats, models=models, simulated=simulated)]
 
 
 def _roi_distance_map(enc: pd.DataFrame, dataset: str) -> dict[str, float]:
@@ -516,35 +891,77 @@ def _roi_distance_map(enc: pd.DataFrame, dataset: str) -> dict[str, float]:
     return rows.groupby("roi")["roi_distance_mm"].mean().dropna().to_dict()
 
 
-def _plotters(tables: dict[str, pd.DataFrame], roi_levels: Mapping | None
-              ) -> dict[str, Callable[[str], Figure]]:
-    """Figure kind -> function drawing that figure for one dataset from the run's tables."""
+def _of_model(table: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Rows of `model` (all rows when `model` is "")."""
+    return table[table["model"] == model] if model else table
+
+
+def _plotters(tables: dict[str, pd.DataFrame], roi_levels: Mapping | None, alpha: float
+              ) -> dict[str, Callable[[str, str], Figure]]:
+    """Figure kind -> function drawing it for one dataset and model ("" where not per dataset or model)."""
+    t = tables
     return {
-        "encoding_by_layer": lambda d: plot_encoding_by_layer(
-            tables["encoding"], d, roi_levels=(roi_levels or {}).get(d)),
-        "spatial_hierarchy": lambda d: plot_spatial_hierarchy(
-            tables["best_layers"], tables["hierarchy"], d,
-            roi_distance_mm=_roi_distance_map(tables["encoding"], d)),
-        "tmax": lambda d: plot_tmax(tables["tmax"], tables["hierarchy"], d),
+        "encoding_by_layer": lambda d, m: plot_encoding_by_layer(
+            _of_model(t["encoding"], m), d, roi_levels=(roi_levels or {}).get(d)),
+        "meg_timecourses": lambda d, m: plot_meg_timecourses(_of_model(t["encoding"], m), d),
+        "spatial_hierarchy": lambda d, m: plot_spatial_hierarchy(
+            _of_model(t["best_layers"], m), t["hierarchy"], d, tests=t["tests"], alpha=alpha,
+            roi_distance_mm=_roi_distance_map(t["encoding"], d)),
+        "tmax": lambda d, m: plot_tmax(_of_model(t["tmax"], m), t["hierarchy"], d, tests=t["tests"], alpha=alpha),
+        "model_comparison": lambda d, _: plot_model_comparison(t["tests"], d, alpha=alpha),
+        "simulation_recovery": lambda d, _: plot_simulation_recovery(t["truth"], t["best_layers"], t["tmax"], d),
+        "cka": lambda *_: plot_cka_grid(t["cka"], t["encoding"]),
     }
 
 
-def make_figures(tables_dir: Path, out_dir: Path, formats: Sequence[str] = ("png", "svg"), *,
-                 roi_levels: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> list[Path]:
-    """Draw every figure of a run from `tables_dir` into `out_dir`; return the written paths.
+TABLES_READ = ("encoding", "best_layers", "tmax", "hierarchy", "tests", "cka")
 
-    `roi_levels` maps dataset -> level -> ROI names (the config's `roi_levels`); without it,
-    datasets with more than 8 ROIs are split into distance thirds.
+
+def make_figures(tables_dir: Path, out_dir: Path, formats: Sequence[str] = ("png", "svg"), *,
+                 roi_levels: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+                 truth: Mapping[str, Path] | None = None, alpha: float = 0.05) -> list[Path]:
+    """Draw every table figure of a run from `tables_dir` into `out_dir`; return the written paths.
+
+    `roi_levels` maps dataset -> level -> ROI names (the config's `roi_levels`; default
+    distance thirds); `truth` maps each simulated dataset to its planted-truth table; `alpha`
+    is `stats.alpha`: the test level that fills the model comparison's markers and names the
+    CI level (1 − alpha).
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
-    tables = {name: read_table(tables_dir / f"{name}.parquet")
-              for name in ("encoding", "best_layers", "tmax", "hierarchy")}
+    tables = {name: read_table(tables_dir / f"{name}.parquet") for name in TABLES_READ}
+    truth = dict(truth or {})
+    if truth:
+        tables["truth"] = pd.concat([read_table(path) for _, path in sorted(truth.items())], ignore_index=True)
     _check_table(tables["encoding"], "encoding", ("dataset", "modality"))
     datasets = tables["encoding"].groupby("dataset")["modality"].agg(set).to_dict()
-    plotters = _plotters(tables, roi_levels)
+    plotters = _plotters(tables, roi_levels, alpha)
+    models = sorted(tables["encoding"]["model"].unique())
     paths = []
-    for dataset in sorted(datasets):
-        for kind, needs in FIGURES.items():
-            if needs & datasets[dataset]:
-                paths += save_figure(plotters[kind](dataset), out_dir / f"{kind}_{dataset}", formats)
+    for kind, dataset, model, name in figure_entries(datasets, formats[:1], models=models, simulated=truth):
+        stem = out_dir / name.rsplit(".", 1)[0]
+        paths += save_figure(plotters[kind](dataset, model), stem, formats)
     return paths
+
+
+def tests_html(tests: pd.DataFrame) -> str:
+    """The tests table as a small HTML page for the report, rows ordered by dataset, model, signal, test."""
+    _check_table(tests, "tests", _TESTS_COLUMNS)
+    order = {t: i for i, t in enumerate(("T1", "T2", "S1a", "S1b", "E"))}
+    rows = tests.assign(_order=tests["test"].map(order).fillna(len(order)))
+    rows = rows.sort_values(["dataset", "model", "signal", "_order", *(["level"] if "level" in rows else [])])
+    columns = [c for c in ("dataset", "modality", "model", "signal", "test", "level", "alternative", "effect",
+                           "ci_low", "ci_high", "p", "p_min", "p_fdr", "n_subjects", "n_significant_subjects")
+               if c in rows.columns]
+    table = rows[columns].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0,
+                                  classes="tests")
+    style = ("body{font-family:sans-serif;font-size:13px} table.tests{border-collapse:collapse}"
+             "table.tests th,table.tests td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>brainprop tests</title>"
+            f"<style>{style}</style></head><body>{table}</body></html>\n")
+
+
+def write_tests_html(tables_dir: Path, path: Path) -> None:
+    """Write the run's tests table (`tables_dir/tests.parquet`) as HTML to `path`, atomically."""
+    html = tests_html(read_table(Path(tables_dir) / "tests.parquet"))
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(html, encoding="utf-8")

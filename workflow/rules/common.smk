@@ -2,7 +2,8 @@
 from pathlib import Path
 
 from brainprop.config import ConfigError, validate_config
-from brainprop.figures import FIGURES, figure_names
+from brainprop.figures import figure_entries
+from brainprop.maps import map_names
 from brainprop.simulate import params_from_config
 
 try:
@@ -16,6 +17,7 @@ OUT = f"results/{RUN}"
 LOGS = f"{OUT}/logs"
 BENCH = f"{OUT}/benchmarks"
 DATASETS = config["datasets"]
+SIMULATED = [name for name, ds in DATASETS.items() if ds["kind"] == "simulated"]
 MODELS = config["models"]
 SUBJECTS = sorted({s for ds in DATASETS.values() for s in ds["subjects"]})
 SIGNALS = sorted({s for m in MODELS.values() for s in m["signals"]})
@@ -112,8 +114,8 @@ def dataset_modalities():
 
 def final_outputs():
     tables = expand(f"{OUT}/tables/{{name}}.parquet", name=TABLE_NAMES)
-    figures = [f"{OUT}/figures/{n}" for n in figure_names(dataset_modalities(), config["figures"]["formats"])]
-    truth = [f"{OUT}/truth/{ds}.parquet" for ds, cfg in DATASETS.items() if cfg["kind"] == "simulated"]
+    figures = figure_outputs() + map_outputs() + [f"{OUT}/report/tests.html"]
+    truth = [f"{OUT}/truth/{ds}.parquet" for ds in SIMULATED]
     return tables + figures + truth
 
 
@@ -146,13 +148,72 @@ def subject_outputs(dataset, model, kind):
     ]
 
 
+# Report titles of the figure kinds (captions: workflow/report/<kind>.rst).
+FIGURE_TITLES = {
+    "encoding_by_layer": "encoding by layer",
+    "meg_timecourses": "MEG r(t) per layer",
+    "spatial_hierarchy": "spatial hierarchy",
+    "tmax": "T_max vs depth",
+    "model_comparison": "model comparison",
+    "simulation_recovery": "planted vs recovered",
+    "cka": "layer CKA",
+    "brain_map": "brain map",
+    "glass_brain": "glass brain",
+    "meg_topomaps": "MEG topomaps",
+}
+
+
+def _reported(path, kind, category, subcategory):
+    """PNGs go into the report under dataset (category) and model (subcategory), with their caption."""
+    if not path.endswith(".png"):
+        return path
+    return report(
+        path,
+        caption=f"{workflow.basedir}/workflow/report/{kind}.rst",  # absolute: rule all wraps it too
+        category=category,
+        subcategory=subcategory,
+        labels={"figure": FIGURE_TITLES[kind]},
+    )
+
+
 def figure_outputs():
-    """Every figure file; PNGs are registered in the report with their kind's caption."""
-    paths = []
-    for name in figure_names(dataset_modalities(), config["figures"]["formats"]):
-        path = f"{OUT}/figures/{name}"
-        kind = next(k for k in FIGURES if name.startswith(f"{k}_"))
-        if name.endswith(".png"):
-            path = report(path, caption=f"../report/{kind}.rst", category="figures", subcategory=kind)
-        paths.append(path)
-    return paths
+    """Every figure file of the figures rule; PNGs are registered in the report."""
+    entries = figure_entries(
+        dataset_modalities(), config["figures"]["formats"], models=list(MODELS), simulated=SIMULATED
+    )
+    return [
+        _reported(f"{OUT}/figures/{name}", kind, dataset or "all datasets", model or "all models")
+        for kind, dataset, model, name in entries
+    ]
+
+
+def map_outputs():
+    """Brain map, glass brain and topomap files of every dataset × model, PNGs registered in the report."""
+    return [
+        _reported(f"{OUT}/figures/{name}", kind, ds, m)
+        for kind, ds, m, name in map_names(dataset_modalities(), list(MODELS), config["figures"]["formats"])
+    ]
+
+
+def target_score_outputs(dataset, model):
+    """Per-target score files of every signal × layer × subject of dataset × model."""
+    return expand(
+        f"{OUT}/encoding/{dataset}/{model}/{{signal}}/{{layer}}/{{subject}}.targets.parquet",
+        signal=MODELS[model]["signals"],
+        layer=layers_of(model),
+        subject=DATASETS[dataset]["subjects"],
+    )
+
+
+def map_inputs(wc):
+    """Per-target scores of every signal × layer × subject, the subjects' target tables and the tables."""
+    return {
+        "scores": target_score_outputs(wc.dataset, wc.model),
+        "targets": [
+            rules.brain.output.targets.format(dataset=wc.dataset, subject=s)
+            for s in DATASETS[wc.dataset]["subjects"]
+        ],
+        "encoding": f"{OUT}/tables/encoding.parquet",
+        "tmax": f"{OUT}/tables/tmax.parquet",
+        "best_layers": f"{OUT}/tables/best_layers.parquet",
+    }
