@@ -105,3 +105,26 @@ def test_run_extract_on_cuda_with_workers_and_pinned_memory(demo_manifest, tmp_p
         for k in range(3):
             cpu, gpu = (np.asarray(load_features(outs[d], signal, k)) for d in ("cpu", "cuda"))
             _close(cpu, gpu)
+
+
+def test_cuda_feedback_signals_match_cpu():
+    from brainprop.features import learning_rules as lr
+
+    images = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    names = list(ex.resolve_layers(CNN[0], {"n": 4}, POOLING, 64, CNN[1])["layer"])
+    signals = ("fa", "dfa", "sign")
+    cpu_model = ex.create_model(CNN[0], "random", 0, 64, CNN[1])
+    cpu = ex.extract_features(cpu_model, images, names, POOLING, "cross_entropy", 6, signals=signals, seed=2)
+    model = ex.create_model(CNN[0], "random", 0, 64, CNN[1]).cuda()
+    gpu = ex.extract_features(model, images, names, POOLING, "cross_entropy", 3, signals=signals, seed=2)
+    for signal in signals:
+        for a, b in zip(cpu[signal], gpu[signal]):
+            _close(a, b)
+    # Feedback through the forward weights is backprop on CUDA too.
+    feedback = ex.Feedback(model)
+    feedback._rules["fa"] = lr.feedback_matrices(model, "bp", 0)
+    x = images.cuda()
+    fa = ex.extract_batch(model, x, names, POOLING, "cross_entropy", signals=("fa",), feedback=feedback)["fa"]
+    grad = ex.extract_batch(model, x, names, POOLING, "cross_entropy", signals=("grad",))["grad"]
+    for f, g in zip(fa, grad):
+        torch.testing.assert_close(f, g, rtol=1e-5, atol=1e-6 * float(g.abs().max()))
