@@ -21,20 +21,21 @@ __all__ = ["run_simulated_subject", "simulated_truth", "load_subject"]
 log = logging.getLogger(__name__)
 
 
-def _plant_features(plant_dir: str | Path, n_layers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _plant_features(plant_dir: str | Path, n_layers: int, error: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The source model's activations and its `error` signal (grad, fa or dfa) per layer."""
     act = [np.asarray(load_features(plant_dir, "act", k)) for k in range(n_layers)]
-    grad = [np.asarray(load_features(plant_dir, "grad", k)) for k in range(n_layers)]
-    return act, grad
+    err = [np.asarray(load_features(plant_dir, error, k)) for k in range(n_layers)]
+    return act, err
 
 
 def run_simulated_subject(
     plant_dir: str | Path, layers_path: str | Path, outputs, simulation: dict, seed: int, dataset: str, subject: str
 ) -> None:
     """Entry point of the brain rule for a simulated dataset: write one subject's folder."""
-    from .simulate import simulate_subject
+    from .simulate import error_signal, simulate_subject
 
     layers = load_layers(layers_path)
-    act, grad = _plant_features(plant_dir, len(layers))
+    act, grad = _plant_features(plant_dir, len(layers), error_signal(simulation["scenario"]))
     Y, targets = simulate_subject(act, grad, layers["depth"].to_numpy(), simulation, seed, dataset, subject)
     samples = load_samples(plant_dir)
     log.info("%s %s: %d images x %d targets (%s)", dataset, subject, *Y.shape,

@@ -6,7 +6,9 @@ one planted layer whose depth rises with the ROI's distance from V1 (in `backpro
 that layer's gradient). MEG: layer k's activation appears with a latency rising with depth; in
 `backprop` each layer's gradient appears after the forward sweep in reverse depth order;
 `shuffled` assigns gradient latencies (and gradient layers of ROIs) in a random order per
-subject, the exact null of T1 and S1.
+subject, the exact null of T1 and S1. `fa` plants the feedback-alignment error (signal `fa`)
+with backprop's timing; `dfa` plants the direct-feedback-alignment error (signal `dfa`), which
+reaches every layer at once (one latency for all layers).
 
 Design choices, so that the planted truth is identifiable and recoverable (defaults in the
 config schema, `datasets.<name>.simulation`):
@@ -124,11 +126,31 @@ def _plan_shuffled(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> P
     return Plan(roi, {r: int(remap[k]) for r, k in roi.items()}, _forward_latency(depths, meg), latency)
 
 
+def _plan_dfa(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> Plan:
+    # Direct feedback alignment sends the output error to every layer at once: one latency for
+    # all layers, at the start of the backward window.
+    roi = _roi_layers(depths)
+    latency = np.full(len(depths), float(meg["backward_window"][0]))
+    return Plan(roi, dict(roi), _forward_latency(depths, meg), latency)
+
+
 SCENARIOS: dict[str, Callable[[np.ndarray, dict, np.random.Generator], Plan]] = {
     "forward": _plan_forward,
     "backprop": _plan_backprop,
     "shuffled": _plan_shuffled,
+    "fa": _plan_backprop,  # feedback alignment keeps backprop's reversed order, with fa's errors
+    "dfa": _plan_dfa,
 }
+
+# The feature signal whose values a scenario plants as the error (the source model extracts it).
+ERROR_SIGNALS: dict[str, str] = {"forward": "grad", "backprop": "grad", "shuffled": "grad", "fa": "fa", "dfa": "dfa"}
+
+
+def error_signal(scenario: str) -> str:
+    """The signal that carries a scenario's planted error (grad, fa or dfa)."""
+    if scenario not in ERROR_SIGNALS:
+        raise ValueError(f"simulation scenario {scenario!r} unknown; valid: {sorted(ERROR_SIGNALS)}")
+    return ERROR_SIGNALS[scenario]
 
 
 def plan_subject(scenario: str, depths: np.ndarray, meg: dict, seed: int, dataset: str, subject: str) -> Plan:
@@ -145,10 +167,11 @@ def planted_truth(
     rows = []
     for subject in subjects:
         plan = plan_subject(scenario, depths, meg, seed, dataset, subject)
-        for signal, mapping in (("act", plan.roi_act_layer), ("grad", plan.roi_grad_layer)):
+        error = error_signal(scenario)
+        for signal, mapping in (("act", plan.roi_act_layer), (error, plan.roi_grad_layer)):
             for roi, k in mapping.items():
                 rows.append((subject, "roi", roi, signal, float(depths[k]), np.nan))
-        for signal, lat in (("act", plan.act_latency), ("grad", plan.grad_latency)):
+        for signal, lat in (("act", plan.act_latency), (error, plan.grad_latency)):
             for k, t in enumerate(lat):
                 if np.isfinite(t):
                     rows.append((subject, "layer", "", signal, float(depths[k]), float(t)))

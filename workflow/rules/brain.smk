@@ -10,7 +10,7 @@ rule plant:
     output:
         features=directory(f"{OUT}/brain/{{dataset}}/plant"),
     params:
-        model=lambda wc: model_spec(source_model(wc.dataset)),
+        model=lambda wc: plant_spec(wc.dataset),
         pooling=lambda wc: DATASETS[wc.dataset]["simulation"]["plant_pooling"],
         seed=config["seed"],
         storage_dtype="float32",

@@ -126,6 +126,14 @@ def source_model(dataset):
     return DATASETS[dataset]["simulation"]["source_model"]
 
 
+def plant_spec(dataset):
+    """The source model's extraction for a simulated dataset: activations and the scenario's error signal."""
+    from brainprop.simulate import error_signal
+
+    spec = model_spec(source_model(dataset))
+    return {**spec, "signals": ["act", error_signal(DATASETS[dataset]["simulation"]["scenario"])]}
+
+
 def simulation_params(dataset):
     """What a simulated subject depends on: the simulation entry plus atlas and reference ROI."""
     return params_from_config(DATASETS[dataset])
