@@ -31,14 +31,13 @@ rule plant:
 
 rule brain:
     input:
-        plant=rules.plant.output.features,
-        layers=lambda wc: rules.layers.output.layers.format(model=source_model(wc.dataset)),
+        unpack(brain_inputs),
     output:
         Y=f"{OUT}/brain/{{dataset}}/{{subject}}/Y.npy",
         targets=f"{OUT}/brain/{{dataset}}/{{subject}}/targets.parquet",
         samples=f"{OUT}/brain/{{dataset}}/{{subject}}/samples.parquet",
     params:
-        simulation=lambda wc: simulation_params(wc.dataset),
+        spec=lambda wc: brain_params(wc.dataset),
         seed=config["seed"],
     log:
         f"{LOGS}/brain/{{dataset}}/{{subject}}.log",

@@ -100,8 +100,11 @@ def hierarchy_outputs(kind):
 
 
 def dataset_modalities():
-    """Modalities each dataset carries (simulated datasets carry fMRI and MEG)."""
-    return {name: {"fmri", "meg"} for name in DATASETS}
+    """Modalities each dataset carries (simulated datasets carry fMRI and MEG, real ones their kind's)."""
+    from brainprop.datasets import modality
+
+    return {name: {"fmri", "meg"} if ds["kind"] == "simulated" else {modality(ds["kind"])}
+            for name, ds in DATASETS.items()}
 
 
 def final_outputs():
