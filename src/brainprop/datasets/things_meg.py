@@ -155,15 +155,14 @@ def images(root: Path, ds: dict, out_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image_id", "path", "group", "source", "width", "height"])
 
 
-def _preprocess(data: np.ndarray, sfreq: float, opts: dict) -> np.ndarray:
-    """Low-pass and resample a chunk of epochs (n, channels, times)."""
-    import mne
-
+def _preprocess(epochs, picks: list[int], opts: dict) -> np.ndarray:
+    """Low-pass and resample a chunk of epochs with MNE's Epochs methods; (n, sensors, times)."""
+    chunk = epochs.load_data().pick(picks)
     if opts["lowpass"]:
-        data = mne.filter.filter_data(data, sfreq, None, opts["lowpass"], verbose="error")
-    if opts["sfreq"] and opts["sfreq"] != sfreq:
-        data = mne.filter.resample(data, up=float(opts["sfreq"]), down=float(sfreq), axis=-1, verbose="error")
-    return data
+        chunk.filter(None, opts["lowpass"], verbose="error")
+    if opts["sfreq"] and opts["sfreq"] != chunk.info["sfreq"]:
+        chunk.resample(opts["sfreq"], verbose="error")
+    return chunk.get_data()
 
 
 def read_subject(
@@ -179,7 +178,7 @@ def read_subject(
     if len(attributes) != len(epochs):
         raise DatasetError(f"{att_path}: {len(attributes)} rows; expected one per epoch ({len(epochs)})")
     kept = _kept(attributes, epochs.events, att_path)
-    picks = mne.pick_types(epochs.info, meg=True, ref_meg=False)
+    picks = list(mne.pick_types(epochs.info, meg=True, ref_meg=False))
     sensors = [epochs.ch_names[p] for p in picks]
     trial_ids = attributes["image_path"].map(_image_id).to_numpy()
     kept = kept[np.isin(trial_ids[kept], image_ids)]
@@ -192,10 +191,9 @@ def read_subject(
     for start in range(0, len(kept), _CHUNK):
         idx = kept[start:start + _CHUNK]
         try:
-            raw = epochs.get_data(picks=picks, item=idx)
-        except Exception as err:
+            data = _preprocess(epochs[idx], picks, opts).reshape(len(idx), -1)  # sensor-major (sensor, time)
+        except (OSError, ValueError) as err:
             raise DatasetError(f"{_epochs_path(root, subject)}: epochs {idx[0]}…{idx[-1]} unreadable ({err})") from err
-        data = _preprocess(raw, sfreq, opts).reshape(len(idx), -1)  # sensor-major: (sensor, time) flattened
         if sums is None:
             sums = np.zeros((len(seen), data.shape[1]))
             counts = np.zeros(len(seen), dtype=np.int64)
