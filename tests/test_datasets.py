@@ -3,7 +3,6 @@
 import warnings
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -72,7 +71,7 @@ def test_expdesign_is_one_based(nsd_root):
 def test_nsd_fsaverage_zscored_within_session_and_averaged(nsd_root, tmp_path):
     root, planted = nsd_root
     ds = entry("nsd", root, ["subj01"], sessions=[1, 2])
-    manifest, seen, Y, targets, counts = read(ds, "subj01", tmp_path)
+    manifest, seen, Y, targets, _ = read(ds, "subj01", tmp_path)
     assert seen == manifest["image_id"].tolist() and len(seen) == len(REPEATS)
     ids = np.array([f"nsd{i:05d}" for i in planted["nsd_ids"]])
     sessions = np.repeat([1, 2], TRIALS_PER_SESSION)
@@ -91,7 +90,7 @@ def test_nsd_fsaverage_zscored_within_session_and_averaged(nsd_root, tmp_path):
 def test_nsd_noise_ceiling_mixed_repetitions(nsd_root, tmp_path):
     root, planted = nsd_root
     ds = entry("nsd", root, ["subj01"], sessions=[1, 2])
-    _, seen, _, targets, counts = read(ds, "subj01", tmp_path)
+    _, _, _, targets, counts = read(ds, "subj01", tmp_path)
     assert sorted(counts.tolist()) == sorted(REPEATS.values())
     a, b, c = 4, 4, 4  # images seen once, twice, three times
     inverse_n = (a / 1 + b / 2 + c / 3) / (a + b + c)
@@ -322,3 +321,22 @@ def test_config_fills_kind_defaults():
     assert ds["things_meg"] == {"images": "object_images", "lowpass": 20.0, "sfreq": 30.0, "zscore": True}
     assert ds["atlas"] == ""
     assert entry("nsd", Path("/x"), ["subj01"])["nsd"]["space"] == "fsaverage"
+
+
+def test_cli_check_reports_per_subject(tmp_path, capsys):
+    import yaml
+
+    from brainprop.cli import main
+
+    write_things_fmri(tmp_path / "root")
+    (tmp_path / "root" / "betas_csv" / "sub-01_VoxelMetadata.csv").unlink()
+    config = {"run": "t", "stimuli": {"img": {"kind": "dataset", "dataset": "things"}},
+              "models": {"m": {"timm_name": "resnet18"}},
+              "datasets": {"things": {"kind": "things_fmri", "root": str(tmp_path / "root"), "imageset": "img",
+                                      "subjects": ["sub-01", "sub-02"]}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["check", "--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "sub-01: 4 found, 1 missing" in out and "sub-01_VoxelMetadata.csv" in out
+    assert "sub-02: 0 found, 4 missing" in out

@@ -364,7 +364,7 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
         probe(f"roi names {family}", ctab, lambda p: len(read_ctab(p)))
         for path in files:
             key = path.name.split(".")[0] if _is_surface(opts) else "vol"
-            probe(f"roi {family}", path, lambda p: _load_labels(p, shapes.get(key))[0].shape)
+            probe(f"roi {family}", path, lambda p, k=key: _load_labels(p, shapes.get(k))[0].shape)
     for path in _ncsnr_files(root, opts, subject):
         probe("ncsnr", path, lambda p: __import__("nibabel").load(p).shape)
     return found

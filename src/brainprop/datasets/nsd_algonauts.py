@@ -106,31 +106,31 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
             found.append(Finding(subject, item, str(path), "missing"))
             return None
         try:
-            value = test()
+            value = test(path)
         except (DatasetError, OSError, ValueError) as err:
             found.append(Finding(subject, item, str(path), "mismatch", str(err)))
             return None
         found.append(Finding(subject, item, str(path), "found", short(value)))
         return value
 
-    files = probe("training images", _image_dir(root, subject), lambda: len(_image_files(root, subject)))
+    files = probe("training images", _image_dir(root, subject), lambda p: len(_image_files(root, subject)))
     for hemi in _HEMIS:
-        shape = probe(f"{hemi} fmri", _fmri_path(root, subject, hemi), lambda: _n_columns(_fmri_path(root, subject, hemi)))
+        fmri = _fmri_path(root, subject, hemi)
+        shape = probe(f"{hemi} fmri", fmri, _n_columns)
         if shape is not None and files is not None and shape[0] != files:
-            found.append(Finding(subject, f"{hemi} fmri", str(_fmri_path(root, subject, hemi)), "mismatch",
+            found.append(Finding(subject, f"{hemi} fmri", str(fmri), "mismatch",
                                  f"{shape[0]} rows but {files} training images"))
         mask_path = _masks(root, subject) / f"{hemi}.all-vertices_fsaverage_space.npy"
-        verts = probe(f"{hemi} vertex mask", mask_path, lambda: len(_vertices(root, subject, hemi)))
+        verts = probe(f"{hemi} vertex mask", mask_path, lambda p, h=hemi: len(_vertices(root, subject, h)))
         if verts is not None and shape is not None and verts != shape[1]:
             found.append(Finding(subject, f"{hemi} vertex mask", str(mask_path), "mismatch",
                                  f"{verts} challenge vertices but {shape[1]} fmri columns"))
+        n_columns = shape[1] if shape else verts
         for family in _opts(ds)["rois"]:
             path = _masks(root, subject) / f"{hemi}.{family}_challenge_space.npy"
-            probe(f"roi {family}", path, lambda: _labels(root, subject, hemi, family, shape[1] if shape else
-                                                          np.load(path).shape[0]).shape)
+            probe(f"roi {family}", path, lambda p, h=hemi, f=family, n=n_columns: _labels(root, subject, h, f, n).shape)
     for family in _opts(ds)["rois"]:
-        probe(f"roi names {family}", _masks(root, subject) / f"mapping_{family}.npy",
-              lambda: len(read_mapping(_masks(root, subject) / f"mapping_{family}.npy")))
+        probe(f"roi names {family}", _masks(root, subject) / f"mapping_{family}.npy", lambda p: len(read_mapping(p)))
     return found
 
 
