@@ -318,7 +318,9 @@ def test_config_real_dataset_needs_root_and_its_image_set():
 
 def test_config_fills_kind_defaults():
     ds = entry("things_meg", Path("/x"), ["P1"])
-    assert ds["things_meg"] == {"images": "object_images", "lowpass": 20.0, "sfreq": 30.0, "zscore": True}
+    assert ds["things_meg"] == {"images": "object_images", "lowpass": 20.0, "sfreq": 30.0, "zscore": True,
+                                "route": "epochs", "bids": {"task": "main", "extension": ".ds", "sessions": None,
+                                                            "highpass": 0.1, "tmin": -0.5, "tmax": 3.0}}
     assert ds["atlas"] == ""
     assert entry("nsd", Path("/x"), ["subj01"])["nsd"]["space"] == "fsaverage"
 
@@ -340,3 +342,31 @@ def test_cli_check_reports_per_subject(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sub-01: 4 found, 1 missing" in out and "sub-01_VoxelMetadata.csv" in out
     assert "sub-02: 0 found, 4 missing" in out
+
+
+def test_things_meg_raw_bids_route(tmp_path):
+    """The raw BIDS route (FIF written by mne_bids) against MNE alone: band-pass, epochs −0.5…3 s, 30 Hz."""
+    import mne
+
+    from fixtures.datasets import write_things_meg_bids
+
+    planted = write_things_meg_bids(tmp_path / "root")
+    ds = entry("things_meg", tmp_path / "root", ["P1"], route="bids", bids={"extension": ".fif"})
+    assert D.check_dataset(ds)["status"].eq("found").all()
+    _, seen, Y, targets, counts = read(ds, "P1", tmp_path / "out")
+    assert targets["time"].min() == pytest.approx(-0.5) and targets["time"].max() == pytest.approx(3.0 - 1 / 30)
+    assert dict(zip(seen, counts)) == {**{i: 1 for i in seen[:6]}, "kiwi_01b": 3, "owl_03n": 3}
+    blocks, ids = [], []
+    for session in (1, 2, 3):
+        fif = tmp_path / "root" / "sub-BIGMEG1" / f"ses-{session:02d}" / "meg" / \
+            f"sub-BIGMEG1_ses-{session:02d}_task-main_run-01_meg.fif"
+        raw = mne.io.read_raw_fif(fif, preload=True, verbose="error").filter(0.1, 20.0, verbose="error")
+        trials = [(n, o) for s, k, n, o in planted["planted"] if s == session and k != "catch"]
+        events = np.c_[[raw.first_samp + round(o * raw.info["sfreq"]) for _, o in trials], [0] * len(trials),
+                       np.arange(len(trials)) + 1]
+        epochs = mne.Epochs(raw, events, tmin=-0.5, tmax=3.0, baseline=None, preload=True, verbose="error")
+        blocks.append(epochs.resample(30.0, verbose="error").get_data().reshape(len(trials), -1))
+        ids += [n.replace(".jpg", "") for n, _ in trials]
+    flat, ids = np.concatenate(blocks), np.array(ids)
+    z = (flat - flat.mean(0)) / flat.std(0)
+    np.testing.assert_allclose(Y, np.stack([z[ids == i].mean(0) for i in seen]), rtol=1e-3, atol=1e-4)

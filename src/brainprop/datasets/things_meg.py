@@ -21,6 +21,7 @@ import pandas as pd
 from ._common import (
     DatasetError,
     Finding,
+    RepetitionMean,
     kknc_ncsnr,
     nc_from_ncsnr,
     require_file,
@@ -101,7 +102,12 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
     except DatasetError as err:
         return [Finding(subject, "subject", str(root), "mismatch", str(err))]
     epochs = attributes = None
-    for item, path, read in (("epochs", epo, _read_epochs), ("sample attributes", att, _attributes)):
+    probes = [("sample attributes", att, _attributes)]
+    if _opts(ds)["route"] == "bids":
+        found += _check_bids(root, subject, _opts(ds)["bids"])
+    else:
+        probes.insert(0, ("epochs", epo, _read_epochs))
+    for item, path, read in probes:
         if not path.exists():
             found.append(Finding(subject, item, str(path), "missing"))
             continue
@@ -136,6 +142,21 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
     return found
 
 
+def _check_bids(root: Path, subject: str, bids: dict) -> list[Finding]:
+    """One finding per raw recording of the participant (its events.tsv and its data file or .ds folder)."""
+    try:
+        runs = _bids_runs(root, subject, bids)
+    except DatasetError as err:
+        return [Finding(subject, "bids recordings", str(root / f"sub-BIGMEG{participant(subject)}"), "missing", str(err))]
+    found = []
+    for session, run, events in runs:
+        data = events.with_name(events.name.replace("_events.tsv", f"_meg{bids['extension']}"))
+        status = "found" if data.exists() else "missing"
+        found.append(Finding(subject, f"session {session} run {run}", str(data), status,
+                             f"events {events.name}" if status == "found" else ""))
+    return found
+
+
 def images(root: Path, ds: dict, out_dir: Path) -> pd.DataFrame:
     """Every non-catch image the participants saw, from the THINGS image folder by file name."""
     from PIL import Image
@@ -155,83 +176,158 @@ def images(root: Path, ds: dict, out_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image_id", "path", "group", "source", "width", "height"])
 
 
-def _preprocess(epochs, picks: list[int], opts: dict) -> np.ndarray:
+def _preprocess(epochs, sensors: list[str], lowpass: float | None, sfreq: float | None) -> np.ndarray:
     """Low-pass and resample a chunk of epochs with MNE's Epochs methods; (n, sensors, times)."""
-    chunk = epochs.load_data().pick(picks)
-    if opts["lowpass"]:
-        chunk.filter(None, opts["lowpass"], verbose="error")
-    if opts["sfreq"] and opts["sfreq"] != chunk.info["sfreq"]:
-        chunk.resample(opts["sfreq"], verbose="error")
+    chunk = epochs.load_data().pick(sensors)
+    if lowpass:
+        chunk.filter(None, lowpass, verbose="error")
+    if sfreq and sfreq != chunk.info["sfreq"]:
+        chunk.resample(sfreq, verbose="error")
     return chunk.get_data()
 
 
-def read_subject(
-    root: Path, ds: dict, subject: str, image_ids: list[str]
-) -> tuple[list[str], np.ndarray, pd.DataFrame, np.ndarray]:
-    """The participant's images among `image_ids`, repetition means (sensor-major targets), targets, trial counts."""
+def _epochs_source(root: Path, subject: str):
+    """The published epochs (MEG sensors only) and one row per kept epoch: image_id, trial_type, session."""
     import mne
 
-    opts = _opts(ds)
     att_path = _attributes_path(root, subject)
     epochs = _read_epochs(_epochs_path(root, subject))
     attributes = _attributes(att_path)
     if len(attributes) != len(epochs):
         raise DatasetError(f"{att_path}: {len(attributes)} rows; expected one per epoch ({len(epochs)})")
     kept = _kept(attributes, epochs.events, att_path)
-    picks = list(mne.pick_types(epochs.info, meg=True, ref_meg=False))
-    sensors = [epochs.ch_names[p] for p in picks]
-    trial_ids = attributes["image_path"].map(_image_id).to_numpy()
-    kept = kept[np.isin(trial_ids[kept], image_ids)]
-    seen = [i for i in image_ids if i in set(trial_ids[kept])]
-    row_of = {i: k for k, i in enumerate(seen)}
-    sfreq = epochs.info["sfreq"]
-    test = attributes["trial_type"].to_numpy() == "test"
-    sums = counts = total = total_sq = None
-    test_data = {}
-    for start in range(0, len(kept), _CHUNK):
-        idx = kept[start:start + _CHUNK]
+    sensors = [epochs.ch_names[k] for k in mne.pick_types(epochs.info, meg=True, ref_meg=False)]
+    trials = pd.DataFrame({"image_id": attributes["image_path"].map(_image_id).to_numpy()[kept],
+                           "trial_type": attributes["trial_type"].to_numpy()[kept],
+                           "session": attributes["session_nr"].to_numpy()[kept]})
+    yield str(_epochs_path(root, subject)), epochs[kept], trials, sensors
+
+
+def _bids_runs(root: Path, subject: str, opts: dict) -> list[tuple[str, str, Path]]:
+    """(session, run, events.tsv) of the participant's raw recordings, in session and run order."""
+    folder = root / f"sub-BIGMEG{participant(subject)}"
+    pattern = re.compile(rf"sub-BIGMEG{participant(subject)}_ses-(\w+)_task-{opts['task']}_run-(\w+)_events\.tsv")
+    runs = sorted((m.group(1), m.group(2), p) for p in folder.glob("ses-*/meg/*_events.tsv")
+                  if (m := pattern.fullmatch(p.name)))
+    if opts["sessions"]:
+        wanted = {f"{int(s):02d}" for s in opts["sessions"]}
+        missing = sorted(wanted - {r[0] for r in runs})
+        if missing:
+            raise DatasetError(f"{folder}: sessions {missing} have no *_events.tsv; expected ses-NN/meg/ recordings")
+        runs = [r for r in runs if r[0] in wanted]
+    if not runs:
+        raise DatasetError(f"{folder}: no ses-*/meg/*_task-{opts['task']}_run-*_events.tsv; expected the BIDS recordings")
+    return runs
+
+
+def _image_numbers(attributes: pd.DataFrame, path: Path) -> dict[int, str]:
+    """things_image_nr (1-based) -> image id, from the sample attributes' non-catch rows."""
+    rows = attributes[attributes["trial_type"] != "catch"]
+    pairs = pd.DataFrame({"nr": rows["things_image_nr"].astype(int), "id": rows["image_path"].map(_image_id)})
+    clash = pairs.groupby("nr")["id"].nunique()
+    if (clash > 1).any():
+        raise DatasetError(f"{path}: things_image_nr {clash[clash > 1].index[:5].tolist()} name several images")
+    return dict(zip(pairs["nr"], pairs["id"]))
+
+
+def _bids_source(root: Path, subject: str, opts: dict):
+    """Per run: raw BIDS data band-passed, epoched around image onsets; the kept trials' rows."""
+    import mne
+    from mne_bids import BIDSPath, read_raw_bids
+
+    att_path = _attributes_path(root, subject)
+    numbers = _image_numbers(_attributes(att_path), att_path)
+    for session, run, events_path in _bids_runs(root, subject, opts):
+        table = pd.read_csv(events_path, sep="\t", na_values=["N/A", "n/a"])
+        keep = (table["trial_type"] != "catch").to_numpy()
+        unknown = sorted(set(table.loc[keep, "value"].astype(int)) - set(numbers))
+        if unknown:
+            raise DatasetError(f"{events_path}: image numbers {unknown[:5]} are not in {att_path.name}")
+        bids_path = BIDSPath(root=root, subject=f"BIGMEG{participant(subject)}", session=session, task=opts["task"],
+                             run=run, datatype="meg", suffix="meg", extension=opts["extension"])
         try:
-            data = _preprocess(epochs[idx], picks, opts).reshape(len(idx), -1)  # sensor-major (sensor, time)
-        except (OSError, ValueError) as err:
-            raise DatasetError(f"{_epochs_path(root, subject)}: epochs {idx[0]}…{idx[-1]} unreadable ({err})") from err
-        if sums is None:
-            sums = np.zeros((len(seen), data.shape[1]))
-            counts = np.zeros(len(seen), dtype=np.int64)
-            total, total_sq = np.zeros(data.shape[1]), np.zeros(data.shape[1])
-        rows = np.array([row_of[i] for i in trial_ids[idx]])
-        np.add.at(sums, rows, data)
-        np.add.at(counts, rows, 1)
-        total += data.sum(0)
-        total_sq += (data.astype(np.float64) ** 2).sum(0)
-        for k in np.flatnonzero(test[idx]):
-            test_data[idx[k]] = data[k].astype(np.float32)
-    n_times = sums.shape[1] // len(sensors)
-    new_sfreq = float(opts["sfreq"] or sfreq)
-    times = epochs.tmin + np.arange(n_times) / new_sfreq
-    log.info("%s: %d sensors x %d times (%.3f…%.3f s at %g Hz, low-pass %s Hz); the window ends where the epochs end",
-             subject, len(sensors), n_times, times[0], times[-1], new_sfreq, opts["lowpass"])
-    Y = sums / counts[:, None]
+            raw = read_raw_bids(bids_path, verbose="error")
+        except Exception as err:
+            raise DatasetError(f"{bids_path.fpath}: not readable by mne_bids.read_raw_bids ({err})") from err
+        raw.pick(mne.pick_types(raw.info, meg=True, ref_meg=False)).load_data()
+        raw.filter(opts["highpass"], opts["lowpass"], verbose="error")
+        onsets = table.loc[keep, "onset"].to_numpy()
+        events = np.c_[raw.first_samp + np.round(onsets * raw.info["sfreq"]).astype(int), np.zeros(len(onsets), int),
+                       np.arange(len(onsets)) + 1]
+        epochs = mne.Epochs(raw, events, tmin=opts["tmin"], tmax=opts["tmax"], baseline=None, preload=False,
+                            reject=None, flat=None, verbose="error")
+        epochs.drop_bad(verbose="error")
+        if len(epochs) < len(onsets):
+            log.warning("%s: %d of %d epochs dropped (window beyond the recording)", events_path.name,
+                        len(onsets) - len(epochs), len(onsets))
+        kept = table.loc[keep].iloc[epochs.events[:, 2] - 1]
+        log.info("%s: %d catch trials dropped, %d epochs", events_path.name, int((~keep).sum()), len(epochs))
+        trials = pd.DataFrame({"image_id": kept["value"].astype(int).map(numbers).to_numpy(),
+                               "trial_type": kept["trial_type"].to_numpy(), "session": int(session)})
+        yield str(bids_path.fpath), epochs, trials, raw.ch_names
+
+
+def read_subject(
+    root: Path, ds: dict, subject: str, image_ids: list[str]
+) -> tuple[list[str], np.ndarray, pd.DataFrame, np.ndarray]:
+    """The participant's images among `image_ids`, repetition means (sensor-major targets), targets, trial counts."""
+    opts = _opts(ds)
+    if opts["route"] == "bids":
+        sources, chunk_lowpass = _bids_source(root, subject, opts["bids"] | {"lowpass": opts["lowpass"]}), None
+    else:
+        sources, chunk_lowpass = _epochs_source(root, subject), opts["lowpass"]
+    wanted = set(image_ids)
+    mean = sensors = times = total = total_sq = None
+    tests = []  # (session, image_id, data) of test trials
+    for label, epochs, trials, names in sources:
+        select = np.flatnonzero(trials["image_id"].isin(wanted).to_numpy())
+        for start in range(0, len(select), _CHUNK):
+            idx = select[start:start + _CHUNK]
+            try:
+                cube = _preprocess(epochs[idx], names, chunk_lowpass, opts["sfreq"])
+            except (OSError, ValueError) as err:
+                raise DatasetError(f"{label}: epochs {idx[0]}…{idx[-1]} unreadable ({err})") from err
+            data = cube.reshape(len(idx), -1)  # sensor-major: (sensor, time) flattened
+            if mean is None:
+                sensors = list(names)
+                times = epochs.tmin + np.arange(cube.shape[2]) / float(opts["sfreq"] or epochs.info["sfreq"])
+                mean = RepetitionMean(image_ids, data.shape[1])
+                total, total_sq = np.zeros(data.shape[1]), np.zeros(data.shape[1])
+            elif list(names) != sensors or cube.shape[2] != len(times):
+                raise DatasetError(f"{label}: {len(names)} sensors x {cube.shape[2]} times; expected the "
+                                   f"first recording's {len(sensors)} x {len(times)}")
+            part = trials.iloc[idx]
+            mean.add(part["image_id"].to_numpy(), data)
+            total += data.sum(0)
+            total_sq += (data.astype(np.float64) ** 2).sum(0)
+            tests += [(s, i, d.astype(np.float32)) for s, i, t, d in
+                      zip(part["session"], part["image_id"], part["trial_type"], data) if t == "test"]
+    if mean is None:
+        raise DatasetError(f"{subject}: no epoch of the manifest's images")
+    log.info("%s: %d sensors x %d times (%.3f…%.3f s at %g Hz, low-pass %s Hz); the window is the epochs' own",
+             subject, len(sensors), len(times), times[0], times[-1], opts["sfreq"] or 0, opts["lowpass"])
+    seen, Y, counts = mean.result()
     if opts["zscore"]:
-        mean = total / counts.sum()
-        sd = np.sqrt(np.maximum(total_sq / counts.sum() - mean**2, 0))
-        Y = (Y - mean) / np.where(sd > 0, sd, np.nan)
-    targets = pd.DataFrame({"sensor": np.repeat(sensors, n_times), "time": np.tile(times, len(sensors))})
-    targets["noise_ceiling"] = _noise_ceiling(test_data, trial_ids, attributes, counts, len(targets))
+        n = counts.sum()
+        centre = total / n
+        sd = np.sqrt(np.maximum(total_sq / n - centre**2, 0))
+        Y = (Y - centre) / np.where(sd > 0, sd, np.nan)
+    targets = pd.DataFrame({"sensor": np.repeat(sensors, len(times)), "time": np.tile(times, len(sensors))})
+    targets["noise_ceiling"] = _noise_ceiling(tests, counts, len(targets))
     return seen, Y.astype(np.float32), targets, counts
 
 
-def _noise_ceiling(test_data: dict, trial_ids: np.ndarray, attributes: pd.DataFrame, counts: np.ndarray,
-                   n_targets: int) -> np.ndarray:
+def _noise_ceiling(tests: list, counts: np.ndarray, n_targets: int) -> np.ndarray:
     """kknc over the test repetitions (in session order), with the samples' repetition counts."""
-    if not test_data:
+    if not tests:
         log.warning("no test trials: noise ceiling NaN")
         return np.full(n_targets, np.nan)
-    positions = np.array(sorted(test_data))
-    order = positions[np.argsort(attributes["session_nr"].to_numpy()[positions], kind="stable")]
-    names, reps = np.unique(trial_ids[order], return_counts=True)
+    tests = sorted(tests, key=lambda t: t[0])  # stable: session order, then trial order
+    ids = np.array([t[1] for t in tests])
+    names, reps = np.unique(ids, return_counts=True)
     n_reps = int(reps.min())
     if reps.max() != n_reps:
         log.warning("test images have %d to %d repetitions; the noise ceiling uses the first %d", n_reps, reps.max(), n_reps)
-    index = np.stack([order[trial_ids[order] == name][:n_reps] for name in names], axis=1)  # (reps, images)
-    data = np.stack([[test_data[p] for p in row] for row in index])  # (reps, images, targets)
+    index = np.stack([np.flatnonzero(ids == name)[:n_reps] for name in names], axis=1)  # (reps, images)
+    data = np.stack([[tests[k][2] for k in row] for row in index])  # (reps, images, targets)
     return nc_from_ncsnr(kknc_ncsnr(data.transpose(2, 0, 1)), counts)
