@@ -347,7 +347,6 @@ def test_cli_check_reports_per_subject(tmp_path, capsys):
 def test_things_meg_raw_bids_route(tmp_path):
     """The raw BIDS route (FIF written by mne_bids) against MNE alone: band-pass, epochs −0.5…3 s, 30 Hz."""
     import mne
-
     from fixtures.datasets import write_things_meg_bids
 
     planted = write_things_meg_bids(tmp_path / "root")
