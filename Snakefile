@@ -15,7 +15,6 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/datasets.smk"
 include: "workflow/rules/prefetch.smk"
 include: "workflow/rules/stimuli.smk"
 include: "workflow/rules/features.smk"
