@@ -369,3 +369,16 @@ def test_things_meg_raw_bids_route(tmp_path):
     flat, ids = np.concatenate(blocks), np.array(ids)
     z = (flat - flat.mean(0)) / flat.std(0)
     np.testing.assert_allclose(Y, np.stack([z[ids == i].mean(0) for i in seen]), rtol=1e-3, atol=1e-4)
+
+
+def test_nsd_volume_hemispheres_without_lh_rh_files_use_the_midline(tmp_path, caplog):
+    root = tmp_path / "root"
+    write_nsd(root)
+    roi_dir = root / "nsddata" / "ppdata" / "subj01" / "func1pt8mm" / "roi"
+    for hemi in ("lh", "rh"):
+        (roi_dir / f"{hemi}.prf-visualrois.nii.gz").unlink()
+    ds = entry("nsd", root, ["subj01"], sessions=[1, 2], space="func1pt8mm", rois=["prf-visualrois"])
+    with caplog.at_level("WARNING"):
+        _, _, _, targets, _ = read(ds, "subj01", tmp_path / "out")
+    assert "side of the midline" in caplog.text
+    assert (targets["hemi"] == np.where(targets["i"] < 2, "lh", "rh")).all()

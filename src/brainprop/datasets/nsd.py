@@ -266,6 +266,30 @@ def _load_labels(path: Path, expected: tuple[int, ...] | None) -> tuple[np.ndarr
     return np.round(data).astype(np.int64), img.affine
 
 
+def _volume_hemispheres(path: Path, labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """lh/rh per voxel from NSD's `lh.<name>.nii.gz` and `rh.<name>.nii.gz`; else the side of the midline.
+
+    Without the per-hemisphere files the midline is the mean world x of the voxels the ROI file
+    covers (label ≥ 0), so that a native-space origin off the midline does not matter.
+    """
+    import nibabel as nib
+
+    files = [path.with_name(f"{h}.{path.name}") for h in ("lh", "rh")]
+    ijk = np.argwhere(labels >= 0)
+    world_x = (np.c_[ijk, np.ones(len(ijk))] @ affine.T)[:, 0]
+    sides = np.full(labels.shape, "", dtype=object)
+    sides[tuple(ijk.T)] = np.where(world_x < world_x.mean(), "lh", "rh")
+    if all(f.is_file() for f in files):
+        for hemi, f in zip(("lh", "rh"), files):
+            side = np.asarray(nib.load(f).dataobj)
+            if side.shape != labels.shape:
+                raise DatasetError(f"{f}: shape {side.shape}; expected {labels.shape} as {path.name}")
+            sides[side > 0] = hemi
+    else:
+        log.warning("%s: no lh./rh. files beside it; hemispheres from the side of the midline", path)
+    return sides
+
+
 def _targets(root: Path, opts: dict, subject: str, shapes: dict[str, tuple[int, ...]]) -> pd.DataFrame:
     """One row per (ROI, vertex or voxel): hemi, family, roi, index/ijk and coordinates."""
     rows = []
@@ -275,6 +299,7 @@ def _targets(root: Path, opts: dict, subject: str, shapes: dict[str, tuple[int, 
         for path in label_files:
             hemi = path.name.split(".")[0] if _is_surface(opts) else None
             labels, affine = _load_labels(path, shapes[hemi] if hemi else shapes["vol"])
+            sides = None if hemi else _volume_hemispheres(path, labels, affine)
             unknown = sorted(set(np.unique(labels[labels > 0]).tolist()) - set(names))
             if unknown:
                 raise DatasetError(f"{path}: labels {unknown} have no name in {ctab_path}")
@@ -284,9 +309,8 @@ def _targets(root: Path, opts: dict, subject: str, shapes: dict[str, tuple[int, 
                     xyz = fsaverage_coordinates(hemi, idx[:, 0])
                     part = pd.DataFrame({"hemi": hemi, "index": idx[:, 0]})
                 else:
-                    world_x = (np.c_[idx, np.ones(len(idx))] @ affine.T)[:, 0]
-                    part = pd.DataFrame({"hemi": np.where(world_x < 0, "lh", "rh"), "i": idx[:, 0], "j": idx[:, 1],
-                                         "k": idx[:, 2]})
+                    side = sides[idx[:, 0], idx[:, 1], idx[:, 2]]
+                    part = pd.DataFrame({"hemi": side, "i": idx[:, 0], "j": idx[:, 1], "k": idx[:, 2]})
                     xyz = np.array([table_coordinates(names[number], h) for h in part["hemi"]]).reshape(-1, 3)
                 part[["x", "y", "z"]] = xyz
                 rows.append(part.assign(family=family, roi=names[number]))

@@ -181,9 +181,11 @@ def images(root: Path, ds: dict, out_dir: Path) -> pd.DataFrame:
 def _targets(root: Path, ds: dict, subject: str, voxels: pd.DataFrame, vox_path: Path) -> pd.DataFrame:
     import nibabel as nib
 
-    affine = nib.load(require_file(_brainmask(root, ds, subject), "the T1w brain mask (for hemispheres)")).affine
+    mask = nib.load(require_file(_brainmask(root, ds, subject), "the T1w brain mask (for hemispheres)"))
+    inside = np.argwhere(np.asarray(mask.dataobj) > 0)
+    midline = float((np.c_[inside, np.ones(len(inside))] @ mask.affine.T)[:, 0].mean())
     ijk = voxels[["voxel_x", "voxel_y", "voxel_z"]].to_numpy(dtype=np.float64)
-    world_x = (np.c_[ijk, np.ones(len(ijk))] @ affine.T)[:, 0]
+    world_x = (np.c_[ijk, np.ones(len(ijk))] @ mask.affine.T)[:, 0] - midline
     parts = []
     for column, roi, hemi in _roi_columns(voxels, _opts(ds)["rois"], vox_path):
         rows = np.flatnonzero(voxels[column].to_numpy() == 1)
