@@ -82,7 +82,8 @@ class RepetitionMean:
 
     def __init__(self, image_ids: list[str], n_targets: int):
         self.index = {image_id: k for k, image_id in enumerate(image_ids)}
-        self.sums = np.zeros((len(image_ids), n_targets), dtype=np.float64)
+        # float32 sums: at most a few dozen z-scored trials per image, and half the memory of float64
+        self.sums = np.zeros((len(image_ids), n_targets), dtype=np.float32)
         self.counts = np.zeros(len(image_ids), dtype=np.int64)
 
     def add(self, image_ids: list[str] | np.ndarray, responses: np.ndarray) -> None:
@@ -95,7 +96,7 @@ class RepetitionMean:
         """Image ids with at least one trial, their (n, n_targets) float32 means and trial counts."""
         seen = np.flatnonzero(self.counts > 0)
         ids = list(self.index)
-        means = self.sums[seen] / self.counts[seen, None]
+        means = self.sums[seen] / self.counts[seen, None].astype(np.float32)
         return [ids[k] for k in seen], means.astype(np.float32), self.counts[seen]
 
 
