@@ -382,3 +382,12 @@ def test_nsd_volume_hemispheres_without_lh_rh_files_use_the_midline(tmp_path, ca
         _, _, _, targets, _ = read(ds, "subj01", tmp_path / "out")
     assert "side of the midline" in caplog.text
     assert (targets["hemi"] == np.where(targets["i"] < 2, "lh", "rh")).all()
+
+
+def test_division_by_300_only_for_int16():
+    raw = np.array([[300, -600]], dtype=np.int16)
+    np.testing.assert_array_equal(nsd_reader._scaled(raw), [[1.0, -2.0]])
+    floats = np.array([[300.0, -1.5]], dtype=">f4")  # fsaverage .mgh: big-endian float32 % signal change
+    np.testing.assert_array_equal(nsd_reader._scaled(floats), [[300.0, -1.5]])
+    with pytest.raises(D.DatasetError, match="uint8"):
+        nsd_reader._scaled(np.zeros((1, 1), np.uint8))
