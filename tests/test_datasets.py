@@ -391,3 +391,8 @@ def test_division_by_300_only_for_int16():
     np.testing.assert_array_equal(nsd_reader._scaled(floats), [[300.0, -1.5]])
     with pytest.raises(D.DatasetError, match="uint8"):
         nsd_reader._scaled(np.zeros((1, 1), np.uint8))
+
+
+def test_noise_ceiling_of_infinite_and_missing_ncsnr():
+    nc = nc_from_ncsnr(np.array([np.inf, np.nan, 0.0]), np.array([1, 3]))
+    assert nc[0] == 1.0 and np.isnan(nc[1]) and nc[2] == 0.0

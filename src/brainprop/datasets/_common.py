@@ -111,7 +111,8 @@ def nc_from_ncsnr(ncsnr: np.ndarray, counts: np.ndarray) -> np.ndarray:
         raise ValueError("repetition counts must be >= 1 for every image")
     inverse_n = float(np.mean(1.0 / counts))
     snr2 = np.asarray(ncsnr, dtype=np.float64) ** 2
-    return snr2 / (snr2 + inverse_n)
+    with np.errstate(invalid="ignore"):  # ncsnr inf (no noise) gives 1; NaN (no estimate) stays NaN
+        return np.where(np.isinf(snr2), 1.0, snr2 / (snr2 + inverse_n))
 
 
 def kknc_ncsnr(data: np.ndarray) -> np.ndarray:
