@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fixtures.datasets import write_nsd, write_things_meg
+from fixtures.planting import demo_images, planted_responses, save_pngs
 
 from brainprop.contract import validate_results
 
@@ -18,55 +19,20 @@ pytestmark = pytest.mark.workflow
 
 
 # Kastner2015 label of the fixture -> planted layer (its ROI names: 1 V1v, 2 V1d, 3 hV4, 4 FFA-1)
-PLANTED = {1: 0, 2: 0, 3: 1, 4: 2}
-PLANTED_ROIS = {"V1v": 0, "V1d": 0, "hV4": 1, "FFA-1": 2}
-
-
-def _brick(workdir: Path) -> np.ndarray:
-    """80 distinct demo images (32×32) as an imgBrick."""
-    from PIL import Image
-
-    from brainprop.stimuli import make_demo_images
-
-    manifest = make_demo_images(workdir / "brick", n_images=80, size=32, seed=3)
-    return np.stack([np.asarray(Image.open(workdir / "brick" / p)) for p in manifest["path"]])
+PLANTED = {1: 0, 2: 0, 3: 2, 4: 2}
+PLANTED_ROIS = {"V1v": 0, "V1d": 0, "hV4": 2, "FFA-1": 2}
 
 
 def _planted_signal(workdir: Path):
     """signal(brick, labels): each ROI's response is a latent of one layer of the run's model (METHOD.md §7 plant)."""
 
     def signal(brick: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        from brainprop import simulate as S
-        from brainprop.features import load_features
-        from brainprop.features.extract import resolve_layers, run_extract
-        from brainprop.io import write_table
-        from brainprop.stimuli import write_manifest
-
-        folder = workdir / "plant"
-        rows = []
-        for k, pixels in enumerate(brick):
-            path = folder / "images" / f"b{k:03d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            __import__("PIL.Image").Image.fromarray(pixels).save(path)
-            rows.append((f"b{k:03d}", f"images/{path.name}", "", f"b{k:03d}", "", 32, 32))
-        write_manifest(folder / "manifest.parquet", pd.DataFrame(
-            rows, columns=["image_id", "path", "sha256", "group", "source", "width", "height"]))
-        model = {"timm_name": "resnet18", "weights": "random", "input_size": 64, "timm_kwargs": {"zero_init_last": False}}
-        pooling = {"mode": "grid", "grid": 4}
-        write_table(folder / "layers.parquet", resolve_layers("resnet18", {"n": 3}, pooling, 64, model["timm_kwargs"]))
-        run_extract(folder / "manifest.parquet", folder / "layers.parquet", folder / "features", model, pooling,
-                    seed=0, device="cpu", batch_size=40, signals=["act"], threads=1)
-        act = [np.asarray(load_features(folder / "features", "act", k)) for k in range(3)]
-        params = {"plant_grid": 4, "latent_grid": 2, "shared_components": 5, "unique_fraction": 0.95,
-                  "detail_fraction": 0.0}
-        plant = S._prepare([act], params)[0]
-        rng = np.random.default_rng(1)
-        out = 0.3 * rng.standard_normal((len(brick), 2 * len(labels)))
-        for hemi in range(2):
-            for label, layer in PLANTED.items():
-                cols = hemi * len(labels) + np.flatnonzero(labels == label)
-                out[:, cols] = S._latent(plant, layer, 3, params, rng) @ rng.standard_normal((3, len(cols)))
-        return out
+        both = np.concatenate([labels, labels])
+        columns = {}
+        for label, layer in PLANTED.items():
+            columns.setdefault(layer, []).extend(np.flatnonzero(both == label).tolist())
+        paths = save_pngs(brick, workdir / "plant" / "images")
+        return planted_responses(paths, workdir / "plant", {k: np.array(v) for k, v in columns.items()}, len(both))
 
     return signal
 
@@ -74,7 +40,8 @@ def _planted_signal(workdir: Path):
 def _config(workdir: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        write_nsd(workdir / "nsd_root", n_images=60, brick=_brick(workdir), signal=_planted_signal(workdir))
+        brick = demo_images(workdir / "brick", 80)
+        write_nsd(workdir / "nsd_root", n_images=60, brick=brick, signal=_planted_signal(workdir))
         write_things_meg(workdir / "meg_root")
     text = (ROOT / "tests" / "configs" / "real_tiny.yaml").read_text()
     path = workdir / "config.yaml"
