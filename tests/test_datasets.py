@@ -10,6 +10,7 @@ import scipy.stats
 from fixtures.datasets import (
     REPEATS,
     TRIALS_PER_SESSION,
+    dataset_entry,
     nsd_design,
     write_algonauts,
     write_nsd,
@@ -23,14 +24,7 @@ from brainprop.datasets import nsd as nsd_reader
 from brainprop.datasets._common import kknc_ncsnr, nc_from_ncsnr
 from brainprop.datasets.geometry import fsaverage_coordinates, roi_distances
 
-
-def entry(kind: str, root: Path, subjects: list[str], **opts) -> dict:
-    """A validated dataset entry (schema defaults filled) for `kind` at `root`."""
-    config = {"run": "t", "stimuli": {"img": {"kind": "dataset", "dataset": "d"}},
-              "models": {"m": {"timm_name": "resnet18"}},
-              "datasets": {"d": {"kind": kind, "root": str(root), "imageset": "img", "subjects": subjects,
-                                 **({kind: opts} if opts else {})}}}
-    return validate_config(config, check_models=False)["datasets"]["d"]
+entry = dataset_entry
 
 
 def read(ds: dict, subject: str, out: Path):

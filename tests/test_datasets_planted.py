@@ -8,9 +8,9 @@ the planted one. (NSD runs the same check through Snakemake in test_datasets_wor
 from pathlib import Path
 
 import numpy as np
+from fixtures.datasets import dataset_entry as entry
 from fixtures.datasets import write_algonauts, write_things_fmri
 from fixtures.planting import best_layers, demo_images, planted_responses
-from test_datasets import entry
 
 from brainprop import datasets as D
 
