@@ -1,4 +1,4 @@
-"""Command line: `brainprop validate-results` and `brainprop validate-config`."""
+"""Command line: `brainprop validate-results`, `brainprop validate-config` and `brainprop check`."""
 
 from __future__ import annotations
 
@@ -35,6 +35,31 @@ def _validate_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .datasets import check_dataset, format_report
+
+    try:
+        config = load_config(args.config, check_models=False)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    real = {name: ds for name, ds in config["datasets"].items() if ds["kind"] != "simulated"}
+    if args.dataset:
+        if args.dataset not in real:
+            print(f"{args.dataset!r} is not a real dataset of {args.config}; real datasets: {sorted(real)}",
+                  file=sys.stderr)
+            return 1
+        real = {args.dataset: real[args.dataset]}
+    n_problems = 0
+    for name, ds in real.items():
+        report = check_dataset(ds)
+        n_problems += int((report["status"] != "found").sum())
+        print(f"== {name} ({ds['kind']}) at {ds['root']}\n{format_report(report)}")
+    print(f"{n_problems} problems" if n_problems else "every file found as expected")
+    return 1 if n_problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the brainprop command line."""
     parser = argparse.ArgumentParser(prog="brainprop", description=__doc__)
@@ -45,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate-config", help="check a config file against the schema")
     p.add_argument("config", help="path to a config YAML file")
     p.set_defaults(func=_validate_config)
+    p = sub.add_parser("check", help="inspect the roots of a config's real datasets before running anything")
+    p.add_argument("--config", required=True, help="path to a config YAML file")
+    p.add_argument("--dataset", help="only this dataset (default: every real dataset)")
+    p.set_defaults(func=_check)
     args = parser.parse_args(argv)
     return args.func(args)
 

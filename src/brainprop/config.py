@@ -67,6 +67,7 @@ def _message(error) -> str:
 
 def validate_config(config: dict, schema_path: Path | None = None, check_models: bool = True) -> dict:
     """Validate `config` in place (filling defaults) and run the cross-field checks; return it."""
+    _prefill_real_datasets(config)
     validator = _validator_with_defaults(_schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -98,8 +99,50 @@ def _canonical_order(value, path: tuple = ()):
     return value
 
 
-def _check_cross_fields(config: dict) -> None:
+# real dataset kind -> default atlas name of its fMRI targets ("" for MEG)
+REAL_KIND_ATLAS = {"nsd": "nsd", "nsd_algonauts": "algonauts", "things_fmri": "things", "things_meg": ""}
+
+
+def _prefill_real_datasets(config: dict) -> None:
+    """Give real datasets their option block (so the schema fills its defaults) and their kind's atlas."""
+    datasets = config.get("datasets")
+    if not isinstance(datasets, dict):
+        return
+    for ds in datasets.values():
+        if isinstance(ds, dict) and ds.get("kind") in REAL_KIND_ATLAS:
+            ds.setdefault(ds["kind"], {})
+            ds.setdefault("atlas", REAL_KIND_ATLAS[ds["kind"]])
+
+
+def _check_real_datasets(config: dict) -> list[str]:
+    """A real dataset has a root, only its own option block, and an image set of kind dataset naming it."""
     problems = []
+    for name, ds in config["datasets"].items():
+        kind = ds["kind"]
+        others = sorted(k for k in (*REAL_KIND_ATLAS, "simulation") if k in ds and k != kind)
+        if kind == "simulated":
+            others = [k for k in others if k != "simulation"]
+        if others:
+            problems.append(f"config key datasets.{name}: {others} do not apply to kind {kind!r}")
+        if kind == "simulated":
+            continue
+        if "root" not in ds:
+            problems.append(f"config key datasets.{name}.root: required for kind {kind!r} (the dataset's folder)")
+        spec = config["stimuli"].get(ds["imageset"], {})
+        if spec.get("kind") != "dataset" or spec.get("dataset") != name:
+            problems.append(f"config key datasets.{name}.imageset: {ds['imageset']!r} must be an image set "
+                            f"{{kind: dataset, dataset: {name}}} for kind {kind!r}")
+    for key, spec in config["stimuli"].items():
+        if spec["kind"] == "dataset":
+            target = config["datasets"].get(spec.get("dataset"), {})
+            if target.get("kind") in (None, "simulated"):
+                problems.append(f"config key stimuli.{key}.dataset: {spec.get('dataset')!r} is not a real dataset; "
+                                f"real datasets: {sorted(n for n, d in config['datasets'].items() if d['kind'] != 'simulated')}")
+    return problems
+
+
+def _check_cross_fields(config: dict) -> None:
+    problems = _check_real_datasets(config)
     for name, ds in config["datasets"].items():
         if ds["imageset"] not in config["stimuli"]:
             problems.append(

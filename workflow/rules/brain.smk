@@ -1,6 +1,26 @@
 # Brain: per subject, the target matrix aligned to the manifest, its target table and noise
 # ceiling. Simulated datasets are planted from their source model's features under a finer
-# pooling than the analysis reads (METHOD.md §7).
+# pooling than the analysis reads (METHOD.md §7). Real datasets are first checked (`check`:
+# what is present, missing or not in the published format) before anything heavy runs.
+
+
+rule check:
+    output:
+        report=f"{OUT}/brain/{{dataset}}/check.parquet",
+    params:
+        entry=lambda wc: real_dataset_entry(wc.dataset),
+    log:
+        f"{LOGS}/check/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/check/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime(10),
+    conda:
+        "../../envs/brainprop.yaml"
+    script:
+        "../scripts/check.py"
 
 
 rule plant:
@@ -32,14 +52,13 @@ rule plant:
 
 rule brain:
     input:
-        plant=rules.plant.output.features,
-        layers=lambda wc: rules.layers.output.layers.format(model=source_model(wc.dataset)),
+        unpack(brain_inputs),
     output:
         Y=f"{OUT}/brain/{{dataset}}/{{subject}}/Y.npy",
         targets=f"{OUT}/brain/{{dataset}}/{{subject}}/targets.parquet",
         samples=f"{OUT}/brain/{{dataset}}/{{subject}}/samples.parquet",
     params:
-        simulation=lambda wc: simulation_params(wc.dataset),
+        spec=lambda wc: brain_params(wc.dataset),
         seed=config["seed"],
     log:
         f"{LOGS}/brain/{{dataset}}/{{subject}}.log",
@@ -47,8 +66,8 @@ rule brain:
         f"{BENCH}/brain/{{dataset}}/{{subject}}.tsv"
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=runtime(10),
+        mem_mb=brain_mem_mb,
+        runtime=brain_runtime,
     conda:
         "../../envs/brainprop.yaml"
     script:

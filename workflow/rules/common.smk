@@ -108,8 +108,11 @@ def hierarchy_outputs(kind):
 
 
 def dataset_modalities():
-    """Modalities each dataset carries (simulated datasets carry fMRI and MEG)."""
-    return {name: {"fmri", "meg"} for name in DATASETS}
+    """Modalities each dataset carries (simulated datasets carry fMRI and MEG, real ones their kind's)."""
+    from brainprop.datasets import modality
+
+    return {name: {"fmri", "meg"} if ds["kind"] == "simulated" else {modality(ds["kind"])}
+            for name, ds in DATASETS.items()}
 
 
 def final_outputs():
@@ -225,3 +228,67 @@ def map_inputs(wc):
         "tmax": f"{OUT}/tables/tmax.parquet",
         "best_layers": f"{OUT}/tables/best_layers.parquet",
     }
+
+
+# ---- real datasets (docs/datasets.md): route image sets and subjects of real kinds to their readers
+
+
+def is_real(dataset):
+    return DATASETS[dataset]["kind"] != "simulated"
+
+
+def real_dataset_entry(dataset):
+    """What a real dataset's check, manifest and subjects depend on: its whole config entry."""
+    return dict(DATASETS[dataset])
+
+
+def imageset_dataset(imageset):
+    """The real dataset an image set of kind `dataset` belongs to, else None."""
+    spec = config["stimuli"][imageset]
+    return spec["dataset"] if spec["kind"] == "dataset" else None
+
+
+def imageset_spec(imageset):
+    """The stimuli rule's parameters: the image set entry, plus the dataset entry for kind `dataset`."""
+    spec = dict(config["stimuli"][imageset])
+    dataset = imageset_dataset(imageset)
+    if dataset is not None:
+        spec = {"kind": "dataset", "dataset": dataset, "entry": real_dataset_entry(dataset)}
+    return spec
+
+
+def imageset_inputs(wildcards):
+    """A real dataset's image set waits for its data check."""
+    dataset = imageset_dataset(wildcards.imageset)
+    return {"check": rules.check.output.report.format(dataset=dataset)} if dataset else {}
+
+
+def brain_inputs(wildcards):
+    """Simulated subjects need the plant features; real subjects the manifest and the data check."""
+    ds = wildcards.dataset
+    if is_real(ds):
+        return {"manifest": manifest_of(DATASETS[ds]["imageset"]),
+                "check": rules.check.output.report.format(dataset=ds)}
+    return {"plant": rules.plant.output.features,
+            "layers": rules.layers.output.layers.format(model=source_model(ds))}
+
+
+# Real subjects hold one session plus the per-image sums (NSD fsaverage: ~4 GB for 10,000
+# images x 40,000 vertices; THINGS-MEG: ~2 GB for 22,448 images x 11,382 sensor-times).
+REAL_BRAIN_MEM_MB = 16000
+REAL_BRAIN_RUNTIME = 240
+
+
+def brain_mem_mb(wildcards, attempt):
+    return (REAL_BRAIN_MEM_MB if is_real(wildcards.dataset) else 2000) * attempt
+
+
+def brain_runtime(wildcards, attempt):
+    return (REAL_BRAIN_RUNTIME if is_real(wildcards.dataset) else 10) * attempt
+
+
+def brain_params(dataset):
+    """A subject's parameters: the simulation of a simulated dataset, or a real dataset's entry."""
+    if is_real(dataset):
+        return {"entry": real_dataset_entry(dataset)}
+    return {"simulation": simulation_params(dataset)}

@@ -2,10 +2,12 @@
 
 
 rule stimuli:
+    input:
+        unpack(imageset_inputs),
     output:
         manifest=f"{OUT}/stimuli/{{imageset}}/manifest.parquet",
     params:
-        spec=lambda wc: config["stimuli"][wc.imageset],
+        spec=lambda wc: imageset_spec(wc.imageset),
         seed=config["seed"],
     log:
         f"{LOGS}/stimuli/{{imageset}}.log",

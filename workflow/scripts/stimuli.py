@@ -3,7 +3,13 @@ from pathlib import Path
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.stimuli import build_imageset
+    spec = snakemake.params.spec
+    if spec["kind"] == "dataset":
+        from brainprop.datasets import write_dataset_imageset
 
-    path = build_imageset(Path(snakemake.output.manifest).parent, snakemake.params.spec, snakemake.params.seed)
+        path = write_dataset_imageset(Path(snakemake.output.manifest).parent, spec["entry"], spec["dataset"])
+    else:
+        from brainprop.stimuli import build_imageset
+
+        path = build_imageset(Path(snakemake.output.manifest).parent, spec, snakemake.params.seed)
     log.info("image set written: %s", path)
