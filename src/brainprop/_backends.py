@@ -35,6 +35,8 @@ class Backend:
     eigh : symmetric eigendecomposition, K (n, n) -> eigenvalues (n,) ascending, vectors (n, n).
     clip0 : elementwise max(x, 0).
     stack : list of equal-shape arrays -> one array with a new leading axis.
+    cast : native array -> native array in `dtype` on `device`.
+    asindex : host integer array -> native index array for column selection.
     """
 
     name: str
@@ -46,6 +48,8 @@ class Backend:
     eigh: Callable[[Any], tuple[Any, Any]]
     clip0: Callable[[Any], Any]
     stack: Callable[[list], Any]
+    cast: Callable[[Any], Any]
+    asindex: Callable[[np.ndarray], Any]
 
 
 def _check_dtype(dtype: Any, default: str) -> str:
@@ -76,6 +80,8 @@ def _numpy_backend(device: str, dtype: Any) -> Backend:
         eigh=np.linalg.eigh,
         clip0=lambda x: np.clip(x, 0.0, None),
         stack=np.stack,
+        cast=lambda x: np.asarray(x, dtype=kind),
+        asindex=lambda i: np.asarray(i, dtype=np.intp),
     )
 
 
@@ -104,6 +110,8 @@ def _torch_backend(device: str, dtype: Any) -> Backend:
         eigh=torch.linalg.eigh,
         clip0=lambda x: torch.clamp(x, min=0.0),
         stack=torch.stack,
+        cast=lambda x: x.to(kind),
+        asindex=lambda i: torch.as_tensor(np.asarray(i, dtype=np.int64), device=device),
     )
 
 

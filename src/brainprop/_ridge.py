@@ -112,16 +112,41 @@ def _kernel_basis(ops: Backend, X_train: Any, X_test: Any) -> _Basis:
     return _Basis(U=Q, lam=ops.clip0(lam), P=(X_test @ X_train.T) @ Q)
 
 
+def _gram_basis(ops: Backend, X_train: Any, X_test: Any) -> _Basis:
+    """Basis from the eigendecomposition of the Gram matrix X^T X (n_train > n_features).
+
+    Equal to the thin SVD (U = X V / s) at a fraction of its cost; directions whose eigenvalue
+    is below the Gram matrix's rounding level are dropped (their shrinkage is below 1e-9).
+    """
+    lam, V = ops.eigh(X_train.T @ X_train)
+    lam_host = ops.to_numpy(lam)
+    floor = max(lam_host.max(initial=0.0), 0.0) * max(X_train.shape) * np.finfo(ops.dtype).eps
+    idx = ops.asindex(np.flatnonzero(lam_host > floor))
+    V, lam = V[:, idx], lam[idx]
+    s = lam**0.5
+    return _Basis(U=(X_train @ V) / s, lam=lam, P=(X_test @ V) * s)
+
+
 _DECOMPOSITIONS: dict[str, Callable[[Backend, Any, Any], _Basis]] = {
     "svd": _svd_basis,
+    "gram": _gram_basis,
     "kernel": _kernel_basis,
 }
 
 
+def _solver(n_train: int, n_features: int) -> str:
+    """Decomposition of a fold: the smaller of the Gram (d x d) and kernel (n x n) matrices."""
+    return "gram" if n_train > n_features else "kernel"
+
+
 def _decompose(ops: Backend, X_train: np.ndarray, X_test: np.ndarray) -> _Basis:
-    """One decomposition per fold: SVD when samples outnumber features, kernel otherwise."""
-    kind = "svd" if X_train.shape[0] > X_train.shape[1] else "kernel"
-    return _DECOMPOSITIONS[kind](ops, ops.asarray(X_train), ops.asarray(X_test))
+    """One decomposition per fold, in float64 on the backend's device, cast to its precision."""
+    wide = ops if ops.dtype == "float64" else get_backend(ops.name, ops.device, "float64")
+    kind = _solver(*X_train.shape)
+    basis = _DECOMPOSITIONS[kind](wide, wide.asarray(X_train), wide.asarray(X_test))
+    if wide is ops:
+        return basis
+    return _Basis(U=ops.cast(basis.U), lam=ops.cast(basis.lam), P=ops.cast(basis.P))
 
 
 def _loo_terms(basis: _Basis, alphas: Any) -> tuple[Any, Any]:
@@ -162,6 +187,145 @@ def _select(errors: np.ndarray) -> np.ndarray:
     return best
 
 
+# Higham & Mary's probabilistic rounding model: a length-k float32 dot product errs by at most
+# lam * sqrt(k) * u times the sum of its absolute terms, except with probability 2 exp(-lam^2 / 2).
+_ROUNDING_LAMBDA = 8.0
+
+
+@dataclass(frozen=True)
+class _Search:
+    """One fold's leave-one-out terms for the pruned penalty search.
+
+    Attributes
+    ----------
+    M, denom : as returned by `_loo_terms`, in the backend's precision.
+    keep2 : (k, n_alphas) squared share of each direction kept in the residual, (alpha / (lam + alpha))^2.
+    M2 : (k, n_alphas) M squared.
+    d2min, d2max : (n_alphas,) host float64 extremes over training rows of denom^2.
+    U_low, M_low, denom_low : float32 copies for the screening pass, or None (backend already float32).
+    """
+
+    M: Any
+    denom: Any
+    keep2: Any
+    M2: Any
+    d2min: np.ndarray
+    d2max: np.ndarray
+    U_low: Any = None
+    M_low: Any = None
+    denom_low: Any = None
+
+
+def _search_terms(ops: Backend, low: Backend | None, basis: _Basis, alphas: np.ndarray) -> _Search:
+    """Leave-one-out terms of every penalty for one fold, plus float32 copies when `low` is given."""
+    M, denom = _loo_terms(basis, ops.asarray(alphas))
+    d2 = ops.to_numpy(denom) ** 2
+    keep = 1.0 + M  # alpha / (lam + alpha): each direction's share left in the residual
+    search = _Search(M=M, denom=denom, keep2=keep * keep, M2=M * M, d2min=d2.min(axis=0), d2max=d2.max(axis=0))
+    if low is None:
+        return search
+    return _Search(**{**search.__dict__, "U_low": low.cast(basis.U), "M_low": low.cast(M),
+                      "denom_low": low.cast(denom)})
+
+
+@dataclass(frozen=True)
+class _Norms:
+    """Squared norms (host float64) of one batch that bound the leave-one-out errors.
+
+    Attributes
+    ----------
+    ss_y : (batch,) centred training response, ||y||^2.
+    ss_c : (n_alphas, batch) leave-one-out numerators, ||c||^2 (exact, without forming c).
+    ss_v : (n_alphas, batch) shrunk coordinates M z that the residual GEMM multiplies, ||M z||^2.
+    """
+
+    ss_y: np.ndarray
+    ss_c: np.ndarray
+    ss_v: np.ndarray
+
+
+def _norms(ops: Backend, search: _Search, UTy: Any, ss_y: np.ndarray) -> _Norms:
+    """||c||^2 and ||M z||^2 of every penalty and target by two small products.
+
+    The leave-one-out residuals of penalty a are c / d with c = r + U (w * z), z = U^T y, r the
+    part of y outside U and w = alpha / (lam + alpha), so ||c||^2 = ||y||^2 - ||z||^2 + sum w^2 z^2.
+    """
+    z2 = UTy * UTy
+    ss_r = np.clip(ss_y - ops.to_numpy(z2.sum(0)), 0.0, None)
+    return _Norms(ss_y=ss_y, ss_c=ss_r + ops.to_numpy(search.keep2.T @ z2), ss_v=ops.to_numpy(search.M2.T @ z2))
+
+
+def _bounds(ops: Backend, n: int, k: int, search: _Search, norms: _Norms) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds (n_alphas, batch) of the mean leave-one-out error mean((c / d)^2).
+
+    It lies in [||c||^2 / max d^2, ||c||^2 / min d^2] / n; the bounds are widened by the
+    rounding of the sums of squares (length n + k) in the backend's precision.
+    """
+    slack = (_ROUNDING_LAMBDA * np.sqrt(n + k) + 16.0) * np.finfo(ops.dtype).eps * norms.ss_y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lower = np.clip(norms.ss_c - slack, 0.0, None) / (n * search.d2max[:, None])
+        upper = (norms.ss_c + slack) / (n * search.d2min[:, None])
+    upper = np.where(search.d2min[:, None] > 0, upper, np.inf)
+    return np.nan_to_num(lower, nan=0.0), upper
+
+
+def _errors_of(ops: Backend, U: Any, M: Any, denom: Any, yc: Any, UTy: Any, cand: np.ndarray) -> np.ndarray:
+    """Mean leave-one-out error where `cand` (n_alphas, batch) is True, inf elsewhere (host float64)."""
+    errors = np.full(cand.shape, np.inf)
+    for a in np.flatnonzero(cand.any(axis=1)):
+        cols = np.flatnonzero(cand[a])
+        idx = ops.asindex(cols)
+        looe = U @ (M[:, a, None] * UTy[:, idx])
+        looe += yc[:, idx]
+        looe /= denom[:, a, None]
+        looe *= looe
+        errors[a, cols] = ops.to_numpy(looe.mean(0))
+    return errors
+
+
+def _screen_tolerance(n: int, k: int, search: _Search, norms: _Norms, errors: np.ndarray) -> np.ndarray:
+    """Rounding error bound (n_alphas, batch) of float32 leave-one-out errors.
+
+    Row i of c = y + U (M z) is a length-k dot product with ||U_i|| <= 1 (so sum_i ||U_i||^2 = k):
+    ||dc|| <= (lam sqrt(k) + 2) u sqrt(k) ||M z|| + 2 u ||y|| under the probabilistic model above;
+    then |d mean((c / d)^2)| <= (2 ||c|| ||dc|| + ||dc||^2) / (n min d^2), plus (n + 4) u relative
+    for the division and the sum over rows.
+    """
+    u = float(np.finfo(np.float32).eps)
+    dc = (_ROUNDING_LAMBDA * np.sqrt(k) + 2.0) * u * np.sqrt(k * norms.ss_v) + 2.0 * u * np.sqrt(norms.ss_y)
+    spread = (2.0 * np.sqrt(norms.ss_c) * dc + dc * dc) / (n * search.d2min[:, None])
+    return spread + (n + 4.0) * u * np.where(np.isfinite(errors), errors, 0.0)
+
+
+def _choose(ops: Backend, low: Backend | None, basis: _Basis, search: _Search, yc: Any, UTy: Any,
+            ss_y: np.ndarray) -> np.ndarray:
+    """Penalty index of every target (batch,), equal to the argmin of all exact leave-one-out errors.
+
+    Penalties are pruned in stages that each keep every penalty whose error could still be the
+    smallest: cheap bounds, then (float64 backends) float32 errors with their rounding error
+    bound, then the exact errors of the remaining candidates in the backend's precision.
+    """
+    n, k = basis.U.shape
+    norms = _norms(ops, search, UTy, ss_y)
+    lower, upper = _bounds(ops, n, k, search, norms)
+    cand = lower <= upper.min(axis=0)
+    cols = np.flatnonzero(cand.sum(axis=0) > 1)
+    if low is not None and cols.size:
+        idx = ops.asindex(cols)
+        err = _errors_of(low, search.U_low, search.M_low, search.denom_low,
+                         low.cast(yc[:, idx]), low.cast(UTy[:, idx]), cand[:, cols])
+        sub = _Norms(ss_y=norms.ss_y[cols], ss_c=norms.ss_c[:, cols], ss_v=norms.ss_v[:, cols])
+        tol = _screen_tolerance(n, k, search, sub, err)
+        cand[:, cols] &= err - tol <= (err + tol).min(axis=0)
+    chosen = np.argmax(cand, axis=0)
+    cols = np.flatnonzero(cand.sum(axis=0) > 1)
+    if cols.size:
+        idx = ops.asindex(cols)
+        err = _errors_of(ops, basis.U, search.M, search.denom, yc[:, idx], UTy[:, idx], cand[:, cols])
+        chosen[cols] = _select(err)
+    return chosen
+
+
 def _pearson(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson r per column of two (n, m) arrays, NaN where either column is constant."""
     pc = pred - pred.mean(axis=0)
@@ -187,18 +351,26 @@ def _valid(y_train: np.ndarray, y_test: np.ndarray) -> np.ndarray:
 
 
 def _fit_batch(
-    ops: Backend, basis: _Basis, M: Any, denom: Any, alphas: np.ndarray,
+    ops: Backend, low: Backend | None, basis: _Basis, search: _Search, alphas: np.ndarray,
     y_train: np.ndarray, y_test: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chosen penalty, held-out r and R² of one batch of targets, each (batch,)."""
+    """Chosen penalty, held-out r and R² of one batch of targets, each (batch,).
+
+    The responses travel to the backend in their own precision; the means are float64, the
+    centring happens on the backend (so a GPU does the per-element work), scoring on the host.
+    """
     valid = _valid(y_train, y_test)
-    y_train = np.where(valid, y_train, 0.0)
-    mean = y_train.mean(axis=0)
-    yc = ops.asarray(y_train - mean)
-    UTy = basis.U.T @ yc
-    chosen = alphas[_select(_loo_errors(ops, basis, M, denom, yc, UTy))]
+    mean = np.where(valid, y_train, 0).mean(axis=0, dtype=np.float64)
+    y = ops.asarray(np.where(valid, y_train, 0))
+    del y_train
+    y -= ops.asarray(mean)[None, :]
+    ss_y = ops.to_numpy((y * y).sum(0))
+    UTy = basis.U.T @ y
+    chosen = alphas[_choose(ops, low, basis, search, y, UTy, ss_y)]
+    del y
     pred = ops.to_numpy(basis.P @ (UTy / (basis.lam[:, None] + ops.asarray(chosen)[None, :]))) + mean
     nan = np.full(valid.shape, np.nan)
+    y_test = y_test.astype(np.float64)
     return (np.where(valid, chosen, nan), np.where(valid, _pearson(pred, y_test), nan),
             np.where(valid, _r2(pred, y_test), nan))
 
@@ -248,20 +420,21 @@ def ridge_cv_shared(
     folds = check_folds(folds, X.shape[0])
     alphas = check_alphas(alphas)
     ops = get_backend(backend, device, dtype)
+    low = get_backend(ops.name, ops.device, "float32") if ops.dtype == "float64" else None
     shapes = [(len(folds), Y.shape[1]) for Y in Ys]
     scores = [tuple(np.full(shape, np.nan) for _ in range(3)) for shape in shapes]
     for f, (train, test) in enumerate(folds):
         X_train, X_test = _standardize(X[train].astype(np.float64), X[test].astype(np.float64))
         basis = _decompose(ops, X_train, X_test)
         del X_train, X_test
-        M, denom = _loo_terms(basis, ops.asarray(alphas))
+        search = _search_terms(ops, low, basis, alphas)
         step = batch_size or max(1, _BATCH_BYTES // (32 * len(train)))
         for Y, (alpha, r, r2) in zip(Ys, scores):
             for start in range(0, Y.shape[1], step):
                 cols = slice(start, min(start + step, Y.shape[1]))
                 alpha[f, cols], r[f, cols], r2[f, cols] = _fit_batch(
-                    ops, basis, M, denom, alphas,
-                    Y[train, cols].astype(np.float64), Y[test, cols].astype(np.float64),
+                    ops, low, basis, search, alphas,
+                    Y[train, cols], Y[test, cols],
                 )
     return [RidgeCVResult(r=r.mean(axis=0), r2=r2.mean(axis=0), alpha=alpha, r_folds=r, r2_folds=r2)
             for alpha, r, r2 in scores]
