@@ -37,6 +37,7 @@ class Backend:
     stack : list of equal-shape arrays -> one array with a new leading axis.
     cast : native array -> native array in `dtype` on `device`.
     asindex : host integer array -> native index array for column selection.
+    column_ok : native (n, m) array -> host bool (m,): column finite and not constant.
     """
 
     name: str
@@ -50,6 +51,7 @@ class Backend:
     stack: Callable[[list], Any]
     cast: Callable[[Any], Any]
     asindex: Callable[[np.ndarray], Any]
+    column_ok: Callable[[Any], np.ndarray]
 
 
 def _check_dtype(dtype: Any, default: str) -> str:
@@ -100,6 +102,7 @@ def _numpy_backend(device: str, dtype: Any) -> Backend:
         stack=np.stack,
         cast=lambda x: np.asarray(x, dtype=kind),
         asindex=lambda i: np.asarray(i, dtype=np.intp),
+        column_ok=lambda x: np.isfinite(x).all(axis=0) & (np.ptp(x, axis=0) > 0),
     )
 
 
@@ -130,6 +133,7 @@ def _torch_backend(device: str, dtype: Any) -> Backend:
         stack=torch.stack,
         cast=lambda x: x.to(kind),
         asindex=lambda i: torch.as_tensor(np.asarray(i, dtype=np.int64), device=device),
+        column_ok=lambda x: (torch.isfinite(x).all(0) & (x.amax(0) > x.amin(0))).cpu().numpy(),
     )
 
 

@@ -431,8 +431,12 @@ def _r2(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _valid(y_train: np.ndarray, y_test: np.ndarray) -> np.ndarray:
     """Targets finite and non-constant in both splits, shape (batch,)."""
-    ok = np.isfinite(y_train).all(axis=0) & np.isfinite(y_test).all(axis=0)
-    return ok & (np.ptp(y_train, axis=0) > 0) & (np.ptp(y_test, axis=0) > 0)
+    return _column_ok(y_train) & _column_ok(y_test)
+
+
+def _column_ok(y: np.ndarray) -> np.ndarray:
+    """Columns finite and non-constant, shape (batch,)."""
+    return np.isfinite(y).all(axis=0) & (np.ptp(y, axis=0) > 0)
 
 
 def _fit_batch(
@@ -441,14 +445,15 @@ def _fit_batch(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chosen penalty, held-out r and R² of one batch of targets, each (batch,).
 
-    The responses travel to the backend in their own precision; the means are float64, the
-    centring happens on the backend (so a GPU does the per-element work), scoring on the host.
+    The training responses travel to the backend in their own precision and are checked and
+    centred there (so a GPU does the per-element work); scoring runs on the host in float64.
     """
-    valid = _valid(y_train, y_test)
-    y_train = np.where(valid, y_train, 0)
-    mean = y_train.mean(axis=0, dtype=np.float64)
     y = ops.asarray(y_train)
     del y_train
+    valid = ops.column_ok(y) & _column_ok(y_test)
+    if not valid.all():
+        y[:, ops.asindex(np.flatnonzero(~valid))] = 0.0
+    mean = ops.to_numpy(y.mean(0))
     y -= ops.asarray(mean)[None, :]
     ss_y = ops.to_numpy((y * y).sum(0))
     y_low = low.cast(y) if low is not None else None
