@@ -22,6 +22,7 @@ from brainprop._ridge import (
     _decompose,
     _errors_of,
     _loo_errors,
+    _maps_pay_off,
     _norms,
     _screen_tolerance,
     _search_terms,
@@ -119,6 +120,19 @@ def test_pruned_search_matches_sklearn_cv_values_on_collinear_wide_data():
     for f, (train, test) in enumerate(folds):
         pipe = make_pipeline(StandardScaler(), RidgeCV(ALPHAS, alpha_per_target=True)).fit(X[train], Y[train])
         np.testing.assert_array_equal(result.alpha[f], pipe[-1].alpha_)
+
+
+def test_prediction_maps_equal_the_spectral_prediction(monkeypatch):
+    rng = np.random.default_rng(12)
+    X, Y = rng.standard_normal((70, 20)), rng.standard_normal((70, 30))
+    folds = make_folds(70, None, 5, seed=0)
+    # Maps pay off only for many targets: 30 take P (U^T y), 20 000 on the benchmark shape take maps.
+    assert not _maps_pay_off(56, 14, 20, 10, 30) and _maps_pay_off(800, 200, 768, 10, 20000)
+    spectral = ridge_cv(X, Y, folds, ALPHAS)
+    monkeypatch.setattr("brainprop._ridge._maps_pay_off", lambda *args: True)
+    maps = ridge_cv(X, Y, folds, ALPHAS)
+    np.testing.assert_allclose(maps.r_folds, spectral.r_folds, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(maps.alpha, spectral.alpha)
 
 
 def test_torch_pruned_search_equals_its_exhaustive_argmin():

@@ -232,8 +232,19 @@ class _Search:
     B: Any = None
 
 
-def _search_terms(ops: Backend, low: Backend | None, basis: _Basis, alphas: np.ndarray) -> _Search:
-    """Leave-one-out terms of every penalty for one fold, plus float32 copies when `low` is given."""
+def _maps_pay_off(n_train: int, n_test: int, k: int, n_alphas: int, n_targets: int) -> bool:
+    """Whether per-penalty prediction maps cost fewer flops than a float64 z = U^T y for every target."""
+    maps = n_alphas * n_test * k * n_train + n_test * n_train * n_targets
+    return maps < (k * n_train + n_test * k) * n_targets
+
+
+def _search_terms(ops: Backend, low: Backend | None, basis: _Basis, alphas: np.ndarray,
+                  n_targets: int = 0) -> _Search:
+    """Leave-one-out terms of every penalty for one fold, plus float32 copies when `low` is given.
+
+    With `low`, the prediction maps B are built when they cost less than a float64 U^T y for
+    the fold's `n_targets` targets (`_maps_pay_off`).
+    """
     A = ops.asarray(alphas)
     M, denom = _loo_terms(basis, A)
     d2 = ops.to_numpy(denom) ** 2
@@ -245,8 +256,10 @@ def _search_terms(ops: Backend, low: Backend | None, basis: _Basis, alphas: np.n
              "d2min": d2.min(axis=0), "d2max": d2.max(axis=0), "q_mean": q_mean,
              "m_max": np.abs(ops.to_numpy(M)).max(axis=0, initial=0.0)}
     if low is not None:
-        B = ops.stack([(basis.P / (basis.lam + A[a])) @ basis.U.T for a in range(len(alphas))])
-        terms.update(U_low=low.cast(basis.U), M_low=low.cast(M), denom_low=low.cast(denom), B=B)
+        terms.update(U_low=low.cast(basis.U), M_low=low.cast(M), denom_low=low.cast(denom))
+        (n_train, k), n_test = basis.U.shape, basis.P.shape[0]
+        if _maps_pay_off(n_train, n_test, k, len(alphas), n_targets):
+            terms["B"] = ops.stack([(basis.P / (basis.lam + A[a])) @ basis.U.T for a in range(len(alphas))])
     return _Search(**terms)
 
 
@@ -403,6 +416,8 @@ def _predict(ops: Backend, basis: _Basis, search: _Search, alphas: np.ndarray, y
              chosen: np.ndarray) -> np.ndarray:
     """Held-out predictions (n_test, batch) of centred y for the chosen penalty indices (host float64)."""
     if search.B is None:
+        if search.U_low is not None:  # z is float32: the prediction needs it in the backend's precision
+            z = basis.U.T @ y
         return ops.to_numpy(basis.P @ (z / (basis.lam[:, None] + ops.asarray(alphas[chosen])[None, :])))
     pred = np.empty((search.B.shape[1], y.shape[1]))
     for a in np.unique(chosen):
@@ -520,7 +535,7 @@ def ridge_cv_shared(
         X_train, X_test = _standardize(X[train].astype(np.float64), X[test].astype(np.float64))
         basis = _decompose(ops, X_train, X_test)
         del X_train, X_test
-        search = _search_terms(ops, low, basis, alphas)
+        search = _search_terms(ops, low, basis, alphas, sum(Y.shape[1] for Y in Ys))
         step = batch_size or _batch_size(ops, len(train))
         for Y, (alpha, r, r2) in zip(Ys, scores):
             for start in range(0, Y.shape[1], step):
