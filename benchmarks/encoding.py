@@ -220,7 +220,9 @@ def gpu_main(args: argparse.Namespace) -> dict:
         "alpha_agreement_vs_float64": float(np.mean(ours.alpha[:, :subset] == ref.alpha)),
         "mean_r_brainprop": float(np.nanmean(ours.r)),
     }
-    if importlib.util.find_spec("himalaya") is None:
+    if args.no_himalaya:
+        record["himalaya"] = "skipped (--no-himalaya)"
+    elif importlib.util.find_spec("himalaya") is None:
         record["himalaya"] = "not installed: pip install himalaya==0.4.11 to compare"
     else:
         import himalaya
@@ -241,6 +243,7 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="torch backend at NSD scale against himalaya torch_cuda")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="torch device of --gpu")
     parser.add_argument("--small", action="store_true", help="--gpu on tiny shapes (a check of the script)")
+    parser.add_argument("--no-himalaya", action="store_true", help="--gpu without the himalaya comparison")
     parser.add_argument("--shapes", nargs="*", help="CPU shapes as NxDxM (default: the three of issue 4)")
     parser.add_argument("--repeats", type=int, default=1, help="brainprop runs per CPU shape (the fastest counts)")
     args = parser.parse_args()
