@@ -181,18 +181,23 @@ def job_overhead(n: int, d: int, m: int) -> dict:
 def cpu_main(args: argparse.Namespace) -> dict:
     """All CPU cases, the job overhead, and the headline ratios on the first shape."""
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
-    cases = [cpu_case(*shape, repeats=args.repeats) for shape in shapes]
-    head = cases[0]
-    record = {
-        "benchmark": "encoding", "device": "cpu", "threads": os.cpu_count(),
-        "headline_shape": list(shapes[0]),
-        "speedup_vs_sklearn": head["speedup_vs_sklearn"],
-        "speedup_vs_himalaya": head.get("speedup_vs_himalaya"),
-        "max_abs_diff_vs_sklearn": max(c["max_abs_diff_vs_sklearn"] for c in cases),
-        **job_overhead(*shapes[0]),
-        "cases": cases,
-    }
+    record = {"benchmark": "encoding", "device": "cpu", "threads": os.cpu_count(), "headline_shape": list(shapes[0])}
+    record.update(job_overhead(*shapes[0]))
+    cases = []
+    for shape in shapes:  # the record is rewritten after each case, so a long run leaves its figures so far
+        cases.append(cpu_case(*shape, repeats=args.repeats))
+        record.update(speedup_vs_sklearn=cases[0]["speedup_vs_sklearn"],
+                      speedup_vs_himalaya=cases[0].get("speedup_vs_himalaya"),
+                      max_abs_diff_vs_sklearn=max(c["max_abs_diff_vs_sklearn"] for c in cases), cases=cases)
+        write(record, "encoding.json")
     return record
+
+
+def write(record: dict, name: str) -> None:
+    """Write a benchmark record under results/benchmarks."""
+    out = OUT / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def gpu_main(args: argparse.Namespace) -> dict:
@@ -248,9 +253,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="brainprop runs per CPU shape (the fastest counts)")
     args = parser.parse_args()
     record = gpu_main(args) if args.gpu else cpu_main(args)
-    out = OUT / ("encoding_gpu.json" if args.gpu else "encoding.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write(record, "encoding_gpu.json" if args.gpu else "encoding.json")
     print(json.dumps(record, indent=2))
 
 
