@@ -24,6 +24,9 @@ from brainprop._ridge import (
     _loo_errors,
     _maps_pay_off,
     _norms,
+    _pearson,
+    _r2,
+    _scores,
     _screen_tolerance,
     _search_terms,
     _select,
@@ -133,6 +136,22 @@ def test_prediction_maps_equal_the_spectral_prediction(monkeypatch):
     maps = ridge_cv(X, Y, folds, ALPHAS)
     np.testing.assert_allclose(maps.r_folds, spectral.r_folds, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(maps.alpha, spectral.alpha)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_scores_on_the_backend_equal_the_host_scores(backend):
+    if backend == "torch":
+        pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    pred, y = rng.standard_normal((30, 6)), rng.standard_normal((30, 6)) + 2.0
+    pred[:, 1] = 0.5  # constant prediction: r is NaN
+    y[:, 2] = -1.0  # constant response: r and R² are NaN
+    ops = get_backend(backend, "cpu", "float64")
+    r, r2 = _scores(ops, ops.asarray(pred), ops.asarray(y))
+    np.testing.assert_allclose(r, _pearson(pred, y), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(r2, _r2(pred, y), rtol=0, atol=1e-14)
+    assert np.isnan(r[[1, 2]]).all() and np.isnan(r2[2]) and np.isfinite(r2[1])
+    np.testing.assert_allclose(r[[0, 3, 4, 5]], [np.corrcoef(pred[:, j], y[:, j])[0, 1] for j in (0, 3, 4, 5)])
 
 
 def test_torch_pruned_search_equals_its_exhaustive_argmin():

@@ -414,16 +414,33 @@ def _choose(ops: Backend, low: Backend | None, basis: _Basis, search: _Search, y
 
 def _predict(ops: Backend, basis: _Basis, search: _Search, alphas: np.ndarray, y: Any, z: Any,
              chosen: np.ndarray) -> np.ndarray:
-    """Held-out predictions (n_test, batch) of centred y for the chosen penalty indices (host float64)."""
+    """Held-out predictions (n_test, batch) of centred y for the chosen penalty indices (backend array)."""
     if search.B is None:
         if search.U_low is not None:  # z is float32: the prediction needs it in the backend's precision
             z = basis.U.T @ y
-        return ops.to_numpy(basis.P @ (z / (basis.lam[:, None] + ops.asarray(alphas[chosen])[None, :])))
+        return basis.P @ (z / (basis.lam[:, None] + ops.asarray(alphas[chosen])[None, :]))
     pred = np.empty((search.B.shape[1], y.shape[1]))
     for a in np.unique(chosen):
         cols = np.flatnonzero(chosen == a)
         pred[:, cols] = ops.to_numpy(search.B[a] @ _columns(ops, y, cols))
-    return pred
+    return ops.asarray(pred)
+
+
+def _scores(ops: Backend, pred: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson r and R² per column of two backend (n, m) arrays, as `_pearson` and `_r2` compute them.
+
+    The per-element work stays on the backend (a GPU); only per-column sums reach the host.
+    """
+    pc = pred - pred.mean(0)
+    yc = y - y.mean(0)
+    cross, ss_pred, ss_tot = (ops.to_numpy(v.sum(0)) for v in (pc * yc, pc * pc, yc * yc))
+    del pc, yc
+    resid = y - pred
+    ss_res = ops.to_numpy((resid * resid).sum(0))
+    # Constancy tested exactly (as scipy does): centring a constant column can leave rounding noise.
+    den = np.sqrt(ss_pred * ss_tot) * ops.column_ok(pred)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.where(den > 0, cross / den, np.nan), np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan))
 
 
 def _pearson(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -460,8 +477,8 @@ def _fit_batch(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chosen penalty, held-out r and R² of one batch of targets, each (batch,).
 
-    The training responses travel to the backend in their own precision and are checked and
-    centred there (so a GPU does the per-element work); scoring runs on the host in float64.
+    The responses travel to the backend in their own precision and are checked, centred and
+    scored there (so a GPU does the per-element work); the means are in the backend's precision.
     """
     y = ops.asarray(y_train)
     del y_train
@@ -475,12 +492,15 @@ def _fit_batch(
     z = basis.U.T @ y if low is None else search.U_low.T @ y_low
     chosen = _choose(ops, low, basis, search, y, z, ss_y, y_low)
     del y_low
-    pred = _predict(ops, basis, search, alphas, y, z, chosen) + mean
+    pred = _predict(ops, basis, search, alphas, y, z, chosen)
     del y, z
+    # Scored about the training mean, so that float32 keeps the small variations of
+    # heavily shrunk predictions (r and R² do not change with a shift of both).
+    y_test = ops.asarray(y_test)
+    y_test -= ops.asarray(mean)[None, :]
+    r, r2 = _scores(ops, pred, y_test)
     nan = np.full(valid.shape, np.nan)
-    y_test = y_test.astype(np.float64)
-    return (np.where(valid, alphas[chosen], nan), np.where(valid, _pearson(pred, y_test), nan),
-            np.where(valid, _r2(pred, y_test), nan))
+    return np.where(valid, alphas[chosen], nan), np.where(valid, r, nan), np.where(valid, r2, nan)
 
 
 def _check_xy(X: np.ndarray, Ys: Sequence[np.ndarray]) -> list[np.ndarray]:
