@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainprop._ridge import _pearson, _solver, _standardize, ridge_cv
+from brainprop._backends import get_backend
+from brainprop._ridge import _pearson, _scores, _solver, _standardize, ridge_cv
 
 ALPHAS = np.logspace(0, 8, 10)  # METHOD.md §4 (brainprop.encoding.DEFAULT_ALPHAS)
 SHAPES = ((1000, 768, 20000), (1000, 10000, 20000), (2000, 1024, 27000))
@@ -82,6 +83,9 @@ def himalaya_r(X: np.ndarray, Y: np.ndarray, folds: list, backend: str, dtype: t
     from himalaya.ridge import RidgeCV
 
     ops = set_backend(backend, on_error="raise")
+    scorer = None
+    if backend.startswith("torch"):
+        scorer = get_backend("torch", "cuda" if backend == "torch_cuda" else "cpu", "float32")
     r = []
     for train, test in folds:
         X_train, X_test = _standardize(X[train].astype(np.float64), X[test].astype(np.float64))
@@ -89,8 +93,11 @@ def himalaya_r(X: np.ndarray, Y: np.ndarray, folds: list, backend: str, dtype: t
         model = (KernelRidgeCV(ALPHAS, kernel="linear", fit_intercept=True, cv=5) if wide
                  else RidgeCV(ALPHAS, fit_intercept=True, cv=5))
         model.fit(ops.asarray(X_train.astype(dtype)), ops.asarray(Y[train].astype(dtype)))
-        pred = np.asarray(ops.to_numpy(model.predict(ops.asarray(X_test.astype(dtype)))), dtype=np.float64)
-        r.append(_pearson(pred, Y[test].astype(np.float64)))
+        pred = model.predict(ops.asarray(X_test.astype(dtype)))
+        if scorer is None:
+            r.append(_pearson(np.asarray(ops.to_numpy(pred), dtype=np.float64), Y[test].astype(np.float64)))
+        else:  # on the GPU, as brainprop scores its own predictions
+            r.append(_scores(scorer, pred, scorer.asarray(Y[test]))[0])
     return np.mean(r, axis=0)
 
 
