@@ -211,6 +211,7 @@ def gpu_main(args: argparse.Namespace) -> dict:
     """brainprop's torch backend against himalaya torch_cuda at NSD scale (or tiny with --small)."""
     import torch
 
+    start = time.perf_counter()
     n, d, m = (200, 48, 600) if args.small else (9000, 1024, 40000)
     subset = min(m, 500)
     X, Y = simulate(n, d, m)
@@ -232,6 +233,8 @@ def gpu_main(args: argparse.Namespace) -> dict:
         "alpha_agreement_vs_float64": float(np.mean(ours.alpha[:, :subset] == ref.alpha)),
         "mean_r_brainprop": float(np.nanmean(ours.r)),
     }
+    print(json.dumps(record), flush=True)
+    write(record, "encoding_gpu.json")  # brainprop's figures survive a failure of the comparison below
     if args.no_himalaya:
         record["himalaya"] = "skipped (--no-himalaya)"
     elif importlib.util.find_spec("himalaya") is None:
@@ -246,6 +249,7 @@ def gpu_main(args: argparse.Namespace) -> dict:
         sync()
         record.update(himalaya_version=himalaya.__version__, himalaya_backend=backend, himalaya_s=t_hi,
                       speedup_vs_himalaya=t_hi / t_ours, mean_r_himalaya=float(np.nanmean(r_hi)))
+    record["benchmark_wall_s"] = time.perf_counter() - start
     return record
 
 
