@@ -16,6 +16,14 @@ Fold = tuple[np.ndarray, np.ndarray]
 
 # Working-memory budget of one target batch: about four (n_train, batch) float64 arrays.
 _BATCH_BYTES = 2**29
+# On a GPU the per-batch cost is mostly launch and transfer latency: batches 8 times larger.
+_BATCH_BYTES_CUDA = 2**32
+
+
+def _batch_size(ops: Backend, n_train: int) -> int:
+    """Targets per batch from the device's working-memory budget."""
+    budget = _BATCH_BYTES_CUDA if ops.device == "cuda" else _BATCH_BYTES
+    return max(1, budget // (32 * n_train))
 
 
 @dataclass(frozen=True)
@@ -112,16 +120,41 @@ def _kernel_basis(ops: Backend, X_train: Any, X_test: Any) -> _Basis:
     return _Basis(U=Q, lam=ops.clip0(lam), P=(X_test @ X_train.T) @ Q)
 
 
+def _gram_basis(ops: Backend, X_train: Any, X_test: Any) -> _Basis:
+    """Basis from the eigendecomposition of the Gram matrix X^T X (n_train > n_features).
+
+    Equal to the thin SVD (U = X V / s) at a fraction of its cost; directions whose eigenvalue
+    is below the Gram matrix's rounding level are dropped (their shrinkage is below 1e-9).
+    """
+    lam, V = ops.eigh(X_train.T @ X_train)
+    lam_host = ops.to_numpy(lam)
+    floor = max(lam_host.max(initial=0.0), 0.0) * max(X_train.shape) * np.finfo(ops.dtype).eps
+    idx = ops.asindex(np.flatnonzero(lam_host > floor))
+    V, lam = V[:, idx], lam[idx]
+    s = lam**0.5
+    return _Basis(U=(X_train @ V) / s, lam=lam, P=(X_test @ V) * s)
+
+
 _DECOMPOSITIONS: dict[str, Callable[[Backend, Any, Any], _Basis]] = {
     "svd": _svd_basis,
+    "gram": _gram_basis,
     "kernel": _kernel_basis,
 }
 
 
+def _solver(n_train: int, n_features: int) -> str:
+    """Decomposition of a fold: the smaller of the Gram (d x d) and kernel (n x n) matrices."""
+    return "gram" if n_train > n_features else "kernel"
+
+
 def _decompose(ops: Backend, X_train: np.ndarray, X_test: np.ndarray) -> _Basis:
-    """One decomposition per fold: SVD when samples outnumber features, kernel otherwise."""
-    kind = "svd" if X_train.shape[0] > X_train.shape[1] else "kernel"
-    return _DECOMPOSITIONS[kind](ops, ops.asarray(X_train), ops.asarray(X_test))
+    """One decomposition per fold, in float64 on the backend's device, cast to its precision."""
+    wide = ops if ops.dtype == "float64" else get_backend(ops.name, ops.device, "float64")
+    kind = _solver(*X_train.shape)
+    basis = _DECOMPOSITIONS[kind](wide, wide.asarray(X_train), wide.asarray(X_test))
+    if wide is ops:
+        return basis
+    return _Basis(U=ops.cast(basis.U), lam=ops.cast(basis.lam), P=ops.cast(basis.P))
 
 
 def _loo_terms(basis: _Basis, alphas: Any) -> tuple[Any, Any]:
@@ -162,6 +195,254 @@ def _select(errors: np.ndarray) -> np.ndarray:
     return best
 
 
+# Higham & Mary's probabilistic rounding model: a length-k float32 dot product errs by at most
+# lam * sqrt(k) * u times the sum of its absolute terms, except with probability 2 exp(-lam^2 / 2).
+_ROUNDING_LAMBDA = 8.0
+
+
+@dataclass(frozen=True)
+class _Search:
+    """One fold's leave-one-out terms for the pruned penalty search.
+
+    Attributes
+    ----------
+    M, denom : as returned by `_loo_terms`, in the backend's precision.
+    keep2 : (k, n_alphas) squared share of each direction kept in the residual, (alpha / (lam + alpha))^2,
+        in the screening precision.
+    M2 : (k, n_alphas) M squared, in the screening precision.
+    d2min, d2max : (n_alphas,) host float64 extremes over training rows of denom^2.
+    q_mean : (n_alphas,) host float64 mean over training rows of 1 / denom^2.
+    m_max : (n_alphas,) host float64 largest |M| of each penalty.
+    U_low, M_low, denom_low : float32 copies for the screening pass, or None (backend already float32).
+    B : (n_alphas, n_test, n_train) held-out prediction map P diag(1 / (lam + alpha)) U^T of each
+        penalty (float64 backends, whose z = U^T y is then only needed in float32), or None.
+    """
+
+    M: Any
+    denom: Any
+    keep2: Any
+    M2: Any
+    d2min: np.ndarray
+    d2max: np.ndarray
+    q_mean: np.ndarray
+    m_max: np.ndarray
+    U_low: Any = None
+    M_low: Any = None
+    denom_low: Any = None
+    B: Any = None
+
+
+def _maps_pay_off(n_train: int, n_test: int, k: int, n_alphas: int, n_targets: int) -> bool:
+    """Whether per-penalty prediction maps cost fewer flops than a float64 z = U^T y for every target."""
+    maps = n_alphas * n_test * k * n_train + n_test * n_train * n_targets
+    return maps < (k * n_train + n_test * k) * n_targets
+
+
+def _search_terms(ops: Backend, low: Backend | None, basis: _Basis, alphas: np.ndarray,
+                  n_targets: int = 0) -> _Search:
+    """Leave-one-out terms of every penalty for one fold, plus float32 copies when `low` is given.
+
+    With `low`, the prediction maps B are built when they cost less than a float64 U^T y for
+    the fold's `n_targets` targets (`_maps_pay_off`).
+    """
+    A = ops.asarray(alphas)
+    M, denom = _loo_terms(basis, A)
+    d2 = ops.to_numpy(denom) ** 2
+    with np.errstate(divide="ignore"):
+        q_mean = (1.0 / d2).mean(axis=0)
+    keep = 1.0 + M  # alpha / (lam + alpha): each direction's share left in the residual
+    screen = low or ops
+    terms = {"M": M, "denom": denom, "keep2": screen.cast(keep * keep), "M2": screen.cast(M * M),
+             "d2min": d2.min(axis=0), "d2max": d2.max(axis=0), "q_mean": q_mean,
+             "m_max": np.abs(ops.to_numpy(M)).max(axis=0, initial=0.0)}
+    if low is not None:
+        terms.update(U_low=low.cast(basis.U), M_low=low.cast(M), denom_low=low.cast(denom))
+        (n_train, k), n_test = basis.U.shape, basis.P.shape[0]
+        if _maps_pay_off(n_train, n_test, k, len(alphas), n_targets):
+            terms["B"] = ops.stack([(basis.P / (basis.lam + A[a])) @ basis.U.T for a in range(len(alphas))])
+    return _Search(**terms)
+
+
+@dataclass(frozen=True)
+class _Norms:
+    """Squared norms (host float64) of one batch that bound the leave-one-out errors.
+
+    Attributes
+    ----------
+    ss_y : (batch,) centred training response, ||y||^2.
+    ss_c : (n_alphas, batch) leave-one-out numerators, ||c||^2 (without forming c).
+    ss_v : (n_alphas, batch) shrunk coordinates M z that the residual GEMM multiplies, ||M z||^2.
+    slack : (batch,) bound on the rounding error of ss_c.
+    dz : (batch,) bound on ||z - U^T y|| from computing z in the screening precision.
+    """
+
+    ss_y: np.ndarray
+    ss_c: np.ndarray
+    ss_v: np.ndarray
+    slack: np.ndarray
+    dz: np.ndarray
+
+    def take(self, cols: np.ndarray) -> _Norms:
+        """The norms of the targets `cols` of the batch."""
+        return _Norms(ss_y=self.ss_y[cols], ss_c=self.ss_c[:, cols], ss_v=self.ss_v[:, cols],
+                      slack=self.slack[cols], dz=self.dz[cols])
+
+
+def _norms(zops: Backend, n: int, search: _Search, z: Any, ss_y: np.ndarray) -> _Norms:
+    """||c||^2 and ||M z||^2 of every penalty and target by two small products, with error bounds.
+
+    The leave-one-out residuals of penalty a are c / d with c = r + U (w * z), z = U^T y, r the
+    part of y outside U and w = alpha / (lam + alpha), so ||c||^2 = ||y||^2 - ||z||^2 + sum w^2 z^2.
+    `z` is computed in `zops`'s precision u: each coordinate is a length-n dot product, so
+    ||dz|| <= (lam sqrt(n) + 2) u sqrt(k) ||y||; ss_c = ||y||^2 - sum (1 - w^2) z^2 then errs by at
+    most 2 ||y|| ||dz|| + ||dz||^2, plus the rounding of the sums themselves.
+    """
+    k = z.shape[0]
+    u = float(np.finfo(zops.dtype).eps)
+    z2 = z * z
+    ss_r = np.clip(ss_y - zops.to_numpy(z2.sum(0)), 0.0, None)
+    norm_y = np.sqrt(ss_y)
+    dz = (_ROUNDING_LAMBDA * np.sqrt(n) + 2.0) * u * np.sqrt(k) * norm_y
+    slack = 2.0 * norm_y * dz + dz * dz + (_ROUNDING_LAMBDA * np.sqrt(n + k) + 16.0) * u * ss_y
+    return _Norms(ss_y=ss_y, ss_c=ss_r + zops.to_numpy(search.keep2.T @ z2), ss_v=zops.to_numpy(search.M2.T @ z2),
+                  slack=slack, dz=dz)
+
+
+def _bounds(search: _Search, n: int, norms: _Norms) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds (n_alphas, batch) of the mean leave-one-out error mean((c / d)^2).
+
+    It lies in [||c||^2 / max d^2, ||c||^2 / min d^2] / n, widened by the rounding of ||c||^2.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lower = np.clip(norms.ss_c - norms.slack, 0.0, None) / (n * search.d2max[:, None])
+        upper = (norms.ss_c + norms.slack) / (n * search.d2min[:, None])
+    upper = np.where(search.d2min[:, None] > 0, upper, np.inf)
+    return np.nan_to_num(lower, nan=0.0), upper
+
+
+def _columns(ops: Backend, x: Any, cols: np.ndarray) -> Any:
+    """The columns `cols` (sorted, unique) of x; x itself when they are all of them."""
+    return x if cols.size == x.shape[1] else x[:, ops.asindex(cols)]
+
+
+def _errors_of(ops: Backend, U: Any, M: Any, denom: Any, yc: Any, UTy: Any, cand: np.ndarray) -> np.ndarray:
+    """Mean leave-one-out error where `cand` (n_alphas, batch) is True, inf elsewhere (host float64)."""
+    errors = np.full(cand.shape, np.inf)
+    for a in np.flatnonzero(cand.any(axis=1)):
+        cols = np.flatnonzero(cand[a])
+        looe = U @ (M[:, a, None] * _columns(ops, UTy, cols))
+        looe += _columns(ops, yc, cols)
+        looe /= denom[:, a, None]
+        looe *= looe
+        errors[a, cols] = ops.to_numpy(looe.mean(0))
+    return errors
+
+
+def _screen_tolerance(n: int, k: int, search: _Search, norms: _Norms, errors: np.ndarray) -> np.ndarray:
+    """Rounding error bound (n_alphas, batch) of float32 leave-one-out errors.
+
+    Row i of c = y + U (M z) is a length-k dot product with ||U_i|| <= 1 (so sum_i ||U_i||^2 = k):
+    ||dc|| <= (lam sqrt(k) + 2) u sqrt(k) ||M z|| + 2 u ||y|| + max|M| ||dz|| under the
+    probabilistic model above; then |d mean((c / d)^2)| <= (2 ||c|| ||dc|| + ||dc||^2) / (n min d^2),
+    plus (n + 4) u relative for the division and the sum over rows.
+    """
+    u = float(np.finfo(np.float32).eps)
+    dc = ((_ROUNDING_LAMBDA * np.sqrt(k) + 2.0) * u * np.sqrt(k * norms.ss_v) + 2.0 * u * np.sqrt(norms.ss_y)
+          + search.m_max[:, None] * norms.dz)
+    norm_c = np.sqrt(np.minimum(norms.ss_y, norms.ss_c + norms.slack))
+    spread = (2.0 * norm_c * dc + dc * dc) / (n * search.d2min[:, None])
+    return spread + (n + 4.0) * u * np.where(np.isfinite(errors), errors, 0.0)
+
+
+def _choose(ops: Backend, low: Backend | None, basis: _Basis, search: _Search, y: Any, z: Any,
+            ss_y: np.ndarray, y_low: Any = None) -> np.ndarray:
+    """Penalty index of every target (batch,), equal to the argmin of all exact leave-one-out errors.
+
+    `z` = U^T y in the screening precision (float32 when `low` is given, else the backend's);
+    `y_low` is y in float32 when `low` is given (cast here when None). Penalties are pruned in
+    stages that each keep every penalty whose error could still be the smallest: closed-form
+    bounds; the error of the likeliest penalty as a threshold; the errors of the survivors
+    (float32 with their rounding error bound on float64 backends); then, on float64 backends,
+    the exact errors of the penalties still open.
+    """
+    n, k = basis.U.shape
+    screen = low or ops
+    norms = _norms(screen, n, search, z, ss_y)
+    lower, upper = _bounds(search, n, norms)
+    cand = lower <= upper.min(axis=0)
+    chosen = np.argmax(cand, axis=0)
+    cols = np.flatnonzero(cand.sum(axis=0) > 1)
+    if not cols.size:
+        return chosen
+    if low is None:
+        U, M, denom, y_screen = basis.U, search.M, search.denom, y
+    else:
+        U, M, denom = search.U_low, search.M_low, search.denom_low
+        y_screen = low.cast(y) if y_low is None else y_low
+    ys, zs = _columns(screen, y_screen, cols), _columns(screen, z, cols)
+    sub, open_ = norms.take(cols), cand[:, cols]
+    every = np.arange(cols.size)
+
+    def tolerance(err: np.ndarray) -> np.ndarray:
+        return np.zeros_like(err) if low is None else _screen_tolerance(n, k, search, sub, err)
+
+    # The likeliest penalty (smallest ||c||^2 mean(1/d^2) / n) is evaluated first: its error
+    # bounds the minimum far more tightly than the closed-form upper bounds.
+    with np.errstate(invalid="ignore"):
+        guess = np.argmin(np.where(open_, sub.ss_c * search.q_mean[:, None], np.inf), axis=0)
+    first = np.zeros_like(open_)
+    first[guess, every] = True
+    err = _errors_of(screen, U, M, denom, ys, zs, first)
+    open_ &= lower[:, cols] <= (err + tolerance(err))[guess, every]
+    rest = open_ & ~first
+    if rest.any():
+        err = np.where(first, err, _errors_of(screen, U, M, denom, ys, zs, rest))
+    if low is None:
+        chosen[cols] = _select(np.where(open_, err, np.inf))
+        return chosen
+    tol = tolerance(err)
+    open_ &= err - tol <= (err + tol).min(axis=0)
+    cand[:, cols] = open_
+    chosen = np.argmax(cand, axis=0)
+    cols = np.flatnonzero(cand.sum(axis=0) > 1)
+    if cols.size:
+        y_open = _columns(ops, y, cols)
+        err = _errors_of(ops, basis.U, search.M, search.denom, y_open, basis.U.T @ y_open, cand[:, cols])
+        chosen[cols] = _select(err)
+    return chosen
+
+
+def _predict(ops: Backend, basis: _Basis, search: _Search, alphas: np.ndarray, y: Any, z: Any,
+             chosen: np.ndarray) -> np.ndarray:
+    """Held-out predictions (n_test, batch) of centred y for the chosen penalty indices (backend array)."""
+    if search.B is None:
+        if search.U_low is not None:  # z is float32: the prediction needs it in the backend's precision
+            z = basis.U.T @ y
+        return basis.P @ (z / (basis.lam[:, None] + ops.asarray(alphas[chosen])[None, :]))
+    pred = np.empty((search.B.shape[1], y.shape[1]))
+    for a in np.unique(chosen):
+        cols = np.flatnonzero(chosen == a)
+        pred[:, cols] = ops.to_numpy(search.B[a] @ _columns(ops, y, cols))
+    return ops.asarray(pred)
+
+
+def _scores(ops: Backend, pred: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson r and R² per column of two backend (n, m) arrays, as `_pearson` and `_r2` compute them.
+
+    The per-element work stays on the backend (a GPU); only per-column sums reach the host.
+    """
+    pc = pred - pred.mean(0)
+    yc = y - y.mean(0)
+    cross, ss_pred, ss_tot = (ops.to_numpy(v.sum(0)) for v in (pc * yc, pc * pc, yc * yc))
+    del pc, yc
+    resid = y - pred
+    ss_res = ops.to_numpy((resid * resid).sum(0))
+    # Constancy tested exactly (as scipy does): centring a constant column can leave rounding noise.
+    den = np.sqrt(ss_pred * ss_tot) * ops.column_ok(pred)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.where(den > 0, cross / den, np.nan), np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan))
+
+
 def _pearson(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson r per column of two (n, m) arrays, NaN where either column is constant."""
     pc = pred - pred.mean(axis=0)
@@ -182,25 +463,44 @@ def _r2(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _valid(y_train: np.ndarray, y_test: np.ndarray) -> np.ndarray:
     """Targets finite and non-constant in both splits, shape (batch,)."""
-    ok = np.isfinite(y_train).all(axis=0) & np.isfinite(y_test).all(axis=0)
-    return ok & (np.ptp(y_train, axis=0) > 0) & (np.ptp(y_test, axis=0) > 0)
+    return _column_ok(y_train) & _column_ok(y_test)
+
+
+def _column_ok(y: np.ndarray) -> np.ndarray:
+    """Columns finite and non-constant, shape (batch,)."""
+    return np.isfinite(y).all(axis=0) & (np.ptp(y, axis=0) > 0)
 
 
 def _fit_batch(
-    ops: Backend, basis: _Basis, M: Any, denom: Any, alphas: np.ndarray,
+    ops: Backend, low: Backend | None, basis: _Basis, search: _Search, alphas: np.ndarray,
     y_train: np.ndarray, y_test: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chosen penalty, held-out r and R² of one batch of targets, each (batch,)."""
-    valid = _valid(y_train, y_test)
-    y_train = np.where(valid, y_train, 0.0)
-    mean = y_train.mean(axis=0)
-    yc = ops.asarray(y_train - mean)
-    UTy = basis.U.T @ yc
-    chosen = alphas[_select(_loo_errors(ops, basis, M, denom, yc, UTy))]
-    pred = ops.to_numpy(basis.P @ (UTy / (basis.lam[:, None] + ops.asarray(chosen)[None, :]))) + mean
+    """Chosen penalty, held-out r and R² of one batch of targets, each (batch,).
+
+    The responses travel to the backend in their own precision and are checked, centred and
+    scored there (so a GPU does the per-element work); the means are in the backend's precision.
+    """
+    y = ops.asarray(y_train)
+    del y_train
+    valid = ops.column_ok(y) & _column_ok(y_test)
+    if not valid.all():
+        y[:, ops.asindex(np.flatnonzero(~valid))] = 0.0
+    mean = ops.to_numpy(y.mean(0))
+    y -= ops.asarray(mean)[None, :]
+    ss_y = ops.to_numpy((y * y).sum(0))
+    y_low = low.cast(y) if low is not None else None
+    z = basis.U.T @ y if low is None else search.U_low.T @ y_low
+    chosen = _choose(ops, low, basis, search, y, z, ss_y, y_low)
+    del y_low
+    pred = _predict(ops, basis, search, alphas, y, z, chosen)
+    del y, z
+    # Scored about the training mean, so that float32 keeps the small variations of
+    # heavily shrunk predictions (r and R² do not change with a shift of both).
+    y_test = ops.asarray(y_test)
+    y_test -= ops.asarray(mean)[None, :]
+    r, r2 = _scores(ops, pred, y_test)
     nan = np.full(valid.shape, np.nan)
-    return (np.where(valid, chosen, nan), np.where(valid, _pearson(pred, y_test), nan),
-            np.where(valid, _r2(pred, y_test), nan))
+    return np.where(valid, alphas[chosen], nan), np.where(valid, r, nan), np.where(valid, r2, nan)
 
 
 def _check_xy(X: np.ndarray, Ys: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -248,20 +548,21 @@ def ridge_cv_shared(
     folds = check_folds(folds, X.shape[0])
     alphas = check_alphas(alphas)
     ops = get_backend(backend, device, dtype)
+    low = get_backend(ops.name, ops.device, "float32") if ops.dtype == "float64" else None
     shapes = [(len(folds), Y.shape[1]) for Y in Ys]
     scores = [tuple(np.full(shape, np.nan) for _ in range(3)) for shape in shapes]
     for f, (train, test) in enumerate(folds):
         X_train, X_test = _standardize(X[train].astype(np.float64), X[test].astype(np.float64))
         basis = _decompose(ops, X_train, X_test)
         del X_train, X_test
-        M, denom = _loo_terms(basis, ops.asarray(alphas))
-        step = batch_size or max(1, _BATCH_BYTES // (32 * len(train)))
+        search = _search_terms(ops, low, basis, alphas, sum(Y.shape[1] for Y in Ys))
+        step = batch_size or _batch_size(ops, len(train))
         for Y, (alpha, r, r2) in zip(Ys, scores):
             for start in range(0, Y.shape[1], step):
                 cols = slice(start, min(start + step, Y.shape[1]))
                 alpha[f, cols], r[f, cols], r2[f, cols] = _fit_batch(
-                    ops, basis, M, denom, alphas,
-                    Y[train, cols].astype(np.float64), Y[test, cols].astype(np.float64),
+                    ops, low, basis, search, alphas,
+                    Y[train, cols], Y[test, cols],
                 )
     return [RidgeCVResult(r=r.mean(axis=0), r2=r2.mean(axis=0), alpha=alpha, r_folds=r, r2_folds=r2)
             for alpha, r, r2 in scores]
@@ -283,10 +584,13 @@ def ridge_cv(
     population std, scale 1 for constant columns) and decomposed once; the penalty of each
     target is chosen by efficient leave-one-out (RidgeCV's GCV mode, intercept unpenalised,
     ties to the smallest penalty), and held-out predictions are scored. Standardisation,
-    target centring and scoring run in float64 on the CPU; the decomposition, leave-one-out
-    errors and predictions run on the chosen backend (NumPy float64 by default: equal to
-    scikit-learn to 1e-6; PyTorch float32: r within about 1e-4 of it, the same penalties
-    up to near-ties of the leave-one-out error). Targets are processed in batches, so `Y` may
+    the decomposition (eigendecomposition of the Gram or kernel matrix, whichever is smaller),
+    target means and scoring run in float64; target centring, leave-one-out errors and
+    predictions run on the chosen backend (NumPy float64 by default: equal to scikit-learn
+    to 1e-6; PyTorch float32: r within about 1e-4 of it, the same penalties up to near-ties
+    of the leave-one-out error). Penalties are searched by pruning (see docs/encoding.md):
+    closed-form bounds, then float32 errors, then exact errors only where the choice is still
+    open; the result is the exhaustive argmin. Targets are processed in batches, so `Y` may
     be a large float32 (or memory-mapped) array. Feature columns constant over all of X
     should be dropped first: they do not change the result, only the cost. Targets not
     finite or constant in a split get NaN in that fold.
@@ -297,7 +601,7 @@ def ridge_cv(
     Y : (n_images, n_targets) responses.
     folds : (train, test) index pairs, e.g. from `make_folds`.
     alphas : candidate penalties (> 0).
-    batch_size : targets per batch; default from a ~512 MiB working-memory budget.
+    batch_size : targets per batch; default from a working-memory budget (512 MiB; 4 GiB on cuda).
     backend : "numpy" or "torch" (imported only when chosen), or a `Backend`.
     device : "auto", "cpu" or "cuda" ("cuda" only with torch; "auto" takes cuda when available).
     dtype : "float32" or "float64" for the backend arithmetic; None for the backend's default
