@@ -18,14 +18,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 for part in $parts; do
   case "$part" in
     tests)
-      timeout 300 "$python" -m pytest -q -p no:cacheprovider tests/test_features_cuda.py tests/test_encoding.py \
+      timeout 200 "$python" -m pytest -q -p no:cacheprovider tests/test_features_cuda.py tests/test_encoding.py tests/test_ridge_search.py \
         -k cuda 2>&1 | tee "$out/pytest_cuda.log" || status=1 ;;
     extract)
-      timeout 400 "$python" benchmarks/extract.py --device cuda --threads 8 --pipeline 1024 \
+      timeout 240 "$python" benchmarks/extract.py --device cuda --threads 8 --pipeline 1024 \
         --out "$out/extract.json" > "$out/extract.log" 2>&1 || status=1
       tail -c 6000 "$out/extract.log" ;;
     encoding)
-      timeout 300 "$python" benchmarks/encoding.py --gpu 2>&1 | tee "$out/encoding_gpu.log" || status=1
+      timeout 240 "$python" benchmarks/encoding.py --gpu 2>&1 | tee "$out/encoding_gpu.log" || status=1
       cp results/benchmarks/encoding_gpu.json "$out/" 2>/dev/null || true ;;
     *) echo "unknown part $part (tests, extract, encoding)"; exit 2 ;;
   esac
