@@ -97,6 +97,10 @@ def himalaya_r(X: np.ndarray, Y: np.ndarray, folds: list, backend: str, dtype: t
         if scorer is None:
             r.append(_pearson(np.asarray(ops.to_numpy(pred), dtype=np.float64), Y[test].astype(np.float64)))
         else:  # on the GPU, as brainprop scores its own predictions
+            import torch
+
+            # himalaya may hand predictions back on another device than the scorer's.
+            pred = torch.as_tensor(pred).to(device=scorer.asarray(Y[test][:1]).device, dtype=torch.float32)
             r.append(_scores(scorer, pred, scorer.asarray(Y[test]))[0])
     return np.mean(r, axis=0)
 

@@ -104,7 +104,8 @@ def test_run_extract_on_cuda_with_workers_and_pinned_memory(demo_manifest, tmp_p
     for signal in ("act", "grad"):
         for k in range(3):
             cpu, gpu = (np.asarray(load_features(outs[d], signal, k)) for d in ("cpu", "cuda"))
-            _close(cpu, gpu)
+            # 32 px images: the smallest gradients differ by up to 0.3 % of the layer's largest (H200).
+            _close(cpu, gpu, max_error=1e-2)
 
 
 def test_cuda_feedback_signals_match_cpu():
