@@ -44,6 +44,7 @@ def sensitivity_table(enc: pd.DataFrame, params: dict, choices: dict,
     choices : `tmax_threshold` (list of fractions), `exclude` (list of rule names).
     variants : `"pooling=mean"`-style label -> that variant's tests table (rows of any model).
     """
+    params = {"threshold": 0.95, "exclude": "nonpositive"} | dict(params)
     rows = [_tests(enc, params).assign(choice="default", value="")]
     for threshold in choices.get("tmax_threshold", []):
         if threshold != params["threshold"]:

@@ -119,7 +119,10 @@ TABLE_NAMES = ["encoding", "best_layers", "tmax", "hierarchy", "tests", "cka", "
 
 def joint_outputs(dataset, model):
     """Joint-model summaries of every layer and subject (none when off or a signal is missing)."""
+    chosen = config["joint"]["models"]
     if not config["joint"]["enabled"] or not {"act", "grad"} <= set(MODELS[model]["signals"]):
+        return []
+    if chosen is not None and model not in chosen and MODELS[model]["base_model"] not in chosen:
         return []
     return expand(
         f"{OUT}/joint/{dataset}/{model}/{{layer}}/{{subject}}.summary.parquet",
