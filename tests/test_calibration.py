@@ -22,10 +22,10 @@ from brainprop.calibration import (
     scores_table,
     subject_tests,
 )
-from brainprop.group import subject_statistics
-from brainprop.hierarchy import subject_hierarchy
 from brainprop.config import load_config
 from brainprop.encoding import make_folds
+from brainprop.group import subject_statistics
+from brainprop.hierarchy import subject_hierarchy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = load_config(ROOT / "config" / "config.yaml", check_models=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from test_group import PARAMS, simulate
 
 from brainprop.compare import compare_models
 from brainprop.contract import validate_table
@@ -13,8 +14,6 @@ from brainprop.group import subject_statistics
 from brainprop.hierarchy import subject_hierarchy
 from brainprop.sensitivity import sensitivity_table
 from brainprop.variants import model_variants
-
-from test_group import PARAMS, simulate
 
 
 def _per_subject(model: str, grad_shift: float, seed: int) -> pd.DataFrame:

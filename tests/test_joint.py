@@ -113,3 +113,16 @@ def test_e_has_unique_variance_rows_in_its_family():
         np.testing.assert_allclose(plain_e[column], e.loc[plain_e.index, column])
     with pytest.raises(ValueError, match="joint table lacks columns"):
         group_tests(enc, best, tm, hier, PARAMS, joint.drop(columns="hemi"))
+
+
+def test_joint_models_must_name_configured_models():
+    from pathlib import Path
+
+    import yaml
+
+    from brainprop.config import ConfigError, validate_config
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    config["joint"]["models"] = ["resnet19"]
+    with pytest.raises(ConfigError, match=r"joint.models: 'resnet19' is not a model alias"):
+        validate_config(config, check_models=False)

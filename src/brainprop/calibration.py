@@ -119,8 +119,8 @@ def _group_means(r: np.ndarray, code: np.ndarray, n: int) -> np.ndarray:
 
 def encoded_scores(plant: dict[str, list[np.ndarray]], features: dict[str, list[np.ndarray]],
                    depths: np.ndarray, sim_params: dict, seed: int, subjects: Sequence[str], folds: Sequence,
-                   alphas: np.ndarray, sensors: pd.DataFrame, dataset: str = "sim",
-                   backend: str = "numpy") -> tuple[list[SubjectScores], np.ndarray]:
+                   alphas: np.ndarray, sensors: pd.DataFrame, dataset: str = "sim", backend: str = "numpy",
+                   device: str = "auto", dtype: str | None = None) -> tuple[list[SubjectScores], np.ndarray]:
     """Scores of simulated subjects through the real chain, and the MEG times.
 
     `simulate_subject` builds each subject from the plant features ({"act": [...], "grad":
@@ -147,7 +147,7 @@ def encoded_scores(plant: dict[str, list[np.ndarray]], features: dict[str, list[
     for signal, layers in features.items():
         for k, X in enumerate(layers):
             X = X[:, np.ptp(X, axis=0) > 0]
-            r_all = ridge_cv(X, Y_all, folds, alphas, backend=backend).r
+            r_all = ridge_cv(X, Y_all, folds, alphas, backend=backend, device=device, dtype=dtype).r
             for i in range(len(subjects)):
                 r = r_all[i * m:(i + 1) * m]
                 fmri_r[signal][i, :, k] = _group_means(r[fmri], roi_code, len(SIM_ROIS))
@@ -348,6 +348,7 @@ def run_calibration(inputs, outputs, dataset: str, params: dict) -> None:
     sensors = _evenly(ctf275_sensors(), int(cal["n_sensors"]))
     subjects = [f"sub-{i + 1:02d}" for i in range(max(cal["n_subjects"]))]
     alphas = alpha_grid(params["encoding"])
+    backend = {k: params["encoding"][k] for k in ("backend", "device", "dtype") if k in params["encoding"]}
     rows = []
     for scenario in ("shuffled", "backprop"):
         for snr in cal["snr_fmri"]:
@@ -356,7 +357,7 @@ def run_calibration(inputs, outputs, dataset: str, params: dict) -> None:
             for seed in range(int(cal["n_seeds"])):
                 run_seed = int(params["seed"]) * 100_003 + seed
                 scores, times = encoded_scores(plant, features, depths, sim, run_seed, subjects, folds, alphas,
-                                               sensors, dataset, params["encoding"].get("backend", "numpy"))
+                                               sensors, dataset, **backend)
                 rej = group_rejections(scores, depths, times, group, cal["n_subjects"], run_seed)
                 rows.append(rej.assign(scenario=scenario, snr_fmri=float(snr), seed=seed))
                 log.info("%s snr %g seed %d: %s", scenario, snr, seed,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["TABLES", "OPTIONAL_TABLES", "PROVENANCE_KEYS", "validate_table", "validate_results", "ContractError"]
+__all__ = ["OPTIONAL_TABLES", "PROVENANCE_KEYS", "TABLES", "ContractError", "validate_results", "validate_table"]
 
 # kind of each column: "str", "int", "float"; extra columns are allowed.
 TABLES: dict[str, dict[str, str]] = {

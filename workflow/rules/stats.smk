@@ -82,7 +82,7 @@ rule calibration:
             "alpha": config["stats"]["alpha"],
             "n_permutations": config["calibration"]["n_permutations"],
         },
-        encoding=lambda wc: {"alphas": config["encoding"]["alphas"]},
+        encoding=encode_params(),
         seed=config["seed"],
     log:
         f"{LOGS}/calibration/{{dataset}}.log",
