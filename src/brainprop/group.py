@@ -4,7 +4,8 @@ Each test first gives one statistic per subject (and, for T1, S1a and S1b, a per
 permutation p that shuffles the layer order); the group row then holds an exact Wilcoxon
 signed-rank test of those statistics against 0, a seeded percentile-bootstrap interval of their
 mean, the smallest p the test can reach with that many subjects, and Benjamini–Hochberg FDR
-within its family.
+within its family. E has two measures per level: the r difference to the activations and,
+from the joint models (`brainprop.joint`), the signal's unique variance.
 """
 
 from __future__ import annotations
