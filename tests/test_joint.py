@@ -126,3 +126,14 @@ def test_joint_models_must_name_configured_models():
     config["joint"]["models"] = ["resnet19"]
     with pytest.raises(ConfigError, match=r"joint.models: 'resnet19' is not a model alias"):
         validate_config(config, check_models=False)
+
+
+def test_penalty_pairs_with_one_ratio_share_a_decomposition():
+    from brainprop._banded import _ratio_groups, banded_grid
+
+    grid = banded_grid(np.logspace(0, 8, 5), 2)
+    groups = _ratio_groups(grid)
+    assert len(groups) == 9  # ratios 10^-8 ... 10^8 in steps of 10^2
+    assert sorted(np.concatenate([combos for _, combos in groups]).tolist()) == list(range(25))
+    for weights, combos in groups:
+        np.testing.assert_allclose(grid[combos, 1][:, None] / grid[combos], np.broadcast_to(weights, (combos.size, 2)))
