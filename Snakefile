@@ -20,6 +20,8 @@ include: "workflow/rules/stimuli.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/brain.smk"
 include: "workflow/rules/encoding.smk"
+include: "workflow/rules/joint.smk"
+include: "workflow/rules/stats.smk"
 include: "workflow/rules/hierarchy.smk"
 include: "workflow/rules/figures.smk"
 

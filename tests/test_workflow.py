@@ -158,3 +158,29 @@ def test_report_renders_in_chromium(tiny_run, tmp_path):
     loaded = _chromium(tmp_path, "--dump-dom", page.as_uri())
     widths = re.search(r"<pre id=\"out\">([^<]*)</pre>", loaded.stdout).group(1).split(",")
     assert len(widths) == len(uris) and all(int(w) > 100 for w in widths), dict(zip(sorted(uris), widths))
+
+
+def test_joint_models_feed_e_and_the_stats_tables_exist(tiny_run):
+    out = tiny_run / "results" / "tiny"
+    tests = pd.read_parquet(out / "tables" / "tests.parquet")
+    e = tests[tests["test"] == "E"]
+    assert set(e["measure"]) == {"r_difference", "unique_variance"}
+    assert e["effect"].notna().all() and set(e["family"]) == {"sim_backprop/resnet18/grad/E"}
+    assert len(list((out / "joint").rglob("*.summary.parquet"))) == 4 * 3  # layers x subjects
+    comparisons = pd.read_parquet(out / "tables" / "comparisons.parquet")
+    assert "act_vs_grad" in set(comparisons["comparison"])
+    sensitivity = pd.read_parquet(out / "tables" / "sensitivity.parquet")
+    assert {"default", "tmax_threshold", "exclude"} <= set(sensitivity["choice"])
+
+
+def test_controls_are_planned_as_models_of_their_own(tmp_path):
+    config = tmp_path / "controls.yaml"
+    config.write_text((ROOT / "tests" / "configs" / "tiny.yaml").read_text().replace("    controls: []\n", ""))
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1",
+           "--configfile", str(config), "--dry-run"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = done.stdout + done.stderr
+    assert "model=resnet18__shuffled_loss" in text
+    # Random weights already: no random-init copy.
+    assert "resnet18__random_init" not in text

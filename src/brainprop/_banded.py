@@ -32,8 +32,6 @@ BANDED_ALPHAS: tuple[float, ...] = tuple(np.logspace(0, 8, 10).tolist())
 # Working-memory budget of one target batch: about four (n_train, batch) float64 arrays.
 _BATCH_BYTES = 2**29
 
-_UNIT = np.ones(1)
-
 
 @dataclass(frozen=True)
 class BandedResult:
@@ -97,11 +95,23 @@ def _kernels(Xs: list[np.ndarray], train: np.ndarray, test: np.ndarray) -> tuple
     return np.stack(K), np.stack(C)
 
 
-def _combo_basis(K: np.ndarray, C: np.ndarray, penalties: np.ndarray) -> _Basis:
-    """Basis of the joint kernel Σ_j K_j / α_j, whose ridge with unit penalty is the banded ridge."""
-    scale = 1.0 / penalties
-    lam, Q = np.linalg.eigh(np.tensordot(scale, K, axes=1))
-    return _Basis(U=Q, lam=np.clip(lam, 0.0, None), P=np.tensordot(scale, C, axes=1) @ Q)
+def _ratio_groups(grid: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Combinations sharing the ratios α_last / α_j: (relative weights (n_bands,), indices into grid).
+
+    Σ_j K_j / α_j = (Σ_j w_j K_j) / s with s = α_last and w_j = s / α_j, so a unit-penalty ridge on
+    the banded kernel is a ridge with penalty s on the kernel Σ_j w_j K_j: every combination with
+    the same weights w shares one eigendecomposition.
+    """
+    weights = grid[:, -1:] / grid
+    keys = np.round(np.log(weights), 9)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return [(weights[first[g]], np.flatnonzero(inverse.ravel() == g)) for g in range(len(first))]
+
+
+def _weighted_basis(K: np.ndarray, C: np.ndarray, weights: np.ndarray) -> _Basis:
+    """Basis of the kernel Σ_j w_j K_j (train) with its test-train kernel Σ_j w_j C_j."""
+    lam, Q = np.linalg.eigh(np.tensordot(weights, K, axes=1))
+    return _Basis(U=Q, lam=np.clip(lam, 0.0, None), P=np.tensordot(weights, C, axes=1) @ Q)
 
 
 def _fold_fit(
@@ -109,29 +119,38 @@ def _fold_fit(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best combination index (m,), its leave-one-out MSE (m,) and held-out prediction (n_test, m).
 
-    `y_train` must be finite; the first combination wins ties of the leave-one-out error.
+    `y_train` must be finite; the first combination in grid order wins ties of the leave-one-out
+    error. Combinations with the same penalty ratios share one eigendecomposition
+    (`_ratio_groups`), and all their penalties one pass over the targets.
     """
     ops = get_backend("numpy", "cpu", None)
     n_train, m = y_train.shape
     mean = y_train.mean(axis=0)
     yc = y_train - mean
+    groups = []
+    for weights, combos in _ratio_groups(grid):
+        basis = _weighted_basis(K, C, weights)
+        scales = grid[combos, -1]
+        groups.append((basis, combos, scales, *_loo_terms(basis, scales)))
     best = np.zeros(m, dtype=np.intp)
     best_err = np.full(m, np.inf)
     pred = np.zeros((C.shape[1], m))
     step = batch_size or max(1, _BATCH_BYTES // (32 * n_train))
-    for c, penalties in enumerate(grid):
-        basis = _combo_basis(K, C, penalties)
-        M, denom = _loo_terms(basis, _UNIT)
-        for start in range(0, m, step):
-            cols = slice(start, min(start + step, m))
+    for start in range(0, m, step):
+        cols = slice(start, min(start + step, m))
+        errors = np.empty((len(grid), cols.stop - start))
+        for basis, combos, _, M, denom in groups:
             UTy = basis.U.T @ yc[:, cols]
-            err = _loo_errors(ops, basis, M, denom, yc[:, cols], UTy)[0]
-            better = err < best_err[cols]  # strict, as RidgeCV: ties keep the earlier combination
-            if better.any():
-                idx = np.flatnonzero(better) + start
-                pred[:, idx] = basis.P @ (UTy[:, better] / (basis.lam[:, None] + 1.0))
-                best_err[idx] = err[better]
-                best[idx] = c
+            errors[combos] = _loo_errors(ops, basis, M, denom, yc[:, cols], UTy)
+        chosen = np.argmin(errors, axis=0)  # first minimum in grid order: ties keep the earlier combination
+        best[cols] = chosen
+        best_err[cols] = errors[chosen, np.arange(errors.shape[1])]
+        for basis, combos, scales, _, _ in groups:
+            hit = np.flatnonzero(np.isin(chosen, combos))
+            if hit.size:
+                scale = grid[chosen[hit], -1]
+                UTy = basis.U.T @ yc[:, start + hit]
+                pred[:, start + hit] = basis.P @ (UTy / (basis.lam[:, None] + scale[None, :]))
     return best, best_err, pred + mean
 
 
@@ -176,8 +195,8 @@ def banded_ridge_cv(
 
     Per fold each band is standardised on the training split (as `ridge_cv`); for every penalty
     pair (α_1, α_2) of the grid the banded ridge is the unit-penalty ridge on the hstacked
-    X_j / √α_j, solved in kernel form (K = Σ_j X_j X_jᵀ / α_j, one eigendecomposition per pair
-    and fold) with the intercept unpenalised. Each target takes the pair with the smallest exact
+    X_j / √α_j, solved in kernel form (K = Σ_j X_j X_jᵀ / α_j; pairs with the same ratio
+    α_1 / α_2 share one eigendecomposition per fold) with the intercept unpenalised. Each target takes the pair with the smallest exact
     leave-one-out error (ties to the earlier pair: smaller α_1, then smaller α_2). Each band is
     also fitted alone by `ridge_cv` over the union of the grid's penalties, and the unique
     variance of band j is R²_joint − R²(other band alone), both held-out and fold-averaged.

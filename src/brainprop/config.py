@@ -175,6 +175,10 @@ def _check_cross_fields(config: dict) -> None:
             )
         if "names" in model["layers"] and "n" in model["layers"] and model["layers"]["n"] != 22:
             problems.append(f"config key models.{alias}.layers: give either 'n' or 'names', not both")
+    for alias in config.get("joint", {}).get("models") or []:
+        if alias not in config["models"]:
+            problems.append(f"config key joint.models: {alias!r} is not a model alias; defined models: "
+                            f"{sorted(config['models'])}")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

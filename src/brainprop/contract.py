@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["TABLES", "PROVENANCE_KEYS", "validate_table", "validate_results", "ContractError"]
+__all__ = ["OPTIONAL_TABLES", "PROVENANCE_KEYS", "TABLES", "ContractError", "validate_results", "validate_table"]
 
 # kind of each column: "str", "int", "float"; extra columns are allowed.
 TABLES: dict[str, dict[str, str]] = {
@@ -40,7 +40,22 @@ TABLES: dict[str, dict[str, str]] = {
         "model": "str", "imageset": "str", "signal": "str", "layer_a": "str", "layer_b": "str",
         "cka": "float",
     },
+    "comparisons": {
+        "dataset": "str", "modality": "str", "comparison": "str", "measure": "str", "model_a": "str",
+        "signal_a": "str", "model_b": "str", "signal_b": "str", "statistic": "float", "effect": "float",
+        "ci_low": "float", "ci_high": "float", "p": "float", "p_min": "float", "p_fdr": "float",
+        "family": "str", "n_subjects": "int", "rank": "int",
+    },
+    "sensitivity": {
+        "dataset": "str", "modality": "str", "model": "str", "signal": "str", "test": "str",
+        "level": "str", "choice": "str", "value": "str", "method": "str", "alternative": "str",
+        "statistic": "float", "effect": "float", "ci_low": "float", "ci_high": "float", "p": "float",
+        "p_min": "float", "p_fdr": "float", "family": "str", "n_subjects": "int",
+        "n_significant_subjects": "int",
+    },
 }
+# Tables a run writes when its stages ran; checked when present, not required.
+OPTIONAL_TABLES = {"comparisons", "sensitivity"}
 
 # Allowed values of categorical columns.
 VALUES: dict[tuple[str, str], set[str]] = {
@@ -49,6 +64,9 @@ VALUES: dict[tuple[str, str], set[str]] = {
     ("hierarchy", "score"): {"spatial", "temporal"},
     ("tests", "test"): {"T1", "T2", "S1a", "S1b", "E"},
     ("tests", "alternative"): {"less", "greater", "two-sided"},
+    ("comparisons", "comparison"): {"act_vs_grad", "models", "rank"},
+    ("sensitivity", "test"): {"T1", "T2", "S1a", "S1b"},
+    ("sensitivity", "choice"): {"default", "tmax_threshold", "exclude", "atlas", "pooling", "loss"},
 }
 
 PROVENANCE_KEYS = ("contract_version", "config_hash", "git_commit", "packages", "weights", "seeds")
@@ -97,7 +115,8 @@ def validate_results(tables_dir: str | Path) -> list[str]:
     for name in TABLES:
         path = tables_dir / f"{name}.parquet"
         if not path.exists():
-            problems.append(f"{path}: missing")
+            if name not in OPTIONAL_TABLES:
+                problems.append(f"{path}: missing")
             continue
         problems += [f"{path}: {p}" for p in validate_table(name, read_table(path))]
         meta = read_provenance(path)

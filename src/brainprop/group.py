@@ -4,11 +4,13 @@ Each test first gives one statistic per subject (and, for T1, S1a and S1b, a per
 permutation p that shuffles the layer order); the group row then holds an exact Wilcoxon
 signed-rank test of those statistics against 0, a seeded percentile-bootstrap interval of their
 mean, the smallest p the test can reach with that many subjects, and Benjamini–Hochberg FDR
-within its family.
+within its family. E has two measures per level: the r difference to the activations and,
+from the joint models (`brainprop.joint`), the signal's unique variance.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,34 +23,41 @@ from .hierarchy import exclusion_mask, pearson
 
 __all__ = [
     "ALTERNATIVES",
-    "p_min",
-    "wilcoxon_exact",
     "bh_fdr",
     "bootstrap_ci",
-    "permutation_pvalue",
-    "subject_statistics",
+    "group_from_subjects",
     "group_tests",
+    "p_min",
+    "permutation_pvalue",
     "run_group",
+    "subject_statistics",
+    "wilcoxon_exact",
 ]
 
 ALTERNATIVES = ("less", "greater", "two-sided")
 TEST_ORDER = ("T1", "T2", "S1a", "S1b", "E")
 _REQUIRED = ("seed", "n_permutations", "n_boot", "alpha", "atlas", "min_count")
 _OPTIONAL = {"roi_levels": {}, "meg_windows": {}, "threshold": 0.95, "exclude": "nonpositive"}
+# What each test's per-subject statistic measures (the `measure` column); E has two.
+MEASURES = {"T1": "temporal_score", "T2": "tmax_lag_s", "S1a": "spatial_score", "S1b": "depth_alignment"}
+E_MEASURES = ("r_difference", "unique_variance")
 # Permutation nulls equal to the observed score up to rounding count as "as extreme".
 _TOL = 1e-12
 
 TESTS_COLUMNS = {
     "dataset": str, "modality": str, "model": str, "signal": str, "test": str, "level": str,
-    "method": str, "alternative": str, "statistic": np.float64, "effect": np.float64,
+    "measure": str, "method": str, "alternative": str, "statistic": np.float64, "effect": np.float64,
     "ci_low": np.float64, "ci_high": np.float64, "p": np.float64, "p_min": np.float64,
     "p_fdr": np.float64, "family": str, "n_subjects": np.int64, "n_significant_subjects": np.int64,
     "n_positive": np.int64,
 }
 SUBJECT_COLUMNS = {
     "dataset": str, "modality": str, "model": str, "signal": str, "test": str, "level": str,
-    "alternative": str, "family": str, "subject": str, "statistic": np.float64, "p_perm": np.float64,
+    "measure": str, "alternative": str, "family": str, "subject": str, "statistic": np.float64, "p_perm": np.float64,
 }
+
+
+_JOINT_REQUIRED = ("dataset", "model", "subject", "layer_index", "modality", "atlas", "roi", "hemi", "time")
 
 
 def _check_alternative(alternative: str) -> None:
@@ -154,6 +163,7 @@ class _Context:
     tm: pd.DataFrame
     hier: dict  # (signal, subject, score) -> value
     params: dict
+    joint: pd.DataFrame  # joint-model summary rows (fmri: params atlas, hemi 'both'; meg); may be empty
 
     def rng(self, *key: object) -> np.random.Generator:
         """A generator seeded by the run seed and a stable hash of `key` (independent of row order)."""
@@ -291,31 +301,48 @@ def _subject_means(diff: pd.DataFrame, mask: np.ndarray, subjects: list[str]) ->
     return [(s, float(means.get(s, np.nan)), float("nan")) for s in subjects]
 
 
-def _e_levels(ctx: _Context, signal: str) -> dict[str, list[tuple[str, float, float]]]:
-    """Mean over the level's ROIs and all layers of r(signal) − r(act) (hemi 'both'), per level and subject."""
-    diff = _paired_difference(ctx.fmri, signal, ["subject", "roi", "layer_index"])
+def _unique_variance(ctx: _Context, modality: str, signal: str) -> pd.DataFrame:
+    """The signal's unique variance from the joint models as a table with a 'diff' column (or empty)."""
+    column = f"unique_{signal}"
+    rows = ctx.joint[ctx.joint["modality"] == modality] if len(ctx.joint) else ctx.joint
+    if not len(rows) or column not in rows.columns:
+        return pd.DataFrame()
+    return rows.assign(diff=rows[column].to_numpy(np.float64))
+
+
+def _e_levels(ctx: _Context, signal: str) -> dict[tuple[str, str], list[tuple[str, float, float]]]:
+    """Per ROI level and subject, means over the level's ROIs (hemi 'both') and all layers of
+    r(signal) − r(act) and, where joint models exist, of the signal's unique variance."""
     subjects = sorted(set(ctx.fmri.loc[ctx.fmri["signal"] == signal, "subject"]))
     present = set(ctx.fmri["roi"])
+    measures = {"r_difference": _paired_difference(ctx.fmri, signal, ["subject", "roi", "layer_index"]),
+                "unique_variance": _unique_variance(ctx, "fmri", signal)}
     out = {}
     for level, rois in ctx.params["roi_levels"].items():
         if not present & set(rois):
             raise ValueError(f"roi_levels[{level!r}] = {list(rois)} names no ROI of atlas "
                              f"{ctx.params['atlas']!r} in {ctx.dataset}; expected some of {sorted(present)}")
-        out[level] = _subject_means(diff, diff["roi"].isin(list(rois)).to_numpy(), subjects)
+        for measure, diff in measures.items():
+            if len(diff):
+                out[(level, measure)] = _subject_means(diff, diff["roi"].isin(list(rois)).to_numpy(), subjects)
     return out
 
 
-def _e_windows(ctx: _Context, signal: str) -> dict[str, list[tuple[str, float, float]]]:
-    """Mean over the window's times and all layers of r(signal) − r(act), per MEG window and subject."""
-    diff = _paired_difference(ctx.meg, signal, ["subject", "layer_index", "time"])
+def _e_windows(ctx: _Context, signal: str) -> dict[tuple[str, str], list[tuple[str, float, float]]]:
+    """Per MEG window and subject, means over the window's times and all layers of r(signal) − r(act)
+    and, where joint models exist, of the signal's unique variance."""
     subjects = sorted(set(ctx.meg.loc[ctx.meg["signal"] == signal, "subject"]))
+    measures = {"r_difference": _paired_difference(ctx.meg, signal, ["subject", "layer_index", "time"]),
+                "unique_variance": _unique_variance(ctx, "meg", signal)}
     out = {}
     for window, bounds in ctx.params["meg_windows"].items():
         if len(bounds) != 2 or not bounds[0] <= bounds[1]:
             raise ValueError(f"meg_windows[{window!r}] = {bounds!r}; expected [t_start, t_end] in seconds "
                              "with t_start <= t_end")
-        t = diff["time"].to_numpy(np.float64)
-        out[window] = _subject_means(diff, (t >= bounds[0]) & (t <= bounds[1]), subjects)
+        for measure, diff in measures.items():
+            if len(diff):
+                t = diff["time"].to_numpy(np.float64)
+                out[(window, measure)] = _subject_means(diff, (t >= bounds[0]) & (t <= bounds[1]), subjects)
     return out
 
 
@@ -354,14 +381,14 @@ def _subject_rows(ctx: _Context, signal: str) -> list[tuple]:
         spec = _SCORE_TESTS[test]
         if has[spec.modality] and (has_act[spec.modality] or not spec.needs_act):
             for subject, value, p in spec.run(ctx, signal, alternative):
-                rows.append((spec.modality, test, "", alternative, family, subject, value, p))
+                rows.append((spec.modality, test, "", MEASURES[test], alternative, family, subject, value, p))
     if forward:
         return rows
     e_family = f"{ctx.dataset}/{ctx.model}/{signal}/E"
     for modality, levels in (("fmri", _e_levels), ("meg", _e_windows)):
         if has[modality] and has_act[modality]:
-            for level, values in levels(ctx, signal).items():
-                rows += [(modality, "E", level, "two-sided", e_family, s, v, p) for s, v, p in values]
+            for (level, measure), values in levels(ctx, signal).items():
+                rows += [(modality, "E", level, measure, "two-sided", e_family, s, v, p) for s, v, p in values]
     return rows
 
 
@@ -384,20 +411,28 @@ def _params(params: dict) -> dict:
 
 
 def _contexts(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: pd.DataFrame,
-              params: dict) -> list[_Context]:
+              params: dict, joint: pd.DataFrame | None = None) -> list[_Context]:
     atlas = params["atlas"]
+    joint = pd.DataFrame(columns=["dataset", "model"]) if joint is None else joint
+    if len(joint):
+        missing = [c for c in _JOINT_REQUIRED if c not in joint.columns]
+        if missing:
+            raise ValueError(f"joint table lacks columns {missing}; expected the joint rule's summary "
+                             f"columns {list(_JOINT_REQUIRED)}")
+        joint = joint[(joint["modality"] == "meg") | ((joint["atlas"] == atlas) & (joint["hemi"] == "both"))]
     fmri = enc[(enc["modality"] == "fmri") & (enc["atlas"] == atlas) & (enc["hemi"] == "both")]
     meg = enc[enc["modality"] == "meg"]
     best = best[(best["atlas"] == atlas) & (best["hemi"] == "both")]
     hier = hier[(hier["score"] == "temporal") | (hier["atlas"] == atlas)]
     out = []
     for (dataset, model), _ in enc.groupby(["dataset", "model"], sort=True):
-        def pick(t: pd.DataFrame) -> pd.DataFrame:
+        def pick(t: pd.DataFrame, dataset: str = dataset, model: str = model) -> pd.DataFrame:
             return t[(t["dataset"] == dataset) & (t["model"] == model)]
 
         h = pick(hier)
         values = dict(zip(zip(h["signal"], h["subject"], h["score"]), h["value"].astype(np.float64)))
-        out.append(_Context(dataset, model, pick(fmri), pick(meg), pick(best), pick(tm), values, params))
+        out.append(_Context(dataset, model, pick(fmri), pick(meg), pick(best), pick(tm), values, params,
+                            pick(joint)))
     return out
 
 
@@ -406,15 +441,15 @@ def _typed(rows: list[tuple], columns: dict) -> pd.DataFrame:
 
 
 def subject_statistics(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: pd.DataFrame,
-                       params: dict) -> pd.DataFrame:
+                       params: dict, joint: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per-subject statistic (and permutation p for T1, S1a, S1b; NaN otherwise) of every test.
 
-    Columns: dataset, modality, model, signal, test, level, alternative, family, subject,
-    statistic, p_perm. Arguments as for `group_tests`.
+    Columns: dataset, modality, model, signal, test, level, measure, alternative, family,
+    subject, statistic, p_perm. Arguments as for `group_tests`.
     """
     params = _params(params)
     rows = []
-    for ctx in _contexts(enc, best, tm, hier, params):
+    for ctx in _contexts(enc, best, tm, hier, params, joint):
         for signal in sorted(set(ctx.fmri["signal"]) | set(ctx.meg["signal"])):
             rows += [(ctx.dataset, r[0], ctx.model, signal, *r[1:])
                      for r in _subject_rows(ctx, signal)]
@@ -423,24 +458,26 @@ def subject_statistics(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, 
 
 def _group_row(key: tuple, sub: pd.DataFrame, params: dict) -> tuple:
     """One contract `tests` row from one test's per-subject rows."""
-    dataset, modality, model, signal, test, level, alternative, family = key
+    dataset, modality, model, signal, test, level, measure, alternative, family = key
     values = sub["statistic"].to_numpy(np.float64)
     finite = np.isfinite(values)
     x = values[finite]
     w, p, pmin, n = wilcoxon_exact(x, alternative)
-    tag = zlib.crc32(f"{family}/{test}/{level}".encode())
+    # The r-difference rows keep the seed tag they had before E gained a second measure.
+    suffix = "" if measure in MEASURES.values() or measure == "r_difference" else f"/{measure}"
+    tag = zlib.crc32(f"{family}/{test}/{level}{suffix}".encode())
     rng = np.random.default_rng(np.random.SeedSequence([int(params["seed"]), tag, 1]))
     low, high = bootstrap_ci(x, int(params["n_boot"]), rng, level=1.0 - params["alpha"])
     p_perm = sub["p_perm"].to_numpy(np.float64)[finite]
     # Only T1, S1a and S1b have a per-subject test; the others report -1, not a sign count.
     n_sig = int(np.count_nonzero(p_perm < params["alpha"])) if test in ("T1", "S1a", "S1b") else -1
     effect = float(x.mean()) if n else float("nan")
-    return (dataset, modality, model, signal, test, level, "wilcoxon", alternative, w, effect, low,
+    return (dataset, modality, model, signal, test, level, measure, "wilcoxon", alternative, w, effect, low,
             high, p, pmin, float("nan"), family, n, n_sig, int(np.count_nonzero(x > 0)))
 
 
 def group_tests(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: pd.DataFrame,
-                params: dict) -> pd.DataFrame:
+                params: dict, joint: pd.DataFrame | None = None) -> pd.DataFrame:
     """Group tests T1, T2, S1a, S1b and E of every dataset × model × signal (contract `tests` table).
 
     Parameters
@@ -450,6 +487,8 @@ def group_tests(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: p
     params : seed, n_permutations, n_boot, alpha, atlas, min_count (required); roi_levels
         (level -> ROI names), meg_windows (name -> [t_start, t_end] s), threshold (unused here,
         accepted so one params block serves both stages), exclude (default 'nonpositive').
+    joint : the joint rule's summary rows of all layers and subjects (`brainprop.joint`), with
+        identity columns dataset, model, subject, layer_index; None when no joint models ran.
 
     Notes
     -----
@@ -467,27 +506,47 @@ def group_tests(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: p
     permutation p < alpha for T1, S1a and S1b; it is -1 for T2 and E, which have no per-subject
     test (a sign count is not significance). The extra column n_positive counts subjects whose
     statistic is > 0, for every row.
-    E compares raw r (not noise-normalised) averaged over all layers; the signal's unique variance
-    needs the joint-model results and is not part of this table.
+    E has two rows per level (column `measure`): 'r_difference', r(signal) − r(act) in raw r
+    (not noise-normalised), and, when `joint` is given, 'unique_variance', the signal's unique
+    variance R²_joint − R²(act alone) from the joint models; both are per-subject means over the
+    level's targets and all layers, and both belong to the E family.
     """
+    return group_from_subjects(subject_statistics(enc, best, tm, hier, params, joint), params)
+
+
+def group_from_subjects(per_subject: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """The contract `tests` rows from `subject_statistics` output (see `group_tests`)."""
     params = _params(params)
-    per_subject = subject_statistics(enc, best, tm, hier, params)
-    keys = ["dataset", "modality", "model", "signal", "test", "level", "alternative", "family"]
+    keys = ["dataset", "modality", "model", "signal", "test", "level", "measure", "alternative", "family"]
     rows = [_group_row(key, sub, params) for key, sub in per_subject.groupby(keys, sort=False)]
     out = _typed(rows, TESTS_COLUMNS)
-    for _, idx in out.groupby("family").groups.items():
+    for idx in out.groupby("family").groups.values():
         out.loc[idx, "p_fdr"] = bh_fdr(out.loc[idx, "p"].to_numpy())
     order = out["test"].map({t: i for i, t in enumerate(TEST_ORDER)})
-    out = out.assign(_order=order).sort_values(["dataset", "model", "signal", "_order", "level"],
+    out = out.assign(_order=order).sort_values(["dataset", "model", "signal", "_order", "level", "measure"],
                                                kind="mergesort")
     return out.drop(columns="_order").reset_index(drop=True)
 
 
-def run_group(inputs, output: str, params: dict) -> None:
-    """Entry point of the group rule: concatenate the subjects' tables and run the tests."""
+def run_group(inputs, outputs, params: dict) -> None:
+    """Entry point of the group rule: concatenate the subjects' tables, run the tests, and write
+    the tests (`outputs.tests`) and the per-subject statistics (`outputs.subjects`)."""
     from .io import read_table, write_table
 
     tables = {key: pd.concat([read_table(p) for p in inputs[key]], ignore_index=True)
               for key in ("encoding", "best_layers", "tmax", "hierarchy")}
-    tests = group_tests(tables["encoding"], tables["best_layers"], tables["tmax"], tables["hierarchy"], params)
-    write_table(output, tests)
+    try:
+        joint_paths = list(inputs["joint"])
+    except (KeyError, AttributeError):
+        joint_paths = []
+    joint = pd.concat([read_table(p) for p in joint_paths], ignore_index=True) if joint_paths else None
+    params = dict(params)
+    variant = params.pop("variant", {})
+    per_subject = subject_statistics(tables["encoding"], tables["best_layers"], tables["tmax"],
+                                     tables["hierarchy"], params, joint)
+    tests = group_from_subjects(per_subject, params)
+    identity = {"base_model": variant.get("base_model", ""), "variant": variant.get("variant", "")}
+    logging.getLogger("brainprop.group").info("%d test rows (%d joint summary files)", len(tests),
+                                              len(joint_paths))
+    write_table(outputs.subjects, per_subject.assign(**identity))
+    write_table(outputs.tests, tests.assign(**identity))

@@ -19,6 +19,7 @@ __all__ = [
     "pearson",
     "best_layers",
     "tmax",
+    "layer_tmax",
     "spatial_score",
     "temporal_score",
     "subject_hierarchy",
@@ -119,7 +120,7 @@ def best_layers(enc: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _layer_tmax(times: np.ndarray, r: np.ndarray, threshold: float) -> tuple[float, float]:
+def layer_tmax(times: np.ndarray, r: np.ndarray, threshold: float) -> tuple[float, float]:
     """T_max (s) and peak r of one layer's time course; times `(n_times,)`, r `(n_times,)`."""
     finite = np.isfinite(r)
     if not finite.any():
@@ -144,7 +145,7 @@ def tmax(enc: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
     meg = _meg_rows(enc).sort_values(TMAX_KEYS + ["time"], kind="mergesort")
     rows = []
     for key, layer in meg.groupby(TMAX_KEYS, sort=True):
-        t_max, peak = _layer_tmax(layer["time"].to_numpy(np.float64), layer["r"].to_numpy(np.float64),
+        t_max, peak = layer_tmax(layer["time"].to_numpy(np.float64), layer["r"].to_numpy(np.float64),
                                   threshold)
         rows.append((*key, float(layer["depth"].iloc[0]), t_max, peak))
     out = pd.DataFrame(rows, columns=TMAX_KEYS + ["depth", "t_max_s", "peak_r"])

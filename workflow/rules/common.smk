@@ -5,6 +5,7 @@ from brainprop.config import ConfigError, validate_config
 from brainprop.figures import figure_entries
 from brainprop.maps import map_names
 from brainprop.simulate import params_from_config
+from brainprop.variants import model_variants, variant_of
 
 try:
     validate_config(config)
@@ -18,7 +19,9 @@ LOGS = f"{OUT}/logs"
 BENCH = f"{OUT}/benchmarks"
 DATASETS = config["datasets"]
 SIMULATED = [name for name, ds in DATASETS.items() if ds["kind"] == "simulated"]
-MODELS = config["models"]
+# The configured models plus their control and sensitivity variants (alias "{model}__{variant}").
+MODELS = model_variants(config["models"], config["sensitivity"])
+BASE_MODELS = [alias for alias, entry in MODELS.items() if not entry["variant"]]
 SUBJECTS = sorted({s for ds in DATASETS.values() for s in ds["subjects"]})
 SIGNALS = sorted({s for m in MODELS.values() for s in m["signals"]})
 
@@ -119,10 +122,44 @@ def final_outputs():
     tables = expand(f"{OUT}/tables/{{name}}.parquet", name=TABLE_NAMES)
     figures = figure_outputs() + map_outputs() + [f"{OUT}/report/tests.html"]
     truth = [f"{OUT}/truth/{ds}.parquet" for ds in SIMULATED]
-    return tables + figures + truth
+    return tables + figures + truth + calibration_outputs()
 
 
-TABLE_NAMES = ["encoding", "best_layers", "tmax", "hierarchy", "tests", "cka"]
+TABLE_NAMES = ["encoding", "best_layers", "tmax", "hierarchy", "tests", "cka", "comparisons", "sensitivity"]
+
+
+def joint_outputs(dataset, model):
+    """Joint-model summaries of every layer and subject (none when off or a signal is missing)."""
+    chosen = config["joint"]["models"]
+    if not config["joint"]["enabled"] or not {"act", "grad"} <= set(MODELS[model]["signals"]):
+        return []
+    if chosen is not None and model not in chosen and MODELS[model]["base_model"] not in chosen:
+        return []
+    return expand(
+        f"{OUT}/joint/{dataset}/{model}/{{layer}}/{{subject}}.summary.parquet",
+        layer=layers_of(model),
+        subject=DATASETS[dataset]["subjects"],
+    )
+
+
+def sensitivity_variants(model):
+    """(label "choice=value", alias) of the pooling and loss variants of a configured model."""
+    out = []
+    for alias, entry in MODELS.items():
+        choice, _, value = entry["variant"].partition("_")
+        if entry["base_model"] == model and choice in ("pooling", "loss"):
+            out.append((f"{choice}={value}", alias))
+    return out
+
+
+def calibration_outputs():
+    """The calibration table and power figure of each simulated dataset, when calibration is on."""
+    if not config["calibration"]["enabled"]:
+        return []
+    simulated = [ds for ds, cfg in DATASETS.items() if cfg["kind"] == "simulated"]
+    return [f"{OUT}/calibration/{ds}/calibration.parquet" for ds in simulated] + [
+        f"{OUT}/figures/power_{ds}.png" for ds in simulated
+    ]
 
 
 def source_model(dataset):

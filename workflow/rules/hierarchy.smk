@@ -32,8 +32,10 @@ rule group:
         best_layers=lambda wc: subject_outputs(wc.dataset, wc.model, "best_layers"),
         tmax=lambda wc: subject_outputs(wc.dataset, wc.model, "tmax"),
         hierarchy=lambda wc: subject_outputs(wc.dataset, wc.model, "hierarchy"),
+        joint=lambda wc: joint_outputs(wc.dataset, wc.model),
     output:
         tests=f"{OUT}/group/{{dataset}}/{{model}}/tests.parquet",
+        subjects=f"{OUT}/group/{{dataset}}/{{model}}/subjects.parquet",
     params:
         group=lambda wc: {
             **hierarchy_params(wc.dataset),
@@ -43,6 +45,7 @@ rule group:
             "alpha": config["stats"]["alpha"],
             "roi_levels": DATASETS[wc.dataset]["roi_levels"],
             "meg_windows": DATASETS[wc.dataset]["meg_windows"],
+            "variant": variant_of(MODELS, wc.model),
         },
     log:
         f"{LOGS}/group/{{dataset}}/{{model}}.log",
@@ -72,6 +75,8 @@ rule tables:
                 for ds in DATASETS.values()
             }
         ),
+        comparisons=expand(rules.compare.output.comparisons, dataset=DATASETS),
+        sensitivity=expand(rules.sensitivity.output.sensitivity, dataset=DATASETS, model=BASE_MODELS),
     output:
         **{name: f"{OUT}/tables/{name}.parquet" for name in TABLE_NAMES},
     params:

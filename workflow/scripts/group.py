@@ -3,4 +3,4 @@ from brainprop.workflow import rule_log
 with rule_log(snakemake.log[0]) as log:
     from brainprop.group import run_group
 
-    run_group(snakemake.input, snakemake.output.tests, snakemake.params.group)
+    run_group(snakemake.input, snakemake.output, snakemake.params.group)

@@ -1,0 +1,386 @@
+"""Calibration of the backprop tests on simulated subjects: type I error and power (METHOD.md §6–7).
+
+Scores of simulated subjects come as arrays (`SubjectScores`) from two sources, both in-process
+(no Snakemake per subject):
+
+- `planted_scores`: drawn directly from each subject's planted hierarchy
+  (`brainprop.simulate.plan_subject`): each ROI's r over layers peaks at its planted layer,
+  each layer's r(t) at its planted latency, plus Gaussian noise on r. Cheap enough for
+  hundreds of seeds (the type I error tests on the `shuffled` scenario).
+- `encoded_scores`: the real chain on cached features: `simulate_subject` builds responses
+  from the source model's plant features and `ridge_cv` encodes all subjects' targets of a
+  batch from one decomposition per layer, signal and fold.
+
+`group_rejections` applies the group stage's definitions to the arrays (the same exclusions,
+minimum counts, `permutation_pvalue` and `wilcoxon_exact`); `rejections` runs the workflow's
+own table functions instead, and a test checks that both agree. The `calibration` rule (off
+by default; on in `config/calibration.yaml`) runs the `shuffled` scenario (type I error) and
+`backprop` (power) over SNRs, seeds and subject counts, and draws `figures/power_{dataset}.png`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .group import (
+    FORWARD_CHECKS,
+    PREDICTIONS,
+    group_from_subjects,
+    permutation_pvalue,
+    subject_statistics,
+    wilcoxon_exact,
+)
+from .hierarchy import exclusion_mask, layer_tmax, pearson, subject_hierarchy
+from .simulate import SIM_ROIS, plan_subject, roi_geometry
+
+__all__ = [
+    "CALIBRATION_COLUMNS",
+    "SubjectScores",
+    "encoded_scores",
+    "group_rejections",
+    "planted_scores",
+    "power_figure",
+    "rejection_rates",
+    "rejections",
+    "run_calibration",
+    "scores_table",
+    "subject_tests",
+]
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_COLUMNS = ["scenario", "snr_fmri", "seed", "n_subjects", "test", "signal", "alternative", "p",
+                       "effect", "n_significant_subjects", "n_used"]
+_TESTS = ("T1", "T2", "S1a", "S1b")
+# The demo's MEG time axis (40 Hz, 40 samples from -0.1 s).
+DEMO_TIMES = np.round(-0.1 + np.arange(40) / 40.0, 10)
+
+
+@dataclass(frozen=True)
+class SubjectScores:
+    """One subject's encoding scores as arrays.
+
+    fmri : signal -> (n_rois, n_layers) mean r per ROI (rows in `SIM_ROIS` order, hemispheres pooled).
+    meg : signal -> (n_layers, n_times) mean r over sensors per layer and time.
+    """
+
+    subject: str
+    fmri: dict[str, np.ndarray]
+    meg: dict[str, np.ndarray]
+
+
+def _roi_distances() -> np.ndarray:
+    coords = pd.DataFrame([(roi, *xyz) for roi, xyz in SIM_ROIS.items()], columns=["roi", "x", "y", "z"])
+    dist = roi_geometry(coords, "V1")
+    return np.array([dist[roi] for roi in SIM_ROIS])
+
+
+def planted_scores(scenario: str, subjects: Sequence[str], depths: np.ndarray, meg: dict, seed: int,
+                   noise: float, times: np.ndarray = DEMO_TIMES, dataset: str = "sim", width_layers: float = 1.5,
+                   width_s: float = 0.05) -> list[SubjectScores]:
+    """Scores drawn from each subject's planted hierarchy (`plan_subject`) plus N(0, noise²) on r.
+
+    fMRI: per ROI, exp(−(k − k*)² / (2 width_layers²)) over layers k, k* the planted layer;
+    MEG: per layer, exp(−(t − t_k)² / (2 width_s²)) over `times`, t_k the planted latency. A
+    signal that is not planted (gradients in `forward`) is pure noise.
+    """
+    depths = np.asarray(depths, dtype=np.float64)
+    layers = np.arange(depths.size)
+    rng = np.random.default_rng([seed, depths.size, 7])
+    out = []
+    for subject in subjects:
+        plan = plan_subject(scenario, depths, meg, seed, dataset, subject)
+        fmri, meg_r = {}, {}
+        for signal, roi_layer, latency in (("act", plan.roi_act_layer, plan.act_latency),
+                                           ("grad", plan.roi_grad_layer, plan.grad_latency)):
+            peak = np.array([roi_layer.get(roi, np.nan) for roi in SIM_ROIS], dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                tuning = np.nan_to_num(np.exp(-(layers[None, :] - peak[:, None]) ** 2 / (2 * width_layers ** 2)))
+            fmri[signal] = tuning + rng.normal(0.0, noise, tuning.shape)
+            lat = np.where(np.isfinite(latency), latency, np.inf)
+            course = np.exp(-(np.asarray(times)[None, :] - lat[:, None]) ** 2 / (2 * width_s ** 2))
+            meg_r[signal] = course + rng.normal(0.0, noise, course.shape)
+        out.append(SubjectScores(subject, fmri, meg_r))
+    return out
+
+
+def _group_means(r: np.ndarray, code: np.ndarray, n: int) -> np.ndarray:
+    """Mean of the finite values of r per code in [0, n)."""
+    ok = np.isfinite(r)
+    total = np.bincount(code[ok], r[ok], minlength=n)
+    count = np.bincount(code[ok], minlength=n)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def encoded_scores(plant: dict[str, list[np.ndarray]], features: dict[str, list[np.ndarray]],
+                   depths: np.ndarray, sim_params: dict, seed: int, subjects: Sequence[str], folds: Sequence,
+                   alphas: np.ndarray, sensors: pd.DataFrame, dataset: str = "sim", backend: str = "numpy",
+                   device: str = "auto", dtype: str | None = None) -> tuple[list[SubjectScores], np.ndarray]:
+    """Scores of simulated subjects through the real chain, and the MEG times.
+
+    `simulate_subject` builds each subject from the plant features ({"act": [...], "grad":
+    [...]} per layer, (n_images, d_k)); `ridge_cv` encodes every subject's targets at once from
+    the analysis `features` (one decomposition per layer, signal and fold); r is averaged per
+    ROI (both hemispheres) and per MEG time over sensors, as the encoding stage does.
+    """
+    from ._ridge import ridge_cv
+    from .simulate import simulate_subject
+
+    Ys, targets = [], None
+    for subject in subjects:
+        Y, targets = simulate_subject(plant["act"], plant["grad"], depths, sim_params, seed, dataset, subject,
+                                      sensors)
+        Ys.append(Y)
+    fmri = (targets["modality"] == "fmri").to_numpy()
+    roi_code = pd.Categorical(targets.loc[fmri, "roi"], categories=list(SIM_ROIS)).codes.astype(np.int64)
+    times, time_code = np.unique(targets.loc[~fmri, "time"].to_numpy(np.float64), return_inverse=True)
+    n_layers = len(depths)
+    fmri_r = {s: np.full((len(subjects), len(SIM_ROIS), n_layers), np.nan) for s in features}
+    meg_r = {s: np.full((len(subjects), n_layers, times.size), np.nan) for s in features}
+    # Targets are fitted independently, so all subjects' targets go through one batch of one fit.
+    Y_all, m = np.concatenate(Ys, axis=1), Ys[0].shape[1]
+    for signal, layers in features.items():
+        for k, X in enumerate(layers):
+            X = X[:, np.ptp(X, axis=0) > 0]
+            r_all = ridge_cv(X, Y_all, folds, alphas, backend=backend, device=device, dtype=dtype).r
+            for i in range(len(subjects)):
+                r = r_all[i * m:(i + 1) * m]
+                fmri_r[signal][i, :, k] = _group_means(r[fmri], roi_code, len(SIM_ROIS))
+                meg_r[signal][i, k] = _group_means(r[~fmri], time_code, times.size)
+    scores = [SubjectScores(subject, {s: fmri_r[s][i] for s in features}, {s: meg_r[s][i] for s in features})
+              for i, subject in enumerate(subjects)]
+    return scores, times
+
+
+def scores_table(scores: Sequence[SubjectScores], depths: np.ndarray, times: np.ndarray = DEMO_TIMES,
+                 dataset: str = "sim", atlas: str = "sim") -> pd.DataFrame:
+    """The encoding-table rows (hemi 'both' and MEG times) of `scores`, for the hierarchy stage."""
+    depths = np.asarray(depths, dtype=np.float64)
+    n_layers, rois, dist = depths.size, list(SIM_ROIS), _roi_distances()
+    frames = []
+    for s in scores:
+        for signal, r in s.fmri.items():
+            frames.append(pd.DataFrame({
+                "signal": signal, "subject": s.subject, "modality": "fmri", "atlas": atlas,
+                "roi": np.repeat(rois, n_layers), "hemi": "both", "roi_distance_mm": np.repeat(dist, n_layers),
+                "time": np.nan, "layer_index": np.tile(np.arange(n_layers), len(rois)),
+                "depth": np.tile(depths, len(rois)), "r": r.ravel()}))
+        for signal, r in s.meg.items():
+            frames.append(pd.DataFrame({
+                "signal": signal, "subject": s.subject, "modality": "meg", "atlas": "", "roi": "", "hemi": "",
+                "roi_distance_mm": np.nan, "time": np.tile(times, n_layers),
+                "layer_index": np.repeat(np.arange(n_layers), len(times)),
+                "depth": np.repeat(depths, len(times)), "r": r.ravel()}))
+    return pd.concat(frames, ignore_index=True).assign(dataset=dataset, model="m")
+
+
+def _best(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best layer (ties to the shallowest; -1 when all NaN) and best r per row of (n_rois, n_layers)."""
+    filled = np.where(np.isfinite(r), r, -np.inf)
+    best = np.argmax(filled, axis=1)
+    best_r = filled[np.arange(len(r)), best]
+    undefined = ~np.isfinite(best_r)
+    return np.where(undefined, -1, best), np.where(undefined, np.nan, best_r)
+
+
+def subject_tests(s: SubjectScores, depths: np.ndarray, times: np.ndarray, params: dict,
+                  rng: np.random.Generator) -> dict[tuple[str, str], tuple[float, float]]:
+    """(statistic, permutation p) of one subject per (signal, test), with the group stage's conventions.
+
+    The same definitions as `brainprop.group` (exclusions, minimum counts, layer-order
+    permutations by `permutation_pvalue`) on arrays, for hundreds of seeds; a test checks that
+    both give the same statistics.
+    """
+    depths = np.asarray(depths, dtype=np.float64)
+    exclude, min_count, n_perm = params["exclude"], int(params["min_count"]), int(params["n_permutations"])
+    dist = _roi_distances()
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    tm = {}
+    for signal, r in s.meg.items():
+        tm[signal] = np.array([layer_tmax(np.asarray(times, np.float64), row, params["threshold"]) for row in r])
+    best = {signal: _best(r) for signal, r in s.fmri.items()}
+
+    def score(units: np.ndarray, y: np.ndarray, alternative: str) -> tuple[float, float]:
+        if units.size < min_count:
+            return float("nan"), float("nan")
+        return permutation_pvalue(depths, units, y, alternative, n_perm, rng)
+
+    for signal in s.meg:
+        alternative = PREDICTIONS["T1"] if signal != "act" else FORWARD_CHECKS["T1"]
+        t_max, peak = tm[signal][:, 0], tm[signal][:, 1]
+        keep = exclusion_mask(peak, exclude) & np.isfinite(t_max)
+        out[(signal, "T1")] = score(np.flatnonzero(keep), t_max[keep], alternative)
+        if signal != "act" and "act" in tm:
+            act_last = tm["act"][-1]
+            value = float("nan")
+            if keep.any() and exclusion_mask(act_last[1:], exclude)[0]:
+                value = float(t_max[keep].min() - act_last[0])
+            out[(signal, "T2")] = (value, float("nan"))
+    for signal, (layer, best_r) in best.items():
+        alternative = PREDICTIONS["S1a"] if signal != "act" else FORWARD_CHECKS["S1a"]
+        keep = exclusion_mask(best_r, exclude) & (layer >= 0)
+        out[(signal, "S1a")] = score(layer[keep], dist[keep], alternative)
+        if signal != "act" and "act" in best:
+            act_layer, act_r = best["act"]
+            both = keep & exclusion_mask(act_r, exclude) & (act_layer >= 0)
+            _, p = score(layer[both], depths[act_layer[both]], PREDICTIONS["S1b"])
+            value = (pearson(depths[layer[both]], depths[act_layer[both]]) if both.sum() >= min_count
+                     else float("nan"))
+            out[(signal, "S1b")] = (value, p)
+    return out
+
+
+def group_rejections(scores: Sequence[SubjectScores], depths: np.ndarray, times: np.ndarray, params: dict,
+                     n_subjects: Sequence[int], seed: int) -> pd.DataFrame:
+    """Exact Wilcoxon p, effect and permutation prevalence of every test for the first n subjects.
+
+    Columns: n_subjects, test, signal, alternative, p, effect, n_significant_subjects (−1 for
+    T2), n_used (subjects with a finite statistic).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(params["seed"]), seed, 11]))
+    per = [subject_tests(s, depths, times, params, rng) for s in scores]
+    rows = []
+    for n in n_subjects:
+        if n > len(per):
+            raise ValueError(f"n_subjects {n} exceeds the {len(per)} simulated subjects")
+        for signal, test in sorted(per[0]):
+            values = np.array([p[(signal, test)] for p in per[:n]], dtype=np.float64)
+            finite = np.isfinite(values[:, 0])
+            alternative = (PREDICTIONS if signal != "act" else FORWARD_CHECKS)[test]
+            _, p, _, used = wilcoxon_exact(values[finite, 0], alternative)
+            n_sig = int(np.count_nonzero(values[finite, 1] < params["alpha"])) if test != "T2" else -1
+            effect = float(values[finite, 0].mean()) if used else float("nan")
+            rows.append((n, test, signal, alternative, p, effect, n_sig, used))
+    return pd.DataFrame(rows, columns=["n_subjects", "test", "signal", "alternative", "p", "effect",
+                                       "n_significant_subjects", "n_used"])
+
+
+def rejections(enc: pd.DataFrame, params: dict, n_subjects: Sequence[int]) -> pd.DataFrame:
+    """As `group_rejections`, through the workflow's own tables (`subject_hierarchy`, `group`).
+
+    The first n subjects (sorted) of the encoding table `enc` enter each count n.
+    """
+    best, tm, hier = subject_hierarchy(enc, params["atlas"], params["threshold"], params["min_count"],
+                                       params["exclude"])
+    per_subject = subject_statistics(enc, best, tm, hier, params)
+    per_subject = per_subject[per_subject["test"].isin(_TESTS)]
+    subjects = sorted(set(enc["subject"]))
+    rows = []
+    for n in n_subjects:
+        if n > len(subjects):
+            raise ValueError(f"n_subjects {n} exceeds the {len(subjects)} simulated subjects")
+        group = group_from_subjects(per_subject[per_subject["subject"].isin(subjects[:n])], params)
+        rows.append(group.assign(n_subjects_requested=n))
+    out = pd.concat(rows, ignore_index=True)
+    return pd.DataFrame({
+        "n_subjects": out["n_subjects_requested"].astype(np.int64), "test": out["test"], "signal": out["signal"],
+        "alternative": out["alternative"], "p": out["p"], "effect": out["effect"],
+        "n_significant_subjects": out["n_significant_subjects"].astype(np.int64),
+        "n_used": out["n_subjects"].astype(np.int64)})
+
+
+def rejection_rates(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Per scenario × SNR × subject count × test × signal: group rejection rate (p < alpha) over
+    seeds and the per-subject rejection rate (permutation p < alpha; NaN for T2)."""
+    keys = ["scenario", "snr_fmri", "n_subjects", "test", "signal"]
+    subject_level = table["n_significant_subjects"].where(table["n_significant_subjects"] >= 0)
+    out = table.assign(reject=table["p"] < alpha, subject_rate=subject_level / table["n_used"].clip(lower=1))
+    return out.groupby(keys, sort=True).agg(group_rate=("reject", "mean"), subject_rate=("subject_rate", "mean"),
+                                            n_seeds=("seed", "nunique")).reset_index()
+
+
+def power_figure(rates: pd.DataFrame, path: str, alpha: float, title: str) -> None:
+    """Rejection rates of the gradients' tests against fMRI SNR, backprop (power) and shuffled (size).
+
+    Top row: the group test (exact Wilcoxon p < alpha); bottom row: the per-subject
+    layer-order permutation tests (share of subjects with p < alpha; T2 has none), which is
+    what a 3–4-subject dataset can show.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grad = rates[rates["signal"] == "grad"]
+    fig, axes = plt.subplots(2, len(_TESTS), figsize=(3.2 * len(_TESTS), 5.6), sharey=True, squeeze=False)
+    for row, (column, label) in enumerate((("group_rate", f"group: Wilcoxon p < {alpha:g}"),
+                                           ("subject_rate", f"subjects: permutation p < {alpha:g}"))):
+        for ax, test in zip(axes[row], _TESTS):
+            if grad.loc[grad["test"] == test, column].isna().all():
+                ax.text(0.5, 0.5, "no per-subject test", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                continue
+            for (scenario, n), part in grad[grad["test"] == test].groupby(["scenario", "n_subjects"], sort=True):
+                style = "-o" if scenario == "backprop" else "--s"
+                ax.plot(part["snr_fmri"], part[column], style, label=f"{scenario}, {n} subjects")
+            ax.axhline(alpha, color="grey", lw=0.8, ls=":")
+            ax.axhline(0.8, color="grey", lw=0.8)
+            ax.set_xscale("log")
+            snrs = sorted(set(grad["snr_fmri"]))
+            ax.set_xticks(snrs, [f"{v:g}" for v in snrs])
+            ax.minorticks_off()
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(test if row == 0 else "")
+            if row == 1:
+                ax.set_xlabel("fMRI SNR (MEG SNR scales with it)")
+        axes[row][0].set_ylabel(f"rejection rate\n({label})")
+    axes[0][-1].legend(fontsize=7, loc="center right")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _evenly(sensors: pd.DataFrame, n: int) -> pd.DataFrame:
+    pick = np.unique(np.linspace(0, len(sensors) - 1, n).round().astype(int))
+    return sensors.iloc[pick].reset_index(drop=True)
+
+
+def run_calibration(inputs, outputs, dataset: str, params: dict) -> None:
+    """Entry point of the calibration rule: type I error (shuffled) and power (backprop) over SNRs."""
+    from .config import alphas as alpha_grid
+    from .encoding import folds_from_table
+    from .features import load_features, load_layers, load_samples
+    from .io import read_table, write_table
+    from .simulate import ctf275_sensors
+
+    cal, group = params["calibration"], dict(params["group"])
+    layers = load_layers(inputs.layers)
+    depths = layers["depth"].to_numpy(np.float64)
+    index = layers["layer_index"].to_numpy()
+    plant = {s: [np.asarray(load_features(inputs.plant, s, k)) for k in index] for s in ("act", "grad")}
+    features = {s: [np.asarray(load_features(inputs.features, s, k)) for k in index] for s in ("act", "grad")}
+    image_ids = load_samples(inputs.features)["image_id"].to_numpy()
+    folds = folds_from_table(read_table(inputs.folds), image_ids)
+    sensors = _evenly(ctf275_sensors(), int(cal["n_sensors"]))
+    subjects = [f"sub-{i + 1:02d}" for i in range(max(cal["n_subjects"]))]
+    alphas = alpha_grid(params["encoding"])
+    backend = {k: params["encoding"][k] for k in ("backend", "device", "dtype") if k in params["encoding"]}
+    rows = []
+    for scenario in ("shuffled", "backprop"):
+        for snr in cal["snr_fmri"]:
+            sim = dict(params["simulation"], scenario=scenario, snr_fmri=float(snr),
+                       snr_meg=float(snr) * float(cal["snr_meg_ratio"]))
+            for seed in range(int(cal["n_seeds"])):
+                run_seed = int(params["seed"]) * 100_003 + seed
+                scores, times = encoded_scores(plant, features, depths, sim, run_seed, subjects, folds, alphas,
+                                               sensors, dataset, **backend)
+                rej = group_rejections(scores, depths, times, group, cal["n_subjects"], run_seed)
+                rows.append(rej.assign(scenario=scenario, snr_fmri=float(snr), seed=seed))
+                log.info("%s snr %g seed %d: %s", scenario, snr, seed,
+                         rej[rej["signal"] == "grad"][["n_subjects", "test", "p"]].to_dict("records"))
+    table = pd.concat(rows, ignore_index=True)[CALIBRATION_COLUMNS]
+    write_table(outputs.calibration, table.assign(dataset=dataset))
+    rates = rejection_rates(table, float(group["alpha"]))
+    log.info("rejection rates:\n%s", rates.to_string())
+    power_figure(rates, outputs.figure, float(group["alpha"]),
+                 f"{dataset}: gradient tests, {cal['n_seeds']} seeds per point (solid: backprop = power; "
+                 "dashed: shuffled = type I error)")

@@ -1,0 +1,211 @@
+"""Joint models (METHOD.md §4): activations and gradients of one layer fitted together by banded ridge.
+
+Each signal's unique variance per target is R²_joint − R² of the other signal alone, both
+held-out and fold-averaged on the same folds and the same per-band penalty grid
+(`brainprop._banded.banded_ridge_cv`). The summary table has one row per fMRI ROI and
+hemisphere (plus `both`) or MEG time point, like the encoding stage's, and feeds the E test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ._banded import banded_ridge_cv
+from ._ridge import Fold, check_folds, ridge_cv
+from .io import CorruptFileError, read_table
+
+__all__ = [
+    "JOINT_ALPHAS",
+    "JOINT_SIGNALS",
+    "JOINT_SUMMARY_COLUMNS",
+    "JOINT_TARGET_COLUMNS",
+    "joint_encode",
+    "load_joint_targets",
+    "run_joint",
+    "summarize_joint",
+]
+
+# Default per-band grid: logspace(0, 8, 5), 25 penalty pairs (docs/method.md, "Joint models").
+JOINT_ALPHAS: tuple[float, ...] = tuple(np.logspace(0, 8, 5).tolist())
+# The two bands, in this order.
+JOINT_SIGNALS = ("act", "grad")
+
+# Per-target table: joint R², each signal's R² alone and unique variance; `excluded` targets NaN.
+JOINT_TARGET_COLUMNS = ("target", "r_joint", "r2_joint", "r2_act", "r2_grad", "unique_act", "unique_grad",
+                        "excluded")
+# Summary table (beside the identity columns dataset, model, layer, layer_index, depth, subject).
+JOINT_SUMMARY_COLUMNS = ("modality", "atlas", "roi", "hemi", "roi_distance_mm", "time", "r2_joint", "r2_act",
+                         "r2_grad", "unique_act", "unique_grad", "n_targets", "n_excluded")
+_MEASURES = ("r2_joint", "r2_act", "r2_grad", "unique_act", "unique_grad")
+_TARGET_INFO = ("target", "modality", "atlas", "roi", "hemi", "roi_distance_mm", "time")
+
+log = logging.getLogger(__name__)
+
+
+def _nonconstant(X: np.ndarray, name: str) -> np.ndarray:
+    """Keep-mask of the non-constant columns of X (zero gradients, dead units), which must be finite."""
+    if X.ndim != 2:
+        raise ValueError(f"{name} features must be 2-D (n_images, n_features), got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} features have {np.count_nonzero(~np.isfinite(X))} non-finite values; "
+                         "expected finite features (check the extraction of this layer)")
+    return np.ptp(X, axis=0) > 0
+
+
+def joint_encode(
+    X_act: np.ndarray,
+    X_grad: np.ndarray,
+    Y: np.ndarray,
+    folds: Sequence[Fold],
+    alphas: Sequence[float] = JOINT_ALPHAS,
+) -> tuple[pd.DataFrame, dict]:
+    """Joint ridge of one layer's activations and gradients, and each signal's unique variance.
+
+    Parameters
+    ----------
+    X_act, X_grad : (n_images, n_features_j) features of the same layer, rows in Y's order.
+    Y : (n_images, n_targets) responses.
+    folds : the dataset's outer (train, test) folds, as for `encode`.
+    alphas : per-band penalty grid; every pair (α_act, α_grad) is tried per target.
+
+    Returns
+    -------
+    per_target : one row per target (columns `JOINT_TARGET_COLUMNS` minus `target`, in Y's
+        column order); targets NaN or constant anywhere are excluded (NaN, `excluded` True).
+    counts : dropped feature columns and excluded targets, for the log.
+
+    A band whose columns are all constant (e.g. a gradient that is exactly zero) carries no
+    information: the joint model is then the other band alone, its unique variance is 0 and its
+    R² alone counts as 0.
+    """
+    X_act, X_grad, Y = np.asarray(X_act), np.asarray(X_grad), np.asarray(Y)
+    if Y.ndim != 2 or X_act.shape[0] != Y.shape[0] or X_grad.shape[0] != Y.shape[0]:
+        raise ValueError(f"features {X_act.shape} and {X_grad.shape} and targets {Y.shape} need the same "
+                         "number of images (rows)")
+    folds = check_folds(folds, Y.shape[0])
+    keep = [_nonconstant(X_act, "activation"), _nonconstant(X_grad, "gradient")]
+    if not (keep[0].any() or keep[1].any()):
+        raise ValueError("activation and gradient features are all constant; nothing to fit")
+    finite = np.isfinite(Y).all(axis=0)
+    with np.errstate(invalid="ignore"):
+        used = finite & (np.ptp(np.where(finite, Y, 0.0), axis=0) > 0)
+    if not used.any():
+        raise ValueError(f"all {Y.shape[1]} targets are constant or contain NaN; nothing to fit")
+    Yu = Y if used.all() else Y[:, used]
+    bands = [X[:, k] for X, k in zip((X_act, X_grad), keep)]
+    if keep[0].any() and keep[1].any():
+        res = banded_ridge_cv(bands, Yu, folds, alphas)
+        r_joint, r2_joint = res.r, res.r2
+        r2_single = [res.single[0].r2, res.single[1].r2]
+    else:
+        alive = 0 if keep[0].any() else 1
+        single = ridge_cv(bands[alive], Yu, folds, np.unique(np.asarray(alphas, dtype=np.float64)))
+        r_joint, r2_joint = single.r, single.r2
+        # A band without information predicts nothing: its R² alone counts as 0.
+        r2_single = [single.r2, single.r2]
+        r2_single[1 - alive] = np.zeros(single.r2.shape)
+    values = {
+        "r_joint": r_joint, "r2_joint": r2_joint, "r2_act": r2_single[0], "r2_grad": r2_single[1],
+        # unique variance of a signal = R²_joint − R²(other signal alone); 0 for an empty band
+        "unique_act": r2_joint - r2_single[1] if keep[0].any() else np.zeros_like(r2_joint),
+        "unique_grad": r2_joint - r2_single[0] if keep[1].any() else np.zeros_like(r2_joint),
+    }
+    out = {}
+    for name, v in values.items():
+        full = np.full(Y.shape[1], np.nan)
+        full[used] = v
+        out[name] = full
+    per_target = pd.DataFrame(out).assign(excluded=~np.isfinite(out["r2_joint"]))
+    counts = {
+        "n_images": int(Y.shape[0]), "n_folds": len(folds), "n_pairs": int(np.unique(alphas).size ** 2),
+        "n_features_act": int(X_act.shape[1]), "n_features_act_dropped": int((~keep[0]).sum()),
+        "n_features_grad": int(X_grad.shape[1]), "n_features_grad_dropped": int((~keep[1]).sum()),
+        "n_targets": int(Y.shape[1]), "n_targets_excluded": int(per_target["excluded"].sum()),
+    }
+    return per_target, counts
+
+
+def _means(part: pd.DataFrame) -> dict:
+    """Means of the measures over a group's used targets, with the counts."""
+    used = part[~part["excluded"]]
+    row = {m: float(used[m].mean()) if len(used) else np.nan for m in _MEASURES}
+    return row | {"n_targets": len(used), "n_excluded": len(part) - len(used)}
+
+
+def summarize_joint(per_target: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
+    """Per fMRI ROI × hemisphere (lh, rh and pooled `both`) and per MEG time: mean measures and counts.
+
+    `per_target` comes from `joint_encode`, `targets` is the brain stage's target table in the
+    same order (columns `target`, `modality`, `atlas`, `roi`, `hemi`, `roi_distance_mm`, `time`).
+    """
+    missing = [c for c in _TARGET_INFO if c not in targets.columns]
+    if missing:
+        raise ValueError(f"targets lacks columns {missing}; expected {list(_TARGET_INFO)}")
+    if len(targets) != len(per_target):
+        raise ValueError(f"targets has {len(targets)} rows but the joint fit {len(per_target)} targets")
+    table = pd.concat([targets[list(_TARGET_INFO)].reset_index(drop=True),
+                       per_target.drop(columns="target", errors="ignore").reset_index(drop=True)], axis=1)
+    rows = []
+    fmri = table[table["modality"] == "fmri"]
+    for (atlas, roi), part in fmri.groupby(["atlas", "roi"], sort=True):
+        groups = [(h, part[part["hemi"] == h]) for h in ("lh", "rh") if (part["hemi"] == h).any()]
+        for hemi, sel in groups + [("both", part)]:
+            rows.append({"modality": "fmri", "atlas": atlas, "roi": roi, "hemi": hemi,
+                         "roi_distance_mm": float(sel["roi_distance_mm"].mean()), "time": np.nan} | _means(sel))
+    meg = table[table["modality"] == "meg"]
+    for time, part in meg.groupby("time", sort=True):
+        rows.append({"modality": "meg", "atlas": "", "roi": "", "hemi": "", "roi_distance_mm": np.nan,
+                     "time": float(time)} | _means(part))
+    out = pd.DataFrame(rows, columns=list(JOINT_SUMMARY_COLUMNS))
+    return out.astype({c: str for c in ("modality", "atlas", "roi", "hemi")}
+                      | {c: np.float64 for c in ("roi_distance_mm", "time", *_MEASURES)}
+                      | {"n_targets": np.int64, "n_excluded": np.int64})
+
+
+def load_joint_targets(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a per-target joint table written by the joint rule (columns `JOINT_TARGET_COLUMNS`)."""
+    table = read_table(path)
+    missing = [c for c in JOINT_TARGET_COLUMNS if c not in table.columns]
+    if missing:
+        raise CorruptFileError(f"{path}: per-target joint scores lack columns {missing}; expected "
+                               f"{list(JOINT_TARGET_COLUMNS)}. Delete the file and rerun snakemake.")
+    return table
+
+
+def run_joint(inputs, outputs, identity: dict, layer_index: int, params: dict) -> None:
+    """Entry point of the joint rule: one layer's activations and gradients against one subject's targets.
+
+    `inputs` has features (extract folder), layers, folds, Y, targets and samples; `outputs`
+    has scores (per target) and summary; `params` has `alphas` (the per-band grid spec
+    `{log10_min, log10_max, n}`).
+    """
+    from .encoding import folds_from_table
+    from .features import load_features, load_layers, load_samples
+    from .io import load_array, write_table
+
+    feature_ids = load_samples(inputs.features)["image_id"].to_numpy()
+    samples = read_table(inputs.samples)
+    if not np.array_equal(feature_ids, samples["image_id"].to_numpy()):
+        raise ValueError(f"{inputs.samples}: image order differs from the features in {inputs.features}; "
+                         "features and targets must follow the same manifest")
+    X_act, X_grad = (np.asarray(load_features(inputs.features, s, layer_index)) for s in JOINT_SIGNALS)
+    Y = load_array(inputs.Y, mmap=True)
+    targets = read_table(inputs.targets)
+    if len(targets) != Y.shape[1]:
+        raise ValueError(f"{inputs.targets} has {len(targets)} rows but {inputs.Y} has {Y.shape[1]} columns")
+    folds = folds_from_table(read_table(inputs.folds), samples["image_id"].to_numpy())
+    spec = params["alphas"]
+    alphas = np.logspace(spec["log10_min"], spec["log10_max"], spec["n"])
+    per_target, counts = joint_encode(X_act, X_grad, Y, folds, alphas)
+    log.info("joint fit of %s: %s", identity, counts)
+    per_target.insert(0, "target", targets["target"].to_numpy(dtype=np.int64))
+    layer = load_layers(inputs.layers).set_index("layer_index").loc[layer_index]
+    summary = summarize_joint(per_target, targets).assign(
+        **identity, layer=str(layer["layer"]), layer_index=np.int64(layer_index), depth=float(layer["depth"]))
+    write_table(outputs.scores, per_target, {"counts": counts})
+    write_table(outputs.summary, summary)

@@ -1,0 +1,86 @@
+"""Sensitivity of the backprop tests to the choices the reference papers leave open (issue: one table).
+
+One choice varies at a time, all others at their configured value (`choice == "default"`):
+
+- `tmax_threshold` (METHOD.md §5; 0.9 / 0.95 / 0.99 by default) and `exclude` (§5–6): the
+  hierarchy scores and tests recomputed from the model's encoding table;
+- `atlas`: every atlas present in the fMRI rows of the encoding table (spatial tests);
+- `pooling` and `loss` (§2): the tests of the model's variants (`brainprop.variants`), whose
+  features were extracted and encoded again.
+
+Rows carry the tests columns plus `choice`, `value`, `significant` (p_fdr < alpha) and
+`same_as_default` (the same significance and effect sign as the default row).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .group import group_tests
+from .hierarchy import subject_hierarchy
+
+__all__ = ["SCORE_TESTS", "run_sensitivity", "sensitivity_table"]
+
+SCORE_TESTS = ("T1", "T2", "S1a", "S1b")
+_KEYS = ["dataset", "modality", "model", "signal", "test", "level"]
+
+
+def _tests(enc: pd.DataFrame, params: dict) -> pd.DataFrame:
+    best, tm, hier = subject_hierarchy(enc, params["atlas"], params["threshold"], params["min_count"],
+                                       params["exclude"])
+    out = group_tests(enc, best, tm, hier, params)
+    return out[out["test"].isin(SCORE_TESTS)]
+
+
+def sensitivity_table(enc: pd.DataFrame, params: dict, choices: dict,
+                      variants: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Tests T1, T2, S1a, S1b of one dataset × model under each open choice, one at a time.
+
+    Parameters
+    ----------
+    enc : the model's encoding table (all subjects, both signals).
+    params : the group stage's params (atlas, threshold, exclude, min_count, seed, ...): the defaults.
+    choices : `tmax_threshold` (list of fractions), `exclude` (list of rule names).
+    variants : `"pooling=mean"`-style label -> that variant's tests table (rows of any model).
+    """
+    params = {"threshold": 0.95, "exclude": "nonpositive"} | dict(params)
+    rows = [_tests(enc, params).assign(choice="default", value="")]
+    for threshold in choices.get("tmax_threshold", []):
+        if threshold != params["threshold"]:
+            rows.append(_tests(enc, params | {"threshold": threshold}).assign(
+                choice="tmax_threshold", value=f"{threshold:g}"))
+    for exclude in choices.get("exclude", []):
+        if exclude != params["exclude"]:
+            rows.append(_tests(enc, params | {"exclude": exclude}).assign(choice="exclude", value=exclude))
+    fmri = enc[enc["modality"] == "fmri"]
+    for atlas in sorted(set(fmri["atlas"]) - {params["atlas"]}):
+        spatial = _tests(enc, params | {"atlas": atlas})
+        rows.append(spatial[spatial["modality"] == "fmri"].assign(choice="atlas", value=atlas))
+    model = str(enc["model"].iloc[0]) if len(enc) else ""
+    for label, tests in (variants or {}).items():
+        choice, value = label.split("=", 1)
+        tests = tests[tests["test"].isin(SCORE_TESTS)]
+        rows.append(tests.assign(model=model, choice=choice, value=value))
+    out = pd.concat(rows, ignore_index=True)
+    significant = out["p_fdr"].to_numpy(np.float64) < params["alpha"]
+    out["significant"] = significant
+    default = out[out["choice"] == "default"].set_index(_KEYS)
+    key = pd.MultiIndex.from_frame(out[_KEYS])
+    ref_sig = default["significant"].reindex(key).to_numpy()
+    ref_sign = np.sign(default["effect"].reindex(key).to_numpy(np.float64))
+    same = (ref_sig == significant) & (ref_sign == np.sign(out["effect"].to_numpy(np.float64)))
+    out["same_as_default"] = np.where(pd.isna(ref_sig), False, same).astype(bool)
+    drop = [c for c in ("base_model", "variant") if c in out.columns]
+    return out.drop(columns=drop).reset_index(drop=True)
+
+
+def run_sensitivity(inputs, output: str, params: dict) -> None:
+    """Entry point of the sensitivity rule: one dataset × model and the tests of its variants."""
+    from .io import read_table, write_table
+
+    enc = pd.concat([read_table(p) for p in inputs.encoding], ignore_index=True)
+    labels = params["variant_labels"]
+    variants = {label: read_table(path) for label, path in zip(labels, inputs.variants)}
+    table = sensitivity_table(enc, params["group"], params["choices"], variants)
+    write_table(output, table.assign(base_model=params["model"]))
