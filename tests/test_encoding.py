@@ -446,3 +446,35 @@ def test_encode_target_constant_in_one_split_is_excluded(fmri_job):
     assert counts["n_targets_degenerate_split"] == 1 and counts["n_targets_excluded"] == 1
     assert counts["n_targets_constant"] == 0
     assert summary["n_excluded"].sum() == 2  # once in V1 lh, once in V1 both
+
+
+# ---------------------------------------------------------------- subjects who saw part of the image set
+
+
+def test_folds_of_a_subset_keep_each_images_dataset_fold():
+    from brainprop.encoding import folds_from_table, folds_table
+
+    samples = pd.DataFrame({"image_id": [f"i{k:02d}" for k in range(30)], "group": [f"g{k // 2}" for k in range(30)]})
+    table = folds_table(samples, 5, seed=0, grouped=True)
+    full = folds_from_table(table, samples["image_id"].to_numpy())
+    subset = samples["image_id"].to_numpy()[::-3][:12]  # another order, a third of the images
+    folds = folds_from_table(table, subset)
+    fold_of = dict(zip(table["image_id"], table["fold"]))
+    for train, test in folds:
+        assert len({fold_of[i] for i in subset[test]}) == 1
+        assert not set(subset[test]) & set(subset[train])
+    assert sorted(np.concatenate([t for _, t in folds]).tolist()) == list(range(len(subset)))
+    assert len(full) == 5
+    with pytest.raises(ValueError, match=r"no fold for images \['x1'\]"):
+        folds_from_table(table, np.array(["i00", "x1"]))
+    with pytest.raises(ValueError, match="fall in 1 fold"):
+        folds_from_table(table, subset[folds[0][1]])
+
+
+def test_subject_rows_select_and_order_features():
+    from brainprop.encoding import subject_rows
+
+    ids = np.array(["a", "b", "c", "d"])
+    np.testing.assert_array_equal(subject_rows(ids, np.array(["d", "b"]), "F", "S"), [3, 1])
+    with pytest.raises(ValueError, match=r"S: 1 image\(s\) have no features in F"):
+        subject_rows(ids, np.array(["a", "z"]), "F", "S")

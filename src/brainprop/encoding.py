@@ -328,12 +328,38 @@ def folds_table(samples: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -
 
 
 def folds_from_table(table: pd.DataFrame, image_ids: np.ndarray) -> list[Fold]:
-    """(train, test) index pairs for images in `image_ids` order from a `folds_table`."""
-    if not np.array_equal(table["image_id"].to_numpy(), np.asarray(image_ids)):
-        raise ValueError("the folds table lists other images, or another order, than the targets")
-    fold = table["fold"].to_numpy()
+    """(train, test) index pairs for images in `image_ids` order from a `folds_table`.
+
+    `image_ids` may be a subset of the table's images (a subject who saw only some of the image
+    set): each image keeps its dataset-wide fold, so shared images fall in the same fold for every
+    subject and groups never straddle train and test.
+    """
+    fold_of = pd.Series(table["fold"].to_numpy(), index=table["image_id"].to_numpy())
+    ids = np.asarray(image_ids)
+    unknown = ids[~np.isin(ids, fold_of.index)]
+    if len(unknown):
+        raise ValueError(f"the folds table has no fold for images {unknown[:5].tolist()} "
+                         f"({len(unknown)} in all); targets and folds must come from the same image set")
+    fold = fold_of.loc[ids].to_numpy()
     every = np.arange(len(fold))
-    return [(every[fold != k], every[fold == k]) for k in range(int(fold.max()) + 1)]
+    folds = [(every[fold != k], every[fold == k]) for k in np.unique(fold)]
+    if len(folds) < 2:
+        raise ValueError(f"{len(ids)} images fall in {len(folds)} fold(s); cross-validation needs at least 2")
+    return folds
+
+
+def subject_rows(feature_ids: np.ndarray, sample_ids: np.ndarray, features: str, samples: str) -> np.ndarray:
+    """Rows of the feature matrices holding a subject's images, in the subject's order."""
+    position = pd.Series(np.arange(len(feature_ids)), index=np.asarray(feature_ids))
+    if not position.index.is_unique:
+        raise ValueError(f"{features}: image ids repeat in the feature rows")
+    missing = ~np.isin(sample_ids, position.index)
+    if missing.any():
+        raise ValueError(
+            f"{samples}: {int(missing.sum())} image(s) have no features in {features} (e.g. "
+            f"{np.asarray(sample_ids)[missing][:5].tolist()}); features and targets must follow the same manifest"
+        )
+    return position.loc[np.asarray(sample_ids)].to_numpy()
 
 
 def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict) -> None:
@@ -351,12 +377,10 @@ def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict) 
     log = logging.getLogger("brainprop.encode")
     feature_ids = load_samples(inputs.features)["image_id"].to_numpy()
     samples = read_table(inputs.samples)
-    if not np.array_equal(feature_ids, samples["image_id"].to_numpy()):
-        raise ValueError(
-            f"{inputs.samples}: image order differs from the features in {inputs.features}; "
-            "features and targets must follow the same manifest"
-        )
-    X = np.asarray(load_features(inputs.features, identity["signal"], layer_index))
+    rows = subject_rows(feature_ids, samples["image_id"].to_numpy(), inputs.features, inputs.samples)
+    if len(rows) < len(feature_ids):
+        log.info("subject saw %d of the %d images with features", len(rows), len(feature_ids))
+    X = np.asarray(load_features(inputs.features, identity["signal"], layer_index))[rows]
     Y = load_array(inputs.Y, mmap=True)
     targets = read_table(inputs.targets)
     folds = folds_from_table(read_table(inputs.folds), samples["image_id"].to_numpy())

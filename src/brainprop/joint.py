@@ -184,16 +184,14 @@ def run_joint(inputs, outputs, identity: dict, layer_index: int, params: dict) -
     has scores (per target) and summary; `params` has `alphas` (the per-band grid spec
     `{log10_min, log10_max, n}`).
     """
-    from .encoding import folds_from_table
+    from .encoding import folds_from_table, subject_rows
     from .features import load_features, load_layers, load_samples
     from .io import load_array, write_table
 
     feature_ids = load_samples(inputs.features)["image_id"].to_numpy()
     samples = read_table(inputs.samples)
-    if not np.array_equal(feature_ids, samples["image_id"].to_numpy()):
-        raise ValueError(f"{inputs.samples}: image order differs from the features in {inputs.features}; "
-                         "features and targets must follow the same manifest")
-    X_act, X_grad = (np.asarray(load_features(inputs.features, s, layer_index)) for s in JOINT_SIGNALS)
+    rows = subject_rows(feature_ids, samples["image_id"].to_numpy(), inputs.features, inputs.samples)
+    X_act, X_grad = (np.asarray(load_features(inputs.features, s, layer_index))[rows] for s in JOINT_SIGNALS)
     Y = load_array(inputs.Y, mmap=True)
     targets = read_table(inputs.targets)
     if len(targets) != Y.shape[1]:

@@ -143,9 +143,9 @@ def run_subject(ds: dict, subject: str, manifest_path: str | Path, outputs) -> N
     seen, Y, targets, counts = module.read_subject(Path(ds["root"]), ds, subject, manifest["image_id"].tolist())
     absent = len(manifest) - len(seen)
     if absent:
-        log.warning("%s: %d of the %d manifest images were not shown to this subject; its rows cover the %d it saw. "
-                    "The encoding stage needs every manifest image: use images: shared, or one dataset per subject "
-                    "(docs/datasets.md, Limits)", subject, absent, len(manifest), len(seen))
+        log.info("%s: %d of the %d manifest images were not shown to this subject; its rows cover the %d it saw "
+                 "(encoding selects their feature rows and keeps each image's dataset-wide fold)",
+                 subject, absent, len(manifest), len(seen))
     finite = np.isfinite(Y).all(axis=0)
     if not finite.all():
         log.warning("%s: %d of %d targets excluded (NaN or constant within a session)", subject,
