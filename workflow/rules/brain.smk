@@ -22,7 +22,8 @@ rule plant:
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime(60),
-        gpu=1 if on_cuda() else 0,
+        extract_batch=extract_batch(lambda wc: source_model(wc.dataset)),
+        **gpu_resources(2),
     conda:
         "../../envs/brainprop.yaml"
     script:

@@ -55,6 +55,55 @@ def on_cuda():
     return shutil.which("nvidia-smi") is not None
 
 
+def gpu_resources(threads):
+    """gpu and cpus_per_gpu for a rule that runs on `device`: 1 and its threads on CUDA, else none."""
+    return {"gpu": 1, "cpus_per_gpu": threads} if on_cuda() else {"gpu": 0, "cpus_per_gpu": 0}
+
+
+def encode_gpu():
+    """An encode job asks for a GPU only when the torch backend runs on CUDA."""
+    return 1 if config["encoding"]["backend"] == "torch" and on_cuda() else 0
+
+
+def _extract_sizes(model, imageset, layers_path):
+    """Feature megabytes, batch size and input size of one extract job (dims once `layers` has run)."""
+    import pandas as pd
+
+    from brainprop.plan import feature_bytes
+
+    spec = MODELS[model]
+    n_layers = spec["layers"].get("n", 22) if not spec["layers"].get("names") else len(spec["layers"]["names"])
+    dims = [4096] * n_layers  # before the layers table exists: the projection's cap per layer
+    if layers_path and Path(layers_path).exists():
+        dims = list(pd.read_parquet(layers_path, columns=["dim"])["dim"])
+    n_images = config["stimuli"][imageset]["n_images"]
+    features_mb = feature_bytes(dims, n_images, len(spec["signals"])) / 2**20
+    return features_mb, spec["batch_size"], spec["input_size"] or 224, n_images, len(spec["signals"])
+
+
+def extract_mem_mb(wildcards, input, attempt):
+    """Memory of an extract job from the config's sizes, doubling per retry (the batch halves)."""
+    from brainprop.plan import extract_mem_mb as estimate
+
+    features_mb, batch, size, _, _ = _extract_sizes(wildcards.model, wildcards.imageset, input.get("layers"))
+    return estimate(features_mb, batch, size, attempt)
+
+
+def extract_batch(model):
+    """Batch size of an extract attempt: the model's, halved per retry (passed as a resource)."""
+    from brainprop.plan import batch_for_attempt
+
+    return lambda wildcards, attempt: batch_for_attempt(MODELS[model(wildcards)]["batch_size"], attempt)
+
+
+def extract_runtime(wildcards, attempt):
+    """Runtime (minutes) of an extract job from the image count, growing per retry."""
+    from brainprop.plan import extract_runtime_min
+
+    n_images = config["stimuli"][wildcards.imageset]["n_images"]
+    return extract_runtime_min(n_images, len(MODELS[wildcards.model]["signals"]), on_cuda(), attempt)
+
+
 def manifest_of(imageset):
     return f"{OUT}/stimuli/{imageset}/manifest.parquet"
 

@@ -42,9 +42,10 @@ rule extract:
         f"{BENCH}/extract/{{model}}/{{imageset}}.tsv"
     threads: 2
     resources:
-        mem_mb=mem_mb(4000),
-        runtime=runtime(60),
-        gpu=1 if on_cuda() else 0,
+        mem_mb=extract_mem_mb,
+        runtime=extract_runtime,
+        extract_batch=extract_batch(lambda wc: wc.model),
+        **gpu_resources(2),
     conda:
         "../../envs/brainprop.yaml"
     script:
