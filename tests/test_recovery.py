@@ -49,7 +49,8 @@ def changed_config(tmp_path: Path, edit) -> Path:
     config = yaml.safe_load(CONFIG.read_text())
     edit(config)
     path = tmp_path / "changed.yaml"
-    path.write_text(yaml.safe_dump(config))
+    # Key order is kept: Snakemake compares params as written, so a reordered mapping reruns.
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 

@@ -56,7 +56,7 @@ def on_cuda():
 
 
 def gpu_resources(threads):
-    """gpu and cpus_per_gpu for a rule that runs on `device`: 1 and its threads on CUDA, else none."""
+    """GPU resources of a job on `device`, one GPU and its threads per GPU on CUDA, else none."""
     return {"gpu": 1, "cpus_per_gpu": threads} if on_cuda() else {"gpu": 0, "cpus_per_gpu": 0}
 
 
@@ -78,14 +78,14 @@ def _extract_sizes(model, imageset, layers_path):
         dims = list(pd.read_parquet(layers_path, columns=["dim"])["dim"])
     n_images = config["stimuli"][imageset]["n_images"]
     features_mb = feature_bytes(dims, n_images, len(spec["signals"])) / 2**20
-    return features_mb, spec["batch_size"], spec["input_size"] or 224, n_images, len(spec["signals"])
+    return features_mb, spec["batch_size"], spec["input_size"] or 224
 
 
 def extract_mem_mb(wildcards, input, attempt):
     """Memory of an extract job from the config's sizes, doubling per retry (the batch halves)."""
     from brainprop.plan import extract_mem_mb as estimate
 
-    features_mb, batch, size, _, _ = _extract_sizes(wildcards.model, wildcards.imageset, input.get("layers"))
+    features_mb, batch, size = _extract_sizes(wildcards.model, wildcards.imageset, input.get("layers"))
     return estimate(features_mb, batch, size, attempt)
 
 
