@@ -100,6 +100,7 @@ def test_killed_job_is_not_trusted_and_rerun_incomplete_reruns_only_it(two_model
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     _kill_when(proc, lambda: log.exists() and log.stat().st_mtime_ns != before)
+    assert snakemake(run, CONFIG, "--unlock").returncode == 0  # a killed Snakemake leaves its lock
     # Nothing a rerun would trust: the output is gone or marked incomplete.
     strict = snakemake(run, CONFIG, "--dry-run", "--workflow-profile", "none", "--cores", "1")
     listed = planned_jobs(strict.stdout)
