@@ -125,7 +125,8 @@ def noop_rerun_demo() -> dict:
     """A no-change rerun of the demo (placeholder outputs recorded as done by --touch)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        base = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp), "--cores", "2"]
+        base = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp), "--cores", "2",
+                "--configfile", str(ROOT / "config" / "config.yaml")]
         timed([*base, "--until", "layers"])
         _, summary = timed([*base, "--summary"])
         for line in summary.splitlines()[1:]:
@@ -151,8 +152,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 models instead of the 18-model zoo")
     args = parser.parse_args()
-    result = {**dry_run_full(4 if args.quick else None), **noop_rerun_demo(),
-              "cpu_count": os.cpu_count(), "datasets": "simulated, NSD-sized (8 subjects) and THINGS-MEG-sized (4)"}
+    full = dry_run_full(4 if args.quick else None)
+    print(json.dumps(full), flush=True)
+    result = {**full, **noop_rerun_demo(), "cpu_count": os.cpu_count(),
+              "load_average_1min": os.getloadavg()[0],
+              "datasets": "simulated, NSD-sized (8 subjects) and THINGS-MEG-sized (4)"}
     out = ROOT / "results" / "benchmarks" / "workflow.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -91,29 +91,34 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
 
 def test_killed_job_is_not_trusted_and_rerun_incomplete_reruns_only_it(two_model_run, tmp_path):
     run = copy_run(two_model_run, tmp_path / "run")
-    target = f"{OUT}/encoding/sim_backprop/regnet/grad/02/sub-02.summary.parquet"
+    fit = f"{OUT}/encoding/sim_backprop/regnet/grad/02/sub-02"
     log = run / f"{OUT}/logs/encode/sim_backprop/regnet/grad/02/sub-02.log"
+    # A run in progress: this fit and what reads it are still to come.
+    for path in [run / f"{fit}.summary.parquet", run / f"{fit}.targets.parquet",
+                 *(run / f"{OUT}/hierarchy/sim_backprop/regnet/sub-02").iterdir(),
+                 run / f"{OUT}/group/sim_backprop/regnet/tests.parquet",
+                 *(run / f"{OUT}/tables").iterdir(), *(run / f"{OUT}/figures").iterdir()]:
+        path.unlink()
     before = log.stat().st_mtime_ns
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(run), "--cores", "1",
-           "--configfile", str(CONFIG), "--forcerun", target, "--", target]
-    # Kill the whole run (Snakemake and the job) once the job has started writing its log.
+           "--configfile", str(CONFIG)]
+    # Kill the whole run (Snakemake and the job) once the fit has started writing its log.
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     _kill_when(proc, lambda: log.exists() and log.stat().st_mtime_ns != before)
     assert snakemake(run, CONFIG, "--unlock").returncode == 0  # a killed Snakemake leaves its lock
-    # Nothing a rerun would trust: the output is gone or marked incomplete.
+    assert not (run / f"{fit}.summary.parquet").exists() or (run / ".snakemake" / "incomplete").iterdir()
+    # Nothing a rerun would trust: without --rerun-incomplete the fit is rerun or refused.
     strict = snakemake(run, CONFIG, "--dry-run", "--workflow-profile", "none", "--cores", "1")
-    listed = planned_jobs(strict.stdout)
-    assert strict.returncode != 0 and "incomplete" in (strict.stdout + strict.stderr).lower() or (
-        ("encode", {"dataset": "sim_backprop", "model": "regnet", "signal": "grad", "layer": "02",
-                    "subject": "sub-02"}) in listed
-    ), strict.stdout[-2000:] + strict.stderr[-2000:]
-    # With --rerun-incomplete (the local profile's default): that job and what reads it, nothing else.
+    text = strict.stdout + strict.stderr
+    wildcards = {"dataset": "sim_backprop", "model": "regnet", "signal": "grad", "layer": "02", "subject": "sub-02"}
+    assert ("encode", wildcards) in planned_jobs(strict.stdout) or (
+        strict.returncode != 0 and "incomplete" in text.lower()), text[-3000:]
+    # With --rerun-incomplete (the local profile's default): that fit and what reads it, nothing else.
     jobs = dry_run(run, CONFIG, "--rerun-incomplete")
     rules = Counter(rule for rule, _ in jobs)
     assert rules == Counter({"encode": 1, "hierarchy": 1, "group": 1, "tables": 1, "figures": 1, "all": 1}), rules
-    assert ("encode", {"dataset": "sim_backprop", "model": "regnet", "signal": "grad", "layer": "02",
-                       "subject": "sub-02"}) in jobs
+    assert ("encode", wildcards) in jobs
 
 
 def test_truncated_feature_file_fails_its_reader_with_a_delete_message(two_model_run, tmp_path):
