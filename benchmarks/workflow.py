@@ -143,8 +143,10 @@ def noop_rerun_demo() -> dict:
         noop_s, out = timed(base)
         if "Nothing to be done" not in out:
             raise RuntimeError(f"the demo rerun was not a no-op:\n{out[-3000:]}")
-        _, dry = timed([*base, "--dry-run", "--forceall", "--quiet", "rules"])
-    return {"noop_rerun_demo_s": noop_s, "n_jobs_demo": job_total(dry)}
+    from brainprop.config import load_config
+    from brainprop.plan import plan_run
+
+    return {"noop_rerun_demo_s": noop_s, "n_jobs_demo": plan_run(load_config(ROOT / "config" / "config.yaml")).total_jobs}
 
 
 def main() -> None:

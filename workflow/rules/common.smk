@@ -108,12 +108,20 @@ def manifest_of(imageset):
     return f"{OUT}/stimuli/{imageset}/manifest.parquet"
 
 
+_LAYERS_READ = {}
+
+
 def layers_of(model):
     """Layer ordinals of a model, known once the `layers` checkpoint has run."""
     import pandas as pd
 
     path = checkpoints.layers.get(model=model).output.layers
-    return [f"{i:02d}" for i in pd.read_parquet(path, columns=["layer_index"])["layer_index"]]
+    # Read each table once per version: a full study asks for it once per dataset x subject.
+    key = (path, Path(path).stat().st_mtime_ns)
+    if key not in _LAYERS_READ:
+        table = pd.read_parquet(path, columns=["layer_index"])
+        _LAYERS_READ[key] = [f"{i:02d}" for i in table["layer_index"]]
+    return _LAYERS_READ[key]
 
 
 def model_spec(model):
