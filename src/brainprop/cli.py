@@ -1,4 +1,4 @@
-"""Command line: `brainprop validate-results`, `brainprop validate-config` and `brainprop check`."""
+"""Command line: `brainprop validate-results`, `validate-config`, `check` and `plan`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,32 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if n_problems else 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .plan import check_disk, format_plan, plan_run
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    plan = plan_run(config)
+    print(format_plan(plan))
+    results = Path(args.results) / config["run"]
+    ok, free = check_disk(plan.total_feature_bytes, results)
+    needed_gb, free_gb = plan.total_feature_bytes / 1e9, free / 1e9
+    if not ok:
+        print(
+            f"refusing to start: the features need {needed_gb:.2f} GB but the filesystem of {results} "
+            f"has {free_gb:.2f} GB free; free space, point results/ at a larger disk, or reduce "
+            "models, layers, pooling or n_images",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"disk: {needed_gb:.2f} GB of features, {free_gb:.2f} GB free under {results}: ok")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the brainprop command line."""
     parser = argparse.ArgumentParser(prog="brainprop", description=__doc__)
@@ -74,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="path to a config YAML file")
     p.add_argument("--dataset", help="only this dataset (default: every real dataset)")
     p.set_defaults(func=_check)
+    p = sub.add_parser("plan", help="jobs per rule and feature disk of a config; refuses when the disk is too small")
+    p.add_argument("--config", required=True, help="path to a config YAML file")
+    p.add_argument("--results", default="results", help="the results folder the run writes to (default: results)")
+    p.set_defaults(func=_plan)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -42,8 +42,8 @@ rule plant:
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime(60),
-        gpu=1 if on_cuda() else 0,
-        batch_size=lambda wc, attempt: extract_batch_size(source_model(wc.dataset), attempt),
+        extract_batch=lambda wc, attempt: extract_batch_size(source_model(wc.dataset), attempt),
+        **gpu_resources(2),
     conda:
         "../../envs/brainprop.yaml"
     script:

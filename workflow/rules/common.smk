@@ -60,8 +60,65 @@ def on_cuda():
     return shutil.which("nvidia-smi") is not None
 
 
+def gpu_resources(threads):
+    """GPU resources of a job on `device`, one GPU and its threads per GPU on CUDA, else none."""
+    return {"gpu": 1, "cpus_per_gpu": threads} if on_cuda() else {"gpu": 0, "cpus_per_gpu": 0}
+
+
+def encode_gpu():
+    """An encode job asks for a GPU only when the torch backend runs on CUDA."""
+    return 1 if config["encoding"]["backend"] == "torch" and on_cuda() else 0
+
+
+def _n_images(imageset, manifest=None):
+    """Images of an image set: from its config entry, else its manifest once written, else a guess."""
+    import pandas as pd
+
+    if "n_images" in config["stimuli"][imageset]:
+        return config["stimuli"][imageset]["n_images"]
+    if manifest and Path(manifest).exists():
+        return len(pd.read_parquet(manifest, columns=["image_id"]))
+    return 10_000  # a real dataset's image set before its manifest exists (NSD's shared set is 1,000)
+
+
+def _extract_sizes(model, imageset, layers_path, manifest=None):
+    """Feature megabytes, batch size and input size of one extract job (dims once `layers` has run)."""
+    import pandas as pd
+
+    from brainprop.plan import feature_bytes
+
+    spec = MODELS[model]
+    n_layers = spec["layers"].get("n", 22) if not spec["layers"].get("names") else len(spec["layers"]["names"])
+    dims = [4096] * n_layers  # before the layers table exists: the projection's cap per layer
+    if layers_path and Path(layers_path).exists():
+        dims = list(pd.read_parquet(layers_path, columns=["dim"])["dim"])
+    features_mb = feature_bytes(dims, _n_images(imageset, manifest), len(spec["signals"])) / 2**20
+    batch = spec["batch_size"] if spec["batch_size"] != "auto" else 32  # host memory: auto sizes GPU batches
+    return features_mb, batch, spec["input_size"] or 224
+
+
+def extract_mem_mb(wildcards, input, attempt):
+    """Memory of an extract job from the config's sizes, doubling per retry (the batch halves)."""
+    from brainprop.plan import extract_mem_mb as estimate
+
+    features_mb, batch, size = _extract_sizes(wildcards.model, wildcards.imageset, input.get("layers"),
+                                              input.get("manifest"))
+    return estimate(features_mb, batch, size, attempt)
+
+
+def extract_runtime(wildcards, input, attempt):
+    """Runtime (minutes) of an extract job from the image count, growing per retry."""
+    from brainprop.plan import extract_runtime_min
+
+    n_images = _n_images(wildcards.imageset, input.get("manifest"))
+    return extract_runtime_min(n_images, len(MODELS[wildcards.model]["signals"]), on_cuda(), attempt)
+
+
 def manifest_of(imageset):
     return f"{OUT}/stimuli/{imageset}/manifest.parquet"
+
+
+_LAYERS_READ = {}
 
 
 def layers_of(model):
@@ -69,7 +126,12 @@ def layers_of(model):
     import pandas as pd
 
     path = checkpoints.layers.get(model=model).output.layers
-    return [f"{i:02d}" for i in pd.read_parquet(path, columns=["layer_index"])["layer_index"]]
+    # Read each table once per version: a full study asks for it once per dataset x subject.
+    key = (path, Path(path).stat().st_mtime_ns)
+    if key not in _LAYERS_READ:
+        table = pd.read_parquet(path, columns=["layer_index"])
+        _LAYERS_READ[key] = [f"{i:02d}" for i in table["layer_index"]]
+    return _LAYERS_READ[key]
 
 
 def model_spec(model):
@@ -80,8 +142,10 @@ def model_spec(model):
 
 def extract_batch_size(model, attempt):
     """Batch size of a model's extract job (0 = auto), halved on each retry after running out of memory."""
+    from brainprop.plan import batch_for_attempt
+
     batch = MODELS[model]["batch_size"]
-    return 0 if batch == "auto" else max(1, batch // 2 ** (attempt - 1))
+    return 0 if batch == "auto" else batch_for_attempt(batch, attempt)
 
 
 def encode_params():

@@ -49,6 +49,7 @@ rule encode:
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
+        gpu=encode_gpu(),
     conda:
         "../../envs/brainprop.yaml"
     script:

@@ -42,11 +42,11 @@ rule extract:
         f"{BENCH}/extract/{{model}}/{{imageset}}.tsv"
     threads: 2
     resources:
-        mem_mb=mem_mb(4000),
-        runtime=runtime(60),
-        gpu=1 if on_cuda() else 0,
+        mem_mb=extract_mem_mb,
+        runtime=extract_runtime,
         # Not params: batch size does not change the features, so it must not trigger a rerun.
-        batch_size=lambda wc, attempt: extract_batch_size(wc.model, attempt),
+        extract_batch=lambda wc, attempt: extract_batch_size(wc.model, attempt),
+        **gpu_resources(2),
     conda:
         "../../envs/brainprop.yaml"
     script:

@@ -1,0 +1,154 @@
+"""Sizing a run before it starts: jobs per rule, feature disk, and the resources cluster jobs ask for."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = [
+    "RunPlan",
+    "batch_for_attempt",
+    "check_disk",
+    "extract_mem_mb",
+    "extract_runtime_min",
+    "feature_bytes",
+    "format_plan",
+    "plan_run",
+]
+
+FLOAT_BYTES = 4  # features are stored as float32 .npy
+# Resident memory of a Python process with torch, timm and one model loaded (CPU), in MB.
+BASE_MEM_MB = 2000
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a config will run: job counts per rule and the bytes its feature files take."""
+
+    jobs: dict[str, int]
+    feature_bytes: dict[tuple[str, str], int]
+    layers: dict[str, pd.DataFrame]
+
+    @property
+    def total_jobs(self) -> int:
+        """Jobs in the whole run (rule `all` included, as Snakemake counts)."""
+        return sum(self.jobs.values())
+
+    @property
+    def total_feature_bytes(self) -> int:
+        """Bytes of every extracted feature file (all models, image sets and signals)."""
+        return sum(self.feature_bytes.values())
+
+
+def batch_for_attempt(batch_size: int, attempt: int) -> int:
+    """Batch size of an extraction attempt: halved on each retry (an OOM retry needs less memory)."""
+    return max(1, int(batch_size) >> max(int(attempt) - 1, 0))
+
+
+def feature_bytes(dims: list[int], n_images: int, n_signals: int) -> int:
+    """Bytes of one model's features on one image set: float32, every layer and signal."""
+    return int(sum(dims)) * int(n_images) * int(n_signals) * FLOAT_BYTES
+
+
+def extract_mem_mb(features_mb: float, batch_size: int, input_size: int, attempt: int) -> int:
+    """Memory request of an extract job: torch and the model, the features held twice, one batch.
+
+    The batch term budgets 2 kB per input pixel and image (activations and their gradients of a
+    mid-size model); the whole request doubles with each retry while the batch halves.
+    """
+    batch_mb = batch_for_attempt(batch_size, attempt) * int(input_size) ** 2 * 2 / 1024
+    return int((BASE_MEM_MB + 2 * features_mb + batch_mb) * attempt)
+
+
+def extract_runtime_min(n_images: int, n_signals: int, cuda: bool, attempt: int) -> int:
+    """Runtime request (minutes) of an extract job: a pessimistic images-per-second rate, per attempt."""
+    images_per_s = 50.0 if cuda else 2.0
+    minutes = 10 + n_images * max(n_signals, 1) / images_per_s / 60
+    return int(minutes * attempt)
+
+
+def _imagesets_of_models(config: dict) -> dict[str, set[str]]:
+    """Image sets each model extracts features on (datasets' image sets, and plants' sources)."""
+    used: dict[str, set[str]] = {m: set() for m in config["models"]}
+    for ds in config["datasets"].values():
+        for model in config["models"]:
+            used[model].add(ds["imageset"])
+    return used
+
+
+def _resolve_layers(config: dict) -> dict[str, pd.DataFrame]:
+    """Selected layers and pooled dims of every model (meta device: no weights, no compute)."""
+    from .features.extract import resolve_layers
+
+    return {
+        alias: resolve_layers(m["timm_name"], m["layers"], m["pooling"], m.get("input_size"), m.get("timm_kwargs"))
+        for alias, m in config["models"].items()
+    }
+
+
+def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> RunPlan:
+    """Jobs per rule and feature bytes of a validated config (layers resolved on the meta device)."""
+    layers = layers if layers is not None else _resolve_layers(config)
+    models, datasets = config["models"], config["datasets"]
+    imagesets = _imagesets_of_models(config)
+    simulated = [name for name, ds in datasets.items() if ds["kind"] == "simulated"]
+    jobs: Counter[str] = Counter()
+    jobs["stimuli"] = len({ds["imageset"] for ds in datasets.values()})
+    jobs["layers"] = len(models)
+    jobs["extract"] = sum(len(v) for v in imagesets.values())
+    jobs["cka"] = jobs["extract"]
+    jobs["plant"] = len(simulated)
+    jobs["truth"] = len(simulated)
+    jobs["brain"] = sum(len(datasets[name]["subjects"]) for name in simulated)
+    jobs["folds"] = len(datasets)
+    for ds in datasets.values():
+        for alias, m in models.items():
+            n_subjects = len(ds["subjects"])
+            jobs["encode"] += n_subjects * len(m["signals"]) * len(layers[alias])
+            jobs["hierarchy"] += n_subjects
+            jobs["group"] += 1
+    jobs["tables"] = 1
+    jobs["figures"] = 1
+    jobs["all"] = 1
+    sizes = {
+        (alias, imageset): feature_bytes(
+            list(layers[alias]["dim"]), config["stimuli"][imageset]["n_images"], len(models[alias]["signals"])
+        )
+        for alias, sets in imagesets.items()
+        for imageset in sorted(sets)
+    }
+    return RunPlan(jobs=dict(jobs), feature_bytes=sizes, layers=layers)
+
+
+def check_disk(needed_bytes: int, path: str | Path) -> tuple[bool, int]:
+    """Whether the filesystem holding `path` (or its nearest existing parent) has `needed_bytes` free."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    return free >= needed_bytes, free
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "PB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def format_plan(plan: RunPlan) -> str:
+    """The plan as a short text table: jobs per rule, then feature disk per model and image set."""
+    lines = ["jobs per rule:"]
+    width = max(len(r) for r in plan.jobs)
+    lines += [f"  {rule:<{width}}  {n:>8d}" for rule, n in sorted(plan.jobs.items(), key=lambda kv: -kv[1])]
+    lines.append(f"  {'total':<{width}}  {plan.total_jobs:>8d}")
+    lines.append("feature disk (float32 .npy, every layer and signal):")
+    for (alias, imageset), size in sorted(plan.feature_bytes.items()):
+        lines.append(f"  {alias}/{imageset}: {_human(size)} ({len(plan.layers[alias])} layers)")
+    lines.append(f"  total: {_human(plan.total_feature_bytes)}")
+    return "\n".join(lines)

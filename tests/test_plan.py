@@ -1,0 +1,84 @@
+"""`brainprop plan`: job counts against Snakemake's own dry run, feature bytes against the files
+a run wrote, the disk refusal, and the attempt-scaled resources of extract jobs."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, copy_run, snakemake
+
+from brainprop.config import load_config
+from brainprop.plan import (
+    batch_for_attempt,
+    check_disk,
+    extract_mem_mb,
+    extract_runtime_min,
+    plan_run,
+)
+
+BRAINPROP = str(Path(sys.executable).parent / "brainprop")
+TWO_MODELS = ROOT / "tests" / "configs" / "tiny_two_models.yaml"
+
+
+def test_batch_halves_and_memory_doubles_per_attempt():
+    assert [batch_for_attempt(30, a) for a in (1, 2, 3, 4, 5, 6)] == [30, 15, 7, 3, 1, 1]
+    first, second = extract_mem_mb(100.0, 32, 224, 1), extract_mem_mb(100.0, 32, 224, 2)
+    assert second >= 2 * first - 2 * (32 * 224**2 * 2 / 1024) / 2 - 1  # doubled, less the halved batch
+    assert second > first and extract_mem_mb(100.0, 32, 224, 3) > second
+    assert extract_runtime_min(1000, 2, False, 2) == 2 * extract_runtime_min(1000, 2, False, 1) or (
+        extract_runtime_min(1000, 2, False, 2) > extract_runtime_min(1000, 2, False, 1)
+    )
+    assert extract_runtime_min(10000, 2, True, 1) < extract_runtime_min(10000, 2, False, 1)
+
+
+def _dry_run_counts(output: str) -> Counter:
+    stats = output[output.index("Job stats:"):]
+    return Counter({rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, flags=re.MULTILINE) if rule != "total"})
+
+
+@pytest.mark.workflow
+def test_plan_matches_snakemake_and_the_written_features(two_model_run, tmp_path):
+    config = load_config(TWO_MODELS)
+    plan = plan_run(config)
+    for (model, imageset), size in plan.feature_bytes.items():
+        folder = two_model_run / "results" / "tiny2" / "features" / model / imageset / "extract"
+        written = sum(np.load(p, mmap_mode="r").nbytes for p in folder.rglob("*.npy"))
+        assert size == written > 0, (model, size, written)
+    # Keep only the `layers` checkpoint outputs: the dry run then lists every other job.
+    run = copy_run(two_model_run, tmp_path / "run")
+    for path in sorted((run / "results").rglob("*"), reverse=True):
+        if path.name != "layers.parquet" and path.is_file():
+            path.unlink()
+    done = snakemake(run, TWO_MODELS, "--dry-run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Counter(plan.jobs) == _dry_run_counts(done.stdout) + Counter({"layers": len(plan.layers)})
+
+
+def test_plan_command_prints_jobs_and_disk(tmp_path):
+    done = subprocess.run([BRAINPROP, "plan", "--config", str(ROOT / "tests" / "configs" / "tiny.yaml"),
+                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^\s+encode\s+24$", done.stdout, flags=re.MULTILINE)
+    assert re.search(r"^\s+total\s+41$", done.stdout, flags=re.MULTILINE)
+    assert "resnet18/demo" in done.stdout and ": ok" in done.stdout
+
+
+def test_plan_command_refuses_when_the_disk_cannot_hold_the_features(tmp_path):
+    config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+    config["stimuli"]["demo"]["n_images"] = 10**12  # petabytes of features: more than any test disk
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run([BRAINPROP, "plan", "--config", str(path), "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2
+    assert "refusing to start" in done.stderr and "GB free" in done.stderr
+    ok, free = check_disk(copy.deepcopy(10**18), tmp_path / "not" / "yet")
+    assert not ok and free > 0
