@@ -246,7 +246,7 @@ def test_meg_topomaps_at_each_layers_tmax(tmp_path):
     with pytest.raises(ValueError, match="no layer with a positive peak"):
         maps.topomap_layers(tm.assign(peak_r=-1.0))
     with pytest.raises(ValueError, match="not on the CTF-275 layout"):
-        maps._layout_positions(["MLC11", "EEG001"])
+        maps._layout_positions(["EEG001", "EEG002"])
 
 
 def test_map_names():
@@ -254,3 +254,13 @@ def test_map_names():
     assert [n[3] for n in names] == [
         "brain_map_a_m1.png", "glass_brain_a_m1.png", "meg_topomaps_a_m1.png", "brain_map_a_m2.png",
         "glass_brain_a_m2.png", "meg_topomaps_a_m2.png", "meg_topomaps_b_m1.png", "meg_topomaps_b_m2.png"]
+
+
+def test_recorded_ctf_names_with_the_system_suffix_map_onto_the_layout():
+    from brainprop.maps import _layout_positions
+
+    # THINGS-MEG's channels are named like "MLC11-1609"; the CTF-275 layout has "MLC11".
+    suffixed, on = _layout_positions(["MLC11-1609", "MRO52-1609", "EEG001"])
+    bare, _ = _layout_positions(["MLC11", "MRO52"])
+    np.testing.assert_array_equal(suffixed, bare)
+    assert on.tolist() == [True, True, False]  # a sensor off the layout is left out, not fatal

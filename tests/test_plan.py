@@ -67,7 +67,8 @@ def test_plan_command_prints_jobs_and_disk(tmp_path):
                            "--results", str(tmp_path)], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert re.search(r"^\s+encode\s+24$", done.stdout, flags=re.MULTILINE)
-    assert re.search(r"^\s+total\s+41$", done.stdout, flags=re.MULTILINE)
+    # 41 of the spine + 12 joint fits + brain_map, meg_topomaps, sensitivity and compare.
+    assert re.search(r"^\s+total\s+57$", done.stdout, flags=re.MULTILINE)
     assert "resnet18/demo" in done.stdout and ": ok" in done.stdout
 
 

@@ -270,19 +270,24 @@ def topomap_layers(tm: pd.DataFrame, n: int = 4) -> pd.DataFrame:
     return pd.concat(picked, ignore_index=True)
 
 
-def _layout_positions(sensors: Sequence[str]) -> np.ndarray:
-    """2-D positions (head-sized, metres) of `sensors` on MNE's CTF-275 layout."""
+def _layout_positions(sensors: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """2-D positions (head-sized, metres) of the `sensors` on MNE's CTF-275 layout, and which are on it.
+
+    Recorded CTF channels carry the system's suffix ("MLC11-1609"); the layout has the bare
+    names. Sensors not on the layout are left out of the map (the caller logs how many).
+    """
     import mne
 
     layout = mne.channels.read_layout("CTF275")
     centre = layout.pos[:, :2] + layout.pos[:, 2:] / 2
     index = {name: i for i, name in enumerate(layout.names)}
-    missing = [s for s in sensors if s not in index]
-    if missing:
-        raise ValueError(f"sensor(s) {missing[:5]} not on the CTF-275 layout; expected CTF-275 names")
-    pos = centre[[index[s] for s in sensors]]
+    bare = [s.split("-")[0] for s in sensors]
+    on = np.array([b in index for b in bare], dtype=bool)
+    if not on.any():
+        raise ValueError(f"sensor(s) {list(sensors)[:5]} not on the CTF-275 layout; expected CTF-275 names")
+    pos = centre[[index[b] for b, o in zip(bare, on) if o]]
     pos = pos - centre.mean(axis=0)
-    return pos / np.linalg.norm(centre - centre.mean(axis=0), axis=1).max() * 0.09
+    return pos / np.linalg.norm(centre - centre.mean(axis=0), axis=1).max() * 0.09, on
 
 
 def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
@@ -308,8 +313,11 @@ def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
                     ax.set_axis_off()
                     continue
                 row = part.iloc[j]
-                image, _ = mne.viz.plot_topomap(np.asarray(row["r"], dtype="float64"),
-                                                _layout_positions(list(row["sensors"])), axes=ax, show=False,
+                pos, on = _layout_positions(list(row["sensors"]))
+                if not on.all():
+                    log.info("topomap %s depth %.2f: %d of %d sensors not on the CTF-275 layout, left out",
+                             signal, row["depth"], int((~on).sum()), len(on))
+                image, _ = mne.viz.plot_topomap(np.asarray(row["r"], dtype="float64")[on], pos, axes=ax, show=False,
                                                 vlim=(-vmax, vmax), cmap="RdBu_r", sensors=False, contours=4,
                                                 extrapolate="local")
                 image.set_gid(f"topo:{signal}:{row['depth']:.3f}")

@@ -87,13 +87,28 @@ def _resolve_layers(config: dict) -> dict[str, pd.DataFrame]:
     return {
         alias: resolve_layers(m["timm_name"], m["layers"], m["pooling"], m.get("input_size"), m.get("timm_kwargs"))
         for alias, m in config["models"].items()
+        if not m.get("variant")
     }
+
+
+def _modalities(dataset: dict) -> set[str]:
+    """Modalities of a dataset's targets (as dataset_modalities in workflow/rules/common.smk)."""
+    from .datasets import modality
+
+    return {"fmri", "meg"} if dataset["kind"] == "simulated" else {modality(dataset["kind"])}
 
 
 def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> RunPlan:
     """Jobs per rule and feature bytes of a validated config (layers resolved on the meta device)."""
-    layers = layers if layers is not None else _resolve_layers(config)
+    from .variants import model_variants
+
+    # Controls and sensitivity variants run as models of their own, with their base model's layers.
+    config = {**config, "models": model_variants(config["models"], config.get("sensitivity"))}
+    layers = dict(layers) if layers is not None else _resolve_layers(config)
     models, datasets = config["models"], config["datasets"]
+    for alias, m in models.items():
+        if alias not in layers and m.get("base_model") in layers:
+            layers[alias] = layers[m["base_model"]]
     imagesets = _imagesets_of_models(config)
     simulated = [name for name, ds in datasets.items() if ds["kind"] == "simulated"]
     jobs: Counter[str] = Counter()
@@ -111,12 +126,32 @@ def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> Run
             jobs["encode"] += n_subjects * len(m["signals"]) * len(layers[alias])
             jobs["hierarchy"] += n_subjects
             jobs["group"] += 1
+    # Rules added by the statistics, figures and datasets stages; these counts mirror the input
+    # functions of workflow/rules/common.smk and tests/test_plan.py checks them against Snakemake.
+    joint = config.get("joint", {})
+    base = [alias for alias, m in models.items() if not m.get("variant")]
+    for name, ds in datasets.items():
+        for alias, m in models.items():
+            chosen = joint.get("models")
+            if (joint.get("enabled", True) and {"act", "grad"} <= set(m["signals"])
+                    and (chosen is None or alias in chosen or m.get("base_model") in chosen)):
+                jobs["joint"] += len(ds["subjects"]) * len(layers[alias])
+        modalities = _modalities(ds)
+        jobs["brain_map"] += len(models) if "fmri" in modalities else 0
+        jobs["meg_topomaps"] += len(models) if "meg" in modalities else 0
+        jobs["sensitivity"] += len(base)
+        jobs["compare"] += 1
+        jobs["check"] += ds["kind"] != "simulated"
+    jobs["brain"] += sum(len(ds["subjects"]) for ds in datasets.values() if ds["kind"] != "simulated")
+    if config.get("calibration", {}).get("enabled"):
+        jobs["calibration"] = len(simulated)
     jobs["tables"] = 1
     jobs["figures"] = 1
     jobs["all"] = 1
+    jobs = Counter({rule: n for rule, n in jobs.items() if n})
     sizes = {
         (alias, imageset): feature_bytes(
-            list(layers[alias]["dim"]), config["stimuli"][imageset]["n_images"], len(models[alias]["signals"])
+            list(layers[alias]["dim"]), config["stimuli"][imageset].get("n_images", 0), len(models[alias]["signals"])
         )
         for alias, sets in imagesets.items()
         for imageset in sorted(sets)
