@@ -76,3 +76,15 @@ def demo_manifest(tmp_path_factory):
     manifest = make_demo_images(root, n_images=12, size=32)
     write_manifest(root / "manifest.parquet", manifest)
     return root / "manifest.parquet", manifest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tiny models gain nothing from threads, and OpenMP spin-waits
+    on a busy 2-core machine cost 20x."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -35,13 +35,7 @@ N_IMAGES = 16
 # ---------------------------------------------------------------- helpers and fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and OpenMP spin-waits on a busy 2-core machine cost 20x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(spec: tuple[str, dict], seed: int = 0, size: int = SIZE) -> torch.nn.Module:

@@ -22,12 +22,7 @@ VIT = ("vit_tiny_patch16_224", {}, 32)
 POOLING = {"mode": "grid", "grid": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _setup(arch, n_images=4):
