@@ -52,6 +52,29 @@ def short(value: object) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+
+class Probe:
+    """A subject's file checks, collected as findings: missing, mismatch (with the reason) or found."""
+
+    ERRORS = (DatasetError, OSError, ValueError, KeyError)
+
+    def __init__(self, subject: str):
+        self.subject = subject
+        self.found: list[Finding] = []
+
+    def __call__(self, item: str, path: Path, test, describe=None) -> object:
+        """`test(path)`'s value, or None when the file is missing or does not match the format."""
+        if not path.exists():
+            self.found.append(Finding(self.subject, item, str(path), "missing"))
+            return None
+        try:
+            value = test(path)
+        except self.ERRORS as err:
+            self.found.append(Finding(self.subject, item, str(path), "mismatch", str(err)))
+            return None
+        self.found.append(Finding(self.subject, item, str(path), "found", short(describe(value) if describe else value)))
+        return value
+
 def resolve(root: str | Path, path: str | Path) -> Path:
     """`path` itself when absolute, else relative to the dataset root."""
     path = Path(path)

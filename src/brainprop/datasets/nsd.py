@@ -20,10 +20,10 @@ import pandas as pd
 from ._common import (
     DatasetError,
     Finding,
+    Probe,
     RepetitionMean,
     nc_from_ncsnr,
     require_file,
-    short,
     zscore_columns,
 )
 from .geometry import fsaverage_coordinates, table_coordinates
@@ -339,26 +339,15 @@ def _ncsnr(root: Path, opts: dict, subject: str, targets: pd.DataFrame) -> np.nd
 def check(root: Path, ds: dict, subject: str) -> list[Finding]:
     """What is present for one subject, what is missing and what does not match the format."""
     opts = _options(ds)
-    found: list[Finding] = []
-
-    def probe(item: str, path: Path, test) -> object:
-        if not path.exists():
-            found.append(Finding(subject, item, str(path), "missing"))
-            return None
-        try:
-            value = test(path)
-        except (DatasetError, OSError, ValueError) as err:
-            found.append(Finding(subject, item, str(path), "mismatch", str(err)))
-            return None
-        detail = f"{len(value['masterordering'])} trials in masterordering" if isinstance(value, dict) else str(value)
-        found.append(Finding(subject, item, str(path), "found", short(detail)))
-        return value
+    probe = Probe(subject)
+    found = probe.found
 
     try:
         number = subject_number(subject)
     except DatasetError as err:
         return [Finding(subject, "subject", str(root), "mismatch", str(err))]
-    design = probe("expdesign", _expdesign_path(root), lambda p: expdesign(root))
+    design = probe("expdesign", _expdesign_path(root), lambda p: expdesign(root),
+                   lambda d: f"{len(d['masterordering'])} trials in masterordering")
     n_bricks = probe("stimuli", _stimuli_path(root), _brick_rows)
     shapes: dict = {}
     seen = []

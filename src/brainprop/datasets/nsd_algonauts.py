@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._common import DatasetError, Finding, require_file, short
+from ._common import DatasetError, Finding, Probe, require_file
 from .geometry import fsaverage_coordinates
 
 __all__ = ["check", "images", "read_mapping", "read_subject"]
@@ -99,19 +99,8 @@ def _labels(root: Path, subject: str, hemi: str, family: str, n: int) -> np.ndar
 
 def check(root: Path, ds: dict, subject: str) -> list[Finding]:
     """What is present for one subject, what is missing and what does not match the format."""
-    found = []
-
-    def probe(item: str, path: Path, test) -> object:
-        if not path.exists():
-            found.append(Finding(subject, item, str(path), "missing"))
-            return None
-        try:
-            value = test(path)
-        except (DatasetError, OSError, ValueError) as err:
-            found.append(Finding(subject, item, str(path), "mismatch", str(err)))
-            return None
-        found.append(Finding(subject, item, str(path), "found", short(value)))
-        return value
+    probe = Probe(subject)
+    found = probe.found
 
     files = probe("training images", _image_dir(root, subject), lambda p: len(_image_files(root, subject)))
     for hemi in _HEMIS:

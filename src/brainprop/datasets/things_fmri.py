@@ -21,11 +21,11 @@ import pandas as pd
 from ._common import (
     DatasetError,
     Finding,
+    Probe,
     kknc_ncsnr,
     nc_from_ncsnr,
     require_file,
     resolve,
-    short,
     zscore_columns,
 )
 from .geometry import table_coordinates
@@ -122,32 +122,21 @@ def _roi_columns(voxels: pd.DataFrame, rois: list[str], path: Path) -> list[tupl
 
 def check(root: Path, ds: dict, subject: str) -> list[Finding]:
     """What is present for one subject, what is missing and what does not match the format."""
-    found = []
-
-    def probe(item: str, path: Path, test) -> object:
-        if not path.exists():
-            found.append(Finding(subject, item, str(path), "missing"))
-            return None
-        try:
-            value = test()
-        except (DatasetError, OSError, ValueError, KeyError) as err:
-            found.append(Finding(subject, item, str(path), "mismatch", str(err)))
-            return None
-        found.append(Finding(subject, item, str(path), "found", short(value)))
-        return value
+    probe = Probe(subject)
+    found = probe.found
 
     stim_path = _table(root, ds, subject, "StimulusMetadata.csv")
     vox_path = _table(root, ds, subject, "VoxelMetadata.csv")
     resp_path = _table(root, ds, subject, "ResponseData.h5")
-    stimuli = probe("stimulus metadata", stim_path, lambda: _stimuli(stim_path))
-    layout = probe("responses", resp_path, lambda: response_layout(resp_path))
-    voxels = probe("voxel metadata", vox_path, lambda: pd.read_csv(vox_path, nrows=0))
+    stimuli = probe("stimulus metadata", stim_path, lambda _: _stimuli(stim_path))
+    layout = probe("responses", resp_path, lambda _: response_layout(resp_path))
+    voxels = probe("voxel metadata", vox_path, lambda _: pd.read_csv(vox_path, nrows=0))
     if voxels is not None:
-        probe("roi columns", vox_path, lambda: len(_roi_columns(voxels, _opts(ds)["rois"], vox_path)))
+        probe("roi columns", vox_path, lambda _: len(_roi_columns(voxels, _opts(ds)["rois"], vox_path)))
     if layout is not None and stimuli is not None and len(layout[2]) != len(stimuli):
         found.append(Finding(subject, "responses", str(resp_path), "mismatch",
                              f"{len(layout[2])} trial columns but {len(stimuli)} rows in {stim_path.name}"))
-    probe("brainmask", _brainmask(root, ds, subject), lambda: __import__("nibabel").load(_brainmask(root, ds, subject)).shape)
+    probe("brainmask", _brainmask(root, ds, subject), lambda _: __import__("nibabel").load(_brainmask(root, ds, subject)).shape)
     if stimuli is not None:
         folder = resolve(root, _opts(ds)["images"])
         missing = [s for s, c in zip(stimuli["stimulus"], stimuli["concept"]) if not (folder / c / s).is_file()]
