@@ -63,13 +63,14 @@ def full_config(n_models: int | None = None) -> dict:
 
 
 def write_layers(config: dict, workdir: Path) -> None:
-    """The `layers` checkpoint outputs of every model, as workflow/scripts/layers.py writes them."""
+    """The `layers` outputs of every model and its control variants, as workflow/scripts/layers.py writes them."""
     from brainprop.config import validate_config
     from brainprop.features.extract import resolve_layers
     from brainprop.io import write_table
+    from brainprop.variants import model_variants
 
     config = validate_config(json.loads(json.dumps(config)), check_models=False)
-    for alias, m in config["models"].items():
+    for alias, m in model_variants(config["models"], config["sensitivity"]).items():
         layers = resolve_layers(m["timm_name"], m["layers"], m["pooling"], m["input_size"], m["timm_kwargs"])
         write_table(workdir / f"results/{config['run']}/features/{alias}/layers.parquet", layers,
                     {"timm_name": m["timm_name"]})

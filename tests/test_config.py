@@ -120,6 +120,21 @@ def test_unknown_timm_name_suggests_nearest(demo):
     _check(bad, "models.resnet18.timm_name", "'resnet_18' is not a timm model", "resnet18")
 
 
+def test_timm_names_are_cached_per_timm_version(monkeypatch, tmp_path):
+    import timm
+    from importlib.metadata import version
+
+    from brainprop.config import timm_model_names
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    names = timm_model_names()
+    assert names == set(timm.list_models())
+    cache = tmp_path / "brainprop" / f"timm-{version('timm')}-models.txt"
+    assert set(cache.read_text().split()) == names
+    cache.write_text("resnet18\nmade_up_net\n")  # the cache, not timm, answers the next call
+    assert timm_model_names() == {"resnet18", "made_up_net"}
+
+
 def test_reversed_window(demo):
     bad = copy.deepcopy(demo)
     bad["datasets"]["sim_backprop"]["meg_windows"]["late"] = [1.0, 0.35]

@@ -6,6 +6,7 @@ import copy
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -183,10 +184,40 @@ def _check_cross_fields(config: dict) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-def _check_timm_names(config: dict) -> None:
+def _timm_cache_path(version: str) -> Path:
+    """Where the model names of one timm version are cached (XDG cache directory)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "brainprop" / f"timm-{version}-models.txt"
+
+
+def timm_model_names() -> set[str]:
+    """timm's registered model names, cached per timm version.
+
+    Importing timm costs seconds, and Snakemake parses the config at every start (and in every
+    cluster job); the names only change with the timm version.
+    """
+    from importlib.metadata import version
+
+    path = _timm_cache_path(version("timm"))
+    try:
+        return set(path.read_text().split())
+    except OSError:
+        pass
     import timm
 
-    known = set(timm.list_models())
+    names = sorted(timm.list_models())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("\n".join(names) + "\n")
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: check without the cache
+        pass
+    return set(names)
+
+
+def _check_timm_names(config: dict) -> None:
+    known = timm_model_names()
     problems = []
     for alias, model in config["models"].items():
         name = model["timm_name"].split(".")[0]  # a pretrained tag may follow the dot
