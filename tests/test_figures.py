@@ -517,12 +517,12 @@ def test_model_comparison_values_order_and_fill(tables):
 # ---------------------------------------------------------------- learning-rule signatures
 
 def _rule_tests() -> pd.DataFrame:
-    """Hand-built group rows: grad matches backprop, dfa shows no latency order, fa fails S1a; act is left out."""
+    """Hand-built group rows: grad matches backprop, dfa shows no order, fa fails S1a; act is left out."""
     effects = {  # signal -> test -> (effect, half CI width, p_fdr), the same for both models but shifted
         "act": {"T1": (0.8, 0.1, 0.01), "S1a": (0.9, 0.05, 0.01)},
         "grad": {"T1": (-0.7, 0.2, 0.01), "T2": (0.3, 0.1, 0.02), "S1a": (0.6, 0.2, 0.01), "S1b": (0.5, 0.3, 0.04)},
         "fa": {"T1": (-0.5, 0.3, 0.03), "T2": (0.2, 0.1, 0.2), "S1a": (-0.2, 0.3, 0.9), "S1b": (0.4, 0.2, 0.01)},
-        "dfa": {"T1": (0.05, 0.3, 0.6), "T2": (0.1, 0.05, 0.01), "S1a": (0.5, 0.2, 0.01), "S1b": (0.3, 0.2, 0.01)},
+        "dfa": {"T1": (0.05, 0.3, 0.6), "T2": (0.1, 0.05, 0.01), "S1a": (0.5, 0.2, 0.01), "S1b": (0.0, 0.2, 0.9)},
     }
     rows = []
     for m, model in enumerate(("resnet50", "vit_small")):
@@ -554,9 +554,10 @@ def test_rule_signatures_regions_markers_and_verdicts():
 
     lo, hi = axes["grad", "T1"].get_xlim()
     assert region("grad", "T1") == (lo, 0.0) and region("fa", "T1") == (lo, 0.0)  # backprop, fa: T1 < 0
-    assert region("grad", "S1a") == (0.0, hi) and region("dfa", "S1b") == (0.0, hi)
-    dfa_lo, dfa_hi = region("dfa", "T1")  # dfa: a narrow band around 0
-    assert dfa_lo == -dfa_hi and 0 < dfa_hi < 0.2 * (hi - lo)
+    assert region("grad", "S1a") == (0.0, hi) and region("fa", "S1b") == (0.0, hi)
+    for test in ("T1", "S1a", "S1b"):  # dfa: no order in time or space, a narrow band around 0
+        dfa_lo, dfa_hi = region("dfa", test)
+        assert dfa_lo == -dfa_hi and 0 < dfa_hi < 0.2 * (hi - lo)
     assert region("dfa", "T2")[0] == 0.0 and region("dfa", "T2")[1] == axes["dfa", "T2"].get_xlim()[1]
     # Markers: each model's effect at its row (resnet50 on top), filled only where p_fdr < alpha.
     mean = _by_gid(axes["fa", "S1a"], "fa:S1a:mean")
@@ -570,7 +571,12 @@ def test_rule_signatures_regions_markers_and_verdicts():
     assert verdict["grad", "T1"] == ["predicts < 0", "2/2 CI in region"]
     assert verdict["fa", "S1a"] == ["predicts > 0", "0/2 CI in region"]
     assert verdict["dfa", "T1"] == ["predicts ≈ 0", "2/2 CI in region"]  # the CI covers 0
+    assert verdict["dfa", "S1a"] == ["predicts ≈ 0", "0/2 CI in region"]  # a spatial order dfa does not predict
     assert verdict["fa", "T2"] == ["predicts > 0", "2/2 CI in region"]
+    # A missing effect (too few ROIs for S1b) is drawn as nothing and said so.
+    nan = tests.assign(ci_low=np.where((tests.signal == "grad") & (tests.test == "S1b"), np.nan, tests.ci_low))
+    note = _by_gid(figures.plot_rule_signatures(nan, "ds").axes[3], "verdict:grad:S1b").get_text()
+    assert note.split("\n")[1] == "no finite CI"
     # A dataset with MEG only has the T columns; a signal without a prediction is refused by name.
     fig = figures.plot_rule_signatures(tests[tests.test.isin(["T1", "T2"])], "ds")
     assert [ax.get_title() for ax in fig.axes[:2]] == ["T1", "T2"] and len(fig.axes) == 6

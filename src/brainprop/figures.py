@@ -1,4 +1,4 @@
-"""Figures of a run's tables: encoding by layer, MEG time courses, hierarchies, model comparison, CKA, recovery.
+"""Figures of a run's tables: encoding by layer, MEG time courses, hierarchies, models, rule signatures, CKA, recovery.
 
 Every figure is drawn from the results tables (docs/results.md) with one style: activations
 blue (solid line, circles), gradients red (dashed line, squares), layer depth on a shared
@@ -767,7 +767,7 @@ def _prediction_span(ax: Axes, prediction: str, lim: tuple[float, float], gid: s
 
 
 def _rule_cell(ax: Axes, part: pd.DataFrame, signal: str, test: str, y_of: dict[str, int], style: dict,
-               alpha: float) -> int:
+               alpha: float) -> str:
     """One signal's effect ± CI per model on one test's axis; return how many CIs match the prediction."""
     part = part.assign(_y=part["model"].map(y_of)).sort_values("_y")
     x = part["effect"].to_numpy(dtype="float64")
@@ -783,7 +783,11 @@ def _rule_cell(ax: Axes, part: pd.DataFrame, signal: str, test: str, y_of: dict[
     ax.plot(x[significant], ys[significant], linestyle="none", marker=style["marker"], color=style["color"],
             markersize=6, gid=f"{signal}:{test}:significant")
     prediction = RULE_PREDICTIONS[signal][test]
-    return sum(prediction_matched(prediction, lo, hi) for lo, hi in zip(low, high))
+    finite = int(np.count_nonzero(np.isfinite(low) & np.isfinite(high)))
+    if finite == 0:
+        return "no finite CI"
+    matched = sum(prediction_matched(prediction, lo, hi) for lo, hi in zip(low, high))
+    return f"{matched}/{finite} CI in region"
 
 
 def plot_rule_signatures(tests: pd.DataFrame, dataset: str, *, alpha: float = 0.05) -> Figure:
@@ -812,10 +816,7 @@ def plot_rule_signatures(tests: pd.DataFrame, dataset: str, *, alpha: float = 0.
                 _prediction_span(ax, prediction, lim, f"prediction:{signal}:{test}")
                 ax.axvline(0.0, color=REFERENCE_COLOR, linewidth=0.6, zorder=1)
                 part = rows[(rows["signal"] == signal) & (rows["test"] == test)]
-                note = "no rows"
-                if not part.empty:
-                    matched = _rule_cell(ax, part, signal, test, y_of, styles[signal], alpha)
-                    note = f"{matched}/{len(part)} CI in region"
+                note = _rule_cell(ax, part, signal, test, y_of, styles[signal], alpha) if len(part) else "no rows"
                 ax.text(0.98, 0.97, f"predicts {_PREDICTION_TEXT[prediction]}\n{note}", transform=ax.transAxes,
                         ha="right", va="top", fontsize=7, color="0.25", gid=f"verdict:{signal}:{test}")
                 ax.set_xlim(*lim)
@@ -828,11 +829,12 @@ def plot_rule_signatures(tests: pd.DataFrame, dataset: str, *, alpha: float = 0.
                 axes[i, 0].set_yticks([y_of[m] for m in models], models)
                 axes[i, 0].set_ylabel(f"{signal}\n({_RULE_NAMES[signal]})")
         handles = [plt.Rectangle((0, 0), 1, 1, color=_PREDICTION_COLOR),
-                   plt.Rectangle((0, 0), 1, 1, facecolor=_PREDICTION_COLOR, hatch="///", edgecolor="0.5"),
                    plt.Line2D([], [], color="0.3", marker="o", linestyle="none"),
                    plt.Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="none")]
-        labels = ["predicted sign", "predicted ≈ 0 (CI should cover 0)", f"p_fdr < {alpha}",
-                  f"p_fdr ≥ {alpha}"]
+        labels = ["predicted sign", f"p_fdr < {alpha}", f"p_fdr ≥ {alpha}"]
+        if any(RULE_PREDICTIONS[s][t] == "zero" for s in signals for t in columns):
+            handles.insert(1, plt.Rectangle((0, 0), 1, 1, facecolor=_PREDICTION_COLOR, hatch="///", edgecolor="0.5"))
+            labels.insert(1, "predicted ≈ 0 (CI should cover 0)")
         fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False)
         fig.suptitle(f"{dataset}: each rule's predicted signature (shaded) and the group effect per model, "
                      f"{_ci_name(alpha)}")

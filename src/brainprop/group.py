@@ -368,15 +368,14 @@ _SCORE_TESTS = {
 # that activations recover the hierarchy.
 PREDICTIONS = {"T1": "less", "T2": "greater", "S1a": "greater", "S1b": "greater"}
 FORWARD_CHECKS = {"T1": "greater", "S1a": "greater"}
-# What each learning rule predicts for the sign of each test's group effect (docs/features.md):
-# "less" / "greater" than 0, or "zero" where the rule predicts no order. fa and sign send the
-# error down the hierarchy as backprop does; dfa sends it to every layer at once (no latency
-# order, T1 near 0). The group rows still test every learning signal with `PREDICTIONS`.
+# What each learning rule predicts for the sign of each test's group effect: "less" / "greater"
+# than 0, or "zero" where it predicts no order (dfa: one error for every layer, at once); the
+# reasons are in docs/features.md. The group rows still test every learning signal with PREDICTIONS.
 RULE_PREDICTIONS: dict[str, dict[str, str]] = {
     "grad": PREDICTIONS,
     "fa": PREDICTIONS,
     "sign": PREDICTIONS,
-    "dfa": {"T1": "zero", "T2": "greater", "S1a": "greater", "S1b": "greater"},
+    "dfa": {"T1": "zero", "T2": "greater", "S1a": "zero", "S1b": "zero"},
 }
 
 
