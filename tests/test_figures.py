@@ -402,14 +402,17 @@ def test_save_figure_writes_atomically_and_closes(tmp_path):
 
 def test_figure_names():
     names = figures.figure_names({"things_meg_sim": {"meg"}, "nsd_sim": {"fmri"}}, formats=("png",),
-                                 models=["m2", "m1"], simulated=["nsd_sim"])
+                                 models=["m2", "m1"], simulated=["nsd_sim"], signals=["act", "grad"])
     assert names == ["encoding_by_layer_nsd_sim_m1.png", "encoding_by_layer_nsd_sim_m2.png",
                      "spatial_hierarchy_nsd_sim_m1.png", "spatial_hierarchy_nsd_sim_m2.png",
-                     "model_comparison_nsd_sim.png", "simulation_recovery_nsd_sim.png",
+                     "model_comparison_nsd_sim.png", "rule_signatures_nsd_sim.png", "simulation_recovery_nsd_sim.png",
                      "encoding_by_layer_things_meg_sim_m1.png", "encoding_by_layer_things_meg_sim_m2.png",
                      "meg_timecourses_things_meg_sim_m1.png", "meg_timecourses_things_meg_sim_m2.png",
                      "tmax_things_meg_sim_m1.png", "tmax_things_meg_sim_m2.png",
-                     "model_comparison_things_meg_sim.png", "cka.png"]
+                     "model_comparison_things_meg_sim.png", "rule_signatures_things_meg_sim.png", "cka.png"]
+    # A run of activations only has no learning rule to draw.
+    only_act = figures.figure_names({"nsd_sim": {"fmri"}}, formats=("png",), models=["m1"], signals=["act"])
+    assert not any(n.startswith("rule_signatures") for n in only_act) and "model_comparison_nsd_sim.png" in only_act
     with pytest.raises(ValueError, match=r"modality \['eeg'\]"):
         figures.figure_names({"x": {"eeg"}})
 
@@ -425,7 +428,7 @@ def test_make_figures_writes_the_announced_files(tables, tmp_path):
     written = figures.make_figures(tmp_path / "tables", tmp_path / "figures", formats=("png", "svg"),
                                    truth=paths)
     expected = figures.figure_names({"nsd_sim": {"fmri"}, "things_meg_sim": {"meg"}}, formats=("png", "svg"),
-                                    models=MODELS, simulated=paths)
+                                    models=MODELS, simulated=paths, signals=SIGNALS)
     assert sorted(p.name for p in written) == sorted(expected)
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(expected)
     assert all(p.stat().st_size > 10_000 for p in written)
@@ -494,17 +497,100 @@ def test_model_comparison_values_order_and_fill(tables):
     fig = figures.plot_model_comparison(both, "nsd_sim")
     (ax,) = [a for a in fig.axes if a.get_title()]  # fMRI only: the spatial panel
     rows = both[(both.dataset == "nsd_sim") & (both.test == "S1a")]
-    order = [t.get_text() for t in ax.get_yticklabels()][::-1]  # top first
+    # Every model x signal is its own labelled row: models by the activations' score, act above grad.
+    labels = {tick.get_position()[1]: tick.get_text() for tick in ax.get_yticklabels()}
     act = rows[rows.signal == "act"].set_index("model")["effect"]
-    assert order == list(act.sort_values(ascending=False).index)
-    grad = next(ln for ln in ax.get_lines() if ln.get_gid() == "grad:mean")
-    expected = rows[rows.signal == "grad"].set_index("model").loc[[t.get_text() for t in ax.get_yticklabels()]]
-    np.testing.assert_allclose(np.sort(grad.get_xdata()), np.sort(expected["effect"].to_numpy()))
+    top_first = [labels[y] for y in sorted(labels, reverse=True)]
+    assert top_first == [f"{m} · {s}" for m in act.sort_values(ascending=False).index for s in SIGNALS]
+    for signal in SIGNALS:
+        line = next(ln for ln in ax.get_lines() if ln.get_gid() == f"{signal}:mean")
+        drawn = {labels[y]: x for x, y in zip(line.get_xdata(), line.get_ydata())}
+        expected = rows[rows.signal == signal].set_index("model")["effect"]
+        assert drawn == pytest.approx({f"{m} · {signal}": v for m, v in expected.items()}, rel=1e-12)
     filled = next(ln for ln in ax.get_lines() if ln.get_gid() == "act:significant")
     assert len(filled.get_xdata()) == len(act)  # act rows have p_fdr 0.01
     assert len(next(ln for ln in ax.get_lines() if ln.get_gid() == "grad:significant").get_xdata()) == 0
     fig = figures.plot_model_comparison(both, "things_meg_sim")
     assert [a.get_title().split(" ")[0] for a in fig.axes if a.get_title()] == ["temporal"]
+
+
+# ---------------------------------------------------------------- learning-rule signatures
+
+def _rule_tests() -> pd.DataFrame:
+    """Hand-built group rows: grad matches backprop, dfa shows no order, fa fails S1a; act is left out."""
+    effects = {  # signal -> test -> (effect, half CI width, p_fdr), the same for both models but shifted
+        "act": {"T1": (0.8, 0.1, 0.01), "S1a": (0.9, 0.05, 0.01)},
+        "grad": {"T1": (-0.7, 0.2, 0.01), "T2": (0.3, 0.1, 0.02), "S1a": (0.6, 0.2, 0.01), "S1b": (0.5, 0.3, 0.04)},
+        "fa": {"T1": (-0.5, 0.3, 0.03), "T2": (0.2, 0.1, 0.2), "S1a": (-0.2, 0.3, 0.9), "S1b": (0.4, 0.2, 0.01)},
+        "dfa": {"T1": (0.05, 0.3, 0.6), "T2": (0.1, 0.05, 0.01), "S1a": (0.5, 0.2, 0.01), "S1b": (0.0, 0.2, 0.9)},
+    }
+    rows = []
+    for m, model in enumerate(("resnet50", "vit_small")):
+        for signal, tests in effects.items():
+            for test, (effect, half, p_fdr) in tests.items():
+                effect += 0.05 * m
+                rows.append({"dataset": "ds", "model": model, "signal": signal, "test": test, "effect": effect,
+                             "ci_low": effect - half, "ci_high": effect + half, "p_fdr": p_fdr, "n_subjects": 8})
+    return pd.DataFrame(rows)
+
+
+def _by_gid(ax, gid: str):
+    return next(a for a in [*ax.get_lines(), *ax.patches, *ax.texts] if a.get_gid() == gid)
+
+
+def test_rule_signatures_regions_markers_and_verdicts():
+    tests = _rule_tests()
+    fig = figures.plot_rule_signatures(tests, "ds")
+    grid = fig.axes[0].get_gridspec().get_geometry()
+    assert grid == (3, 4) and len(fig.axes) == 12  # rows grad, fa, dfa (no act, no sign); columns T1 T2 S1a S1b
+    axes = {(s, t): fig.axes[i * 4 + j] for i, s in enumerate(("grad", "fa", "dfa"))
+            for j, t in enumerate(("T1", "T2", "S1a", "S1b"))}
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["T1", "T2", "S1a", "S1b"]
+    assert axes["dfa", "T1"].get_ylabel().startswith("dfa")
+
+    def region(signal: str, test: str) -> tuple[float, float]:
+        box = _by_gid(axes[signal, test], f"prediction:{signal}:{test}").get_bbox()
+        return box.x0, box.x1
+
+    lo, hi = axes["grad", "T1"].get_xlim()
+    assert region("grad", "T1") == (lo, 0.0) and region("fa", "T1") == (lo, 0.0)  # backprop, fa: T1 < 0
+    assert region("grad", "S1a") == (0.0, hi) and region("fa", "S1b") == (0.0, hi)
+    for test in ("T1", "S1a", "S1b"):  # dfa: no order in time or space, a narrow band around 0
+        dfa_lo, dfa_hi = region("dfa", test)
+        assert dfa_lo == -dfa_hi and 0 < dfa_hi < 0.2 * (hi - lo)
+    assert region("dfa", "T2")[0] == 0.0 and region("dfa", "T2")[1] == axes["dfa", "T2"].get_xlim()[1]
+    # Markers: each model's effect at its row (resnet50 on top), filled only where p_fdr < alpha.
+    mean = _by_gid(axes["fa", "S1a"], "fa:S1a:mean")
+    rows = tests[(tests.signal == "fa") & (tests.test == "S1a")].set_index("model")
+    np.testing.assert_allclose(mean.get_xdata(), rows.loc[["vit_small", "resnet50"], "effect"])
+    np.testing.assert_array_equal(mean.get_ydata(), [0.0, 1.0])
+    assert len(_by_gid(axes["fa", "S1a"], "fa:S1a:significant").get_xdata()) == 0
+    assert len(_by_gid(axes["grad", "T1"], "grad:T1:significant").get_xdata()) == 2
+    assert len(_by_gid(axes["dfa", "T1"], "dfa:T1:significant").get_xdata()) == 0
+    verdict = {k: _by_gid(ax, f"verdict:{k[0]}:{k[1]}").get_text().split("\n") for k, ax in axes.items()}
+    assert verdict["grad", "T1"] == ["predicts < 0", "2/2 CI in region"]
+    assert verdict["fa", "S1a"] == ["predicts > 0", "0/2 CI in region"]
+    assert verdict["dfa", "T1"] == ["predicts ≈ 0", "2/2 CI in region"]  # the CI covers 0
+    assert verdict["dfa", "S1a"] == ["predicts ≈ 0", "0/2 CI in region"]  # a spatial order dfa does not predict
+    assert verdict["fa", "T2"] == ["predicts > 0", "2/2 CI in region"]
+    # A missing effect (too few ROIs for S1b) is drawn as nothing and said so.
+    nan = tests.assign(ci_low=np.where((tests.signal == "grad") & (tests.test == "S1b"), np.nan, tests.ci_low))
+    note = _by_gid(figures.plot_rule_signatures(nan, "ds").axes[3], "verdict:grad:S1b").get_text()
+    assert note.split("\n")[1] == "no finite CI"
+    # A dataset with MEG only has the T columns; a signal without a prediction is refused by name.
+    fig = figures.plot_rule_signatures(tests[tests.test.isin(["T1", "T2"])], "ds")
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["T1", "T2"] and len(fig.axes) == 6
+    with pytest.raises(ValueError, match=r"signal\(s\) \['hebb'\].*known: \['dfa', 'fa', 'grad', 'sign'\]"):
+        figures.plot_rule_signatures(pd.concat([tests, tests.assign(signal="hebb")]), "ds")
+    with pytest.raises(ValueError, match="no .* rows of a learning signal"):
+        figures.plot_rule_signatures(tests[tests.signal == "act"], "ds")
+
+
+def test_prediction_matched():
+    assert figures.prediction_matched("greater", 0.1, 0.5) and not figures.prediction_matched("greater", -0.1, 0.5)
+    assert figures.prediction_matched("less", -0.5, -0.1) and not figures.prediction_matched("less", -0.5, 0.0)
+    assert figures.prediction_matched("zero", -0.2, 0.3) and not figures.prediction_matched("zero", 0.1, 0.3)
+    assert not figures.prediction_matched("zero", np.nan, 0.3)
 
 
 # ---------------------------------------------------------------- CKA and simulation recovery

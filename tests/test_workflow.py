@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 pytestmark = pytest.mark.workflow
 # Every figure of the tiny run: one simulated dataset with fMRI and MEG, one model, PNG only.
-TINY_FIGURES = [f"{kind}_sim_backprop.png" for kind in ("model_comparison", "simulation_recovery")] + ["cka.png"] + [
+TINY_FIGURES = [f"{kind}_sim_backprop.png" for kind in (
+    "model_comparison", "rule_signatures", "simulation_recovery")] + ["cka.png"] + [
     f"{kind}_sim_backprop_resnet18.png" for kind in (
         "encoding_by_layer", "meg_timecourses", "spatial_hierarchy", "tmax", "brain_map", "glass_brain", "meg_topomaps")]
 

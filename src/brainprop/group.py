@@ -23,6 +23,8 @@ from .hierarchy import exclusion_mask, pearson
 
 __all__ = [
     "ALTERNATIVES",
+    "PREDICTIONS",
+    "RULE_PREDICTIONS",
     "bh_fdr",
     "bootstrap_ci",
     "group_from_subjects",
@@ -366,6 +368,15 @@ _SCORE_TESTS = {
 # that activations recover the hierarchy.
 PREDICTIONS = {"T1": "less", "T2": "greater", "S1a": "greater", "S1b": "greater"}
 FORWARD_CHECKS = {"T1": "greater", "S1a": "greater"}
+# What each learning rule predicts for the sign of each test's group effect: "less" / "greater"
+# than 0, or "zero" where it predicts no order (dfa: one error for every layer, at once); the
+# reasons are in docs/features.md. The group rows still test every learning signal with PREDICTIONS.
+RULE_PREDICTIONS: dict[str, dict[str, str]] = {
+    "grad": PREDICTIONS,
+    "fa": PREDICTIONS,
+    "sign": PREDICTIONS,
+    "dfa": {"T1": "zero", "T2": "greater", "S1a": "zero", "S1b": "zero"},
+}
 
 
 def _subject_rows(ctx: _Context, signal: str) -> list[tuple]:

@@ -267,6 +267,7 @@ FIGURE_TITLES = {
     "spatial_hierarchy": "spatial hierarchy",
     "tmax": "T_max vs depth",
     "model_comparison": "model comparison",
+    "rule_signatures": "learning-rule signatures",
     "simulation_recovery": "planted vs recovered",
     "cka": "layer CKA",
     "brain_map": "brain map",
@@ -291,7 +292,11 @@ def _reported(path, kind, category, subcategory):
 def figure_outputs():
     """Every figure file of the figures rule; PNGs are registered in the report."""
     entries = figure_entries(
-        dataset_modalities(), config["figures"]["formats"], models=list(MODELS), simulated=SIMULATED
+        dataset_modalities(),
+        config["figures"]["formats"],
+        models=list(MODELS),
+        simulated=SIMULATED,
+        signals=SIGNALS,
     )
     return [
         _reported(f"{OUT}/figures/{name}", kind, dataset or "all datasets", model or "all models")
