@@ -676,6 +676,26 @@ def test_cross_entropy_shuffled_permutes_own_labels_batch_invariantly(vit_case):
     assert not np.allclose(own["grad"][1], full["grad"][1], atol=1e-6)
 
 
+def test_shuffled_labels_of_a_one_class_network_are_a_logged_no_op(caplog):
+    # A random network often predicts one class for every image: permuting its labels changes nothing.
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    with torch.no_grad():
+        head[1].weight.zero_()
+        head[1].bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
+    prepare = ex.LOSS_PREPARERS["cross_entropy_shuffled"]
+    with caplog.at_level("INFO", logger=ex.log.name):
+        params = prepare(head, [_images(6, 8)], {"seed": 3})
+    assert params["labels"].tolist() == [1] * 6
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "1 distinct top-1 classes over 6 images" in caplog.text and "label of 0 images" in caplog.text
+    caplog.clear()
+    with torch.no_grad():
+        head[1].weight.normal_(generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("INFO", logger=ex.log.name):
+        prepare(head, [_images(6, 8)], {"seed": 3})
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+
+
 def test_shuffled_and_self_distillation_errors():
     headless = ex.create_model("resnet18", "random", 0, 32, {"num_classes": 0})
     with pytest.raises(ValueError, match="classifier head"):

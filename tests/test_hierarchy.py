@@ -9,14 +9,21 @@ from scipy import stats
 
 from brainprop.contract import validate_table
 from brainprop.hierarchy import (
+    TARGET_DEPTH_COLUMNS,
     best_layers,
     exclusion_mask,
+    load_target_depths,
     pearson,
+    run_hierarchy,
     spatial_score,
     subject_hierarchy,
+    subject_target_depths,
+    target_depths,
     temporal_score,
     tmax,
+    weighted_depth,
 )
+from brainprop.io import write_table
 
 DEPTHS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 BASE = {"dataset": "sim", "model": "m", "timm_name": "vit_tiny", "signal": "act", "subject": "01",
@@ -194,3 +201,80 @@ def test_bad_inputs_raise():
         spatial_score(two, "glasser")
     with pytest.raises(ValueError, match="lacks columns"):
         best_layers(fmri_rows(R_ROI, DIST).drop(columns="roi_distance_mm"))
+
+
+# ---------------------------------------------------------------- per-target best layers and weighted depth
+
+# r of four targets (columns) at the layers of DEPTHS (rows). t0: tie of layers 1 and 2 -> 1, weighted
+# depth (0.1·0 + 0.3·0.25 + 0.3·0.5) / 0.7; t1: never positive, tie of layers 0 and 3 -> 0, weighted NaN;
+# t2: NaN at two layers, best 3, weighted (0.2·0.25 + 0.6·0.75 + 0.2·1) / 1.0; t3: NaN everywhere.
+R_TARGET = np.array([
+    [0.1, -0.1, np.nan, np.nan],
+    [0.3, -0.2, 0.2, np.nan],
+    [0.3, -0.3, np.nan, np.nan],
+    [0.0, -0.1, 0.6, np.nan],
+    [-0.2, -0.5, 0.2, np.nan],
+])
+EXPECTED_TARGET = {"best_layer_index": [1, 0, 3, -1], "best_depth": [0.25, 0.0, 0.75, np.nan],
+                   "best_r": [0.3, -0.1, 0.6, np.nan], "weighted_depth": [0.225 / 0.7, np.nan, 0.7, np.nan],
+                   "n_layers": [5, 5, 3, 0]}
+
+
+def test_target_depths_closed_form_with_ties_in_any_layer_order():
+    order = np.array([3, 0, 4, 2, 1])  # layers given out of order: ties still go to the shallowest
+    out = target_depths(R_TARGET[order], DEPTHS[order], np.arange(5)[order])
+    for key, expected in EXPECTED_TARGET.items():
+        np.testing.assert_allclose(out[key], expected, rtol=1e-12, err_msg=key)
+    assert out["best_layer_index"].dtype == np.int64 and out["n_layers"].dtype == np.int64
+    np.testing.assert_allclose(weighted_depth(R_TARGET, DEPTHS), EXPECTED_TARGET["weighted_depth"], rtol=1e-12)
+    with pytest.raises(ValueError, match="expected \\(5 layers"):
+        weighted_depth(R_TARGET[:4], DEPTHS)
+
+
+def _long_scores(signal: str, r: np.ndarray, targets: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame([{"signal": signal, "layer_index": k, "depth": DEPTHS[k], "target": t, "r": r[k, j]}
+                         for k in range(r.shape[0]) for j, t in enumerate(targets)])
+
+
+@pytest.mark.parametrize("exclude, excluded", [("nonpositive", [False, True, False, True]),
+                                               ("none", [False, False, False, True])])
+def test_subject_target_depths_keeps_and_marks_excluded_targets(exclude, excluded):
+    targets = np.array([10, 11, 12, 13])
+    scores = pd.concat([_long_scores("act", R_TARGET, targets), _long_scores("grad", R_TARGET[::-1], targets)])
+    table = subject_target_depths(scores.sample(frac=1.0, random_state=0), {"dataset": "d", "model": "m",
+                                                                            "subject": "01"}, exclude)
+    assert list(table.columns) == TARGET_DEPTH_COLUMNS and len(table) == 8
+    act = table[table["signal"] == "act"].set_index("target").loc[targets]
+    for key, expected in EXPECTED_TARGET.items():
+        np.testing.assert_allclose(act[key].to_numpy(), expected, rtol=1e-12, err_msg=key)
+    assert act["excluded"].tolist() == excluded
+    grad = table[table["signal"] == "grad"].set_index("target").loc[10]
+    assert (grad["best_layer_index"], grad["best_depth"]) == (2, 0.5)  # reversed: 0.3 at layers 2 and 3 -> 2
+    with pytest.raises(ValueError, match="duplicated"):
+        subject_target_depths(pd.concat([scores, scores]), {"dataset": "d", "model": "m", "subject": "01"})
+
+
+def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path):
+    # One subject's encode outputs on disk: per layer a summary and per-target scores; target 99 is MEG.
+    fmri, meg = np.array([10, 11, 12, 13]), 99
+    write_table(tmp_path / "targets.parquet", pd.DataFrame({"target": [*fmri, meg],
+                                                            "modality": ["fmri"] * 4 + ["meg"]}))
+    enc = fmri_rows(R_ROI, DIST)
+    summaries, scores = [], []
+    for k in range(len(DEPTHS)):
+        summaries.append(tmp_path / f"{k}.summary.parquet")
+        scores.append(tmp_path / f"{k}.targets.parquet")
+        write_table(summaries[-1], enc[enc["layer_index"] == k])
+        write_table(scores[-1], pd.DataFrame({"target": [*fmri[::-1], meg], "r": [*R_TARGET[k, ::-1], 0.9],
+                                              "r2": 0.0, "alpha": 1.0, "r_normalized": np.nan, "excluded": False}))
+    outputs = type("Out", (), {k: tmp_path / f"{k}.parquet" for k in
+                               ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")})
+    params = {"atlas": "glasser", "threshold": 0.95, "min_count": 3, "exclude": "nonpositive"}
+    run_hierarchy(summaries, outputs, params, scores, tmp_path / "targets.parquet")
+    table = load_target_depths(outputs.target_depths)
+    assert table["target"].tolist() == fmri.tolist() and set(table["subject"]) == {"01"}
+    np.testing.assert_allclose(table["weighted_depth"], EXPECTED_TARGET["weighted_depth"], rtol=1e-12)
+    with pytest.raises(ValueError, match="one per signal × layer"):
+        run_hierarchy(summaries, outputs, params, scores[:2], tmp_path / "targets.parquet")
+    with pytest.raises(ValueError, match="lacks columns"):
+        load_target_depths(outputs.best_layers)

@@ -111,6 +111,18 @@ def test_group_vertex_maps_against_scipy_and_plant():
     assert np.isfinite(out["r"][40:]).sum() <= 1  # null vertices: FDR keeps false positives rare
     with pytest.raises(ValueError, match="expected"):
         maps.group_vertex_maps(r[:, :2], depths, fdr=0.01)
+    # The weighted depth: subject mean (NaN subjects left out) where r is shown, NaN elsewhere.
+    weighted = rng.uniform(0, 1, (n_sub, n_vert))
+    weighted[0, 2:5] = np.nan
+    out_w = maps.group_vertex_maps(r, depths, fdr=0.01, weighted=weighted)
+    shown = np.isfinite(out["r"])
+    np.testing.assert_array_equal(out_w["r"], out["r"])
+    np.testing.assert_allclose(out_w["weighted_depth"][shown],
+                               [weighted[np.isfinite(weighted[:, v]), v].mean() for v in np.flatnonzero(shown)],
+                               rtol=1e-12)
+    assert np.isnan(out_w["weighted_depth"][~shown]).all()
+    with pytest.raises(ValueError, match="n_subjects, n_vertices"):
+        maps.group_vertex_maps(r, depths, fdr=0.01, weighted=weighted[:, :5])
 
 
 # ---------------------------------------------------------------- end to end on subject folders
@@ -164,6 +176,15 @@ def _write_subject_folders(tmp_path, modality: str) -> tuple[list[str], dict, pd
     return scores, dirs, pd.DataFrame(tmax_rows)
 
 
+def _weighted_at(targets: pd.DataFrame, r: dict, signal: str, subject: str, hemi: str, xyz: np.ndarray) -> float:
+    """Mean over one subject's targets within 10 mm of `xyz` of sum_k max(r_k, 0) d_k / sum_k max(r_k, 0)."""
+    rk = np.vstack([r[signal, k, subject] for k in DEPTHS])
+    w = np.clip(rk, 0, None)
+    per_target = np.array(list(DEPTHS.values())) @ w / w.sum(axis=0)
+    near = (targets["hemi"] == hemi) & (np.linalg.norm(targets[["x", "y", "z"]].to_numpy() - xyz, axis=1) <= 10)
+    return float(per_target[near.to_numpy()].mean())
+
+
 def test_brain_map_recovers_the_planted_depths(tmp_path):
     scores, dirs, _ = _write_subject_folders(tmp_path, "fmri")
     targets, r = maps._subject_scores(scores, dirs)
@@ -176,6 +197,11 @@ def test_brain_map_recovers_the_planted_depths(tmp_path):
             assert out["act"][hemi]["depth"][v] == act_depth, (hemi, roi)
             assert out["grad"][hemi]["depth"][v] == 1.0 - act_depth, (hemi, roi)
             assert out["act"][hemi]["r"][v] == pytest.approx(0.3, abs=0.03)
+            for signal in SIGNALS:
+                expected = np.mean([_weighted_at(targets[s], r, signal, s, hemi, pial[v]) for s in SUBJECTS])
+                assert out[signal][hemi]["weighted_depth"][v] == pytest.approx(expected, rel=1e-9)
+            # 0.3 at the best layer, about 0.02 elsewhere: about (0.3·d + 0.02·(sum of the others)) / 0.34.
+            assert abs(out["act"][hemi]["weighted_depth"][v] - act_depth) < 0.15
     far = np.argmax(np.asarray(mesh["lh"]["pial"].coordinates)[:, 1])  # frontal pole: no target in reach
     assert np.isnan(out["act"]["lh"]["r"][far])
     # SVG only: the PNG path of save_figure is tested in test_figures (a PNG of 24 surfaces takes ~8 s).
@@ -217,11 +243,16 @@ def test_glass_brain_markers_are_subject_means(tmp_path):
 def test_plot_brain_map_panels():
     mesh = maps.fsaverage5()
     empty = np.full(maps.N_FSAVERAGE5, np.nan)
-    values = {s: {h: {"r": empty, "depth": empty} for h in maps.HEMIS} for s in SIGNALS}
-    fig = maps.plot_brain_map(values, mesh, title="t", fdr=0.05)
+    values = {s: {h: {"r": empty, "depth": empty, "weighted_depth": empty} for h in maps.HEMIS} for s in SIGNALS}
+    fig = maps.plot_brain_map(values, mesh, title="t", fdr=0.05, views=("ventral",))
     gids = [ax.get_gid() for ax in fig.axes if str(ax.get_gid()).startswith("map:")]
-    assert len(gids) == 4 * len(SIGNALS) * len(maps.VIEWS)
-    assert "map:grad:rh:depth:ventral" in gids
+    assert len(gids) == 6 * len(SIGNALS)
+    assert {"map:grad:rh:depth:ventral", "map:grad:rh:weighted_depth:ventral"} <= set(gids)
+    # Without the weighted depth: the r and best-layer depth rows only.
+    fig = maps.plot_brain_map({"act": {h: {"r": empty, "depth": empty} for h in maps.HEMIS}}, mesh, title="t",
+                              fdr=0.05, views=("lateral",))
+    assert sorted(ax.get_gid() for ax in fig.axes if str(ax.get_gid()).startswith("map:")) == [
+        f"map:act:{h}:{q}:lateral" for h in maps.HEMIS for q in ("depth", "r")]
     with pytest.raises(ValueError, match="no signal"):
         maps.plot_brain_map({}, mesh, title="t", fdr=0.05)
 

@@ -185,3 +185,84 @@ def test_controls_are_planned_as_models_of_their_own(tmp_path):
     assert "model=resnet18__shuffled_loss" in text
     # Random weights already: no random-init copy.
     assert "resnet18__random_init" not in text
+
+
+def _centred_checkpoint(path: Path, n_images: int, size: int) -> Path:
+    """A ResNet-18 checkpoint: seeded random weights (seed 1, not the run's 0) with the head centred on the
+    demo images (bias = -W · mean pre-logits), so that the top-1 class varies across images. A random head
+    predicts one class for every image, which leaves the shuffled-label control nothing to shuffle."""
+    import torch
+
+    from brainprop.features.extract import ImageDataset, _transform, create_model
+    from brainprop.stimuli import make_demo_images, write_manifest
+
+    write_manifest(path.parent / "manifest.parquet", make_demo_images(path.parent, n_images, size))
+    model = create_model("resnet18", "random", 1, size, {"zero_init_last": False})
+    data = ImageDataset(path.parent / "manifest.parquet", _transform(model, size))
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    with torch.no_grad():
+        pre = model.forward_head(model.forward_features(images), pre_logits=True)
+        model.fc.bias.copy_(-model.fc.weight @ pre.mean(dim=0))
+        assert len(set(model(images).argmax(dim=1).tolist())) > 10
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_controls_run_through_the_workflow(tmp_path):
+    # The tiny run with both controls on a non-random model, cut to what the controls need: 2 layers,
+    # 2 subjects, no joint models, no sensitivity choices beyond the default.
+    import yaml
+
+    from brainprop.contract import validate_table
+    from brainprop.features import load_features
+
+    config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+    images = config["stimuli"]["demo"]
+    checkpoint = _centred_checkpoint(tmp_path / "weights" / "resnet18.pt", images["n_images"], images["size"])
+    config["models"]["resnet18"] |= {"weights": str(checkpoint), "controls": ["random_init", "shuffled_loss"],
+                                     "layers": {"n": 2}}
+    config["datasets"]["sim_backprop"]["subjects"] = ["sub-01", "sub-02"]
+    config |= {"joint": {"enabled": False}, "hierarchy": {"min_count": 2}, "encoding": {"alphas": {"n": 4}},
+               "sensitivity": {"tmax_threshold": [], "exclude": []}}
+    (tmp_path / "controls.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    done = subprocess.run([SNAKEMAKE, "results/tiny/tables/tests.parquet", "-s", str(ROOT / "Snakefile"),
+                           "--directory", str(run), "--cores", "2", "--configfile", str(tmp_path / "controls.yaml")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-5000:]
+    out = run / "results" / "tiny"
+
+    tests = pd.read_parquet(out / "tables" / "tests.parquet")
+    assert validate_table("tests", tests) == []
+    labels = {"resnet18": "", "resnet18__random_init": "random_init", "resnet18__shuffled_loss": "shuffled_loss"}
+    assert set(tests["model"]) == set(labels)
+    for model, variant in labels.items():
+        rows = tests[tests["model"] == model]
+        assert set(rows["base_model"]) == {"resnet18"} and set(rows["variant"]) == {variant}, model
+        assert set(zip(rows["signal"], rows["test"])) == set(zip(tests["signal"], tests["test"])), model
+    comparisons = pd.read_parquet(out / "tables" / "comparisons.parquet")
+    assert validate_table("comparisons", comparisons) == []
+    pairs = comparisons[comparisons["comparison"] == "models"]
+    assert {frozenset(p) for p in zip(pairs["model_a"], pairs["model_b"])} == {
+        frozenset(p) for p in (("resnet18", "resnet18__random_init"), ("resnet18", "resnet18__shuffled_loss"),
+                               ("resnet18__random_init", "resnet18__shuffled_loss"))}
+    for side in ("a", "b"):
+        assert (pairs[f"variant_{side}"] == pairs[f"model_{side}"].map(labels)).all()
+        assert set(pairs[f"base_model_{side}"]) == {"resnet18"}
+    assert set(comparisons.loc[comparisons["comparison"] == "rank", "model_a"]) == set(labels)
+
+    features = {model: out / "features" / model / "demo" / "extract" for model in labels}
+    for k in range(2):
+        base = {s: load_features(features["resnet18"], s, k) for s in ("act", "grad")}
+        random_init = load_features(features["resnet18__random_init"], "act", k)
+        shuffled = {s: load_features(features["resnet18__shuffled_loss"], s, k) for s in ("act", "grad")}
+        assert _relative_difference(random_init, base["act"]) > 0.1, k  # other weights
+        np.testing.assert_array_equal(shuffled["act"], base["act"])  # same weights, same forward pass
+        assert _relative_difference(shuffled["grad"], base["grad"]) > 0.1, k  # other labels
+    log = (out / "logs" / "extract" / "resnet18__shuffled_loss" / "demo.log").read_text()
+    changed = int(re.search(r"changes the label of (\d+) images", log).group(1))
+    assert changed > 30, log[-2000:]

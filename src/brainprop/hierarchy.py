@@ -3,6 +3,8 @@
 Every function is a pure function of contract tables (see `brainprop.contract.TABLES`):
 `best_layers` and `tmax` read the encoding table, `spatial_score` and `temporal_score` one
 subject's `best_layers` / `tmax` rows, and `subject_hierarchy` chains them for all signals.
+`target_depths` does per fMRI target (vertex or voxel) what `best_layers` does per ROI, from
+the encode stage's per-target scores, and adds the score-weighted mean depth.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ __all__ = [
     "spatial_score",
     "temporal_score",
     "subject_hierarchy",
+    "weighted_depth",
+    "target_depths",
+    "subject_target_depths",
+    "load_target_depths",
+    "TARGET_DEPTH_COLUMNS",
     "run_hierarchy",
 ]
 
@@ -34,6 +41,12 @@ SUBJECT_KEYS = ["dataset", "model", "signal", "subject"]
 _ENC_FMRI = ["dataset", "modality", "model", "signal", "subject", "atlas", "roi", "hemi",
              "layer_index", "depth", "roi_distance_mm", "r"]
 _ENC_MEG = ["dataset", "modality", "model", "signal", "subject", "layer_index", "depth", "time", "r"]
+
+# Columns of the per-target depth table (`subject_target_depths`, one row per signal × fMRI target).
+_TARGET_DEPTH_TYPES = {"dataset": str, "model": str, "subject": str, "signal": str, "target": np.int64,
+                       "best_layer_index": np.int64, "best_depth": np.float64, "best_r": np.float64,
+                       "weighted_depth": np.float64, "n_layers": np.int64, "excluded": bool}
+TARGET_DEPTH_COLUMNS = list(_TARGET_DEPTH_TYPES)
 
 # Which ROIs (by best r) or layers (by peak r) enter a score; non-finite values never do.
 EXCLUSION_RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -237,16 +250,129 @@ def subject_hierarchy(enc: pd.DataFrame, atlas: str, threshold: float = 0.95, mi
     return best, tm, _hierarchy_rows(best, tm, atlas, min_count, exclude)
 
 
-def run_hierarchy(summaries: list[str], outputs, params: dict) -> None:
-    """Entry point of the hierarchy rule: one subject's encoding rows, best layers, T_max, scores."""
+def weighted_depth(r: np.ndarray, depths: np.ndarray) -> np.ndarray:
+    """Score-weighted mean depth per target: sum_k max(r_k, 0) depth_k / sum_k max(r_k, 0).
+
+    `r` is (n_layers, n_targets), `depths` (n_layers,); NaN r weighs 0. Returns (n_targets,),
+    NaN for a target with no positive r.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    depths = np.asarray(depths, dtype=np.float64)
+    if r.ndim != 2 or r.shape[0] != depths.shape[0]:
+        raise ValueError(f"r has shape {r.shape}; expected ({depths.shape[0]} layers, n_targets)")
+    w = np.where(np.isfinite(r) & (r > 0), r, 0.0)
+    total = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, depths @ w / total, np.nan)
+
+
+def target_depths(r: np.ndarray, depths: np.ndarray, layer_index: np.ndarray) -> dict[str, np.ndarray]:
+    """Best layer (argmax of r, ties to the shallowest) and weighted depth of each target.
+
+    `r` is (n_layers, n_targets), `depths` and `layer_index` (n_layers,). Returns arrays
+    (n_targets,): best_layer_index (-1 where r is NaN at every layer), best_depth, best_r,
+    weighted_depth (see `weighted_depth`) and n_layers (layers with a finite r).
+    """
+    r = np.asarray(r, dtype=np.float64)
+    depths = np.asarray(depths, dtype=np.float64)
+    layer_index = np.asarray(layer_index, dtype=np.int64)
+    if layer_index.shape != depths.shape:
+        raise ValueError(f"layer_index has shape {layer_index.shape}, depths {depths.shape}; expected equal")
+    order = np.argsort(layer_index, kind="stable")  # argmax returns the first maximum: the shallowest
+    r, depths, layer_index = r[order], depths[order], layer_index[order]
+    finite = np.isfinite(r)
+    has = finite.any(axis=0)
+    pick = np.argmax(np.where(finite, r, -np.inf), axis=0)
+    cols = np.arange(r.shape[1])
+    return {
+        "best_layer_index": np.where(has, layer_index[pick], -1),
+        "best_depth": np.where(has, depths[pick], np.nan),
+        "best_r": np.where(has, r[pick, cols], np.nan),
+        "weighted_depth": weighted_depth(r, depths),
+        "n_layers": finite.sum(axis=0).astype(np.int64),
+    }
+
+
+def subject_target_depths(scores: pd.DataFrame, identity: dict[str, str], exclude: str = "nonpositive"
+                          ) -> pd.DataFrame:
+    """Per-target depth table (`TARGET_DEPTH_COLUMNS`) of one subject from long-form per-target scores.
+
+    `scores` has columns signal, layer_index, depth, target, r (fMRI targets only); `identity`
+    gives dataset, model and subject. Every target keeps its row; `excluded` marks those whose
+    best r fails `exclude` (as the spatial score leaves ROIs out).
+    """
+    exclusion_mask(np.zeros(0), exclude)
+    _require(scores, ["signal", "layer_index", "depth", "target", "r"], "per-target scores")
+    _check_unique(scores, ["signal", "layer_index", "target"], "per-target scores")
+    frames = []
+    for signal, part in scores.groupby("signal", sort=True):
+        wide = part.pivot(index="layer_index", columns="target", values="r").sort_index()
+        depth = part.groupby("layer_index")["depth"].first().reindex(wide.index)
+        out = target_depths(wide.to_numpy(), depth.to_numpy(), wide.index.to_numpy())
+        frames.append(pd.DataFrame({"signal": signal, "target": wide.columns.to_numpy(dtype=np.int64), **out}))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TARGET_DEPTH_COLUMNS[3:-1])
+    table["excluded"] = ~exclusion_mask(table["best_r"].to_numpy(np.float64), exclude)
+    table = table.assign(**{k: str(identity[k]) for k in ("dataset", "model", "subject")})
+    return table[TARGET_DEPTH_COLUMNS].astype(_TARGET_DEPTH_TYPES)
+
+
+
+def load_target_depths(path) -> pd.DataFrame:
+    """Read a per-target depth table written by the hierarchy rule (columns `TARGET_DEPTH_COLUMNS`)."""
+    from .io import read_table
+
+    table = read_table(path)
+    missing = [c for c in TARGET_DEPTH_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: per-target depth table lacks columns {missing}; expected "
+                         f"{TARGET_DEPTH_COLUMNS}. Delete the file and rerun snakemake to recompute it.")
+    return table
+
+
+def _fmri_scores(summaries: list[str], scores: list[str], targets: str) -> pd.DataFrame:
+    """Long-form r of the subject's fMRI targets per signal × layer (summary i pairs with scores i)."""
+    from .encoding import load_target_scores
+    from .io import read_table
+
+    if len(summaries) != len(scores):
+        raise ValueError(f"{len(summaries)} summary files but {len(scores)} per-target score files; expected "
+                         "one per signal × layer, in the same order")
+    table = read_table(targets)
+    fmri = table.loc[table["modality"] == "fmri", "target"].to_numpy(dtype=np.int64)
+    frames = []
+    pairs = list(zip(summaries, scores)) if fmri.size else []  # an MEG-only subject reads no score file
+    for summary, path in pairs:
+        ident = read_table(summary)[["signal", "layer_index", "depth"]].iloc[0]
+        r = load_target_scores(path).set_index("target")["r"]
+        frames.append(pd.DataFrame({"signal": ident["signal"], "layer_index": int(ident["layer_index"]),
+                                    "depth": float(ident["depth"]), "target": fmri,
+                                    "r": r.reindex(fmri).to_numpy(dtype=np.float64)}))
+    columns = ["signal", "layer_index", "depth", "target", "r"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def run_hierarchy(summaries: list[str], outputs, params: dict, scores: list[str] | None = None,
+                  targets: str | None = None) -> None:
+    """Entry point of the hierarchy rule: one subject's encoding rows, best layers, T_max, scores.
+
+    With `scores` (the encode rule's per-target files, paired with `summaries`) and `targets`
+    (the subject's target table) it also writes `outputs.target_depths`.
+    """
     from .io import read_table, write_table
 
+    log = logging.getLogger("brainprop.hierarchy")
     enc = pd.concat([read_table(p) for p in summaries], ignore_index=True)
     best, tm, hier = subject_hierarchy(enc, params["atlas"], params["threshold"], params["min_count"],
                                        params["exclude"])
     excluded = hier[["signal", "score", "n_used", "n_excluded"]].to_dict("records")
-    logging.getLogger("brainprop.hierarchy").info("scores and exclusions: %s", excluded)
+    log.info("scores and exclusions: %s", excluded)
     write_table(outputs.encoding, enc)
     write_table(outputs.best_layers, best)
     write_table(outputs.tmax, tm)
     write_table(outputs.hierarchy, hier)
+    if scores is not None:
+        identity = enc[["dataset", "model", "subject"]].iloc[0].to_dict()
+        depths = subject_target_depths(_fmri_scores(summaries, scores, targets), identity, params["exclude"])
+        counts = {signal: f"{int(part.sum())} of {len(part)}" for signal, part in depths.groupby("signal")["excluded"]}
+        log.info("per-target depths: fMRI targets excluded (%s) per signal: %s", params["exclude"], counts)
+        write_table(outputs.target_depths, depths)

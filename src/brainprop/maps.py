@@ -1,4 +1,4 @@
-"""Per-target maps: encoding r and best-layer depth on fsaverage5 (nilearn), MEG sensor topomaps (MNE).
+"""Per-target maps: encoding r, best-layer and weighted depth on fsaverage5 (nilearn), MEG topomaps (MNE).
 
 Brain maps. Each subject's fMRI targets carry MNI coordinates (x, y, z) and a hemisphere.
 Every vertex of nilearn's offline fsaverage5 pial mesh (whose coordinates are in MNI305 space,
@@ -10,7 +10,9 @@ already on fsaverage the kernel is a 10 mm surface-free smoothing (set `radius_m
 mesh spacing, about 4 mm, for none). The group map then averages subjects per vertex and
 layer, picks each vertex's best layer (highest mean r), and keeps the vertex when a one-sided
 one-sample t-test across subjects of r > 0 at that layer survives Benjamini–Hochberg FDR at
-`stats.map_fdr` over all vertices × layers (METHOD.md §6).
+`stats.map_fdr` over all vertices × layers (METHOD.md §6). A third quantity, the score-weighted
+mean depth of each target (`brainprop.hierarchy.weighted_depth`), is projected the same way and
+averaged over subjects at the vertices the test keeps.
 
 MEG topomaps show, for a few layers spread over depth, the subject-mean r of every sensor at
 the layer's group T_max, on the CTF-275 layout that MNE ships.
@@ -36,6 +38,7 @@ from matplotlib.figure import Figure
 from scipy.spatial import cKDTree
 
 from .figures import _DEPTH_LABEL, _RC, DEPTH_CMAP, _signal_order, save_figure
+from .hierarchy import weighted_depth
 
 __all__ = [
     "MAP_FIGURES",
@@ -60,6 +63,9 @@ log = logging.getLogger(__name__)
 MAP_FIGURES: dict[str, str] = {"brain_map": "fmri", "glass_brain": "fmri", "meg_topomaps": "meg"}
 HEMIS = {"lh": "left", "rh": "right"}
 VIEWS = ("lateral", "medial", "ventral")
+# What a brain map shows per signal × hemisphere (rows of the figure, in this order).
+_MAP_QUANTITIES = ("r", "depth", "weighted_depth")
+_ROW_LABELS = {"r": "encoding r", "depth": "best layer depth", "weighted_depth": "weighted depth"}
 N_FSAVERAGE5 = 10242
 R_CMAP = "inferno"
 
@@ -105,15 +111,17 @@ def project_to_fsaverage5(targets: pd.DataFrame, pial: Mapping[str, np.ndarray],
     return scipy.sparse.csr_matrix((weights, (rows, cols)), shape=(offset, len(targets)))
 
 
-def group_vertex_maps(r: np.ndarray, depths: np.ndarray, fdr: float, min_subjects: int = 2
-                      ) -> dict[str, np.ndarray]:
+def group_vertex_maps(r: np.ndarray, depths: np.ndarray, fdr: float, min_subjects: int = 2,
+                      weighted: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Group map from per-subject vertex scores r (n_subjects, n_layers, n_vertices), NaN where unmapped.
 
     Returns `r` (subject-mean r at each vertex's best layer, NaN where not significant),
     `depth` (that layer's depth, NaN likewise), `best` (best layer position, -1 where no
     data), `q` (BH-adjusted p of the best layer) and `n` (subjects per vertex). A vertex needs
     `min_subjects` subjects; significance is a one-sided t-test of r > 0 across subjects,
-    BH-adjusted over all vertices × layers and compared with `fdr`.
+    BH-adjusted over all vertices × layers and compared with `fdr`. With `weighted`
+    (n_subjects, n_vertices: each subject's score-weighted mean depth) it also returns
+    `weighted_depth`, the subject mean where r is shown, NaN elsewhere.
     """
     r = np.asarray(r, dtype="float64")
     if r.ndim != 3 or r.shape[1] != len(depths):
@@ -134,8 +142,16 @@ def group_vertex_maps(r: np.ndarray, depths: np.ndarray, fdr: float, min_subject
     pick = np.clip(best, 0, None)
     best_r, best_q = mean[pick, cols], q[pick, cols]
     keep = has & (best_q <= fdr) & (best_r > 0)
-    return {"r": np.where(keep, best_r, np.nan), "depth": np.where(keep, np.asarray(depths)[pick], np.nan),
-            "best": best, "q": np.where(has, best_q, np.nan), "n": n.max(axis=0)}
+    out = {"r": np.where(keep, best_r, np.nan), "depth": np.where(keep, np.asarray(depths)[pick], np.nan),
+           "best": best, "q": np.where(has, best_q, np.nan), "n": n.max(axis=0)}
+    if weighted is not None:
+        weighted = np.asarray(weighted, dtype="float64")
+        if weighted.shape != (r.shape[0], r.shape[2]):
+            raise ValueError(f"weighted has shape {weighted.shape}; expected (n_subjects, n_vertices) = "
+                             f"{(r.shape[0], r.shape[2])}")
+        with _quiet():
+            out["weighted_depth"] = np.where(keep, np.nanmean(weighted, axis=0), np.nan)
+    return out
 
 
 class _quiet:
@@ -157,8 +173,9 @@ def plot_brain_map(maps: Mapping[str, Mapping[str, dict[str, np.ndarray]]], mesh
     """Surface maps of encoding r and best-layer depth, signals side by side.
 
     `maps[signal][hemi]` holds `r` and `depth` arrays (10242,) with NaN where nothing is
-    shown; `mesh` is `fsaverage5()`. Rows: r (left, right hemisphere), then depth (left,
-    right); columns: each signal's `views`. Surfaces are rasterised in vector formats.
+    shown, and optionally `weighted_depth`; `mesh` is `fsaverage5()`. Rows: r (left, right
+    hemisphere), then depth (left, right), then weighted depth (left, right) when every map
+    has it; columns: each signal's `views`. Surfaces are rasterised in vector formats.
     """
     from nilearn import plotting
 
@@ -167,14 +184,15 @@ def plot_brain_map(maps: Mapping[str, Mapping[str, dict[str, np.ndarray]]], mesh
         raise ValueError("no signal to draw; expected maps[signal][hemi] with 'r' and 'depth'")
     finite = [m[h]["r"][np.isfinite(m[h]["r"])] for m in maps.values() for h in m]
     vmax = max([float(v.max()) for v in finite if v.size] or [0.1])
-    rows = [(q, hemi) for q in ("r", "depth") for hemi in HEMIS]
+    weighted = all("weighted_depth" in m[h] for m in maps.values() for h in m)
+    rows = [(q, hemi) for q in _MAP_QUANTITIES[:2 + weighted] for hemi in HEMIS]
     scales = {"r": (R_CMAP, 0.0, vmax), "depth": (DEPTH_CMAP, 0.0, 1.0)}
     with plt.rc_context(_RC):
         fig = plt.figure(figsize=(1.2 + 1.75 * len(signals) * len(views), 0.9 + 1.45 * len(rows)))
         grid = fig.add_gridspec(len(rows), len(signals) * len(views), left=0.06, right=0.88, top=0.88,
                                 bottom=0.02, wspace=0.0, hspace=0.0)
         for i, (quantity, hemi) in enumerate(rows):
-            cmap, vmin, vmax_q = scales[quantity]
+            cmap, vmin, vmax_q = scales[quantity if quantity == "r" else "depth"]
             for j, (signal, view) in enumerate((s, v) for s in signals for v in views):
                 ax = fig.add_subplot(grid[i, j], projection="3d")
                 values = np.asarray(maps[signal][hemi][quantity], dtype="float64")
@@ -187,7 +205,7 @@ def plot_brain_map(maps: Mapping[str, Mapping[str, dict[str, np.ndarray]]], mesh
                     coll.set_rasterized(True)
                 if i == 0:
                     ax.set_title(f"{signal} · {view}", pad=0)
-            label = "encoding r" if quantity == "r" else "best layer depth"
+            label = _ROW_LABELS[quantity]
             fig.text(0.02, 1 - (0.12 + 0.86 * (i + 0.5) / len(rows)), f"{label}\n{hemi}", rotation=90,
                      ha="center", va="center")
         for k, (quantity, (cmap, vmin, vmax_q)) in enumerate(scales.items()):
@@ -365,35 +383,41 @@ def _subject_scores(scores: Sequence[str], subject_dirs: Mapping[str, Path]
 
 def _brain_maps(targets: Mapping[str, pd.DataFrame], r: Mapping, depth: Mapping[int, float], fdr: float,
                 radius_mm: float, mesh: Mapping[str, dict]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """maps[signal][hemi] -> group r and depth arrays on fsaverage5."""
+    """maps[signal][hemi] -> group r, best-layer depth and weighted depth arrays on fsaverage5."""
     layers = sorted(depth)
     signals = _signal_order({k[0] for k in r})
     subjects = sorted(targets)
     pial = {hemi: np.asarray(mesh[hemi]["pial"].coordinates) for hemi in HEMIS}
+    depths = np.array([depth[k] for k in layers])
     stacks = {s: np.full((len(subjects), len(layers), 2 * N_FSAVERAGE5), np.nan) for s in signals}
+    weighted = {s: np.full((len(subjects), 2 * N_FSAVERAGE5), np.nan) for s in signals}
     for si, subject in enumerate(subjects):
         fmri = targets[subject]["modality"].to_numpy() == "fmri"
         weights = project_to_fsaverage5(targets[subject][fmri], pial, radius_mm)
         mapped = np.asarray(weights.sum(axis=1)).ravel() > 0
         for signal in signals:
-            for li, layer in enumerate(layers):
-                values = r.get((signal, layer, subject))
-                if values is not None:
-                    v = values[fmri]
-                    ok = np.isfinite(v)
-                    # Mean over the finite targets in reach: renormalise the weights of the finite ones.
-                    num, den = weights @ np.where(ok, v, 0.0), weights @ ok.astype("float64")
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        stacks[signal][si, li] = np.where(mapped & (den > 0), num / den, np.nan)
-    depths = np.array([depth[k] for k in layers])
+            present = [li for li, layer in enumerate(layers) if (signal, layer, subject) in r]
+            per_target = np.vstack([r[signal, layers[li], subject][fmri] for li in present]) if present else None
+            for row, li in enumerate(present):
+                stacks[signal][si, li] = _vertex_mean(weights, mapped, per_target[row])
+            if present:
+                weighted[signal][si] = _vertex_mean(weights, mapped, weighted_depth(per_target, depths[present]))
     out = {}
     for signal in signals:
-        group = group_vertex_maps(stacks[signal], depths, fdr)
+        group = group_vertex_maps(stacks[signal], depths, fdr, weighted=weighted[signal])
         log.info("%s: %d of %d vertices mapped, %d significant at q <= %g", signal,
                  int((group["best"] >= 0).sum()), 2 * N_FSAVERAGE5, int(np.isfinite(group["r"]).sum()), fdr)
-        out[signal] = {hemi: {q: group[q][k * N_FSAVERAGE5:(k + 1) * N_FSAVERAGE5] for q in ("r", "depth")}
+        out[signal] = {hemi: {q: group[q][k * N_FSAVERAGE5:(k + 1) * N_FSAVERAGE5] for q in _MAP_QUANTITIES}
                        for k, hemi in enumerate(HEMIS)}
     return out
+
+
+def _vertex_mean(weights: scipy.sparse.csr_matrix, mapped: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean of the finite target `values` in reach of each vertex (weights renormalised over them), NaN if none."""
+    ok = np.isfinite(values)
+    num, den = weights @ np.where(ok, values, 0.0), weights @ ok.astype("float64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mapped & (den > 0), num / den, np.nan)
 
 
 def _topomap_values(targets: Mapping[str, pd.DataFrame], r: Mapping, tm: pd.DataFrame) -> pd.DataFrame:

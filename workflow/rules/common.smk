@@ -157,9 +157,10 @@ def encode_params():
     return params
 
 
-def encode_outputs(dataset, model, subject):
+def encode_outputs(dataset, model, subject, kind="summary"):
+    """One subject's encode outputs of `kind` (summary | targets), signal-major, then layer."""
     return expand(
-        f"{OUT}/encoding/{dataset}/{model}/{{signal}}/{{layer}}/{subject}.summary.parquet",
+        f"{OUT}/encoding/{dataset}/{model}/{{signal}}/{{layer}}/{subject}.{kind}.parquet",
         signal=MODELS[model]["signals"],
         layer=layers_of(model),
     )

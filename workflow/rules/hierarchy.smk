@@ -1,15 +1,18 @@
-# Hierarchy: per subject, best layers, T_max and the spatial/temporal scores; then the group
-# tests per dataset x model, and the run's tables.
+# Hierarchy: per subject, best layers (per ROI and per fMRI target), T_max and the spatial/temporal
+# scores; then the group tests per dataset x model, and the run's tables.
 
 
 rule hierarchy:
     input:
         summaries=lambda wc: encode_outputs(wc.dataset, wc.model, wc.subject),
+        scores=lambda wc: encode_outputs(wc.dataset, wc.model, wc.subject, "targets"),
+        targets=rules.brain.output.targets,
     output:
         encoding=f"{OUT}/hierarchy/{{dataset}}/{{model}}/{{subject}}/encoding.parquet",
         best_layers=f"{OUT}/hierarchy/{{dataset}}/{{model}}/{{subject}}/best_layers.parquet",
         tmax=f"{OUT}/hierarchy/{{dataset}}/{{model}}/{{subject}}/tmax.parquet",
         hierarchy=f"{OUT}/hierarchy/{{dataset}}/{{model}}/{{subject}}/hierarchy.parquet",
+        target_depths=f"{OUT}/hierarchy/{{dataset}}/{{model}}/{{subject}}/target_depths.parquet",
     params:
         hierarchy=lambda wc: hierarchy_params(wc.dataset),
     log:

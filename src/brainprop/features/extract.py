@@ -377,8 +377,15 @@ def _prepare_shuffled(model: torch.nn.Module, batches: Iterable[torch.Tensor], p
             _check_logits(model, logits, "cross_entropy_shuffled")
             top1.append(logits.argmax(dim=1).cpu().numpy())
     labels = np.concatenate(top1)
-    perm = np.random.default_rng(int(params.get("seed", 0))).permutation(len(labels))
-    return {**params, "labels": labels[perm]}
+    shuffled = labels[np.random.default_rng(int(params.get("seed", 0))).permutation(len(labels))]
+    changed = int((shuffled != labels).sum())
+    # A network that predicts one class for every image (random weights, usually) has nothing to
+    # shuffle: the control's gradients then equal the model's. Say so rather than hide it.
+    level = logging.WARNING if changed == 0 else logging.INFO
+    log.log(level, "cross_entropy_shuffled: %d distinct top-1 classes over %d images; the permutation "
+            "changes the label of %d images%s", len(np.unique(labels)), len(labels), changed,
+            " (none: this control equals the model's own loss)" if changed == 0 else "")
+    return {**params, "labels": shuffled}
 
 
 def _loss_cross_entropy_shuffled(batch: LossBatch, params: dict) -> torch.Tensor:
