@@ -11,7 +11,11 @@ import pytest
 from fixtures.datasets import write_nsd, write_things_meg
 from fixtures.planting import demo_images, planted_responses, save_pngs
 
+from brainprop.config import alphas, load_config
 from brainprop.contract import validate_results
+from brainprop.encoding import encode, folds_from_table, load_target_scores, subject_rows
+from brainprop.features import load_features, load_samples
+from brainprop.plan import plan_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -42,7 +46,7 @@ def _config(workdir: Path) -> Path:
         warnings.simplefilter("ignore")
         brick = demo_images(workdir / "brick", 80)
         write_nsd(workdir / "nsd_root", n_images=60, brick=brick, signal=_planted_signal(workdir))
-        write_things_meg(workdir / "meg_root")
+        write_things_meg(workdir / "meg_root", subjects=("P1", "P2"))
     text = (ROOT / "tests" / "configs" / "real_tiny.yaml").read_text()
     path = workdir / "config.yaml"
     path.write_text(text.replace("NSD_ROOT", str(workdir / "nsd_root")).replace("MEG_ROOT", str(workdir / "meg_root")))
@@ -75,6 +79,31 @@ def test_real_datasets_run_through_every_stage(real_run):
     assert check["status"].eq("found").all()
     manifest = pd.read_parquet(real_run / "results" / "real" / "stimuli" / "meg_images" / "manifest.parquet")
     assert len(manifest) == 15 and not manifest["image_id"].str.startswith("catch").any()
+
+
+def test_subjects_with_one_image_order_share_one_fit_equal_to_separate_fits(real_run):
+    """THINGS-MEG subjects are fitted by one encode_shared job per layer, with the numbers of `encode` per subject."""
+    out = real_run / "results" / "real"
+    log = (out / "logs" / "encode" / "things_meg" / "resnet18" / "grad" / "01" / "shared.log").read_text()
+    assert "2 subjects share one decomposition per fold" in log
+    shared_jobs = list((out / "logs" / "encode" / "things_meg").rglob("shared.log"))
+    plan = plan_run(load_config(real_run / "config.yaml")).jobs
+    assert plan["encode_shared_things_meg"] == len(shared_jobs) == 2 * 3  # act, grad × 3 layers; not per subject
+    assert plan["encode"] == len(list((out / "logs" / "encode" / "nsd").rglob("*.log")))
+    params = {"alphas": {"log10_min": 0, "log10_max": 4, "n": 3}}
+    for subject in ("P1", "P2"):
+        brain = out / "brain" / "things_meg" / subject
+        samples = pd.read_parquet(brain / "samples.parquet")
+        features = out / "features" / "resnet18" / "meg_images" / "extract"
+        rows = subject_rows(load_samples(features)["image_id"].to_numpy(), samples["image_id"].to_numpy(), "", "")
+        folds = folds_from_table(pd.read_parquet(out / "encoding" / "things_meg" / "folds.parquet"),
+                                 samples["image_id"].to_numpy())
+        separate, _, _ = encode(np.asarray(load_features(features, "grad", 1))[rows], np.load(brain / "Y.npy"),
+                                pd.read_parquet(brain / "targets.parquet"), folds, alphas(params))
+        shared = load_target_scores(out / "encoding" / "things_meg" / "resnet18" / "grad" / "01" /
+                                    f"{subject}.targets.parquet")
+        np.testing.assert_allclose(shared["r"], separate["r"], rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(shared["alpha"], separate["alpha"])
 
 
 def test_planted_best_layers_are_recovered(real_run):

@@ -21,6 +21,7 @@ from brainprop.encoding import (
     SUMMARY_COLUMNS,
     RidgeEncoder,
     encode,
+    encode_shared,
     load_target_scores,
     make_folds,
     ridge_cv,
@@ -347,6 +348,20 @@ def fmri_job():
     X = X.astype(np.float32)
     Y = Y.astype(np.float32)
     return X, Y, targets, make_folds(60, None, 5, seed=0)
+
+
+def test_encode_shared_equals_encode_per_subject(fmri_job):
+    X, Y, targets, folds = fmri_job
+    X = np.column_stack([X, np.zeros(60, np.float32)])  # a dead unit: dropped once for all subjects
+    Y2 = Y[:, ::-1] * 3.0 + 1.0
+    Y2[4, 2] = np.nan  # excluded in the second subject only
+    fits = encode_shared(X, [Y, Y2], [targets, targets], folds, ALPHAS)
+    for (per_target, summary, counts), Y_s in zip(fits, [Y, Y2]):
+        ref_target, ref_summary, ref_counts = encode(X, Y_s, targets, folds, ALPHAS)
+        pd.testing.assert_frame_equal(per_target, ref_target)
+        pd.testing.assert_frame_equal(summary, ref_summary)
+        assert counts == ref_counts
+    assert fits[1][2]["n_targets_nonfinite"] == 1 and fits[0][2]["n_features_dropped"] == 1
 
 
 def test_encode_fmri_summary_and_exclusions(fmri_job):

@@ -31,8 +31,10 @@ __all__ = [
     "DEVICES",
     "RidgeEncoder",
     "encode",
+    "encode_shared",
     "load_target_scores",
     "run_encode",
+    "run_encode_shared",
     "folds_table",
     "folds_from_table",
 ]
@@ -279,6 +281,40 @@ def encode(
     counts : numbers of dropped features and excluded targets, for the log.
     """
     X, Y = np.asarray(X), np.asarray(Y)
+    keep, used, nonfinite, constant = _usable(X, Y, targets, folds)
+    result = ridge_cv(X if keep.all() else X[:, keep], Y if used.all() else Y[:, used],
+                      folds, alphas, batch_size, backend, device, dtype)
+    return _encoding_tables(X, Y, targets, folds, keep, (used, nonfinite, constant), result)
+
+
+def encode_shared(
+    X: np.ndarray,
+    Ys: Sequence[np.ndarray],
+    targets: Sequence[pd.DataFrame],
+    folds: Sequence[Fold],
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    batch_size: int | None = None,
+    backend: str = "numpy",
+    device: str = "auto",
+    dtype: str | None = None,
+) -> list[tuple[pd.DataFrame, pd.DataFrame, dict]]:
+    """`encode` of several subjects who saw the images of X in the same order: one decomposition per fold.
+
+    Returns one (per_target, summary, counts) per subject, each equal to a separate `encode` call.
+    """
+    X = np.asarray(X)
+    Ys = [np.asarray(Y) for Y in Ys]
+    masks = [_usable(X, Y, t, folds) for Y, t in zip(Ys, targets)]
+    keep = masks[0][0]  # depends on X only
+    results = ridge_cv_shared(X if keep.all() else X[:, keep],
+                              [Y if used.all() else Y[:, used] for Y, (_, used, _, _) in zip(Ys, masks)],
+                              folds, alphas, batch_size, backend, device, dtype)
+    return [_encoding_tables(X, Y, t, folds, keep, mask[1:], result)
+            for Y, t, mask, result in zip(Ys, targets, masks, results)]
+
+
+def _usable(X: np.ndarray, Y: np.ndarray, targets: pd.DataFrame, folds: Sequence[Fold]) -> tuple[np.ndarray, ...]:
+    """Checked inputs' masks: feature columns kept, targets used, targets not finite, targets constant."""
     _check_inputs(X, Y, targets, folds)
     keep = np.ptp(X, axis=0) > 0  # zero gradients and dead units: exactly constant columns
     if not keep.any():
@@ -287,8 +323,14 @@ def encode(
     used = ~(nonfinite | constant)
     if not used.any():
         raise ValueError(f"all {Y.shape[1]} targets are constant or contain NaN; nothing to encode")
-    result = ridge_cv(X if keep.all() else X[:, keep], Y if used.all() else Y[:, used],
-                      folds, alphas, batch_size, backend, device, dtype)
+    return keep, used, nonfinite, constant
+
+
+def _encoding_tables(X: np.ndarray, Y: np.ndarray, targets: pd.DataFrame, folds: Sequence[Fold],
+                     keep: np.ndarray, flags: tuple[np.ndarray, np.ndarray, np.ndarray], result: RidgeCVResult
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Per-target scores, summary rows and counts of one subject's fit."""
+    used, nonfinite, constant = flags
     per_target = _per_target_table(targets, used, result)
     excluded = per_target["excluded"].to_numpy()
     table = targets[list(TARGET_COLUMNS[1:])].reset_index(drop=True).assign(
@@ -362,6 +404,41 @@ def subject_rows(feature_ids: np.ndarray, sample_ids: np.ndarray, features: str,
     return position.loc[np.asarray(sample_ids)].to_numpy()
 
 
+def _backend(params: dict) -> dict:
+    """The array backend of the fits from the `encoding` config entry."""
+    return {"backend": params.get("backend", "numpy"), "device": params.get("device", "auto"),
+            "dtype": params.get("dtype")}
+
+
+def _subject_features(features: str, samples_path: str, signal: str, layer_index: int, log: logging.Logger
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """One layer's features in a subject's image order, and that order (image ids)."""
+    from .features import load_features, load_samples
+    from .io import read_table
+
+    feature_ids = load_samples(features)["image_id"].to_numpy()
+    image_ids = read_table(samples_path)["image_id"].to_numpy()
+    rows = subject_rows(feature_ids, image_ids, features, samples_path)
+    if len(rows) < len(feature_ids):
+        log.info("subject saw %d of the %d images with features", len(rows), len(feature_ids))
+    return np.asarray(load_features(features, signal, layer_index))[rows], image_ids
+
+
+def _write_encoding(scores: str, summary_path: str, fit: tuple[pd.DataFrame, pd.DataFrame, dict], identity: dict,
+                    layers: str, layer_index: int) -> None:
+    """Write one subject's per-target scores and summary rows (with identity and layer columns)."""
+    from .features import load_layers
+    from .io import write_table
+
+    per_target, summary, counts = fit
+    layer = load_layers(layers).set_index("layer_index").loc[layer_index]
+    summary = summary.assign(
+        **identity, layer=str(layer["layer"]), layer_index=np.int64(layer_index), depth=float(layer["depth"])
+    )
+    write_table(scores, per_target, {"counts": counts})
+    write_table(summary_path, summary)
+
+
 def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict) -> None:
     """Entry point of the encode rule: one layer's features against one subject's targets.
 
@@ -371,26 +448,48 @@ def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict) 
     ("auto" default) and `dtype` (backend default) choose the array backend.
     """
     from .config import alphas as alpha_grid
-    from .features import load_features, load_layers, load_samples
-    from .io import load_array, read_table, write_table
+    from .io import load_array, read_table
 
     log = logging.getLogger("brainprop.encode")
-    feature_ids = load_samples(inputs.features)["image_id"].to_numpy()
-    samples = read_table(inputs.samples)
-    rows = subject_rows(feature_ids, samples["image_id"].to_numpy(), inputs.features, inputs.samples)
-    if len(rows) < len(feature_ids):
-        log.info("subject saw %d of the %d images with features", len(rows), len(feature_ids))
-    X = np.asarray(load_features(inputs.features, identity["signal"], layer_index))[rows]
+    X, image_ids = _subject_features(inputs.features, inputs.samples, identity["signal"], layer_index, log)
     Y = load_array(inputs.Y, mmap=True)
-    targets = read_table(inputs.targets)
-    folds = folds_from_table(read_table(inputs.folds), samples["image_id"].to_numpy())
-    backend = {"backend": params.get("backend", "numpy"), "device": params.get("device", "auto"),
-               "dtype": params.get("dtype")}
-    per_target, summary, counts = encode(X, Y, targets, folds, alpha_grid(params), **backend)
-    log.info("backend: %s; counts: %s", backend, counts)
-    layer = load_layers(inputs.layers).set_index("layer_index").loc[layer_index]
-    summary = summary.assign(
-        **identity, layer=str(layer["layer"]), layer_index=np.int64(layer_index), depth=float(layer["depth"])
-    )
-    write_table(outputs.scores, per_target, {"counts": counts})
-    write_table(outputs.summary, summary)
+    folds = folds_from_table(read_table(inputs.folds), image_ids)
+    fit = encode(X, Y, read_table(inputs.targets), folds, alpha_grid(params), **_backend(params))
+    log.info("backend: %s; counts: %s", _backend(params), fit[2])
+    _write_encoding(outputs.scores, outputs.summary, fit, identity, inputs.layers, layer_index)
+
+
+def run_encode_shared(inputs, outputs, identity: dict, layer_index: int, params: dict, subjects: Sequence[str]
+                      ) -> None:
+    """Entry point of the encode_shared rule: one layer's features against every subject of a dataset.
+
+    `inputs.Y`, `.targets`, `.samples` and `outputs.scores`, `.summary` are lists in `subjects`
+    order. Subjects who saw the same images in the same order share one decomposition per fold
+    (`encode_shared`, the same numbers as separate fits); otherwise each is fitted on its own
+    (logged).
+    """
+    from .config import alphas as alpha_grid
+    from .io import load_array, read_table
+
+    log = logging.getLogger("brainprop.encode")
+    orders = [read_table(path)["image_id"].to_numpy() for path in inputs.samples]
+    table = read_table(inputs.folds)
+    if all(np.array_equal(orders[0], order) for order in orders[1:]):
+        X, image_ids = _subject_features(inputs.features, inputs.samples[0], identity["signal"], layer_index, log)
+        Ys = [load_array(path, mmap=True) for path in inputs.Y]
+        fits = encode_shared(X, Ys, [read_table(path) for path in inputs.targets], folds_from_table(table, image_ids),
+                             alpha_grid(params), **_backend(params))
+        log.info("%d subjects share one decomposition per fold (%d images in the same order)",
+                 len(subjects), len(image_ids))
+    else:
+        differ = [s for s, order in zip(subjects, orders) if not np.array_equal(orders[0], order)]
+        log.warning("subjects %s saw other images or another order than %s: each subject is fitted on its own",
+                    differ, subjects[0])
+        fits = []
+        for samples, Y, targets in zip(inputs.samples, inputs.Y, inputs.targets):
+            X, image_ids = _subject_features(inputs.features, samples, identity["signal"], layer_index, log)
+            fits.append(encode(X, load_array(Y, mmap=True), read_table(targets), folds_from_table(table, image_ids),
+                               alpha_grid(params), **_backend(params)))
+    for subject, fit, scores, summary in zip(subjects, fits, outputs.scores, outputs.summary):
+        log.info("%s: backend: %s; counts: %s", subject, _backend(params), fit[2])
+        _write_encoding(scores, summary, fit, {**identity, "subject": subject}, inputs.layers, layer_index)

@@ -120,10 +120,16 @@ def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> Run
     jobs["truth"] = len(simulated)
     jobs["brain"] = sum(len(datasets[name]["subjects"]) for name in simulated)
     jobs["folds"] = len(datasets)
-    for ds in datasets.values():
+    from .datasets import shared_fits
+
+    shared = shared_fits(config)
+    for name, ds in datasets.items():
         for alias, m in models.items():
             n_subjects = len(ds["subjects"])
-            jobs["encode"] += n_subjects * len(m["signals"]) * len(layers[alias])
+            if name in shared:
+                jobs[f"encode_shared_{name}"] += len(m["signals"]) * len(layers[alias])
+            else:
+                jobs["encode"] += n_subjects * len(m["signals"]) * len(layers[alias])
             jobs["hierarchy"] += n_subjects
             jobs["group"] += 1
     # Rules added by the statistics, figures and datasets stages; these counts mirror the input

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from brainprop.config import ConfigError, validate_config
+from brainprop.datasets import shared_fits
 from brainprop.figures import figure_entries
 from brainprop.maps import map_names
 from brainprop.simulate import params_from_config
@@ -19,6 +20,8 @@ LOGS = f"{OUT}/logs"
 BENCH = f"{OUT}/benchmarks"
 DATASETS = config["datasets"]
 SIMULATED = [name for name, ds in DATASETS.items() if ds["kind"] == "simulated"]
+# Datasets whose subjects saw the same images in one order: one encode_shared job per layer fits them all.
+SHARED_FITS = shared_fits(config)
 # The configured models plus their control and sensitivity variants (alias "{model}__{variant}").
 MODELS = model_variants(config["models"], config["sensitivity"])
 BASE_MODELS = [alias for alias, entry in MODELS.items() if not entry["variant"]]
@@ -164,6 +167,11 @@ def encode_outputs(dataset, model, subject, kind="summary"):
         signal=MODELS[model]["signals"],
         layer=layers_of(model),
     )
+
+
+def subject_files(dataset, pattern):
+    """`pattern` with `dataset` and each of its subjects filled in (other wildcards kept)."""
+    return expand(pattern, dataset=dataset, subject=DATASETS[dataset]["subjects"], allow_missing=True)
 
 
 def hierarchy_outputs(kind):

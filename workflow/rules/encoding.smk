@@ -26,6 +26,8 @@ rule folds:
 
 
 rule encode:
+    wildcard_constraints:
+        dataset=_choice(set(DATASETS) - set(SHARED_FITS)),
     input:
         features=lambda wc: rules.extract.output.features.format(
             model=wc.model, imageset=DATASETS[wc.dataset]["imageset"]
@@ -54,3 +56,42 @@ rule encode:
         "../../envs/brainprop.yaml"
     script:
         "../scripts/encode.py"
+
+
+# Subjects who saw the same images in one order (THINGS-MEG): one job per layer fits them all,
+# one decomposition per fold, and writes the same per-subject files as `encode`.
+for _dataset in SHARED_FITS:
+
+    rule:
+        name:
+            f"encode_shared_{_dataset}"
+        input:
+            features=rules.extract.output.features.format(
+                model="{model}", imageset=DATASETS[_dataset]["imageset"]
+            ),
+            layers=rules.layers.output.layers,
+            folds=rules.folds.output.folds.format(dataset=_dataset),
+            Y=subject_files(_dataset, rules.brain.output.Y),
+            targets=subject_files(_dataset, rules.brain.output.targets),
+            samples=subject_files(_dataset, rules.brain.output.samples),
+        output:
+            scores=subject_files(_dataset, rules.encode.output.scores),
+            summary=subject_files(_dataset, rules.encode.output.summary),
+        params:
+            encoding=encode_params(),
+            timm_name=lambda wc: MODELS[wc.model]["timm_name"],
+            dataset=_dataset,
+            subjects=DATASETS[_dataset]["subjects"],
+        log:
+            f"{LOGS}/encode/{_dataset}/{{model}}/{{signal}}/{{layer}}/shared.log",
+        benchmark:
+            f"{BENCH}/encode/{_dataset}/{{model}}/{{signal}}/{{layer}}/shared.tsv"
+        threads: 1
+        resources:
+            mem_mb=mem_mb(2000 * len(DATASETS[_dataset]["subjects"])),
+            runtime=runtime(10 * len(DATASETS[_dataset]["subjects"])),
+            gpu=encode_gpu(),
+        conda:
+            "../../envs/brainprop.yaml"
+        script:
+            "../scripts/encode_shared.py"

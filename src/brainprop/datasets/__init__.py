@@ -28,6 +28,8 @@ from .geometry import roi_distances
 
 __all__ = [
     "DATASET_KINDS",
+    "SHARED_IMAGE_ORDER",
+    "shared_fits",
     "DatasetError",
     "Finding",
     "build_manifest",
@@ -49,6 +51,18 @@ DATASET_KINDS: dict[str, str] = {
     "things_fmri": "things_fmri",
     "things_meg": "things_meg",
 }
+
+# Kinds whose subjects all saw the same images, averaged into the manifest's order (THINGS-MEG:
+# the 22,448 + 200 images for every participant): their encode jobs share one decomposition.
+SHARED_IMAGE_ORDER = frozenset({"things_meg"})
+
+
+def shared_fits(config: dict) -> list[str]:
+    """Datasets whose subjects are fitted together, one encode_shared job per model × signal × layer."""
+    if not config.get("encoding", {}).get("shared_fits", True):
+        return []
+    return [name for name, ds in config["datasets"].items()
+            if ds["kind"] in SHARED_IMAGE_ORDER and len(ds["subjects"]) > 1]
 
 
 def reader(kind: str) -> ModuleType:
