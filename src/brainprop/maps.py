@@ -445,25 +445,32 @@ def _topomap_values(targets: Mapping[str, pd.DataFrame], r: Mapping, tm: pd.Data
     return pd.DataFrame(rows)
 
 
-def _layer_depths(encoding: Path, dataset: str, model: str) -> dict[int, float]:
-    """Depth of each layer index of dataset × model, from the run's encoding table."""
+def _read_rows(paths: Path | Sequence[Path], dataset: str, model: str) -> pd.DataFrame:
+    """Rows of dataset × model from one table or from per-subject tables (the hierarchy stage's)."""
     from .io import read_table
 
-    enc = read_table(encoding)
-    enc = enc[(enc["dataset"] == dataset) & (enc["model"] == model)]
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    table = pd.concat([read_table(p) for p in paths], ignore_index=True)
+    return table[(table["dataset"] == dataset) & (table["model"] == model)]
+
+
+def _layer_depths(encoding: Path | Sequence[Path], dataset: str, model: str) -> dict[int, float]:
+    """Depth of each layer index of dataset × model, from encoding rows (run table or per-subject tables)."""
+    enc = _read_rows(encoding, dataset, model)
     if enc.empty:
-        raise ValueError(f"{encoding} has no rows for {dataset} × {model}")
+        raise ValueError(f"{encoding} has no encoding rows for {dataset} × {model}")
     return enc.groupby("layer_index")["depth"].first().to_dict()
 
 
-def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path, out_dir: Path,
+def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path], out_dir: Path,
                    dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, fdr: float = 0.01,
                    radius_mm: float = 10.0) -> list[Path]:
     """Draw the fsaverage5 brain map of one dataset × model; return the written paths.
 
     `scores` are the encode rule's per-target files of every signal × layer × subject,
-    `subject_dirs` the brain stage's subject folders (subject -> folder), `encoding` the run's
-    encoding table (layer depths).
+    `subject_dirs` the brain stage's subject folders (subject -> folder), `encoding` encoding
+    rows with layer depths: the hierarchy stage's per-subject tables of this dataset × model (so
+    a change to another model does not redraw this map) or the run's table.
     """
     depth = _layer_depths(encoding, dataset, model)
     targets, r = _subject_scores(scores, subject_dirs)
@@ -473,30 +480,25 @@ def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], enco
     return save_figure(fig, Path(out_dir) / f"brain_map_{dataset}_{model}", formats)
 
 
-def make_glass_brain(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path, out_dir: Path,
-                     dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, best_layers: Path
+def make_glass_brain(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path], out_dir: Path,
+                     dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, best_layers: Path | Sequence[Path]
                      ) -> list[Path]:
     """Draw the glass-brain ROI figure of one dataset × model from the `best_layers` table; return the paths."""
     from .brain import load_subject
-    from .io import read_table
 
     _layer_depths(encoding, dataset, model)
-    best = read_table(best_layers)
-    best = best[(best["dataset"] == dataset) & (best["model"] == model)]
+    best = _read_rows(best_layers, dataset, model)
     targets = {subject: load_subject(folder)[1] for subject, folder in subject_dirs.items()}
     fig = plot_glass_brain(roi_markers(best, targets), title=f"{dataset} · {model}: best layer per ROI")
     return save_figure(fig, Path(out_dir) / f"glass_brain_{dataset}_{model}", formats)
 
 
-def make_meg_topomaps(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path, out_dir: Path,
-                      dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, tmax: Path
+def make_meg_topomaps(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path], out_dir: Path,
+                      dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, tmax: Path | Sequence[Path]
                       ) -> list[Path]:
-    """Draw the MEG topomaps of one dataset × model at its layers' T_max (`tmax` table); return the paths."""
-    from .io import read_table
-
+    """Draw the MEG topomaps of one dataset × model at its layers' T_max (`tmax` tables); return the paths."""
     _layer_depths(encoding, dataset, model)
-    tm = read_table(tmax)
-    tm = tm[(tm["dataset"] == dataset) & (tm["model"] == model)]
+    tm = _read_rows(tmax, dataset, model)
     targets, r = _subject_scores(scores, subject_dirs)
     values = _topomap_values(targets, r, tm)
     fig = plot_meg_topomaps(values, title=f"{dataset} · {model}: sensor r at each layer's T_max (CTF-275)")

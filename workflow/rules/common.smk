@@ -332,16 +332,18 @@ def target_score_outputs(dataset, model):
 
 
 def map_inputs(wc):
-    """Per-target scores of every signal × layer × subject, the subjects' target tables and the tables."""
+    """Per-target scores of every signal × layer × subject, the subjects' target tables, and the
+    hierarchy stage's per-subject tables of this dataset × model (not the run-wide tables, which
+    change with every model: a change to one model must not redraw the others' maps)."""
     return {
         "scores": target_score_outputs(wc.dataset, wc.model),
         "targets": [
             rules.brain.output.targets.format(dataset=wc.dataset, subject=s)
             for s in DATASETS[wc.dataset]["subjects"]
         ],
-        "encoding": f"{OUT}/tables/encoding.parquet",
-        "tmax": f"{OUT}/tables/tmax.parquet",
-        "best_layers": f"{OUT}/tables/best_layers.parquet",
+        "encoding": subject_outputs(wc.dataset, wc.model, "encoding"),
+        "tmax": subject_outputs(wc.dataset, wc.model, "tmax"),
+        "best_layers": subject_outputs(wc.dataset, wc.model, "best_layers"),
     }
 
 
