@@ -83,3 +83,25 @@ def test_plan_command_refuses_when_the_disk_cannot_hold_the_features(tmp_path):
     assert "refusing to start" in done.stderr and "GB free" in done.stderr
     ok, free = check_disk(copy.deepcopy(10**18), tmp_path / "not" / "yet")
     assert not ok and free > 0
+
+
+def test_real_image_sets_are_planned_from_the_published_design_until_their_manifest_exists(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from brainprop.config import validate_config
+
+    text = (ROOT / "tests" / "configs" / "real_tiny.yaml").read_text()
+    for root in ("NSD_ROOT", "MEG_ROOT"):
+        (tmp_path / root).mkdir()
+        text = text.replace(root, str(tmp_path / root))
+    config = validate_config(yaml.safe_load(text), check_models=False)
+    layers = {"resnet18": pd.DataFrame({"layer_index": [0, 1, 2], "dim": [10, 20, 30]})}
+    monkeypatch.chdir(tmp_path)
+    plan = plan_run(config, layers)
+    n_nsd = 1_000 + 9_000 * len(config["datasets"]["nsd"]["subjects"])
+    assert plan.feature_bytes[("resnet18", "meg_images")] == 60 * 22_448 * 2 * 4  # THINGS-MEG: 22,248 + 200
+    assert plan.feature_bytes[("resnet18", "nsd_images")] == 60 * n_nsd * 2 * 4
+    manifest = tmp_path / "results" / config["run"] / "stimuli" / "meg_images" / "manifest.parquet"
+    manifest.parent.mkdir(parents=True)
+    pd.DataFrame({"image_id": [f"i{k}" for k in range(15)]}).to_parquet(manifest)
+    assert plan_run(config, layers).feature_bytes[("resnet18", "meg_images")] == 60 * 15 * 2 * 4

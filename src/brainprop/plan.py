@@ -98,6 +98,19 @@ def _modalities(dataset: dict) -> set[str]:
     return {"fmri", "meg"} if dataset["kind"] == "simulated" else {modality(dataset["kind"])}
 
 
+def image_count(config: dict, imageset: str, manifest: str | Path | None = None) -> int:
+    """Images of an image set: n_images of a demo set; a dataset's manifest, else its published design."""
+    from .datasets import published_image_count
+
+    spec = config["stimuli"][imageset]
+    if spec.get("kind", "demo") == "demo":
+        return int(spec.get("n_images", 240))
+    if manifest is not None and Path(manifest).exists():
+        return len(pd.read_parquet(manifest, columns=["image_id"]))
+    dataset = config["datasets"][spec["dataset"]]
+    return published_image_count(dataset["kind"], len(dataset["subjects"]))
+
+
 def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> RunPlan:
     """Jobs per rule and feature bytes of a validated config (layers resolved on the meta device)."""
     from .variants import model_variants
@@ -157,7 +170,9 @@ def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> Run
     jobs = Counter({rule: n for rule, n in jobs.items() if n})
     sizes = {
         (alias, imageset): feature_bytes(
-            list(layers[alias]["dim"]), config["stimuli"][imageset].get("n_images", 0), len(models[alias]["signals"])
+            list(layers[alias]["dim"]),
+            image_count(config, imageset, f"results/{config['run']}/stimuli/{imageset}/manifest.parquet"),
+            len(models[alias]["signals"]),
         )
         for alias, sets in imagesets.items()
         for imageset in sorted(sets)

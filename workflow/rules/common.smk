@@ -74,14 +74,10 @@ def encode_gpu():
 
 
 def _n_images(imageset, manifest=None):
-    """Images of an image set: from its config entry, else its manifest once written, else a guess."""
-    import pandas as pd
+    """Images of an image set: from its config entry, else its manifest once written, else the published design."""
+    from brainprop.plan import image_count
 
-    if "n_images" in config["stimuli"][imageset]:
-        return config["stimuli"][imageset]["n_images"]
-    if manifest and Path(manifest).exists():
-        return len(pd.read_parquet(manifest, columns=["image_id"]))
-    return 10_000  # a real dataset's image set before its manifest exists (NSD's shared set is 1,000)
+    return image_count(config, imageset, manifest)
 
 
 def _extract_sizes(model, imageset, layers_path, manifest=None):

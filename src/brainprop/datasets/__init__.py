@@ -30,6 +30,7 @@ __all__ = [
     "DATASET_KINDS",
     "SHARED_IMAGE_ORDER",
     "shared_fits",
+    "published_image_count",
     "DatasetError",
     "Finding",
     "build_manifest",
@@ -55,6 +56,19 @@ DATASET_KINDS: dict[str, str] = {
 # Kinds whose subjects all saw the same images, averaged into the manifest's order (THINGS-MEG:
 # the 22,448 + 200 images for every participant): their encode jobs share one decomposition.
 SHARED_IMAGE_ORDER = frozenset({"things_meg"})
+
+
+def published_image_count(kind: str, n_subjects: int) -> int:
+    """Images the selected subjects of a dataset kind saw, by the published design (DATASETS.md).
+
+    For planning before the manifest exists: NSD and Algonauts 2023 (NSD's images) 1,000 shared
+    plus 9,000 per subject (73,000 at most); THINGS-fMRI 8,640 + 100; THINGS-MEG 22,248 + 200.
+    """
+    counts = {"nsd": min(1_000 + 9_000 * n_subjects, 73_000), "nsd_algonauts": min(1_000 + 9_000 * n_subjects, 73_000),
+              "things_fmri": 8_740, "things_meg": 22_448}
+    if kind not in counts:
+        raise ValueError(f"dataset kind {kind!r} has no published image count; expected one of {sorted(counts)}")
+    return counts[kind]
 
 
 def shared_fits(config: dict) -> list[str]:
