@@ -150,6 +150,21 @@ def noop_rerun_demo() -> dict:
     return {"noop_rerun_demo_s": noop_s, "n_jobs_demo": plan_run(load_config(ROOT / "config" / "config.yaml")).total_jobs}
 
 
+def scontrol_wait_s() -> float | None:
+    """Seconds `scontrol show config` takes here (None without SLURM's tools).
+
+    The SLURM executor plugin runs it at every Snakemake start, with a 10 s timeout: where the
+    tools are installed but no controller answers, every timing above includes that wait.
+    """
+    import shutil
+
+    if shutil.which("scontrol") is None:
+        return None
+    start = time.perf_counter()
+    subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=30, check=False)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     """Run both measurements and write results/benchmarks/workflow.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -157,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     full = dry_run_full(4 if args.quick else None)
     print(json.dumps(full), flush=True)
-    result = {**full, **noop_rerun_demo(), "cpu_count": os.cpu_count(),
+    result = {**full, **noop_rerun_demo(), "scontrol_wait_s": scontrol_wait_s(), "cpu_count": os.cpu_count(),
               "load_average_1min": os.getloadavg()[0],
               "datasets": "simulated, NSD-sized (8 subjects) and THINGS-MEG-sized (4)"}
     out = ROOT / "results" / "benchmarks" / "workflow.json"
