@@ -462,9 +462,9 @@ def _layer_depths(encoding: Path | Sequence[Path], dataset: str, model: str) -> 
     return enc.groupby("layer_index")["depth"].first().to_dict()
 
 
-def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path], out_dir: Path,
-                   dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, fdr: float = 0.01,
-                   radius_mm: float = 10.0) -> list[Path]:
+def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path],
+                   out_dir: Path, dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *,
+                   fdr: float = 0.01, radius_mm: float = 10.0) -> list[Path]:
     """Draw the fsaverage5 brain map of one dataset × model; return the written paths.
 
     `scores` are the encode rule's per-target files of every signal × layer × subject,
@@ -480,9 +480,9 @@ def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], enco
     return save_figure(fig, Path(out_dir) / f"brain_map_{dataset}_{model}", formats)
 
 
-def make_glass_brain(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path], out_dir: Path,
-                     dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, best_layers: Path | Sequence[Path]
-                     ) -> list[Path]:
+def make_glass_brain(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path],
+                     out_dir: Path, dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *,
+                     best_layers: Path | Sequence[Path]) -> list[Path]:
     """Draw the glass-brain ROI figure of one dataset × model from the `best_layers` table; return the paths."""
     from .brain import load_subject
 
@@ -493,9 +493,9 @@ def make_glass_brain(scores: Sequence[str], subject_dirs: Mapping[str, Path], en
     return save_figure(fig, Path(out_dir) / f"glass_brain_{dataset}_{model}", formats)
 
 
-def make_meg_topomaps(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path], out_dir: Path,
-                      dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *, tmax: Path | Sequence[Path]
-                      ) -> list[Path]:
+def make_meg_topomaps(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path],
+                      out_dir: Path, dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *,
+                      tmax: Path | Sequence[Path]) -> list[Path]:
     """Draw the MEG topomaps of one dataset × model at its layers' T_max (`tmax` tables); return the paths."""
     _layer_depths(encoding, dataset, model)
     tm = _read_rows(tmax, dataset, model)
