@@ -74,7 +74,7 @@ def encode_gpu():
 
 
 def _n_images(imageset, manifest=None):
-    """Images of an image set: from its config entry, else its manifest once written, else the published design."""
+    """Images of an image set (brainprop.plan.image_count: demo n_images, else manifest, else published design)."""
     from brainprop.plan import image_count
 
     return image_count(config, imageset, manifest)
