@@ -30,3 +30,8 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+
+
+# Planning speed at scale (README, "Scale"): Snakemake calls these functions once per job.
+precompute_signatures(workflow.rules)
+tune_gc()

@@ -1,4 +1,6 @@
 # The one place that reads and checks the config, names the outputs and defines input functions.
+import gc
+import inspect
 from pathlib import Path
 
 from brainprop.config import ConfigError, validate_config
@@ -42,14 +44,43 @@ wildcard_constraints:
     layer=r"\d{2}",
 
 
+def precomputed_signature(func):
+    """`func` with its signature computed once.
+
+    Snakemake inspects a function's signature every time it calls it, once per job: on a
+    full study (25k jobs) that was 2 s of the dry run (benchmarks/workflow.py).
+    """
+    func.__signature__ = inspect.signature(func)
+    return func
+
+
+def precompute_signatures(rules):
+    """Precompute the signatures of every input and params function of `rules`."""
+    for rule in rules:
+        for item in [*rule.input, *rule.params]:
+            if inspect.isfunction(item):
+                precomputed_signature(item)
+
+
+def tune_gc():
+    """Collect garbage less often while Snakemake builds a large DAG.
+
+    A full study's DAG is millions of small objects that live until Snakemake exits; CPython's
+    default thresholds rescan them again and again (8 s of a 60 s dry run). Objects from before
+    this call (imports, config) are frozen out of collection for the same reason.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def mem_mb(base):
     """Memory request that grows with each retry."""
-    return lambda wildcards, attempt: base * attempt
+    return precomputed_signature(lambda wildcards, attempt: base * attempt)
 
 
 def runtime(base):
     """Runtime request (minutes) that grows with each retry."""
-    return lambda wildcards, attempt: base * attempt
+    return precomputed_signature(lambda wildcards, attempt: base * attempt)
 
 
 def on_cuda():
@@ -96,6 +127,7 @@ def _extract_sizes(model, imageset, layers_path, manifest=None):
     return features_mb, batch, spec["input_size"] or 224
 
 
+@precomputed_signature
 def extract_mem_mb(wildcards, input, attempt):
     """Memory of an extract job from the config's sizes, doubling per retry (the batch halves)."""
     from brainprop.plan import extract_mem_mb as estimate
@@ -105,6 +137,7 @@ def extract_mem_mb(wildcards, input, attempt):
     return estimate(features_mb, batch, size, attempt)
 
 
+@precomputed_signature
 def extract_runtime(wildcards, input, attempt):
     """Runtime (minutes) of an extract job from the image count, growing per retry."""
     from brainprop.plan import extract_runtime_min
@@ -392,10 +425,12 @@ REAL_BRAIN_MEM_MB = 16000
 REAL_BRAIN_RUNTIME = 240
 
 
+@precomputed_signature
 def brain_mem_mb(wildcards, attempt):
     return (REAL_BRAIN_MEM_MB if is_real(wildcards.dataset) else 2000) * attempt
 
 
+@precomputed_signature
 def brain_runtime(wildcards, attempt):
     return (REAL_BRAIN_RUNTIME if is_real(wildcards.dataset) else 10) * attempt
 
