@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A one-node SLURM on localhost for the cluster tests (Debian slurm-wlm + munge; run as root).
-# Idempotent: exits 0 at once when the node already answers `sinfo` as idle/mixed/allocated.
+# Idempotent: exits 0 at once when the node already answers `sinfo` as idle/mixed/allocated and
+# runs this configuration; restarts the daemons when the configuration changed.
 # Usage: bash tests/cluster/start_slurm.sh
 set -euo pipefail
 
@@ -11,7 +12,42 @@ node_up() {
     timeout 10 sinfo -h -N -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated|completing)'
 }
 
-if node_up; then
+# One node with this machine's CPUs and most of its memory, one default partition. A job over
+# its memory request is killed (polled every second), as on a cluster that enforces --mem.
+CPUS=$(nproc)
+MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
+CONF=$(cat <<EOF_CONF
+# Written by brainprop's tests/cluster/start_slurm.sh: a one-node test cluster.
+ClusterName=brainprop
+SlurmctldHost=${HOST}
+SlurmUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
+MpiDefault=none
+ReturnToService=2
+SchedulerType=sched/backfill
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+MinJobAge=300
+KillWait=5
+InactiveLimit=0
+NodeName=${HOST} CPUs=${CPUS} RealMemory=${MEM_MB} State=UNKNOWN
+PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP
+EOF_CONF
+)
+
+if node_up && [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" == "${CONF}" ]; then
   echo "start_slurm: SLURM already up on ${HOST}"
   exit 0
 fi
@@ -41,38 +77,14 @@ if ! pgrep -u munge -x munged >/dev/null 2>&1; then
   runuser -u munge -- munged
 fi
 
-# One node with this machine's CPUs and most of its memory, one default partition.
-CPUS=$(nproc)
-MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
-cat > /etc/slurm/slurm.conf <<CONF
-# Written by brainprop's tests/cluster/start_slurm.sh: a one-node test cluster.
-ClusterName=brainprop
-SlurmctldHost=${HOST}
-SlurmUser=root
-AuthType=auth/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-MpiDefault=none
-ReturnToService=2
-SchedulerType=sched/backfill
-SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
-SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
-MinJobAge=300
-KillWait=5
-InactiveLimit=0
-NodeName=${HOST} CPUs=${CPUS} RealMemory=${MEM_MB} State=UNKNOWN
-PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP
-CONF
-
+if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "${CONF}" ]; then
+  echo "${CONF}" > /etc/slurm/slurm.conf
+  # Daemons started with another configuration read it only at start.
+  pkill -x slurmctld || true
+  pkill -x slurmd || true
+  sleep 2
+fi
 pgrep -x slurmctld >/dev/null 2>&1 || slurmctld
 pgrep -x slurmd >/dev/null 2>&1 || slurmd
 
