@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 TARGET = "results/tiny/hierarchy/sim_backprop/resnet18/sub-01/hierarchy.parquet"
-BASE = ["--workflow-profile", str(ROOT / "profiles" / "slurm"), "--profile", str(ROOT / "tests" / "cluster" / "profile"),
+BASE = ["--workflow-profile", str(ROOT / "profiles" / "slurm"),
+        "--profile", str(ROOT / "tests" / "cluster" / "profile"),
         "--default-resources", "slurm_partition=debug", "--cores", "2"]
 # `--groups` replaces the profile's list: naming a rule outside the target leaves encode ungrouped.
 UNGROUPED = ["--groups", "truth=ungrouped"]

@@ -166,8 +166,8 @@ def run_case(name: str, spec: tuple, device: torch.device, repeats: int, bf16: b
         "backward_frozen_s": t_frozen, "backward_with_weight_grads_s": t_weights,
         "frozen_backward_ratio": t_frozen / t_weights,
         **{f"{sig}_alone_s": t for sig, t in signals.items()},
-        **({"fa_ratio_vs_grad": signals["fa"] / signals["grad"], "sign_ratio_vs_grad": signals["sign"] / signals["grad"],
-            "dfa_ratio_vs_grad": signals["dfa"] / signals["grad"]} if signals else {}),
+        **({f"{sig}_ratio_vs_grad": signals[sig] / signals["grad"] for sig in ("fa", "sign", "dfa")}
+           if signals else {}),
     }
 
 

@@ -8,9 +8,11 @@
    written first (on the meta device, as the rule does) so the dry run sees every job.
    Baseline: a trivial Snakefile (one rule, `touch`) with the same number of jobs, timed in
    the same run; the goal is a ratio <= 2 and an absolute time under 60 s on 2 cores.
-   Reference: the same one-rule Snakefile with what every brainprop rule declares (a script,
+   References: the same one-rule Snakefile with what every brainprop rule declares (a script,
    log, benchmark, conda env, retry-scaled memory and runtime, three inputs), to show how much
-   of the ratio is Snakemake's cost of those declarations.
+   of the ratio is Snakemake's cost of those declarations; and the full and trivial dry runs
+   again through benchmarks/snakemake_upstream.py, Snakemake with two per-job costs computed
+   once, to show what an upstream fix would give.
 2. noop_rerun_demo_s: a no-change rerun of the demo (config/config.yaml) deciding "Nothing to
    be done". The demo's outputs are placeholders: `layers` runs for real, every other output is
    created empty and then recorded as done by `snakemake --touch` (metadata included), which is
@@ -35,6 +37,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+# Snakemake with two per-job costs computed once (what an upstream fix would give).
+SNAKEMAKE_UPSTREAM = [sys.executable, str(ROOT / "benchmarks" / "snakemake_upstream.py")]
 
 
 def full_config(roots: Path, n_models: int | None = None) -> dict:
@@ -117,35 +121,42 @@ rule job:
 """
 
 
-def dry_run_s(snakefile: str, workdir: Path, n_jobs: int) -> float:
-    """Dry run time (s) of a one-rule Snakefile written into `workdir` with `n_jobs` jobs."""
-    workdir.mkdir()
+def dry_run_s(snakefile: str, workdir: Path, n_jobs: int, snakemake: list[str] | None = None) -> float:
+    """Dry run time (s) of a one-rule Snakefile in `workdir` with `n_jobs` jobs."""
+    workdir.mkdir(exist_ok=True)
     (workdir / "Snakefile").write_text(snakefile.format(n=n_jobs))
     for name in ("a.txt", "b.txt", "c.txt"):
         (workdir / name).touch()
     (workdir / "env.yaml").write_text("dependencies: [python]\n")
     (workdir / "job.py").write_text("open(snakemake.output[0], 'w').close()\n")
-    elapsed, out = timed([SNAKEMAKE, "-s", str(workdir / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-                          "--dry-run", "--quiet", "rules"])
+    elapsed, out = timed([*(snakemake or [SNAKEMAKE]), "-s", str(workdir / "Snakefile"), "--directory", str(workdir),
+                          "--cores", "2", "--dry-run", "--quiet", "rules"])
     assert job_total(out) == n_jobs
     return elapsed
 
 
 def dry_run_full(n_models: int | None) -> dict:
-    """Dry run of the full study against a trivial Snakefile with as many jobs."""
+    """Dry run of the full study against a trivial Snakefile with as many jobs, with stock Snakemake
+    and with the two per-job costs of benchmarks/snakemake_upstream.py computed once."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_roots(tmp / "roots")
         config = full_config(tmp / "roots", n_models)
         (tmp / "full.yaml").write_text(yaml.safe_dump(config))
         write_layers(config, tmp)
-        full_s, out = timed([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp), "--configfile",
-                             str(tmp / "full.yaml"), "--cores", "2", "--dry-run", "--quiet", "rules"])
+        args = ["-s", str(ROOT / "Snakefile"), "--directory", str(tmp), "--configfile", str(tmp / "full.yaml"),
+                "--cores", "2", "--dry-run", "--quiet", "rules"]
+        full_s, out = timed([SNAKEMAKE, *args])
         n_jobs = job_total(out)
         trivial_s = dry_run_s(TRIVIAL, tmp / "trivial", n_jobs)
         declared_s = dry_run_s(DECLARED, tmp / "declared", n_jobs)
+        full_upstream_s, out = timed([*SNAKEMAKE_UPSTREAM, *args])
+        assert job_total(out) == n_jobs
+        trivial_upstream_s = dry_run_s(TRIVIAL, tmp / "trivial", n_jobs, SNAKEMAKE_UPSTREAM)
     return {"dry_run_full_s": full_s, "dry_run_trivial_s": trivial_s, "dry_run_ratio": full_s / trivial_s,
             "dry_run_declared_s": declared_s, "dry_run_declared_ratio": declared_s / trivial_s,
+            "dry_run_full_upstream_s": full_upstream_s, "dry_run_trivial_upstream_s": trivial_upstream_s,
+            "dry_run_ratio_upstream": full_upstream_s / trivial_upstream_s,
             "n_jobs_full": n_jobs, "n_models": len(config["models"])}
 
 
