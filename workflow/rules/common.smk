@@ -56,8 +56,8 @@ def precomputed_signature(func):
 
 def precompute_signatures(rules):
     """Precompute the signatures of every input and params function of `rules`."""
-    for rule in rules:
-        for item in [*rule.input, *rule.params]:
+    for r in rules:
+        for item in [*r.input, *r.params]:
             if inspect.isfunction(item):
                 precomputed_signature(item)
 
@@ -127,7 +127,6 @@ def _extract_sizes(model, imageset, layers_path, manifest=None):
     return features_mb, batch, spec["input_size"] or 224
 
 
-@precomputed_signature
 def extract_mem_mb(wildcards, input, attempt):
     """Memory of an extract job from the config's sizes, doubling per retry (the batch halves)."""
     from brainprop.plan import extract_mem_mb as estimate
@@ -137,7 +136,6 @@ def extract_mem_mb(wildcards, input, attempt):
     return estimate(features_mb, batch, size, attempt)
 
 
-@precomputed_signature
 def extract_runtime(wildcards, input, attempt):
     """Runtime (minutes) of an extract job from the image count, growing per retry."""
     from brainprop.plan import extract_runtime_min
@@ -425,12 +423,10 @@ REAL_BRAIN_MEM_MB = 16000
 REAL_BRAIN_RUNTIME = 240
 
 
-@precomputed_signature
 def brain_mem_mb(wildcards, attempt):
     return (REAL_BRAIN_MEM_MB if is_real(wildcards.dataset) else 2000) * attempt
 
 
-@precomputed_signature
 def brain_runtime(wildcards, attempt):
     return (REAL_BRAIN_RUNTIME if is_real(wildcards.dataset) else 10) * attempt
 
