@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
+from .catalog import FIGURES, MODALITIES, figure_entries, figure_names
 from .group import RULE_PREDICTIONS
 from .io import atomic_path, read_table
 
@@ -68,23 +69,6 @@ DEPTH_CMAP = "viridis"
 # Colour of the brain's reference lines (end of the forward sweep, backprop prediction, identity).
 REFERENCE_COLOR = "0.35"
 
-# Figure kind -> (modalities whose rows it draws, scope). Scope "model": one file per dataset ×
-# model (so that a run of many models gives figures of a readable size, grouped by model in the
-# report); "dataset": one per dataset, all models in it; "simulated": per simulated dataset;
-# "run": one file per run. Kinds in `_NEED_ERROR_SIGNAL` are drawn only when the run has a learning
-# signal (grad, fa, sign, dfa).
-FIGURES: dict[str, tuple[frozenset[str], str]] = {
-    "encoding_by_layer": (frozenset({"fmri", "meg"}), "model"),
-    "meg_timecourses": (frozenset({"meg"}), "model"),
-    "spatial_hierarchy": (frozenset({"fmri"}), "model"),
-    "tmax": (frozenset({"meg"}), "model"),
-    "model_comparison": (frozenset({"fmri", "meg"}), "dataset"),
-    "rule_signatures": (frozenset({"fmri", "meg"}), "dataset"),
-    "simulation_recovery": (frozenset({"fmri", "meg"}), "simulated"),
-    "cka": (frozenset(), "run"),
-}
-_NEED_ERROR_SIGNAL = frozenset({"rule_signatures"})
-MODALITIES = ("fmri", "meg")
 FORMATS: dict[str, dict] = {"png": {"dpi": 150}, "svg": {"metadata": {"Date": None}},
                             "pdf": {"metadata": {"CreationDate": None}}}
 ROI_LEVEL_NAMES = ("early", "intermediate", "high")
@@ -1002,42 +986,6 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png", "svg")
     finally:
         plt.close(fig)
     return paths
-
-
-def figure_entries(datasets: Mapping[str, Iterable[str]], formats: Sequence[str] = ("png", "svg"), *,
-                   models: Iterable[str] = (), simulated: Iterable[str] = (),
-                   signals: Iterable[str] = ()) -> list[tuple[str, str, str, str]]:
-    """(kind, dataset, model, file name) of every file `make_figures` writes ("" where not per dataset/model).
-
-    `datasets` maps each dataset to its modalities ({'fmri', 'meg'}); `models` names the run's
-    models; `simulated` names the datasets with a planted truth; `signals` the run's signals
-    (the rule signatures need one of grad, fa, sign, dfa).
-    """
-    simulated, models, entries = set(simulated), sorted(models), []
-    learning = bool(set(signals) & set(RULE_PREDICTIONS))
-    for dataset in sorted(datasets):
-        modalities = set(datasets[dataset])
-        bad = sorted(modalities - set(MODALITIES))
-        if bad:
-            raise ValueError(f"dataset {dataset!r} has modality {bad}; expected some of {list(MODALITIES)}")
-        for kind, (needs, scope) in FIGURES.items():
-            if not needs & modalities or (kind in _NEED_ERROR_SIGNAL and not learning):
-                continue
-            if scope == "model":
-                entries += [(kind, dataset, model, f"{kind}_{dataset}_{model}.{fmt}")
-                            for model in models for fmt in formats]
-            elif scope == "dataset" or (scope == "simulated" and dataset in simulated):
-                entries += [(kind, dataset, "", f"{kind}_{dataset}.{fmt}") for fmt in formats]
-    entries += [(kind, "", "", f"{kind}.{fmt}") for kind, (_, scope) in FIGURES.items() if scope == "run"
-                for fmt in formats]
-    return entries
-
-
-def figure_names(datasets: Mapping[str, Iterable[str]], formats: Sequence[str] = ("png", "svg"), *,
-                 models: Iterable[str] = (), simulated: Iterable[str] = (), signals: Iterable[str] = ()
-                 ) -> list[str]:
-    """File names `make_figures` writes for datasets mapped to their modalities ({'fmri', 'meg'})."""
-    return [e[3] for e in figure_entries(datasets, formats, models=models, simulated=simulated, signals=signals)]
 
 
 def _roi_distance_map(enc: pd.DataFrame, dataset: str) -> dict[str, float]:

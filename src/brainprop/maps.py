@@ -37,6 +37,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from scipy.spatial import cKDTree
 
+from .catalog import MAP_FIGURES, map_names
 from .figures import _DEPTH_LABEL, _RC, DEPTH_CMAP, _signal_order, save_figure
 from .hierarchy import weighted_depth
 
@@ -59,8 +60,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Map figure kind -> the modality it draws; one file per dataset × model with that modality.
-MAP_FIGURES: dict[str, str] = {"brain_map": "fmri", "glass_brain": "fmri", "meg_topomaps": "meg"}
 HEMIS = {"lh": "left", "rh": "right"}
 VIEWS = ("lateral", "medial", "ventral")
 # What a brain map shows per signal × hemisphere (rows of the figure, in this order).
@@ -348,17 +347,11 @@ def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
 
 # ---------------------------------------------------------------- entry point
 
-def map_names(datasets: Mapping[str, Sequence[str]], models: Sequence[str],
-              formats: Sequence[str] = ("png", "svg")) -> list[tuple[str, str, str, str]]:
-    """(kind, dataset, model, file name) of every map file, datasets mapped to their modalities."""
-    return [(kind, dataset, model, f"{kind}_{dataset}_{model}.{fmt}")
-            for dataset in sorted(datasets) for model in sorted(models)
-            for kind, modality in MAP_FIGURES.items() if modality in set(datasets[dataset])
-            for fmt in formats]
-
-
 def _score_keys(paths: Sequence[str]) -> list[tuple[str, int, str]]:
-    """(signal, layer_index, subject) of each encode per-target output path (…/{signal}/{layer}/{subject}.targets.parquet)."""
+    """(signal, layer_index, subject) of each encode per-target output path.
+
+    Paths end in …/{signal}/{layer}/{subject}.targets.parquet.
+    """
     keys = []
     for path in map(Path, paths):
         if not path.name.endswith(".targets.parquet"):

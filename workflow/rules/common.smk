@@ -3,10 +3,9 @@ import gc
 import inspect
 from pathlib import Path
 
+from brainprop.catalog import figure_entries, map_names
 from brainprop.config import ConfigError, validate_config
 from brainprop.datasets import shared_fits
-from brainprop.figures import figure_entries
-from brainprop.maps import map_names
 from brainprop.simulate import params_from_config
 from brainprop.variants import model_variants, variant_of
 
