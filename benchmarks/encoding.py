@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainprop._backends import get_backend
-from brainprop._ridge import _pearson, _scores, _solver, _standardize, ridge_cv
+from brainprop.encoding._backends import get_backend
+from brainprop.encoding._ridge import _pearson, _scores, _solver, _standardize, ridge_cv
 
 ALPHAS = np.logspace(0, 8, 10)  # METHOD.md §4 (brainprop.encoding.DEFAULT_ALPHAS)
 SHAPES = ((1000, 768, 20000), (1000, 10000, 20000), (2000, 1024, 27000))
@@ -160,8 +160,8 @@ def job_overhead(n: int, d: int, m: int) -> dict:
     """Seconds of one `encode` job (fresh interpreter, real files) beyond its ridge arithmetic."""
     import pandas as pd
 
-    from brainprop.encoding import folds_table
-    from brainprop.features import feature_path
+    from brainprop.encoding.encode import folds_table
+    from brainprop.features.files import feature_path
     from brainprop.io import save_array, write_table
 
     X, Y = simulate(n, d, m)

@@ -26,14 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from brainprop.features.extract import (
-    auto_batch_size,
-    create_model,
-    extract_features,
-    find_blocks,
-    resolve_device,
-    select_layers,
-)
+from brainprop.features.extract import auto_batch_size, extract_features
+from brainprop.features.models import create_model, resolve_device
+from brainprop.features.layers import find_blocks, select_layers
 
 POOLING = {"mode": "grid", "grid": 2}
 N_LAYERS = 8
@@ -185,9 +180,13 @@ def run_pipeline(device: torch.device, sizes: tuple[int, int], size: int, worker
     """
     import tempfile
 
-    from brainprop.features.extract import ImageDataset, _transform, resolve_layers, run_extract
+    from brainprop.features.extract import ImageDataset
+    from brainprop.features.models import image_transform
+    from brainprop.features.layers import resolve_layers
+    from brainprop.features.rules import run_extract
     from brainprop.io import write_table
-    from brainprop.stimuli import make_demo_images, write_manifest
+    from brainprop.stimuli.demo import make_demo_images
+    from brainprop.stimuli.files import write_manifest
 
     timm_name, kwargs, batch = "resnet50", {"zero_init_last": False}, 64
     spec = {"timm_name": timm_name, "weights": "random", "input_size": size, "timm_kwargs": kwargs,
@@ -198,7 +197,7 @@ def run_pipeline(device: torch.device, sizes: tuple[int, int], size: int, worker
         layers = resolve_layers(timm_name, {"n": N_LAYERS}, POOLING, size, kwargs)
         write_table(root / "layers.parquet", layers)
         model = create_model(timm_name, "random", 0, size, kwargs).to(device)
-        dataset = ImageDataset(_write(root, unique, sizes[0], write_manifest), _transform(model, size))
+        dataset = ImageDataset(_write(root, unique, sizes[0], write_manifest), image_transform(model, size))
         images = torch.stack([dataset[i][0] for i in range(len(dataset))])
         t_tensor = median_time(
             lambda: extract_features(model, images, list(layers["layer"]), POOLING, "cross_entropy", batch),

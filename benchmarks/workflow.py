@@ -67,9 +67,9 @@ def write_roots(roots: Path) -> None:
 def write_layers(config: dict, workdir: Path) -> None:
     """The `layers` outputs of every model and its control variants, as workflow/scripts/layers.py writes them."""
     from brainprop.config import validate_config
-    from brainprop.features.extract import resolve_layers
+    from brainprop.features.layers import resolve_layers
     from brainprop.io import write_table
-    from brainprop.variants import model_variants
+    from brainprop.run import model_variants
 
     config = validate_config(json.loads(json.dumps(config)), check_models=False)
     for alias, m in model_variants(config["models"], config["sensitivity"]).items():

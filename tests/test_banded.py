@@ -6,8 +6,8 @@ from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 
-from brainprop._banded import _fold_fit, _kernels, banded_grid, banded_ridge_cv, joint_ridge_cv
-from brainprop._ridge import ridge_cv
+from brainprop.encoding._banded import _fold_fit, _kernels, banded_grid, banded_ridge_cv, joint_ridge_cv
+from brainprop.encoding._ridge import ridge_cv
 
 ALPHAS = np.logspace(-1, 5, 7)
 

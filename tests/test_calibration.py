@@ -10,22 +10,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from brainprop import simulate as S
-from brainprop.calibration import (
-    DEMO_TIMES,
-    encoded_scores,
-    group_rejections,
-    planted_scores,
-    power_figure,
-    rejection_rates,
-    rejections,
-    scores_table,
-    subject_tests,
-)
+from brainprop.brain import simulate as S
+from brainprop.stats.calibration import DEMO_TIMES, encoded_scores, group_rejections, planted_scores, power_figure, rejection_rates, rejections, scores_table, subject_tests
 from brainprop.config import load_config
-from brainprop.encoding import make_folds
-from brainprop.group import subject_statistics
-from brainprop.hierarchy import subject_hierarchy
+from brainprop.encoding.encode import make_folds
+from brainprop.stats.group import subject_statistics
+from brainprop.hierarchy.scores import subject_hierarchy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = load_config(ROOT / "config" / "config.yaml", check_models=False)

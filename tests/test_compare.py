@@ -8,12 +8,12 @@ import pytest
 from scipy import stats
 from test_group import PARAMS, simulate
 
-from brainprop.compare import compare_models
+from brainprop.stats.compare import compare_models
 from brainprop.contract import validate_table
-from brainprop.group import subject_statistics
-from brainprop.hierarchy import subject_hierarchy
-from brainprop.sensitivity import sensitivity_table
-from brainprop.variants import model_variants
+from brainprop.stats.group import subject_statistics
+from brainprop.hierarchy.scores import subject_hierarchy
+from brainprop.stats.sensitivity import sensitivity_table
+from brainprop.run import model_variants
 
 
 def _per_subject(model: str, grad_shift: float, seed: int) -> pd.DataFrame:
@@ -85,7 +85,7 @@ def test_sensitivity_varies_one_choice_at_a_time():
 
 
 def _default_tests(enc: pd.DataFrame, params: dict) -> pd.DataFrame:
-    from brainprop.group import group_tests
+    from brainprop.stats.group import group_tests
 
     best, tm, hier = subject_hierarchy(enc, params["atlas"], params["threshold"], params["min_count"])
     return group_tests(enc, best, tm, hier, params)

@@ -18,11 +18,11 @@ from fixtures.datasets import (
     write_things_meg,
 )
 
-from brainprop import datasets as D
+from brainprop.brain import datasets as D
 from brainprop.config import ConfigError, validate_config
-from brainprop.datasets import nsd as nsd_reader
-from brainprop.datasets._common import kknc_ncsnr, nc_from_ncsnr
-from brainprop.datasets.geometry import fsaverage_coordinates, roi_distances
+from brainprop.brain.datasets import nsd as nsd_reader
+from brainprop.brain.datasets._common import kknc_ncsnr, nc_from_ncsnr
+from brainprop.brain.datasets.geometry import fsaverage_coordinates, roi_distances
 
 entry = dataset_entry
 

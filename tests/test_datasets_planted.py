@@ -12,7 +12,7 @@ from fixtures.datasets import dataset_entry as entry
 from fixtures.datasets import write_algonauts, write_things_fmri
 from fixtures.planting import best_layers, demo_images, planted_responses
 
-from brainprop import datasets as D
+from brainprop.brain import datasets as D
 
 
 def _targets(ds: dict, targets) -> "object":

@@ -16,17 +16,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brainprop import contract
-from brainprop.encoding import (
-    DEFAULT_ALPHAS,
-    SUMMARY_COLUMNS,
-    RidgeEncoder,
-    encode,
-    encode_shared,
-    load_target_scores,
-    make_folds,
-    ridge_cv,
-    ridge_cv_shared,
-)
+from brainprop.encoding.encode import DEFAULT_ALPHAS, SUMMARY_COLUMNS, RidgeEncoder, encode, encode_shared, load_target_scores, make_folds
+from brainprop.encoding._ridge import ridge_cv, ridge_cv_shared
 from brainprop.io import CorruptFileError, write_table
 
 ALPHAS = np.asarray(DEFAULT_ALPHAS)
@@ -187,7 +178,7 @@ def test_torch_cuda_float32_agrees_with_numpy_float64():
 def test_numpy_backend_does_not_import_torch():
     code = (
         "import sys, numpy as np\n"
-        "from brainprop.encoding import make_folds, ridge_cv\n"
+        "from brainprop.encoding.encode import make_folds, ridge_cv\n"
         "rng = np.random.default_rng(0)\n"
         "ridge_cv(rng.standard_normal((30, 4)), rng.standard_normal((30, 2)), make_folds(30, None, 3, 0), [1.0, 10.0])\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
@@ -467,7 +458,7 @@ def test_encode_target_constant_in_one_split_is_excluded(fmri_job):
 
 
 def test_folds_of_a_subset_keep_each_images_dataset_fold():
-    from brainprop.encoding import folds_from_table, folds_table
+    from brainprop.encoding.encode import folds_from_table, folds_table
 
     samples = pd.DataFrame({"image_id": [f"i{k:02d}" for k in range(30)], "group": [f"g{k // 2}" for k in range(30)]})
     table = folds_table(samples, 5, seed=0, grouped=True)
@@ -487,7 +478,7 @@ def test_folds_of_a_subset_keep_each_images_dataset_fold():
 
 
 def test_subject_rows_select_and_order_features():
-    from brainprop.encoding import subject_rows
+    from brainprop.encoding.encode import subject_rows
 
     ids = np.array(["a", "b", "c", "d"])
     np.testing.assert_array_equal(subject_rows(ids, np.array(["d", "b"]), "F", "S"), [3, 1])

@@ -21,9 +21,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainprop.features import cka_table, feature_path, linear_cka, load_features, load_layers, load_samples
-from brainprop.features import extract as ex
-from brainprop.features.extract import TokenContext, pool
+from brainprop.features.cka import cka_table, linear_cka
+from brainprop.features.files import feature_path, load_features, load_layers, load_samples
+from brainprop.features.extract import extract_features
+from brainprop.features.layers import find_blocks, resolve_layers
+from brainprop.features.losses import LOSSES, LOSS_PREPARERS, _crop_box, image_seed, prototypes, teacher_view
+from brainprop.features.models import create_model
+from brainprop.features.pooling import token_context
+from brainprop.features.projection import project, projected_dim, projection_matrix
+from brainprop.features.rules import run_extract
+from brainprop.features.pooling import TokenContext, pool
 from brainprop.io import CorruptFileError, save_array, write_table
 
 CNN = ("resnet18", {"zero_init_last": False})
@@ -39,7 +46,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(spec: tuple[str, dict], seed: int = 0, size: int = SIZE) -> torch.nn.Module:
-    return ex.create_model(spec[0], "random", seed, size, spec[1])
+    return create_model(spec[0], "random", seed, size, spec[1])
 
 
 def _images(n: int = N_IMAGES, size: int = SIZE, seed: int = 1) -> torch.Tensor:
@@ -81,7 +88,7 @@ def cnn_case():
     """resnet18 (random, zero_init_last=False) at 64 px: model, images, blocks, reference."""
     model = _model(CNN)
     images = _images()
-    names = ex.find_blocks(model)
+    names = find_blocks(model)
     return model, images, names, TokenContext(), *_reference(model, images, names)
 
 
@@ -90,7 +97,7 @@ def vit_case():
     """vit_tiny at 64 px (class token, head on the class token): model, images, blocks, reference."""
     model = _model(VIT)
     images = _images()
-    names = ex.find_blocks(model)
+    names = find_blocks(model)
     ctx = TokenContext(num_prefix_tokens=1, num_reg_tokens=0, has_class_token=True)
     return model, images, names, ctx, *_reference(model, images, names)
 
@@ -105,7 +112,7 @@ def vit_case():
 def test_features_match_one_image_autograd(case, mode, request):
     model, images, names, ctx, ref_out, ref_grad = request.getfixturevalue(case)
     spec = {"mode": mode, "grid": 2}
-    feats = ex.extract_features(model, images, names, spec, "cross_entropy", batch_size=N_IMAGES)
+    feats = extract_features(model, images, names, spec, "cross_entropy", batch_size=N_IMAGES)
     assert set(feats) == {"act", "grad"}
     for k, name in enumerate(names):
         _assert_close(feats["act"][k], pool(ref_out[name], spec, ctx).numpy())
@@ -119,8 +126,8 @@ def test_features_match_one_image_autograd(case, mode, request):
 def test_batch_size_invariance(case, batch_size, request):
     model, images, names, *_ = request.getfixturevalue(case)
     spec = {"mode": "grid", "grid": 2}
-    full = ex.extract_features(model, images, names, spec, "cross_entropy", batch_size=N_IMAGES)
-    small = ex.extract_features(model, images, names, spec, "cross_entropy", batch_size=batch_size)
+    full = extract_features(model, images, names, spec, "cross_entropy", batch_size=N_IMAGES)
+    small = extract_features(model, images, names, spec, "cross_entropy", batch_size=batch_size)
     for signal in ("act", "grad"):
         for a, b in zip(small[signal], full[signal]):
             assert a.dtype == np.float32 and a.shape == (N_IMAGES, b.shape[1])
@@ -129,7 +136,7 @@ def test_batch_size_invariance(case, batch_size, request):
 
 def test_extraction_leaves_model_frozen_and_unhooked(cnn_case):
     model, images, names, *_ = cnn_case
-    ex.extract_features(model, images[:2], names, {"mode": "mean"}, "cross_entropy")
+    extract_features(model, images[:2], names, {"mode": "mean"}, "cross_entropy")
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
     assert all(not m._forward_hooks for m in model.modules())
@@ -154,24 +161,24 @@ def test_checkpoint_gives_identical_features(cnn_case, tmp_path, wrapped):
     path = tmp_path / "random.pt"
     state = model.state_dict()
     torch.save({"state_dict": state} if wrapped else state, path)
-    loaded = ex.create_model(CNN[0], str(path), seed=123, input_size=SIZE, timm_kwargs=CNN[1])
+    loaded = create_model(CNN[0], str(path), seed=123, input_size=SIZE, timm_kwargs=CNN[1])
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     spec = {"mode": "grid", "grid": 2}
-    a = ex.extract_features(model, images[:4], names, spec, "cross_entropy")
-    b = ex.extract_features(loaded, images[:4], names, spec, "cross_entropy")
+    a = extract_features(model, images[:4], names, spec, "cross_entropy")
+    b = extract_features(loaded, images[:4], names, spec, "cross_entropy")
     for signal in ("act", "grad"):
         for x, y in zip(a[signal], b[signal]):
             np.testing.assert_array_equal(x, y)
     # Another seed without the checkpoint gives other features: the weights came from the file.
-    other = ex.create_model(CNN[0], "random", seed=123, input_size=SIZE, timm_kwargs=CNN[1])
-    c = ex.extract_features(other, images[:4], names[:1], spec, "cross_entropy", signals=("act",))
+    other = create_model(CNN[0], "random", seed=123, input_size=SIZE, timm_kwargs=CNN[1])
+    c = extract_features(other, images[:4], names[:1], spec, "cross_entropy", signals=("act",))
     assert not np.allclose(c["act"][0], a["act"][0])
 
 
 def test_missing_checkpoint_names_the_path(tmp_path):
     path = tmp_path / "nowhere" / "weights.pt"
     with pytest.raises(FileNotFoundError, match=str(path)):
-        ex.create_model("resnet18", str(path), seed=0)
+        create_model("resnet18", str(path), seed=0)
 
 
 def test_checkpoint_with_pickled_object_is_refused(cnn_case, tmp_path):
@@ -180,7 +187,7 @@ def test_checkpoint_with_pickled_object_is_refused(cnn_case, tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": model.state_dict(), "extra": _Payload(str(marker))}, path)
     with pytest.raises(pickle.UnpicklingError):
-        ex.create_model(CNN[0], str(path), seed=0, input_size=SIZE, timm_kwargs=CNN[1])
+        create_model(CNN[0], str(path), seed=0, input_size=SIZE, timm_kwargs=CNN[1])
     assert not marker.exists()
 
 
@@ -197,10 +204,10 @@ def test_pretrained_passes_input_size_and_wraps_hub_errors(monkeypatch):
             return torch.nn.Linear(2, 2)
 
     monkeypatch.setattr(timm, "create_model", fake_create)
-    ex.create_model("vit_tiny_patch16_224", "pretrained", seed=0, input_size=64, timm_kwargs={"num_classes": 5})
+    create_model("vit_tiny_patch16_224", "pretrained", seed=0, input_size=64, timm_kwargs={"num_classes": 5})
     assert calls[-1] == ("vit_tiny_patch16_224", True, {"num_classes": 5, "img_size": 64})
     with pytest.raises(RuntimeError, match="offline_model.*prefetch"):
-        ex.create_model("offline_model", "pretrained", seed=0)
+        create_model("offline_model", "pretrained", seed=0)
 
 
 # ---------------------------------------------------------------- 4: pooling
@@ -294,28 +301,28 @@ def test_token_context_reads_timm_models():
         swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
         cnn = timm.create_model("resnet18", pretrained=False)
         sam = timm.create_model("samvit_base_patch16", pretrained=False)
-    assert ex._token_context(regs) == TokenContext(5, 4, True, False)
-    assert ex._token_context(bare) == TokenContext(4, 4, False, False)
-    assert ex._token_context(swin).channels_last
-    assert ex._token_context(cnn) == TokenContext()
-    assert ex._token_context(sam) == TokenContext(channels_last=True)  # format read from patch_embed
+    assert token_context(regs) == TokenContext(5, 4, True, False)
+    assert token_context(bare) == TokenContext(4, 4, False, False)
+    assert token_context(swin).channels_last
+    assert token_context(cnn) == TokenContext()
+    assert token_context(sam) == TokenContext(channels_last=True)  # format read from patch_embed
 
 
 # ---------------------------------------------------------------- 5: losses
 
 
 def test_cross_entropy_needs_a_classifier_head():
-    model = ex.create_model("resnet18", "random", 0, 32, {"num_classes": 0})
+    model = create_model("resnet18", "random", 0, 32, {"num_classes": 0})
     with pytest.raises(ValueError, match="classifier head"):
-        ex.extract_features(model, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "cross_entropy")
+        extract_features(model, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "cross_entropy")
 
 
 def test_unknown_loss_lists_valid_losses(cnn_case):
     model, images, names, *_ = cnn_case
     with pytest.raises(ValueError) as err:
-        ex.extract_features(model, images[:1], names, {"mode": "mean"}, "mse")
+        extract_features(model, images[:1], names, {"mode": "mean"}, "mse")
     assert "'mse'" in str(err.value)
-    for name in ex.LOSSES:
+    for name in LOSSES:
         assert repr(name) in str(err.value)
 
 
@@ -340,7 +347,7 @@ def meta_spy(monkeypatch):
 
 
 def test_resolve_layers_resnet_all_blocks_on_meta(meta_spy):
-    table = ex.resolve_layers("resnet18", {"n": 22}, {"mode": "grid", "grid": 2}, SIZE, CNN[1])
+    table = resolve_layers("resnet18", {"n": 22}, {"mode": "grid", "grid": 2}, SIZE, CNN[1])
     assert meta_spy and all(d.type == "meta" for d in meta_spy)
     assert list(table["layer"]) == [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
     assert list(table["layer_index"]) == list(range(8)) and list(table["ordinal"]) == list(range(8))
@@ -352,7 +359,7 @@ def test_resolve_layers_resnet_all_blocks_on_meta(meta_spy):
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5])
 def test_resolve_layers_even_selection(n):
-    table = ex.resolve_layers("resnet18", {"n": n}, {"mode": "mean"}, SIZE, CNN[1])
+    table = resolve_layers("resnet18", {"n": n}, {"mode": "mean"}, SIZE, CNN[1])
     ordinals = table["ordinal"].to_numpy()
     assert len(table) == n and ordinals[0] == 0 and ordinals[-1] == 7
     gaps = np.diff(ordinals)
@@ -361,17 +368,17 @@ def test_resolve_layers_even_selection(n):
 
 
 def test_resolve_layers_explicit_names_and_errors():
-    table = ex.resolve_layers("resnet18", {"names": ["layer2.0", "layer4.1"]}, {"mode": "mean"}, SIZE, CNN[1])
+    table = resolve_layers("resnet18", {"names": ["layer2.0", "layer4.1"]}, {"mode": "mean"}, SIZE, CNN[1])
     assert list(table["layer"]) == ["layer2.0", "layer4.1"]
     assert list(table["ordinal"]) == [2, 7] and list(table["layer_index"]) == [0, 1]
     np.testing.assert_allclose(table["depth"], [2 / 7, 1.0])
     with pytest.raises(ValueError) as err:
-        ex.resolve_layers("resnet18", {"names": ["layer9.9"]}, {"mode": "mean"}, SIZE)
+        resolve_layers("resnet18", {"names": ["layer9.9"]}, {"mode": "mean"}, SIZE)
     assert "layer9.9" in str(err.value) and "layer1.0" in str(err.value) and "layer4.1" in str(err.value)
     with pytest.raises(ValueError, match="not a block"):
-        ex.resolve_layers("resnet18", {"names": ["conv1"]}, {"mode": "mean"}, SIZE)
+        resolve_layers("resnet18", {"names": ["conv1"]}, {"mode": "mean"}, SIZE)
     with pytest.raises(ValueError, match="positive integer"):
-        ex.resolve_layers("resnet18", {"n": 0}, {"mode": "mean"}, SIZE)
+        resolve_layers("resnet18", {"n": 0}, {"mode": "mean"}, SIZE)
 
 
 @pytest.mark.parametrize(
@@ -387,14 +394,14 @@ def test_resolve_layers_explicit_names_and_errors():
 def test_resolved_dim_equals_real_pooled_dim(case, spec, request):
     model, images, *_ = request.getfixturevalue(case)
     timm_name, kwargs = CNN if case == "cnn_case" else VIT
-    table = ex.resolve_layers(timm_name, {"n": 4}, spec, SIZE, kwargs)
-    feats = ex.extract_features(model, images[:2], list(table["layer"]), spec, "cross_entropy")
+    table = resolve_layers(timm_name, {"n": 4}, spec, SIZE, kwargs)
+    feats = extract_features(model, images[:2], list(table["layer"]), spec, "cross_entropy")
     assert list(table["dim"]) == [a.shape[1] for a in feats["act"]] == [g.shape[1] for g in feats["grad"]]
 
 
 def test_resolve_layers_channels_last_model():
     """Swin blocks output (B, H, W, C): the grid keeps C channels, not H."""
-    table = ex.resolve_layers("swin_tiny_patch4_window7_224", {"n": 2}, {"mode": "grid", "grid": 2})
+    table = resolve_layers("swin_tiny_patch4_window7_224", {"n": 2}, {"mode": "grid", "grid": 2})
     assert list(table["dim"]) == [96 * 4, 768 * 4]
 
 
@@ -404,8 +411,8 @@ def test_resolve_layers_channels_last_model():
 def test_vit_class_token_head_gives_finite_zero_patch_gradients(vit_case):
     model, images, names, *_ = vit_case
     last = [names[0], names[-1]]
-    grid = ex.extract_features(model, images[:4], last, {"mode": "grid", "grid": 2}, "cross_entropy")
-    mean = ex.extract_features(model, images[:4], last, {"mode": "mean"}, "cross_entropy")
+    grid = extract_features(model, images[:4], last, {"mode": "grid", "grid": 2}, "cross_entropy")
+    mean = extract_features(model, images[:4], last, {"mode": "mean"}, "cross_entropy")
     for feats in (grid, mean):
         for signal in ("act", "grad"):
             assert all(np.isfinite(a).all() for a in feats[signal])
@@ -427,10 +434,10 @@ def test_run_extract_end_to_end(demo_manifest, tmp_path, loss):
     manifest_path, manifest = demo_manifest
     pooling = {"mode": "grid", "grid": 2}
     spec = {"timm_name": CNN[0], "weights": "random", "input_size": 32, "timm_kwargs": CNN[1], "loss": loss}
-    layers = ex.resolve_layers(CNN[0], {"n": 3}, pooling, 32, CNN[1])
+    layers = resolve_layers(CNN[0], {"n": 3}, pooling, 32, CNN[1])
     write_table(tmp_path / "layers.parquet", layers)
     out = tmp_path / "extract"
-    ex.run_extract(manifest_path, tmp_path / "layers.parquet", out, spec, pooling, seed=0, device="cpu", batch_size=5)
+    run_extract(manifest_path, tmp_path / "layers.parquet", out, spec, pooling, seed=0, device="cpu", batch_size=5)
 
     assert load_layers(tmp_path / "layers.parquet").equals(layers)
     for signal in ("act", "grad"):
@@ -444,12 +451,12 @@ def test_run_extract_end_to_end(demo_manifest, tmp_path, loss):
     assert list(samples["group"]) == list(manifest["group"])
 
     # Row i is image i: recompute image 7 alone with an independently built transform.
-    model = ex.create_model(CNN[0], "random", 0, 32, CNN[1])
+    model = create_model(CNN[0], "random", 0, 32, CNN[1])
     config = timm.data.resolve_data_config({"input_size": (3, 32, 32), "crop_pct": 1.0}, model=model)
     with Image.open(manifest_path.parent / manifest["path"].iloc[7]) as img:
         x = timm.data.create_transform(**config)(img.convert("RGB"))[None]
     # The image id (not the row) seeds the teacher view: run_extract passed the manifest's ids.
-    one = ex.extract_features(model, x, list(layers["layer"]), pooling, loss, image_ids=[manifest["image_id"].iloc[7]])
+    one = extract_features(model, x, list(layers["layer"]), pooling, loss, image_ids=[manifest["image_id"].iloc[7]])
     for signal in ("act", "grad"):
         for k in range(len(layers)):
             _assert_close(np.asarray(load_features(out, signal, k))[7:8], one[signal][k])
@@ -547,7 +554,7 @@ def _sd_reference(model, images, ids, names, params):
     grads: dict[str, list] = {n: [] for n in names}
     for image, image_id in zip(images, ids):
         with torch.no_grad():
-            view = ex.teacher_view(image, image_id, mean, std, params)[None]
+            view = teacher_view(image, image_id, mean, std, params)[None]
             teacher = ref.forward_head(ref.forward_features(view), pre_logits=True).double()
         store: dict[str, torch.Tensor] = {}
         handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o)) for n in names]
@@ -574,7 +581,7 @@ def test_self_distillation_matches_one_image_autograd(case, request):
     ids = [f"img{i:03d}" for i in range(6)]
     params = {"seed": 3, "n_prototypes": 512}
     spec = {"mode": "grid", "grid": 2}
-    got = ex.extract_features(model, images, names, spec, "self_distillation", 6, params, image_ids=ids)
+    got = extract_features(model, images, names, spec, "self_distillation", 6, params, image_ids=ids)
     ref = _sd_reference(model, images, ids, names, params)
     for k, name in enumerate(names):
         # The teacher pass did not overwrite the recorded activations.
@@ -582,41 +589,41 @@ def test_self_distillation_matches_one_image_autograd(case, request):
         _assert_close(got["grad"][k], pool(ref[name], spec, ctx).numpy())
     assert np.abs(got["grad"][0]).max() > 0
     # Batch-size invariance, and the teacher view follows the image id, not the position.
-    small = ex.extract_features(model, images, names, spec, "self_distillation", 4, params, image_ids=ids)
+    small = extract_features(model, images, names, spec, "self_distillation", 4, params, image_ids=ids)
     for a, b in zip(small["grad"], got["grad"]):
         _assert_close(a, b)
-    other = ex.extract_features(model, images, names, spec, "self_distillation", 6, params, image_ids=ids[::-1])
+    other = extract_features(model, images, names, spec, "self_distillation", 6, params, image_ids=ids[::-1])
     assert not np.allclose(other["grad"][0], got["grad"][0])
 
 
 def test_teacher_view_is_deterministic_per_id():
     image = _images(1, 48)[0]
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    a = ex.teacher_view(image, "img007", mean, std)
-    np.testing.assert_array_equal(a.numpy(), ex.teacher_view(image.clone(), "img007", mean, std).numpy())
+    a = teacher_view(image, "img007", mean, std)
+    np.testing.assert_array_equal(a.numpy(), teacher_view(image.clone(), "img007", mean, std).numpy())
     assert a.shape == image.shape and not torch.allclose(a, image)
-    assert not torch.allclose(a, ex.teacher_view(image, "img008", mean, std))
-    assert not torch.allclose(a, ex.teacher_view(image, "img007", mean, std, {"seed": 1}))
+    assert not torch.allclose(a, teacher_view(image, "img008", mean, std))
+    assert not torch.allclose(a, teacher_view(image, "img007", mean, std, {"seed": 1}))
     # No crop, flip or jitter: the identity (up to the pixel clamp to [0, 1]).
     plain = torch.rand(3, 16, 16)
-    ident = ex.teacher_view((plain - 0.5) / 0.25, "x", mean, std, {"crop_scale": (1.0, 1.0), "flip": 0, "jitter": 0})
+    ident = teacher_view((plain - 0.5) / 0.25, "x", mean, std, {"crop_scale": (1.0, 1.0), "flip": 0, "jitter": 0})
     np.testing.assert_allclose(ident.numpy() * 0.25 + 0.5, plain.numpy(), atol=1e-5)
     # Crop boxes follow torchvision's RandomResizedCrop law: area fraction within the scale range.
     for i in range(50):
-        top, left, h, w = ex._crop_box(np.random.default_rng(ex.image_seed(f"id{i}")), 64, 64, (0.4, 1.0))
+        top, left, h, w = _crop_box(np.random.default_rng(image_seed(f"id{i}")), 64, 64, (0.4, 1.0))
         assert 0.4 * 64 * 64 * 0.9 <= h * w <= 64 * 64 and top + h <= 64 and left + w <= 64
 
 
 def test_prototypes_are_unit_norm_and_seeded():
-    p = ex.prototypes(8, 100, 0).numpy()
+    p = prototypes(8, 100, 0).numpy()
     np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, rtol=1e-12)
-    assert p.shape == (100, 8) and not np.allclose(p, ex.prototypes(8, 100, 1).numpy())
+    assert p.shape == (100, 8) and not np.allclose(p, prototypes(8, 100, 1).numpy())
 
 
 def test_self_distillation_default_is_not_degenerate():
     """With the default 4,096 prototypes the loss varies with the image (gradients differ by image)."""
     model = _model(VIT, size=32)
-    got = ex.extract_features(model, _images(3, 32), ["blocks.0"], {"mode": "mean"}, "self_distillation")
+    got = extract_features(model, _images(3, 32), ["blocks.0"], {"mode": "mean"}, "self_distillation")
     g = got["grad"][0]
     assert np.isfinite(g).all() and np.abs(g).max() > 0 and not np.allclose(g[0], g[1])
 
@@ -641,20 +648,20 @@ def test_cross_entropy_given_labels(cnn_case):
     labels = np.array([3, 7, 1, 999, 0, 42])
     spec = {"mode": "mean"}
     ids = [f"i{k}" for k in range(6)]
-    by_array = ex.extract_features(model, images, names, spec, "cross_entropy", 4, {"labels": labels})
-    by_map = ex.extract_features(
+    by_array = extract_features(model, images, names, spec, "cross_entropy", 4, {"labels": labels})
+    by_map = extract_features(
         model, images, names, spec, "cross_entropy", 4, {"labels": dict(zip(ids, labels.tolist()))}, image_ids=ids
     )
     ref = _ce_grads(model, images, names, labels)
     for k in range(2):
         _assert_close(by_array["grad"][k], pool(ref[k], spec, ctx).numpy())
         np.testing.assert_array_equal(by_map["grad"][k], by_array["grad"][k])
-    own = ex.extract_features(model, images, names, spec, "cross_entropy", 4)
+    own = extract_features(model, images, names, spec, "cross_entropy", 4)
     assert not np.allclose(own["grad"][1], by_array["grad"][1])
     with pytest.raises(ValueError, match=r"\[0, 1000\)"):
-        ex.extract_features(model, images[:1], names, spec, "cross_entropy", 1, {"labels": [1000]})
+        extract_features(model, images[:1], names, spec, "cross_entropy", 1, {"labels": [1000]})
     with pytest.raises(ValueError, match="i9"):
-        ex.extract_features(model, images[:1], names, spec, "cross_entropy", 1, {"labels": {"i0": 1}},
+        extract_features(model, images[:1], names, spec, "cross_entropy", 1, {"labels": {"i0": 1}},
                             image_ids=["i9"])
 
 
@@ -667,12 +674,12 @@ def test_cross_entropy_shuffled_permutes_own_labels_batch_invariantly(vit_case):
     assert len(set(top1)) > 1  # a permutation can change something
     perm = np.random.default_rng(5).permutation(N_IMAGES)
     ref = _ce_grads(model, images, names, top1[perm])
-    full = ex.extract_features(model, images, names, spec, "cross_entropy_shuffled", N_IMAGES, {"seed": 5})
-    small = ex.extract_features(model, images, names, spec, "cross_entropy_shuffled", 3, {"seed": 5})
+    full = extract_features(model, images, names, spec, "cross_entropy_shuffled", N_IMAGES, {"seed": 5})
+    small = extract_features(model, images, names, spec, "cross_entropy_shuffled", 3, {"seed": 5})
     for k in range(2):
         _assert_close(full["grad"][k], pool(ref[k], spec, ctx).numpy())
         _assert_close(small["grad"][k], full["grad"][k])
-    own = ex.extract_features(model, images, names, spec, "cross_entropy", N_IMAGES)
+    own = extract_features(model, images, names, spec, "cross_entropy", N_IMAGES)
     assert not np.allclose(own["grad"][1], full["grad"][1], atol=1e-6)
 
 
@@ -682,8 +689,8 @@ def test_shuffled_labels_of_a_one_class_network_are_a_logged_no_op(caplog):
     with torch.no_grad():
         head[1].weight.zero_()
         head[1].bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
-    prepare = ex.LOSS_PREPARERS["cross_entropy_shuffled"]
-    with caplog.at_level("INFO", logger=ex.log.name):
+    prepare = LOSS_PREPARERS["cross_entropy_shuffled"]
+    with caplog.at_level("INFO", logger="brainprop.features.losses"):
         params = prepare(head, [_images(6, 8)], {"seed": 3})
     assert params["labels"].tolist() == [1] * 6
     assert [r.levelname for r in caplog.records] == ["WARNING"]
@@ -691,17 +698,17 @@ def test_shuffled_labels_of_a_one_class_network_are_a_logged_no_op(caplog):
     caplog.clear()
     with torch.no_grad():
         head[1].weight.normal_(generator=torch.Generator().manual_seed(0))
-    with caplog.at_level("INFO", logger=ex.log.name):
+    with caplog.at_level("INFO", logger="brainprop.features.losses"):
         prepare(head, [_images(6, 8)], {"seed": 3})
     assert [r.levelname for r in caplog.records] == ["INFO"]
 
 
 def test_shuffled_and_self_distillation_errors():
-    headless = ex.create_model("resnet18", "random", 0, 32, {"num_classes": 0})
+    headless = create_model("resnet18", "random", 0, 32, {"num_classes": 0})
     with pytest.raises(ValueError, match="classifier head"):
-        ex.extract_features(headless, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "cross_entropy_shuffled")
+        extract_features(headless, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "cross_entropy_shuffled")
     with pytest.raises(ValueError, match="one id per image"):
-        ex.extract_features(headless, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "self_distillation",
+        extract_features(headless, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "self_distillation",
                             image_ids=["a"])
 
 
@@ -710,32 +717,32 @@ def test_shuffled_and_self_distillation_errors():
 
 def test_projection_matrix_law_and_determinism():
     d, k = 2500, 300
-    r = ex.projection_matrix(d, k, 0, 3).to_dense().numpy()
+    r = projection_matrix(d, k, 0, 3).to_dense().numpy()
     s = np.sqrt(d)
     values = np.unique(r)
     np.testing.assert_allclose(values, [-np.sqrt(s / k), 0.0, np.sqrt(s / k)])
     density = (r != 0).mean()
     assert abs(density - 1 / s) < 4 * np.sqrt(1 / s / (d * k))  # Binomial(d*k, 1/s), 4 sd
     assert abs((r > 0).mean() - (r < 0).mean()) < 4 * np.sqrt(1 / s / (d * k))
-    ex.projection_matrix.cache_clear()
-    np.testing.assert_array_equal(ex.projection_matrix(d, k, 0, 3).to_dense().numpy(), r)
-    assert not np.array_equal(ex.projection_matrix(d, k, 0, 4).to_dense().numpy(), r)
-    assert not np.array_equal(ex.projection_matrix(d, k, 1, 3).to_dense().numpy(), r)
+    projection_matrix.cache_clear()
+    np.testing.assert_array_equal(projection_matrix(d, k, 0, 3).to_dense().numpy(), r)
+    assert not np.array_equal(projection_matrix(d, k, 0, 4).to_dense().numpy(), r)
+    assert not np.array_equal(projection_matrix(d, k, 1, 3).to_dense().numpy(), r)
 
 
 def test_projection_preserves_distances():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 5000)) * rng.uniform(0.5, 2, size=5000)
     spec = {"projection": {"dim": 2000, "above": 100}}
-    y = ex.project(torch.from_numpy(x), spec, 0).numpy()
+    y = project(torch.from_numpy(x), spec, 0).numpy()
     assert y.shape == (40, 2000)
     from scipy.spatial.distance import pdist
 
     ratio = pdist(y) / pdist(x)
     assert abs(ratio.mean() - 1) < 0.02 and ratio.min() > 0.85 and ratio.max() < 1.15
-    assert ex.projected_dim(5000, spec) == 2000 and ex.projected_dim(100, spec) == 100
-    assert ex.projected_dim(20000, {}) == 4096 and ex.projected_dim(16384, {}) == 16384  # METHOD §2 default
-    assert ex.projected_dim(10**6, {"projection": {"dim": None}}) == 10**6
+    assert projected_dim(5000, spec) == 2000 and projected_dim(100, spec) == 100
+    assert projected_dim(20000, {}) == 4096 and projected_dim(16384, {}) == 16384  # METHOD §2 default
+    assert projected_dim(10**6, {"projection": {"dim": None}}) == 10**6
 
 
 def test_projection_applies_one_matrix_to_act_and_grad(cnn_case):
@@ -743,12 +750,12 @@ def test_projection_applies_one_matrix_to_act_and_grad(cnn_case):
     images, names = images[:4], names[:3]
     plain = {"mode": "grid", "grid": 2, "projection": {"dim": None}}
     proj = {"mode": "grid", "grid": 2, "projection": {"dim": 50, "above": 0, "seed": 7}}
-    a = ex.extract_features(model, images, names, plain, "cross_entropy")
-    b = ex.extract_features(model, images, names, proj, "cross_entropy")
+    a = extract_features(model, images, names, plain, "cross_entropy")
+    b = extract_features(model, images, names, proj, "cross_entropy")
     for k in range(3):
-        r = ex.projection_matrix(a["act"][k].shape[1], 50, 7, k).to_dense().numpy()
+        r = projection_matrix(a["act"][k].shape[1], 50, 7, k).to_dense().numpy()
         for signal in ("act", "grad"):
             assert b[signal][k].shape == (4, 50)
             _assert_close(b[signal][k], a[signal][k].astype(np.float64) @ r)
-    table = ex.resolve_layers(CNN[0], {"n": 3}, proj, SIZE, CNN[1])
+    table = resolve_layers(CNN[0], {"n": 3}, proj, SIZE, CNN[1])
     assert list(table["dim"]) == [50, 50, 50]

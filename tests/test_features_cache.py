@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from brainprop.features import extract as ex
-from brainprop.features import feature_path, load_features
+from brainprop.features.extract import BatchRunner, ImageDataset, _gradients, batch_size_from_memory, extract_features, image_loader
+from brainprop.features.layers import resolve_layers
+from brainprop.features.models import create_model, image_transform
+from brainprop.features.rules import run_extract
+from brainprop.features.files import feature_path, load_features
 from brainprop.features.cache import ShardCache, feature_identity, feature_key, file_sha256, weights_identity
 from brainprop.io import read_provenance, write_table
 
@@ -31,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture
 def layers_path(tmp_path):
-    layers = ex.resolve_layers(CNN[0], {"n": 3}, POOLING, 32, CNN[1])
+    layers = resolve_layers(CNN[0], {"n": 3}, POOLING, 32, CNN[1])
     write_table(tmp_path / "layers.parquet", layers)
     return tmp_path / "layers.parquet"
 
@@ -40,7 +43,7 @@ def _extract(manifest_path, layers_path, out, **kwargs):
     options = {"seed": 0, "device": "cpu", "batch_size": 5, "cache_dir": out.parent / "cache", "shard_size": 4}
     options.update(kwargs)
     spec = {**SPEC, **options.pop("spec", {})}
-    return ex.run_extract(manifest_path, layers_path, out, spec, POOLING, **options)
+    return run_extract(manifest_path, layers_path, out, spec, POOLING, **options)
 
 
 def _arrays(out, n_layers=3) -> dict:
@@ -242,18 +245,18 @@ def test_auto_batch_size_on_cpu_uses_the_fallback(demo_manifest, layers_path, tm
 def test_batch_size_from_memory_closed_form():
     # 100 MiB fixed + 10 MiB per image; 1 GiB free at 80 %: floor((819.2 - 100) / 10) = 71.
     mib = 2**20
-    assert ex.batch_size_from_memory(120 * mib, 160 * mib, 2, 6, 1024 * mib) == 71
-    assert ex.batch_size_from_memory(120 * mib, 160 * mib, 2, 6, 1024 * mib, cap=16) == 16
-    assert ex.batch_size_from_memory(120 * mib, 160 * mib, 2, 6, 50 * mib) == 1
+    assert batch_size_from_memory(120 * mib, 160 * mib, 2, 6, 1024 * mib) == 71
+    assert batch_size_from_memory(120 * mib, 160 * mib, 2, 6, 1024 * mib, cap=16) == 16
+    assert batch_size_from_memory(120 * mib, 160 * mib, 2, 6, 50 * mib) == 1
 
 
 # ---------------------------------------------------------------- precision and memory
 
 
 def _grid_features(precision: str, images: torch.Tensor) -> tuple[dict, list[str]]:
-    model = ex.create_model(CNN[0], "random", 0, 32, CNN[1])
-    names = list(ex.resolve_layers(CNN[0], {"n": 3}, POOLING, 32, CNN[1])["layer"])
-    return ex.extract_features(model, images, names, POOLING, "cross_entropy", 4, precision=precision), names
+    model = create_model(CNN[0], "random", 0, 32, CNN[1])
+    names = list(resolve_layers(CNN[0], {"n": 3}, POOLING, 32, CNN[1])["layer"])
+    return extract_features(model, images, names, POOLING, "cross_entropy", 4, precision=precision), names
 
 
 # Stated tolerances (random resnet18, 32 px): (min correlation, max |error| / max |float32|) per signal.
@@ -285,7 +288,7 @@ def test_float16_gradients_are_scaled_against_underflow():
     x = torch.ones(4, 8, dtype=torch.float16, requires_grad=True)
     out = x * 1.0
     value = (out.float() * 1e-9).sum()
-    (grad,) = ex._gradients(value, [out], "float16")
+    (grad,) = _gradients(value, [out], "float16")
     assert grad.dtype == torch.float32
     np.testing.assert_allclose(grad.numpy(), 1e-9, rtol=1e-2)
     out = x * 1.0
@@ -296,14 +299,14 @@ def test_float16_gradients_are_scaled_against_underflow():
 def test_out_of_memory_splits_the_batch_and_gives_the_same_features():
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     ref, names = _grid_features("float32", images)
-    model = ex.create_model(CNN[0], "random", 0, 32, CNN[1])
+    model = create_model(CNN[0], "random", 0, 32, CNN[1])
 
     def fail_above_three(module, args):
         if args[0].shape[0] > 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (planted)")
 
     model.conv1.register_forward_pre_hook(fail_above_three)
-    runner = ex._BatchRunner(model, names, POOLING, "cross_entropy", {}, ("act", "grad"), "float32")
+    runner = BatchRunner(model, names, POOLING, "cross_entropy", {}, ("act", "grad"), "float32")
     got = runner(images, [str(i) for i in range(8)], np.arange(8))
     assert runner.largest_fit == 2
     calls = []
@@ -316,19 +319,19 @@ def test_out_of_memory_splits_the_batch_and_gives_the_same_features():
 
 
 def test_other_runtime_errors_are_not_taken_for_memory():
-    model = ex.create_model(CNN[0], "random", 0, 32, CNN[1])
+    model = create_model(CNN[0], "random", 0, 32, CNN[1])
     model.conv1.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
-    runner = ex._BatchRunner(model, ["layer1.0"], POOLING, "cross_entropy", {}, ("act",), "float32")
+    runner = BatchRunner(model, ["layer1.0"], POOLING, "cross_entropy", {}, ("act",), "float32")
     with pytest.raises(RuntimeError, match="shape mismatch"):
         runner(torch.zeros(2, 3, 32, 32), ["a", "b"], np.arange(2))
 
 
 def test_image_dataset_reads_the_manifest_in_order(demo_manifest):
     manifest_path, manifest = demo_manifest
-    model = ex.create_model(CNN[0], "random", 0, 32, CNN[1])
-    dataset = ex.ImageDataset(manifest_path, ex._transform(model, 32))
+    model = create_model(CNN[0], "random", 0, 32, CNN[1])
+    dataset = ImageDataset(manifest_path, image_transform(model, 32))
     assert len(dataset) == len(manifest)
-    loader = ex.image_loader(dataset, [(2, 6), (6, 11)], 3, workers=1, device=torch.device("cpu"))
+    loader = image_loader(dataset, [(2, 6), (6, 11)], 3, workers=1, device=torch.device("cpu"))
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [3, 1, 3, 2]  # no batch crosses the end of a span
     assert torch.cat([b[1] for b in batches]).tolist() == list(range(2, 11))

@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from brainprop.features import extract as ex
-from brainprop.features import load_features
+from brainprop.features.extract import Feedback, auto_batch_size, extract_batch, extract_features
+from brainprop.features.layers import resolve_layers
+from brainprop.features.models import create_model
+from brainprop.features.rules import run_extract
+from brainprop.features.files import load_features
 from brainprop.io import write_table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -38,11 +41,11 @@ def _close(a: np.ndarray, b: np.ndarray, min_r: float = 0.99999, max_error: floa
 def test_cuda_features_match_cpu(arch):
     size = 64 if arch is CNN else 224
     images = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
-    names = list(ex.resolve_layers(arch[0], {"n": 4}, POOLING, size, arch[1])["layer"])
-    cpu = ex.extract_features(ex.create_model(arch[0], "random", 0, size, arch[1]), images, names, POOLING,
+    names = list(resolve_layers(arch[0], {"n": 4}, POOLING, size, arch[1])["layer"])
+    cpu = extract_features(create_model(arch[0], "random", 0, size, arch[1]), images, names, POOLING,
                               "cross_entropy", 4)
-    model = ex.create_model(arch[0], "random", 0, size, arch[1]).cuda()
-    gpu = ex.extract_features(model, images, names, POOLING, "cross_entropy", 4)
+    model = create_model(arch[0], "random", 0, size, arch[1]).cuda()
+    gpu = extract_features(model, images, names, POOLING, "cross_entropy", 4)
     for signal in ("act", "grad"):
         for a, b in zip(cpu[signal], gpu[signal]):
             _close(a, b)
@@ -50,10 +53,10 @@ def test_cuda_features_match_cpu(arch):
 
 def test_cuda_batch_size_invariance():
     images = torch.randn(12, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    model = ex.create_model(CNN[0], "random", 0, 64, CNN[1]).cuda()
-    names = list(ex.resolve_layers(CNN[0], {"n": 4}, POOLING, 64, CNN[1])["layer"])
-    one = ex.extract_features(model, images, names, POOLING, "cross_entropy", 1)
-    all_ = ex.extract_features(model, images, names, POOLING, "cross_entropy", 12)
+    model = create_model(CNN[0], "random", 0, 64, CNN[1]).cuda()
+    names = list(resolve_layers(CNN[0], {"n": 4}, POOLING, 64, CNN[1])["layer"])
+    one = extract_features(model, images, names, POOLING, "cross_entropy", 1)
+    all_ = extract_features(model, images, names, POOLING, "cross_entropy", 12)
     for signal in ("act", "grad"):
         for a, b in zip(one[signal], all_[signal]):
             _close(a, b)
@@ -64,10 +67,10 @@ def test_cuda_reduced_precision_close_to_float32(precision):
     from test_features_cache import PRECISION_TOLERANCE
 
     images = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(2))
-    model = ex.create_model(VIT[0], "random", 0, 224, VIT[1]).cuda()
-    names = list(ex.resolve_layers(VIT[0], {"n": 4}, POOLING, 224, VIT[1])["layer"])
-    ref = ex.extract_features(model, images, names, POOLING, "cross_entropy", 8)
-    got = ex.extract_features(model, images, names, POOLING, "cross_entropy", 8, precision=precision)
+    model = create_model(VIT[0], "random", 0, 224, VIT[1]).cuda()
+    names = list(resolve_layers(VIT[0], {"n": 4}, POOLING, 224, VIT[1])["layer"])
+    ref = extract_features(model, images, names, POOLING, "cross_entropy", 8)
+    got = extract_features(model, images, names, POOLING, "cross_entropy", 8, precision=precision)
     for signal in ("act", "grad"):
         min_r, max_error = PRECISION_TOLERANCE[(precision, signal)]
         for a, b in zip(ref[signal], got[signal]):
@@ -76,14 +79,14 @@ def test_cuda_reduced_precision_close_to_float32(precision):
 
 
 def test_auto_batch_size_fits_and_runs():
-    model = ex.create_model(VIT[0], "random", 0, 224, VIT[1]).cuda()
-    names = list(ex.resolve_layers(VIT[0], {"n": 4}, POOLING, 224, VIT[1])["layer"])
+    model = create_model(VIT[0], "random", 0, 224, VIT[1]).cuda()
+    names = list(resolve_layers(VIT[0], {"n": 4}, POOLING, 224, VIT[1])["layer"])
     sample = torch.randn(1, 3, 224, 224)
 
     def run(x):
-        return ex.extract_features(model, x, names, POOLING, "cross_entropy", len(x))
+        return extract_features(model, x, names, POOLING, "cross_entropy", len(x))
 
-    size = ex.auto_batch_size(run, sample, torch.device("cuda"), cap=512)
+    size = auto_batch_size(run, sample, torch.device("cuda"), cap=512)
     assert 8 <= size <= 512
     run(sample.expand(size, -1, -1, -1).contiguous().cuda())  # the chosen batch fits
     torch.cuda.empty_cache()
@@ -91,14 +94,14 @@ def test_auto_batch_size_fits_and_runs():
 
 def test_run_extract_on_cuda_with_workers_and_pinned_memory(demo_manifest, tmp_path):
     manifest_path, _ = demo_manifest
-    layers = ex.resolve_layers(CNN[0], {"n": 3}, POOLING, 32, CNN[1])
+    layers = resolve_layers(CNN[0], {"n": 3}, POOLING, 32, CNN[1])
     write_table(tmp_path / "layers.parquet", layers)
     spec = {"timm_name": CNN[0], "weights": "random", "input_size": 32, "timm_kwargs": CNN[1],
             "loss": "cross_entropy"}
     outs = {}
     for device, workers in (("cpu", 0), ("cuda", 2)):
         outs[device] = tmp_path / device
-        ex.run_extract(manifest_path, tmp_path / "layers.parquet", outs[device], spec, POOLING, seed=0,
+        run_extract(manifest_path, tmp_path / "layers.parquet", outs[device], spec, POOLING, seed=0,
                        device=device, batch_size="auto", cache_dir=tmp_path / f"cache-{device}", shard_size=5,
                        workers=workers)
     for signal in ("act", "grad"):
@@ -112,20 +115,20 @@ def test_cuda_feedback_signals_match_cpu():
     from brainprop.features import learning_rules as lr
 
     images = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(4))
-    names = list(ex.resolve_layers(CNN[0], {"n": 4}, POOLING, 64, CNN[1])["layer"])
+    names = list(resolve_layers(CNN[0], {"n": 4}, POOLING, 64, CNN[1])["layer"])
     signals = ("fa", "dfa", "sign")
-    cpu_model = ex.create_model(CNN[0], "random", 0, 64, CNN[1])
-    cpu = ex.extract_features(cpu_model, images, names, POOLING, "cross_entropy", 6, signals=signals, seed=2)
-    model = ex.create_model(CNN[0], "random", 0, 64, CNN[1]).cuda()
-    gpu = ex.extract_features(model, images, names, POOLING, "cross_entropy", 3, signals=signals, seed=2)
+    cpu_model = create_model(CNN[0], "random", 0, 64, CNN[1])
+    cpu = extract_features(cpu_model, images, names, POOLING, "cross_entropy", 6, signals=signals, seed=2)
+    model = create_model(CNN[0], "random", 0, 64, CNN[1]).cuda()
+    gpu = extract_features(model, images, names, POOLING, "cross_entropy", 3, signals=signals, seed=2)
     for signal in signals:
         for a, b in zip(cpu[signal], gpu[signal]):
             _close(a, b)
     # Feedback through the forward weights is backprop on CUDA too.
-    feedback = ex.Feedback(model)
+    feedback = Feedback(model)
     feedback._rules["fa"] = lr.feedback_matrices(model, "bp", 0)
     x = images.cuda()
-    fa = ex.extract_batch(model, x, names, POOLING, "cross_entropy", signals=("fa",), feedback=feedback)["fa"]
-    grad = ex.extract_batch(model, x, names, POOLING, "cross_entropy", signals=("grad",))["grad"]
+    fa = extract_batch(model, x, names, POOLING, "cross_entropy", signals=("fa",), feedback=feedback)["fa"]
+    grad = extract_batch(model, x, names, POOLING, "cross_entropy", signals=("grad",))["grad"]
     for f, g in zip(fa, grad):
         torch.testing.assert_close(f, g, rtol=1e-5, atol=1e-6 * float(g.abs().max()))

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 from matplotlib.image import imread
 from matplotlib.text import Text
 
-from brainprop import figures
+from brainprop.figures import plots as figures
 from brainprop.contract import validate_table
 from brainprop.io import write_table
 

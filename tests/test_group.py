@@ -10,16 +10,8 @@ import pytest
 from scipy import stats
 
 from brainprop.contract import validate_table
-from brainprop.group import (
-    bh_fdr,
-    bootstrap_ci,
-    group_tests,
-    p_min,
-    permutation_pvalue,
-    subject_statistics,
-    wilcoxon_exact,
-)
-from brainprop.hierarchy import subject_hierarchy
+from brainprop.stats.group import bh_fdr, bootstrap_ci, group_tests, p_min, permutation_pvalue, subject_statistics, wilcoxon_exact
+from brainprop.hierarchy.scores import subject_hierarchy
 
 N_LAYERS = 8
 DEPTHS = np.arange(N_LAYERS) / (N_LAYERS - 1)

@@ -8,21 +8,7 @@ import pytest
 from scipy import stats
 
 from brainprop.contract import validate_table
-from brainprop.hierarchy import (
-    TARGET_DEPTH_COLUMNS,
-    best_layers,
-    exclusion_mask,
-    load_target_depths,
-    pearson,
-    run_hierarchy,
-    spatial_score,
-    subject_hierarchy,
-    subject_target_depths,
-    target_depths,
-    temporal_score,
-    tmax,
-    weighted_depth,
-)
+from brainprop.hierarchy.scores import TARGET_DEPTH_COLUMNS, best_layers, exclusion_mask, load_target_depths, pearson, run_hierarchy, spatial_score, subject_hierarchy, subject_target_depths, target_depths, temporal_score, tmax, weighted_depth
 from brainprop.io import write_table
 
 DEPTHS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])

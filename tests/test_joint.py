@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 from test_group import PARAMS, simulate
 
-from brainprop._banded import banded_ridge_cv
-from brainprop.encoding import make_folds
-from brainprop.group import group_tests
-from brainprop.hierarchy import subject_hierarchy
-from brainprop.joint import joint_encode, summarize_joint
+from brainprop.encoding._banded import banded_ridge_cv
+from brainprop.encoding.encode import make_folds
+from brainprop.stats.group import group_tests
+from brainprop.hierarchy.scores import subject_hierarchy
+from brainprop.encoding.joint import joint_encode, summarize_joint
 
 ALPHAS = np.logspace(0, 6, 4)
 
@@ -129,7 +129,7 @@ def test_joint_models_must_name_configured_models():
 
 
 def test_penalty_pairs_with_one_ratio_share_a_decomposition():
-    from brainprop._banded import _ratio_groups, banded_grid
+    from brainprop.encoding._banded import _ratio_groups, banded_grid
 
     grid = banded_grid(np.logspace(0, 8, 5), 2)
     groups = _ratio_groups(grid)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from brainprop.features import extract as ex
+from brainprop.features.extract import Feedback, extract_batch, extract_features
+from brainprop.features.layers import resolve_layers
+from brainprop.features.models import create_model
 from brainprop.features import learning_rules as lr
 
 CNN = ("resnet18", {"zero_init_last": False}, 32)
@@ -27,8 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _setup(arch, n_images=4):
     name, kwargs, size = arch
-    model = ex.create_model(name, "random", 0, size, kwargs)
-    names = list(ex.resolve_layers(name, {"n": 4}, POOLING, size, kwargs)["layer"])
+    model = create_model(name, "random", 0, size, kwargs)
+    names = list(resolve_layers(name, {"n": 4}, POOLING, size, kwargs)["layer"])
     images = torch.randn(n_images, 3, size, size, generator=torch.Generator().manual_seed(3))
     return model, names, images
 
@@ -36,11 +38,11 @@ def _setup(arch, n_images=4):
 @pytest.mark.parametrize("arch", [CNN, VIT], ids=["cnn", "vit"])
 def test_feedback_through_the_forward_weights_is_backprop(arch):
     model, names, images = _setup(arch)
-    grad = ex.extract_batch(model, images, names, POOLING, "cross_entropy", signals=("grad",))["grad"]
-    feedback = ex.Feedback(model)
+    grad = extract_batch(model, images, names, POOLING, "cross_entropy", signals=("grad",))["grad"]
+    feedback = Feedback(model)
     feedback._rules["fa"] = lr.feedback_matrices(model, "bp", 0)  # B = W
     assert len(feedback._rules["fa"]) > 10  # every conv / linear layer was replaced
-    fa = ex.extract_batch(model, images, names, POOLING, "cross_entropy", signals=("fa",), feedback=feedback)["fa"]
+    fa = extract_batch(model, images, names, POOLING, "cross_entropy", signals=("fa",), feedback=feedback)["fa"]
     for g, f in zip(grad, fa):
         np.testing.assert_array_equal(f.numpy(), g.numpy())
 
@@ -48,7 +50,7 @@ def test_feedback_through_the_forward_weights_is_backprop(arch):
 @pytest.mark.parametrize("arch", [CNN, VIT], ids=["cnn", "vit"])
 def test_random_and_sign_feedback_differ_from_backprop(arch):
     model, names, images = _setup(arch)
-    out = ex.extract_batch(model, images, names, POOLING, "cross_entropy", signals=("act", "grad", "fa", "sign"))
+    out = extract_batch(model, images, names, POOLING, "cross_entropy", signals=("act", "grad", "fa", "sign"))
     # The last block's error does not pass through any feedback matrix of the blocks: fa = grad there
     # only if the head has no linear layer; timm heads do, so every layer differs.
     for k in range(len(names)):
@@ -58,7 +60,7 @@ def test_random_and_sign_feedback_differ_from_backprop(arch):
         assert abs(np.corrcoef(g, f)[0, 1]) < 0.9
         assert not np.allclose(g, s)
     # Activations do not depend on the feedback.
-    act = ex.extract_batch(model, images, names, POOLING, "cross_entropy", signals=("act",))["act"]
+    act = extract_batch(model, images, names, POOLING, "cross_entropy", signals=("act",))["act"]
     for a, b in zip(act, out["act"]):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -82,8 +84,8 @@ def test_feedback_matrices_are_seeded_and_scaled():
 
 def test_dfa_equals_its_closed_form():
     model, names, images = _setup(CNN)
-    out = ex.extract_batch(model, images, names, POOLING, "cross_entropy", signals=("act", "dfa"),
-                           feedback=ex.Feedback(model, seed=7))
+    out = extract_batch(model, images, names, POOLING, "cross_entropy", signals=("act", "dfa"),
+                           feedback=Feedback(model, seed=7))
     with torch.no_grad():
         logits = model(images).double()
     # Cross-entropy summed over images against the own top-1: e = softmax(logits) - onehot(argmax).
@@ -91,8 +93,8 @@ def test_dfa_equals_its_closed_form():
     for k, (a, d) in enumerate(zip(out["act"], out["dfa"])):
         b = lr.dfa_matrix(logits.shape[1], a.shape[1], 7, k).double()
         np.testing.assert_allclose(d.numpy(), (e @ b).numpy(), rtol=1e-4, atol=1e-6)
-    other = ex.extract_batch(model, images, names, POOLING, "cross_entropy", signals=("dfa",),
-                             feedback=ex.Feedback(model, seed=8))["dfa"]
+    other = extract_batch(model, images, names, POOLING, "cross_entropy", signals=("dfa",),
+                             feedback=Feedback(model, seed=8))["dfa"]
     assert not np.allclose(other[0].numpy(), out["dfa"][0].numpy())
 
 
@@ -101,17 +103,17 @@ def test_dfa_runs_no_backward_through_the_network():
     model, names, images = _setup(VIT)
     calls = []
     model.blocks[0].register_full_backward_hook(lambda m, gi, go: calls.append(1))
-    ex.extract_batch(model, images, names, POOLING, "cross_entropy", signals=("dfa",))
+    extract_batch(model, images, names, POOLING, "cross_entropy", signals=("dfa",))
     assert calls == []
-    ex.extract_batch(model, images, names, POOLING, "cross_entropy", signals=("grad",))
+    extract_batch(model, images, names, POOLING, "cross_entropy", signals=("grad",))
     assert calls == [1]
 
 
 def test_signals_through_extract_features_are_batch_invariant():
     model, names, images = _setup(CNN, n_images=6)
     signals = ("fa", "dfa", "sign")
-    one = ex.extract_features(model, images, names, POOLING, "cross_entropy", 1, signals=signals, seed=3)
-    six = ex.extract_features(model, images, names, POOLING, "cross_entropy", 6, signals=signals, seed=3)
+    one = extract_features(model, images, names, POOLING, "cross_entropy", 1, signals=signals, seed=3)
+    six = extract_features(model, images, names, POOLING, "cross_entropy", 6, signals=signals, seed=3)
     for signal in signals:
         for a, b in zip(one[signal], six[signal]):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
@@ -120,4 +122,4 @@ def test_signals_through_extract_features_are_batch_invariant():
 def test_unknown_signal_is_named():
     model, names, images = _setup(CNN, n_images=1)
     with pytest.raises(ValueError, match=r"signals \['ffa'\] unknown"):
-        ex.extract_batch(model, images, names, POOLING, "cross_entropy", signals=("act", "ffa"))
+        extract_batch(model, images, names, POOLING, "cross_entropy", signals=("act", "ffa"))

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from brainprop import maps
+from brainprop.figures import maps
 from brainprop.io import save_array, write_table
-from brainprop.simulate import SIM_ROIS, ctf275_sensors
+from brainprop.brain.simulate import SIM_ROIS, ctf275_sensors
 
 SUBJECTS = ("sub-01", "sub-02", "sub-03", "sub-04")
 DEPTHS = {0: 0.0, 1: 0.5, 2: 1.0}
@@ -288,7 +288,7 @@ def test_map_names():
 
 
 def test_recorded_ctf_names_with_the_system_suffix_map_onto_the_layout():
-    from brainprop.maps import _layout_positions
+    from brainprop.figures.maps import _layout_positions
 
     # THINGS-MEG's channels are named like "MLC11-1609"; the CTF-275 layout has "MLC11".
     suffixed, on = _layout_positions(["MLC11-1609", "MRO52-1609", "EEG001"])

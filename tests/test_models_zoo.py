@@ -51,7 +51,7 @@ def test_zoo_builds_on_meta_with_blocks_and_matching_loss(alias):
     import timm
     import torch
 
-    from brainprop.features.extract import find_blocks
+    from brainprop.features.layers import find_blocks
 
     entry = ZOO[alias]
     with torch.device("meta"):
@@ -69,7 +69,7 @@ def test_zoo_last_layer_pools_to_its_channels(alias):
     import timm
     import torch
 
-    from brainprop.features.extract import resolve_layers
+    from brainprop.features.layers import resolve_layers
 
     entry = ZOO[alias]
     kwargs = entry.get("timm_kwargs", {})

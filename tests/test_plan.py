@@ -16,13 +16,7 @@ import yaml
 from conftest import ROOT, copy_run, snakemake
 
 from brainprop.config import load_config
-from brainprop.plan import (
-    batch_for_attempt,
-    check_disk,
-    extract_mem_mb,
-    extract_runtime_min,
-    plan_run,
-)
+from brainprop.plan import batch_for_attempt, check_disk, extract_mem_mb, extract_runtime_min, plan_run
 
 BRAINPROP = str(Path(sys.executable).parent / "brainprop")
 TWO_MODELS = ROOT / "tests" / "configs" / "tiny_two_models.yaml"

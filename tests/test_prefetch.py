@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from brainprop.prefetch import PREFETCH_COLUMNS, _candidates, check_offline, prefetch_models, weight_source
+from brainprop.features.prefetch import PREFETCH_COLUMNS, _candidates, check_offline, prefetch_models, weight_source
 
 NAME = "resnet18.a1_in1k"  # small model whose default tag lives on the hub as timm/resnet18.a1_in1k
 REVISION = "0123456789abcdef0123456789abcdef01234567"

@@ -14,26 +14,10 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from brainprop._backends import get_backend
-from brainprop._ridge import (
-    _DECOMPOSITIONS,
-    _bounds,
-    _choose,
-    _decompose,
-    _errors_of,
-    _loo_errors,
-    _maps_pay_off,
-    _norms,
-    _pearson,
-    _r2,
-    _scores,
-    _screen_tolerance,
-    _search_terms,
-    _select,
-    _solver,
-    _standardize,
-)
-from brainprop.encoding import DEFAULT_ALPHAS, make_folds, ridge_cv
+from brainprop.encoding._backends import get_backend
+from brainprop.encoding._ridge import _DECOMPOSITIONS, _bounds, _choose, _decompose, _errors_of, _loo_errors, _maps_pay_off, _norms, _pearson, _r2, _scores, _screen_tolerance, _search_terms, _select, _solver, _standardize
+from brainprop.encoding.encode import DEFAULT_ALPHAS, make_folds
+from brainprop.encoding._ridge import ridge_cv
 
 ALPHAS = np.asarray(DEFAULT_ALPHAS)
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +116,7 @@ def test_prediction_maps_equal_the_spectral_prediction(monkeypatch):
     # Maps pay off only for many targets: 30 take P (U^T y), 20 000 on the benchmark shape take maps.
     assert not _maps_pay_off(56, 14, 20, 10, 30) and _maps_pay_off(800, 200, 768, 10, 20000)
     spectral = ridge_cv(X, Y, folds, ALPHAS)
-    monkeypatch.setattr("brainprop._ridge._maps_pay_off", lambda *args: True)
+    monkeypatch.setattr("brainprop.encoding._ridge._maps_pay_off", lambda *args: True)
     maps = ridge_cv(X, Y, folds, ALPHAS)
     np.testing.assert_allclose(maps.r_folds, spectral.r_folds, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(maps.alpha, spectral.alpha)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainprop import simulate as S
+from brainprop.brain import simulate as S
 from brainprop.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_noise_ceiling_matches_closed_form():
 
 
 def _cv_r(X: np.ndarray, Y: np.ndarray, folds) -> np.ndarray:
-    from brainprop._ridge import ridge_cv
+    from brainprop.encoding._ridge import ridge_cv
 
     X = X[:, X.std(0) > 0]
     return ridge_cv(X, Y, folds, np.logspace(0, 8, 10)).r
@@ -111,9 +111,12 @@ def _cv_r(X: np.ndarray, Y: np.ndarray, folds) -> np.ndarray:
 def resnet_features(tmp_path_factory):
     """The demo's source model and image set, as the demo config gives them."""
     torch = pytest.importorskip("torch")
-    from brainprop.encoding import make_folds
-    from brainprop.features.extract import _build, _transform, extract_features, find_blocks, select_layers
-    from brainprop.stimuli import load_images, make_demo_images, write_manifest
+    from brainprop.encoding.encode import make_folds
+    from brainprop.features.models import build_model, image_transform
+    from brainprop.features.extract import extract_features
+    from brainprop.features.layers import find_blocks, select_layers
+    from brainprop.stimuli.files import load_images, write_manifest
+    from brainprop.stimuli.demo import make_demo_images
 
     spec = DEMO["models"][DEMO["datasets"]["sim_backprop"]["simulation"]["source_model"]]
     images = DEMO["stimuli"]["demo"]
@@ -121,8 +124,8 @@ def resnet_features(tmp_path_factory):
     manifest = make_demo_images(out, images["n_images"], images["size"], DEMO["seed"])
     write_manifest(out / "manifest.parquet", manifest)
     torch.manual_seed(DEMO["seed"])
-    model = _build(spec["timm_name"], "cpu", spec["input_size"], spec["timm_kwargs"]).eval().requires_grad_(False)
-    transform = _transform(model, spec["input_size"])
+    model = build_model(spec["timm_name"], "cpu", spec["input_size"], spec["timm_kwargs"]).eval().requires_grad_(False)
+    transform = image_transform(model, spec["input_size"])
     x = torch.stack([transform(im) for _, im in load_images(out / "manifest.parquet")])
     names = [name for name, _ in select_layers(find_blocks(model), spec["layers"]["n"])]
     assert len(names) == len(DEPTHS)

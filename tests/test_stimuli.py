@@ -12,17 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainprop import stimuli
-from brainprop.stimuli import (
-    MANIFEST_COLUMNS,
-    MIN_MEAN_ABS_DIFF,
-    build_imageset,
-    load_images,
-    load_manifest,
-    make_demo_images,
-    verify_manifest,
-    write_manifest,
-)
+from brainprop.stimuli import demo
+from brainprop.stimuli.files import MANIFEST_COLUMNS, load_images, load_manifest, verify_manifest, write_manifest
+from brainprop.stimuli.demo import MIN_MEAN_ABS_DIFF, make_demo_images
+from brainprop.stimuli.rules import build_imageset
 
 SPEC = {"kind": "demo", "n_images": 240, "size": 112}
 
@@ -81,7 +74,7 @@ def test_groups_are_many_and_crops_share_their_photograph(demo):
     counts = manifest["group"].value_counts()
     assert len(counts) >= 20 and counts.min() >= 5  # grouped 5-fold CV needs both
     # all bundled photographs loaded offline (none skipped) and all texture families present
-    assert set(counts.index) == set(stimuli._PHOTOS) | set(stimuli._TEXTURES)
+    assert set(counts.index) == set(demo._PHOTOS) | set(demo._TEXTURES)
     assert all(src.startswith(f"{grp} ") for grp, src in zip(manifest["group"], manifest["source"]))
 
 

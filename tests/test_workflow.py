@@ -193,12 +193,14 @@ def _centred_checkpoint(path: Path, n_images: int, size: int) -> Path:
     predicts one class for every image, which leaves the shuffled-label control nothing to shuffle."""
     import torch
 
-    from brainprop.features.extract import ImageDataset, _transform, create_model
-    from brainprop.stimuli import make_demo_images, write_manifest
+    from brainprop.features.extract import ImageDataset
+    from brainprop.features.models import image_transform, create_model
+    from brainprop.stimuli.demo import make_demo_images
+    from brainprop.stimuli.files import write_manifest
 
     write_manifest(path.parent / "manifest.parquet", make_demo_images(path.parent, n_images, size))
     model = create_model("resnet18", "random", 1, size, {"zero_init_last": False})
-    data = ImageDataset(path.parent / "manifest.parquet", _transform(model, size))
+    data = ImageDataset(path.parent / "manifest.parquet", image_transform(model, size))
     images = torch.stack([data[i][0] for i in range(len(data))])
     with torch.no_grad():
         pre = model.forward_head(model.forward_features(images), pre_logits=True)
@@ -218,7 +220,7 @@ def test_controls_run_through_the_workflow(tmp_path):
     import yaml
 
     from brainprop.contract import validate_table
-    from brainprop.features import load_features
+    from brainprop.features.files import load_features
 
     config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
     images = config["stimuli"]["demo"]

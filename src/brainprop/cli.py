@@ -37,7 +37,7 @@ def _validate_config(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
-    from .datasets import check_dataset, format_report
+    from .brain.datasets import check_dataset, format_report
 
     try:
         config = load_config(args.config, check_models=False)

@@ -82,7 +82,7 @@ def _imagesets_of_models(config: dict) -> dict[str, set[str]]:
 
 def _resolve_layers(config: dict) -> dict[str, pd.DataFrame]:
     """Selected layers and pooled dims of every model (meta device: no weights, no compute)."""
-    from .features.extract import resolve_layers
+    from .features.layers import resolve_layers
 
     return {
         alias: resolve_layers(m["timm_name"], m["layers"], m["pooling"], m.get("input_size"), m.get("timm_kwargs"))
@@ -93,14 +93,14 @@ def _resolve_layers(config: dict) -> dict[str, pd.DataFrame]:
 
 def _modalities(dataset: dict) -> set[str]:
     """Modalities of a dataset's targets (as dataset_modalities in workflow/rules/common.smk)."""
-    from .datasets import modality
+    from .brain.datasets import modality
 
     return {"fmri", "meg"} if dataset["kind"] == "simulated" else {modality(dataset["kind"])}
 
 
 def image_count(config: dict, imageset: str, manifest: str | Path | None = None) -> int:
     """Images of an image set: n_images of a demo set; a dataset's manifest, else its published design."""
-    from .datasets import published_image_count
+    from .brain.datasets import published_image_count
 
     spec = config["stimuli"][imageset]
     if spec.get("kind", "demo") == "demo":
@@ -113,7 +113,7 @@ def image_count(config: dict, imageset: str, manifest: str | Path | None = None)
 
 def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> RunPlan:
     """Jobs per rule and feature bytes of a validated config (layers resolved on the meta device)."""
-    from .variants import model_variants
+    from .run import model_variants
 
     # Controls and sensitivity variants run as models of their own, with their base model's layers.
     config = {**config, "models": model_variants(config["models"], config.get("sensitivity"))}
@@ -133,7 +133,7 @@ def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> Run
     jobs["truth"] = len(simulated)
     jobs["brain"] = sum(len(datasets[name]["subjects"]) for name in simulated)
     jobs["folds"] = len(datasets)
-    from .datasets import shared_fits
+    from .brain.datasets import shared_fits
 
     shared = shared_fits(config)
     for name, ds in datasets.items():

@@ -3,11 +3,11 @@ import gc
 import inspect
 from pathlib import Path
 
-from brainprop.catalog import figure_entries, map_names
+from brainprop.figures.catalog import figure_entries, map_names
 from brainprop.config import ConfigError, validate_config
-from brainprop.datasets import shared_fits
-from brainprop.simulate import params_from_config
-from brainprop.variants import model_variants, variant_of
+from brainprop.brain.datasets import shared_fits
+from brainprop.brain.simulate import params_from_config
+from brainprop.run import model_variants, variant_of
 
 try:
     validate_config(config)
@@ -211,7 +211,7 @@ def hierarchy_outputs(kind):
 
 def dataset_modalities():
     """Modalities each dataset carries (simulated datasets carry fMRI and MEG, real ones their kind's)."""
-    from brainprop.datasets import modality
+    from brainprop.brain.datasets import modality
 
     return {name: {"fmri", "meg"} if ds["kind"] == "simulated" else {modality(ds["kind"])}
             for name, ds in DATASETS.items()}
@@ -267,7 +267,7 @@ def source_model(dataset):
 
 def plant_spec(dataset):
     """The source model's extraction for a simulated dataset: activations and the scenario's error signal."""
-    from brainprop.simulate import error_signal
+    from brainprop.brain.simulate import error_signal
 
     spec = model_spec(source_model(dataset))
     return {**spec, "signals": ["act", error_signal(DATASETS[dataset]["simulation"]["scenario"])]}

@@ -1,7 +1,7 @@
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.features import cka_table
+    from brainprop.features.cka import cka_table
     from brainprop.io import write_table
 
     table = cka_table(snakemake.input.features, snakemake.input.layers, snakemake.params.signals)

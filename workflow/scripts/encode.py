@@ -1,7 +1,7 @@
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.encoding import run_encode
+    from brainprop.encoding.encode import run_encode
 
     w, p = snakemake.wildcards, snakemake.params
     identity = {"dataset": w.dataset, "model": w.model, "timm_name": p.timm_name, "signal": w.signal,

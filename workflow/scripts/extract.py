@@ -1,7 +1,7 @@
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.features.extract import run_extract
+    from brainprop.features.rules import run_extract
 
     p, res = snakemake.params, snakemake.resources
     # Device, batch size, workers and the cache location change how, not what, is computed:

@@ -1,7 +1,7 @@
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.figures import make_figures, write_tests_html
+    from brainprop.figures.plots import make_figures, write_tests_html
 
     p = snakemake.params
     paths = make_figures(p.tables_dir, p.out_dir, p.formats, roi_levels=p.roi_levels, truth=p.truth,

@@ -1,7 +1,7 @@
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.encoding import folds_table
+    from brainprop.encoding.encode import folds_table
     from brainprop.io import read_table, write_table
 
     p = snakemake.params

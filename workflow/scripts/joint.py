@@ -1,7 +1,7 @@
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.joint import run_joint
+    from brainprop.encoding.joint import run_joint
 
     w = snakemake.wildcards
     identity = {"dataset": w.dataset, "model": w.model, "subject": w.subject}

@@ -1,7 +1,7 @@
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.features.extract import resolve_layers
+    from brainprop.features.layers import resolve_layers
     from brainprop.io import write_table
 
     p = snakemake.params

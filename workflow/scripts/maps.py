@@ -3,7 +3,7 @@ from pathlib import Path
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.maps import make_brain_map, make_glass_brain, make_meg_topomaps
+    from brainprop.figures.maps import make_brain_map, make_glass_brain, make_meg_topomaps
 
     w, p, i = snakemake.wildcards, snakemake.params, snakemake.input
     subject_dirs = {Path(t).parent.name: Path(t).parent for t in i.targets}

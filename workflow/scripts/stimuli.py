@@ -5,11 +5,11 @@ from brainprop.workflow import rule_log
 with rule_log(snakemake.log[0]) as log:
     spec = snakemake.params.spec
     if spec["kind"] == "dataset":
-        from brainprop.datasets import write_dataset_imageset
+        from brainprop.brain.datasets import write_dataset_imageset
 
         path = write_dataset_imageset(Path(snakemake.output.manifest).parent, spec["entry"], spec["dataset"])
     else:
-        from brainprop.stimuli import build_imageset
+        from brainprop.stimuli.rules import build_imageset
 
         path = build_imageset(Path(snakemake.output.manifest).parent, spec, snakemake.params.seed)
     log.info("image set written: %s", path)

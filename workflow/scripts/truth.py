@@ -1,7 +1,7 @@
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.brain import simulated_truth
+    from brainprop.brain.rules import simulated_truth
     from brainprop.io import write_table
 
     p = snakemake.params

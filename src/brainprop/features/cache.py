@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_path, load_array, save_array
-from . import feature_path
+from .files import feature_path
 
 __all__ = [
     "CACHE_FORMAT",

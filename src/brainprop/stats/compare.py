@@ -100,7 +100,7 @@ def compare_models(per_subject: pd.DataFrame, seed: int, n_boot: int = 2000, alp
 
 def run_compare(inputs, output: str, params: dict) -> None:
     """Entry point of the compare rule: all models' per-subject statistics of one dataset."""
-    from .io import read_table, write_table
+    from ..io import read_table, write_table
 
     per_subject = pd.concat([read_table(p) for p in inputs.subjects], ignore_index=True)
     table = compare_models(per_subject, int(params["seed"]), int(params["n_boot"]), float(params["alpha"]))

@@ -18,16 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._common import (
-    DatasetError,
-    Finding,
-    Probe,
-    kknc_ncsnr,
-    nc_from_ncsnr,
-    require_file,
-    resolve,
-    zscore_columns,
-)
+from ._common import DatasetError, Finding, Probe, kknc_ncsnr, nc_from_ncsnr, require_file, resolve, zscore_columns
 from .geometry import table_coordinates
 
 __all__ = ["check", "concept_of", "images", "read_subject", "response_layout"]

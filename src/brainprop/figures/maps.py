@@ -38,8 +38,8 @@ from matplotlib.figure import Figure
 from scipy.spatial import cKDTree
 
 from .catalog import MAP_FIGURES, map_names
-from .figures import _DEPTH_LABEL, _RC, DEPTH_CMAP, _signal_order, save_figure
-from .hierarchy import weighted_depth
+from .plots import _DEPTH_LABEL, _RC, DEPTH_CMAP, _signal_order, save_figure
+from ..hierarchy.scores import weighted_depth
 
 __all__ = [
     "MAP_FIGURES",
@@ -363,8 +363,8 @@ def _score_keys(paths: Sequence[str]) -> list[tuple[str, int, str]]:
 def _subject_scores(scores: Sequence[str], subject_dirs: Mapping[str, Path]
                     ) -> tuple[dict[str, pd.DataFrame], dict[tuple[str, int, str], np.ndarray]]:
     """Target tables per subject and r per target for every (signal, layer, subject)."""
-    from .brain import load_subject
-    from .encoding import load_target_scores
+    from ..brain.files import load_subject
+    from ..encoding.encode import load_target_scores
 
     targets = {subject: load_subject(folder)[1] for subject, folder in subject_dirs.items()}
     r = {}
@@ -440,7 +440,7 @@ def _topomap_values(targets: Mapping[str, pd.DataFrame], r: Mapping, tm: pd.Data
 
 def _read_rows(paths: Path | Sequence[Path], dataset: str, model: str) -> pd.DataFrame:
     """Rows of dataset × model from one table or from per-subject tables (the hierarchy stage's)."""
-    from .io import read_table
+    from ..io import read_table
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     table = pd.concat([read_table(p) for p in paths], ignore_index=True)
@@ -477,7 +477,7 @@ def make_glass_brain(scores: Sequence[str], subject_dirs: Mapping[str, Path], en
                      out_dir: Path, dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *,
                      best_layers: Path | Sequence[Path]) -> list[Path]:
     """Draw the glass-brain ROI figure of one dataset × model from the `best_layers` table; return the paths."""
-    from .brain import load_subject
+    from ..brain.files import load_subject
 
     _layer_depths(encoding, dataset, model)
     best = _read_rows(best_layers, dataset, model)

@@ -1,9 +1,4 @@
-"""The brain stage: per subject, targets aligned to the manifest, the target table and noise ceilings.
-
-A subject folder holds `Y.npy` (n_images, n_targets) float32, `targets.parquet` (one row per
-column of Y: target, modality, atlas, roi, hemi, x, y, z, roi_distance_mm, sensor, time,
-noise_ceiling) and `samples.parquet` (image_id and group of each row of Y).
-"""
+"""Entry points of the brain stage's rules: check, brain (real or simulated subjects) and truth."""
 
 from __future__ import annotations
 
@@ -13,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .features import load_features, load_layers, load_samples
-from .io import load_array, read_table, save_array, write_table
-
-__all__ = ["run_simulated_subject", "simulated_truth", "load_subject"]
+from ..features.files import load_features, load_layers, load_samples
+from ..io import save_array, write_table
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +46,3 @@ def simulated_truth(layers_path: str | Path, simulation: dict, subjects: list[st
     return planted_truth(dataset, subjects, simulation["source_model"], simulation["scenario"], depths,
                          simulation["meg"], seed)
 
-
-def load_subject(folder: str | Path) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
-    """Read a subject folder: (Y, target table, samples)."""
-    folder = Path(folder)
-    return load_array(folder / "Y.npy", mmap=True), read_table(folder / "targets.parquet"), read_table(folder / "samples.parquet")

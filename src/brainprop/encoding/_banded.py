@@ -9,20 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._backends import get_backend
-from ._ridge import (
-    Fold,
-    RidgeCVResult,
-    _Basis,
-    _loo_errors,
-    _loo_terms,
-    _pearson,
-    _r2,
-    _standardize,
-    _valid,
-    check_alphas,
-    check_folds,
-    ridge_cv,
-)
+from ._ridge import Fold, RidgeCVResult, _Basis, _loo_errors, _loo_terms, _pearson, _r2, _standardize, _valid, check_alphas, check_folds, ridge_cv
 
 __all__ = ["BandedResult", "BANDED_ALPHAS", "banded_grid", "joint_ridge_cv", "banded_ridge_cv"]
 

@@ -1,48 +1,44 @@
-"""Stimulus image sets: the offline, deterministic demo set and the manifest that orders every image."""
+"""The offline, deterministic demo image set: crops of scikit-image photographs and procedural textures."""
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import logging
-import os
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from brainprop.io import atomic_path, read_table, write_table
-
-__all__ = [
-    "MANIFEST_COLUMNS",
-    "MIN_MEAN_ABS_DIFF",
-    "IMAGESET_KINDS",
-    "make_demo_images",
-    "write_manifest",
-    "load_manifest",
-    "verify_manifest",
-    "load_images",
-    "build_imageset",
-]
+from ..io import atomic_path
+from .files import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("image_id", "path", "sha256", "group", "source", "width", "height")
 
 # Two images closer than this (mean absolute difference, 0-255 scale) count as near-duplicates.
 MIN_MEAN_ABS_DIFF = 6.0
+
+
 # Crops flatter than this pixel standard deviation (sky, retina border) are rejected.
 _MIN_PIXEL_STD = 12.0
+
+
 _MAX_TRIES = 200
+
+
 _DOWNSAMPLE = 4
+
 
 # an endless stream of candidate images (uint8, (size, size, 3)) with their descriptions
 _Candidates = Iterator[tuple[np.ndarray, str]]
+
+
 _TextureMaker = Callable[[np.random.Generator, int], tuple[np.ndarray, str]]
+
 
 # group name -> scikit-image sample that ships inside the wheel (no download).
 # `cat` is the same photograph as `chelsea`, and `horse`/`logo` are drawings, so they are left out.
@@ -67,9 +63,6 @@ _PHOTOS: dict[str, str] = {
     "page": "page",
     "text": "text",
 }
-
-
-# --------------------------------------------------------------------------- photographs
 
 
 def _load_photo(name: str) -> np.ndarray | None:
@@ -107,9 +100,6 @@ def _photo_crops(name: str, photo: np.ndarray, rng: np.random.Generator, size: i
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         source = f"{name} crop x={x0} y={y0} side={side}" + (" flip" if flip else "")
         yield np.asarray(crop, dtype=np.uint8), source
-
-
-# --------------------------------------------------------------------------- procedural textures
 
 
 def _to_uint8(field: np.ndarray) -> np.ndarray:
@@ -221,9 +211,6 @@ def _texture_stream(family: str, rng: np.random.Generator, size: int) -> _Candid
         yield image, f"{family} {description}"
 
 
-# --------------------------------------------------------------------------- demo set
-
-
 def _group_rng(seed: int, group: str) -> np.random.Generator:
     """A generator per group, keyed by its name so adding a group leaves the others unchanged."""
     return np.random.default_rng([seed, zlib.crc32(group.encode())])
@@ -305,110 +292,3 @@ def make_demo_images(out_dir: Path, n_images: int = 240, size: int = 112, seed: 
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     return manifest.astype({"width": "int64", "height": "int64"})
 
-
-# --------------------------------------------------------------------------- manifest I/O
-
-
-def write_manifest(path: str | os.PathLike, manifest: pd.DataFrame, metadata: dict | None = None) -> None:
-    """Write a manifest (columns `MANIFEST_COLUMNS`, in image order) to Parquet atomically."""
-    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
-    if missing:
-        raise ValueError(f"manifest lacks columns {missing}; expected {list(MANIFEST_COLUMNS)}")
-    if manifest["image_id"].duplicated().any():
-        duplicated = manifest.loc[manifest["image_id"].duplicated(), "image_id"].tolist()
-        raise ValueError(f"manifest has duplicated image_id values {duplicated[:5]}; expected unique ids")
-    write_table(path, manifest, metadata=metadata)
-
-
-def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a manifest written by `write_manifest`, in image order."""
-    manifest = read_table(path)
-    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
-    if missing:
-        raise ValueError(f"{path}: manifest lacks columns {missing}; expected {list(MANIFEST_COLUMNS)}")
-    return manifest
-
-
-def _sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def verify_manifest(path: str | os.PathLike) -> list[str]:
-    """Return the problems of a manifest's images (missing file, hash mismatch); empty when all is well."""
-    root = Path(path).parent
-    problems = []
-    for row in load_manifest(path).itertuples(index=False):
-        image_path = root / row.path
-        if not image_path.is_file():
-            problems.append(f"{image_path}: missing image file (image_id {row.image_id})")
-        elif (actual := _sha256(image_path)) != row.sha256:
-            problems.append(
-                f"{image_path}: sha256 {actual} does not match the manifest's {row.sha256} "
-                f"(image_id {row.image_id}); the file was modified after the manifest was written"
-            )
-    return problems
-
-
-def load_images(
-    manifest_path: str | os.PathLike, ids: Iterable[str] | None = None
-) -> Iterator[tuple[str, Image.Image]]:
-    """Yield (image_id, RGB PIL image) lazily in manifest order, optionally only for `ids`.
-
-    The manifest and `ids` are checked at the call; files are opened one at a time while iterating.
-    """
-    manifest = load_manifest(manifest_path)
-    if ids is not None:
-        wanted = set(ids)
-        unknown = sorted(wanted - set(manifest["image_id"]))
-        if unknown:
-            raise ValueError(
-                f"image ids {unknown[:5]} are not in {manifest_path}; "
-                f"expected ids such as {manifest['image_id'].iloc[0]!r}"
-            )
-        manifest = manifest[manifest["image_id"].isin(wanted)]
-    return _iter_images(Path(manifest_path).parent, manifest)
-
-
-def _iter_images(root: Path, manifest: pd.DataFrame) -> Iterator[tuple[str, Image.Image]]:
-    """Open the manifest's images one by one, converted to RGB."""
-    for image_id, relative in zip(manifest["image_id"], manifest["path"]):
-        with Image.open(root / relative) as image:
-            yield image_id, image.convert("RGB")
-
-
-# --------------------------------------------------------------------------- entry point
-
-
-def _build_demo(out_dir: Path, seed: int, n_images: int = 240, size: int = 112) -> pd.DataFrame:
-    """The offline demo set (`make_demo_images`)."""
-    return make_demo_images(out_dir, n_images=n_images, size=size, seed=seed)
-
-
-# image set kind -> builder(out_dir, seed, **spec without "kind") returning the manifest
-IMAGESET_KINDS: dict[str, Callable[..., pd.DataFrame]] = {
-    "demo": _build_demo,
-}
-
-
-def build_imageset(out_dir: str | os.PathLike, spec: dict, seed: int) -> Path:
-    """Write an image set's images, then `out_dir/manifest.parquet`; return the manifest path.
-
-    `spec` is the config entry of the image set, e.g. ``{"kind": "demo", "n_images": 240, "size": 112}``.
-    """
-    params = dict(spec)
-    kind = params.pop("kind", None)
-    if kind not in IMAGESET_KINDS:
-        raise ValueError(f"image set kind {kind!r} is unknown; expected one of {sorted(IMAGESET_KINDS)}")
-    builder = IMAGESET_KINDS[kind]
-    allowed = set(inspect.signature(builder).parameters) - {"out_dir", "seed"}
-    extra = sorted(set(params) - allowed)
-    if extra:
-        raise ValueError(
-            f"image set kind {kind!r} does not take {extra}; expected keys among {sorted(allowed)}"
-        )
-    out_dir = Path(out_dir)
-    manifest = builder(out_dir, seed, **params)
-    manifest_path = out_dir / "manifest.parquet"
-    write_manifest(manifest_path, manifest, metadata={"imageset": {"kind": kind, **params}, "seed": seed})
-    return manifest_path

@@ -22,7 +22,7 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
-from ..io import write_table
+from ...io import write_table
 from ._common import TARGET_COLUMNS, DatasetError, Finding
 from .geometry import roi_distances
 
@@ -163,8 +163,8 @@ def _finish_targets(ds: dict, targets: pd.DataFrame, kind_modality: str) -> pd.D
 
 def run_subject(ds: dict, subject: str, manifest_path: str | Path, outputs) -> None:
     """Entry point of the brain rule for a real dataset: write one subject's folder."""
-    from ..io import save_array
-    from ..stimuli import load_manifest
+    from ...io import save_array
+    from ...stimuli.files import load_manifest
 
     manifest = load_manifest(manifest_path)
     module = reader(ds["kind"])
@@ -193,7 +193,7 @@ def run_subject(ds: dict, subject: str, manifest_path: str | Path, outputs) -> N
 
 def write_dataset_imageset(out_dir: str | Path, ds: dict, name: str) -> Path:
     """Entry point of the stimuli rule for a real dataset: write its manifest; return the path."""
-    from ..stimuli import write_manifest
+    from ...stimuli.files import write_manifest
 
     manifest = build_manifest(out_dir, ds, name)
     path = Path(out_dir) / "manifest.parquet"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import CONTRACT_VERSION
-from .config import config_hash
-from .contract import TABLES, validate_table
-from .io import read_table, write_table
+from .. import CONTRACT_VERSION
+from ..config import config_hash
+from ..contract import TABLES, validate_table
+from ..io import read_table, write_table
 
 __all__ = ["provenance", "run_tables"]
 

@@ -27,16 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .group import (
-    FORWARD_CHECKS,
-    PREDICTIONS,
-    group_from_subjects,
-    permutation_pvalue,
-    subject_statistics,
-    wilcoxon_exact,
-)
-from .hierarchy import exclusion_mask, layer_tmax, pearson, subject_hierarchy
-from .simulate import SIM_ROIS, plan_subject, roi_geometry
+from .group import FORWARD_CHECKS, PREDICTIONS, group_from_subjects, permutation_pvalue, subject_statistics, wilcoxon_exact
+from ..hierarchy.scores import exclusion_mask, layer_tmax, pearson, subject_hierarchy
+from ..brain.simulate import SIM_ROIS, plan_subject, roi_geometry
 
 __all__ = [
     "CALIBRATION_COLUMNS",
@@ -128,8 +121,8 @@ def encoded_scores(plant: dict[str, list[np.ndarray]], features: dict[str, list[
     the analysis `features` (one decomposition per layer, signal and fold); r is averaged per
     ROI (both hemispheres) and per MEG time over sensors, as the encoding stage does.
     """
-    from ._ridge import ridge_cv
-    from .simulate import simulate_subject
+    from ..encoding._ridge import ridge_cv
+    from ..brain.simulate import simulate_subject
 
     Ys, targets = [], None
     for subject in subjects:
@@ -332,7 +325,7 @@ def power_figure(rates: pd.DataFrame, path: str, alpha: float, title: str) -> No
     axes[0][-1].legend(fontsize=7, loc="center right")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    from .io import atomic_path
+    from ..io import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -346,11 +339,11 @@ def _evenly(sensors: pd.DataFrame, n: int) -> pd.DataFrame:
 
 def run_calibration(inputs, outputs, dataset: str, params: dict) -> None:
     """Entry point of the calibration rule: type I error (shuffled) and power (backprop) over SNRs."""
-    from .config import alphas as alpha_grid
-    from .encoding import folds_from_table
-    from .features import load_features, load_layers, load_samples
-    from .io import read_table, write_table
-    from .simulate import ctf275_sensors
+    from ..config import alphas as alpha_grid
+    from ..encoding.encode import folds_from_table
+    from ..features.files import load_features, load_layers, load_samples
+    from ..io import read_table, write_table
+    from ..brain.simulate import ctf275_sensors
 
     cal, group = params["calibration"], dict(params["group"])
     layers = load_layers(inputs.layers)

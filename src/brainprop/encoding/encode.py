@@ -12,7 +12,7 @@ import pandas as pd
 from ._backends import BACKENDS, DEVICES
 from ._banded import BANDED_ALPHAS, BandedResult, banded_ridge_cv, joint_ridge_cv
 from ._ridge import Fold, RidgeCVResult, check_folds, ridge_cv, ridge_cv_shared
-from .io import CorruptFileError, read_table
+from ..io import CorruptFileError, read_table
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -413,8 +413,8 @@ def _backend(params: dict) -> dict:
 def _subject_features(features: str, samples_path: str, signal: str, layer_index: int, log: logging.Logger
                       ) -> tuple[np.ndarray, np.ndarray]:
     """One layer's features in a subject's image order, and that order (image ids)."""
-    from .features import load_features, load_samples
-    from .io import read_table
+    from ..features.files import load_features, load_samples
+    from ..io import read_table
 
     feature_ids = load_samples(features)["image_id"].to_numpy()
     image_ids = read_table(samples_path)["image_id"].to_numpy()
@@ -427,8 +427,8 @@ def _subject_features(features: str, samples_path: str, signal: str, layer_index
 def _write_encoding(scores: str, summary_path: str, fit: tuple[pd.DataFrame, pd.DataFrame, dict], identity: dict,
                     layers: str, layer_index: int) -> None:
     """Write one subject's per-target scores and summary rows (with identity and layer columns)."""
-    from .features import load_layers
-    from .io import write_table
+    from ..features.files import load_layers
+    from ..io import write_table
 
     per_target, summary, counts = fit
     layer = load_layers(layers).set_index("layer_index").loc[layer_index]
@@ -447,8 +447,8 @@ def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict) 
     `encoding` config entry; its optional `backend` ("numpy" default, or "torch"), `device`
     ("auto" default) and `dtype` (backend default) choose the array backend.
     """
-    from .config import alphas as alpha_grid
-    from .io import load_array, read_table
+    from ..config import alphas as alpha_grid
+    from ..io import load_array, read_table
 
     log = logging.getLogger("brainprop.encode")
     X, image_ids = _subject_features(inputs.features, inputs.samples, identity["signal"], layer_index, log)
@@ -468,8 +468,8 @@ def run_encode_shared(inputs, outputs, identity: dict, layer_index: int, params:
     (`encode_shared`, the same numbers as separate fits); otherwise each is fitted on its own
     (logged).
     """
-    from .config import alphas as alpha_grid
-    from .io import load_array, read_table
+    from ..config import alphas as alpha_grid
+    from ..io import load_array, read_table
 
     log = logging.getLogger("brainprop.encode")
     orders = [read_table(path)["image_id"].to_numpy() for path in inputs.samples]

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .hierarchy import exclusion_mask, pearson
+from ..hierarchy.scores import exclusion_mask, pearson
 
 __all__ = [
     "ALTERNATIVES",
@@ -542,7 +542,7 @@ def group_from_subjects(per_subject: pd.DataFrame, params: dict) -> pd.DataFrame
 def run_group(inputs, outputs, params: dict) -> None:
     """Entry point of the group rule: concatenate the subjects' tables, run the tests, and write
     the tests (`outputs.tests`) and the per-subject statistics (`outputs.subjects`)."""
-    from .io import read_table, write_table
+    from ..io import read_table, write_table
 
     tables = {key: pd.concat([read_table(p) for p in inputs[key]], ignore_index=True)
               for key in ("encoding", "best_layers", "tmax", "hierarchy")}

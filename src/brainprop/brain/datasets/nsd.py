@@ -17,15 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._common import (
-    DatasetError,
-    Finding,
-    Probe,
-    RepetitionMean,
-    nc_from_ncsnr,
-    require_file,
-    zscore_columns,
-)
+from ._common import DatasetError, Finding, Probe, RepetitionMean, nc_from_ncsnr, require_file, zscore_columns
 from .geometry import fsaverage_coordinates, table_coordinates
 
 __all__ = ["NSD_SESSIONS", "check", "expdesign", "images", "read_ctab", "read_subject", "subject_number", "trial_images"]
@@ -411,7 +403,7 @@ def images(root: Path, ds: dict, out_dir: Path) -> pd.DataFrame:
     import h5py
     from PIL import Image
 
-    from ..io import atomic_path
+    from ...io import atomic_path
 
     design = expdesign(root)
     per_subject = [set(np.unique(_subject_images(root, ds, s, design)).tolist()) for s in ds["subjects"]]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .group import group_tests
-from .hierarchy import subject_hierarchy
+from ..hierarchy.scores import subject_hierarchy
 
 __all__ = ["SCORE_TESTS", "run_sensitivity", "sensitivity_table"]
 
@@ -77,7 +77,7 @@ def sensitivity_table(enc: pd.DataFrame, params: dict, choices: dict,
 
 def run_sensitivity(inputs, output: str, params: dict) -> None:
     """Entry point of the sensitivity rule: one dataset × model and the tests of its variants."""
-    from .io import read_table, write_table
+    from ..io import read_table, write_table
 
     enc = pd.concat([read_table(p) for p in inputs.encoding], ignore_index=True)
     labels = params["variant_labels"]

@@ -319,7 +319,7 @@ def subject_target_depths(scores: pd.DataFrame, identity: dict[str, str], exclud
 
 def load_target_depths(path) -> pd.DataFrame:
     """Read a per-target depth table written by the hierarchy rule (columns `TARGET_DEPTH_COLUMNS`)."""
-    from .io import read_table
+    from ..io import read_table
 
     table = read_table(path)
     missing = [c for c in TARGET_DEPTH_COLUMNS if c not in table.columns]
@@ -331,8 +331,8 @@ def load_target_depths(path) -> pd.DataFrame:
 
 def _fmri_scores(summaries: list[str], scores: list[str], targets: str) -> pd.DataFrame:
     """Long-form r of the subject's fMRI targets per signal × layer (summary i pairs with scores i)."""
-    from .encoding import load_target_scores
-    from .io import read_table
+    from ..encoding.encode import load_target_scores
+    from ..io import read_table
 
     if len(summaries) != len(scores):
         raise ValueError(f"{len(summaries)} summary files but {len(scores)} per-target score files; expected "
@@ -358,7 +358,7 @@ def run_hierarchy(summaries: list[str], outputs, params: dict, scores: list[str]
     With `scores` (the encode rule's per-target files, paired with `summaries`) and `targets`
     (the subject's target table) it also writes `outputs.target_depths`.
     """
-    from .io import read_table, write_table
+    from ..io import read_table, write_table
 
     log = logging.getLogger("brainprop.hierarchy")
     enc = pd.concat([read_table(p) for p in summaries], ignore_index=True)

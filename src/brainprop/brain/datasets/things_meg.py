@@ -18,15 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._common import (
-    DatasetError,
-    Finding,
-    RepetitionMean,
-    kknc_ncsnr,
-    nc_from_ncsnr,
-    require_file,
-    resolve,
-)
+from ._common import DatasetError, Finding, RepetitionMean, kknc_ncsnr, nc_from_ncsnr, require_file, resolve
 from .things_fmri import concept_of
 
 __all__ = ["check", "images", "participant", "read_subject"]

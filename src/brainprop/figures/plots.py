@@ -25,8 +25,8 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from .catalog import FIGURES, MODALITIES, figure_entries, figure_names
-from .group import RULE_PREDICTIONS
-from .io import atomic_path, read_table
+from ..stats.group import RULE_PREDICTIONS
+from ..io import atomic_path, read_table
 
 __all__ = [
     "DEPTH_CMAP",

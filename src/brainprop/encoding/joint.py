@@ -17,7 +17,7 @@ import pandas as pd
 
 from ._banded import banded_ridge_cv
 from ._ridge import Fold, check_folds, ridge_cv
-from .io import CorruptFileError, read_table
+from ..io import CorruptFileError, read_table
 
 __all__ = [
     "JOINT_ALPHAS",
@@ -184,9 +184,9 @@ def run_joint(inputs, outputs, identity: dict, layer_index: int, params: dict) -
     has scores (per target) and summary; `params` has `alphas` (the per-band grid spec
     `{log10_min, log10_max, n}`).
     """
-    from .encoding import folds_from_table, subject_rows
-    from .features import load_features, load_layers, load_samples
-    from .io import load_array, write_table
+    from .encode import folds_from_table, subject_rows
+    from ..features.files import load_features, load_layers, load_samples
+    from ..io import load_array, write_table
 
     feature_ids = load_samples(inputs.features)["image_id"].to_numpy()
     samples = read_table(inputs.samples)

@@ -1,0 +1,137 @@
+"""Entry points of the features stage's rules: layers, extract (and plant) and cka."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import read_table, write_table
+from .extract import ImageDataset, Progress, BatchRunner, collect_batches, prepared_loss_params, auto_batch_size, image_loader
+from .models import preprocessing_config, image_transform, create_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def _workers(workers: int | str, device: torch.device, threads: int | None) -> int:
+    """Loader worker processes: `auto` is none on CPU (the cores compute) and up to 4 on CUDA."""
+    if workers != "auto":
+        return int(workers)
+    if device.type != "cuda":
+        return 0
+    return max(1, min(4, (threads or 2) - 1))
+
+
+def run_extract(
+    manifest_path: Path,
+    layers_path: Path,
+    out_dir: Path,
+    model_spec: dict,
+    pooling: dict,
+    seed: int,
+    device: str = "auto",
+    batch_size: int | str = 16,
+    signals: Sequence[str] | None = None,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    shard_size: int = 1024,
+    workers: int | str = "auto",
+    storage_dtype: str = "float32",
+    progress_every_s: float = 30.0,
+) -> str:
+    """Entry point of the extract rule: features of every selected layer into `out_dir`; returns the cache key.
+
+    Images are extracted in shards cached under `cache_dir` (default: beside `out_dir`) by the
+    extraction's identity, so a killed job resumes at the first unverified shard.
+    """
+    from ..stimuli.files import load_manifest
+    from .cache import ShardCache, feature_identity
+
+    if threads:
+        torch.set_num_threads(threads)  # the rule's share of the CPU, not every core
+    spec = dict(model_spec)
+    spec["signals"] = list(signals or model_spec.get("signals") or ("act", "grad"))
+    layers = read_table(layers_path)
+    names = list(layers["layer"])
+    manifest = load_manifest(manifest_path)
+    identity = feature_identity(
+        spec, seed, preprocessing_config(spec), names, pooling, manifest, storage_dtype
+    )
+    cache_dir = Path(cache_dir) if cache_dir else Path(out_dir).parent / ".cache"
+    cache = ShardCache(cache_dir, identity, len(manifest), shard_size, spec["signals"], len(names))
+    log.info("extract %s: %d images, %d layers, signals %s, cache key %s",
+             spec["timm_name"], len(manifest), len(names), spec["signals"], cache.key)
+    with cache.lock():
+        if cache.is_assembled():
+            log.info("cache %s: complete; nothing to extract", cache.root)
+        else:
+            _extract_shards(cache, manifest_path, manifest, spec, names, pooling, seed, device, batch_size,
+                            threads, workers, progress_every_s)
+            cache.assemble()
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        cache.link_into(out_dir)
+    write_table(Path(out_dir) / "samples.parquet", manifest[["image_id", "group"]],
+                metadata={"cache_key": cache.key, "identity": identity})
+    return cache.key
+
+
+def _check_finite(feats: dict[str, list[np.ndarray]], timm_name: str, names: Sequence[str], shard,
+                  precision: str) -> None:
+    """Stop (before the shard is stored) when any feature is NaN or infinite."""
+    hint = "; try precision bfloat16 or float32" if precision == "float16" else ""
+    for signal, arrays in feats.items():
+        for k, array in enumerate(arrays):
+            if not np.isfinite(array).all():
+                raise ValueError(
+                    f"model {timm_name}: non-finite {signal} at layer {k} ({names[k]}) in images "
+                    f"{shard.start}-{shard.stop - 1}{hint}"
+                )
+
+
+def _extract_shards(cache, manifest_path, manifest, spec, names, pooling, seed, device, batch_size, threads,
+                    workers, progress_every_s) -> None:
+    """Extract the cache's pending shards and store each one with its checksums."""
+    pending = cache.pending()
+    if not pending:
+        return
+    dev = resolve_device(device)
+    model = create_model(spec["timm_name"], spec["weights"], seed, spec.get("input_size"), spec.get("timm_kwargs"))
+    model.to(dev)
+    precision = spec.get("precision", "float32")
+    dataset = ImageDataset(manifest_path, image_transform(model, spec.get("input_size")))
+    n_workers = _workers(workers, dev, threads)
+    torch.manual_seed(seed)
+    loss = spec.get("loss", "cross_entropy")
+    if batch_size == "auto":
+        probe = BatchRunner(model, names, pooling, loss, spec.get("loss_params") or {}, spec["signals"], precision)
+        sample = dataset[0][0][None]
+        batch_size = auto_batch_size(
+            lambda x: probe(x, ["probe"] * len(x), np.zeros(len(x), dtype=int)), sample, dev
+        )
+    batch_size = int(batch_size)
+    params = prepared_loss_params(
+        model, loss, spec.get("loss_params"), spec["signals"],
+        lambda: (x for x, _ in image_loader(dataset, [(0, len(dataset))], batch_size, n_workers, dev)),
+    )
+    runner = BatchRunner(model, names, pooling, loss, params, spec["signals"], precision, seed)
+    ids = [str(i) for i in manifest["image_id"]]
+    done = len(manifest) - sum(s.size for s in pending)
+    progress = Progress(len(manifest), done, progress_every_s)
+    log.info("extracting %d shard(s) on %s, batch size %d, %d loader worker(s), precision %s",
+             len(pending), dev, batch_size, n_workers, precision)
+    batches = iter(image_loader(dataset, [(s.start, s.stop) for s in pending], batch_size, n_workers, dev))
+    try:
+        for shard in pending:
+            shard_batches = itertools.islice(batches, -(-shard.size // batch_size))
+            feats = collect_batches(runner, shard_batches, ids, dev, progress.update)
+            _check_finite(feats, spec["timm_name"], names, shard, precision)
+            cache.write_shard(shard, feats)
+            log.info("shard %d/%d stored (images %d-%d)", shard.index + 1, len(cache.shards), shard.start,
+                     shard.stop - 1)
+    finally:
+        progress.close()
+

@@ -1,0 +1,1 @@
+"""The stimuli stage: ordered image sets (the manifest) that index every feature and brain matrix."""

@@ -1,0 +1,88 @@
+"""The stimuli stage's file: the manifest that orders every image (and the images it names).
+
+A manifest is a Parquet table, one row per image in image order, columns `MANIFEST_COLUMNS`;
+`path` is relative to the manifest's folder (or absolute for a dataset's own image files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from ..io import read_table, write_table
+
+MANIFEST_COLUMNS = ("image_id", "path", "sha256", "group", "source", "width", "height")
+
+
+def write_manifest(path: str | os.PathLike, manifest: pd.DataFrame, metadata: dict | None = None) -> None:
+    """Write a manifest (columns `MANIFEST_COLUMNS`, in image order) to Parquet atomically."""
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest lacks columns {missing}; expected {list(MANIFEST_COLUMNS)}")
+    if manifest["image_id"].duplicated().any():
+        duplicated = manifest.loc[manifest["image_id"].duplicated(), "image_id"].tolist()
+        raise ValueError(f"manifest has duplicated image_id values {duplicated[:5]}; expected unique ids")
+    write_table(path, manifest, metadata=metadata)
+
+
+def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest written by `write_manifest`, in image order."""
+    manifest = read_table(path)
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise ValueError(f"{path}: manifest lacks columns {missing}; expected {list(MANIFEST_COLUMNS)}")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def verify_manifest(path: str | os.PathLike) -> list[str]:
+    """Return the problems of a manifest's images (missing file, hash mismatch); empty when all is well."""
+    root = Path(path).parent
+    problems = []
+    for row in load_manifest(path).itertuples(index=False):
+        image_path = root / row.path
+        if not image_path.is_file():
+            problems.append(f"{image_path}: missing image file (image_id {row.image_id})")
+        elif (actual := _sha256(image_path)) != row.sha256:
+            problems.append(
+                f"{image_path}: sha256 {actual} does not match the manifest's {row.sha256} "
+                f"(image_id {row.image_id}); the file was modified after the manifest was written"
+            )
+    return problems
+
+
+def load_images(
+    manifest_path: str | os.PathLike, ids: Iterable[str] | None = None
+) -> Iterator[tuple[str, Image.Image]]:
+    """Yield (image_id, RGB PIL image) lazily in manifest order, optionally only for `ids`.
+
+    The manifest and `ids` are checked at the call; files are opened one at a time while iterating.
+    """
+    manifest = load_manifest(manifest_path)
+    if ids is not None:
+        wanted = set(ids)
+        unknown = sorted(wanted - set(manifest["image_id"]))
+        if unknown:
+            raise ValueError(
+                f"image ids {unknown[:5]} are not in {manifest_path}; "
+                f"expected ids such as {manifest['image_id'].iloc[0]!r}"
+            )
+        manifest = manifest[manifest["image_id"].isin(wanted)]
+    return _iter_images(Path(manifest_path).parent, manifest)
+
+
+def _iter_images(root: Path, manifest: pd.DataFrame) -> Iterator[tuple[str, Image.Image]]:
+    """Open the manifest's images one by one, converted to RGB."""
+    for image_id, relative in zip(manifest["image_id"], manifest["path"]):
+        with Image.open(root / relative) as image:
+            yield image_id, image.convert("RGB")
+
