@@ -27,9 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 TARGET = "results/tiny/hierarchy/sim_backprop/resnet18/sub-01/hierarchy.parquet"
-BASE = ["--workflow-profile", str(ROOT / "profiles" / "slurm"),
-        "--profile", str(ROOT / "tests" / "cluster" / "profile"),
-        "--default-resources", "slurm_partition=debug", "--cores", "2"]
+BASE = [
+    "--workflow-profile",
+    str(ROOT / "profiles" / "slurm"),
+    "--profile",
+    str(ROOT / "tests" / "cluster" / "profile"),
+    "--default-resources",
+    "slurm_partition=debug",
+    "--cores",
+    "2",
+]
 # `--groups` replaces the profile's list: naming a rule outside the target leaves encode ungrouped.
 UNGROUPED = ["--groups", "truth=ungrouped"]
 MODES = {
@@ -41,8 +48,19 @@ MODES = {
 
 def run(workdir: Path, *args: str) -> tuple[float, str]:
     """Wall time and output of one Snakemake run through the SLURM profile."""
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(TINY),
-           *BASE, *args, "--", TARGET]
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        *BASE,
+        *args,
+        "--",
+        TARGET,
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
     elapsed = time.perf_counter() - start
@@ -63,8 +81,11 @@ def main() -> None:
         for mode in args.modes.split(","):
             elapsed, out = run(workdir, "--forcerun", "encode", *MODES[mode])
             fits = len(re.findall(r"Finished jobid: \d+ \(Rule: encode\)", out))
-            result[mode] = {"wall_s": elapsed, "encode_jobs": fits,
-                            "sbatch_submissions": len(re.findall(r"submitted with SLURM jobid", out))}
+            result[mode] = {
+                "wall_s": elapsed,
+                "encode_jobs": fits,
+                "sbatch_submissions": len(re.findall(r"submitted with SLURM jobid", out)),
+            }
     if "single" in result:
         for stats in result.values():
             stats["wall_ratio_to_single"] = stats["wall_s"] / result["single"]["wall_s"]

@@ -90,8 +90,11 @@ def himalaya_r(X: np.ndarray, Y: np.ndarray, folds: list, backend: str, dtype: t
     for train, test in folds:
         X_train, X_test = _standardize(X[train].astype(np.float64), X[test].astype(np.float64))
         wide = X.shape[1] >= len(train)
-        model = (KernelRidgeCV(ALPHAS, kernel="linear", fit_intercept=True, cv=5) if wide
-                 else RidgeCV(ALPHAS, fit_intercept=True, cv=5))
+        model = (
+            KernelRidgeCV(ALPHAS, kernel="linear", fit_intercept=True, cv=5)
+            if wide
+            else RidgeCV(ALPHAS, fit_intercept=True, cv=5)
+        )
         model.fit(ops.asarray(X_train.astype(dtype)), ops.asarray(Y[train].astype(dtype)))
         pred = model.predict(ops.asarray(X_test.astype(dtype)))
         if scorer is None:
@@ -117,15 +120,27 @@ def cpu_case(n: int, d: int, m: int, repeats: int) -> dict:
     cpu_start = time.process_time()
     t_sk, ref = timed(sklearn_r, X, Y, folds)
     cpu_sk = time.process_time() - cpu_start
-    case = {"n_images": n, "n_features": d, "n_targets": m, "solver": _solver(len(folds[0][0]), d),
-            "brainprop_s": min(t_ours), "brainprop_cpu_s": cpu_ours, "sklearn_s": t_sk, "sklearn_cpu_s": cpu_sk,
-            "speedup_vs_sklearn": t_sk / min(t_ours),
-            "max_abs_diff_vs_sklearn": float(np.nanmax(np.abs(ours.r - ref)))}
+    case = {
+        "n_images": n,
+        "n_features": d,
+        "n_targets": m,
+        "solver": _solver(len(folds[0][0]), d),
+        "brainprop_s": min(t_ours),
+        "brainprop_cpu_s": cpu_ours,
+        "sklearn_s": t_sk,
+        "sklearn_cpu_s": cpu_sk,
+        "speedup_vs_sklearn": t_sk / min(t_ours),
+        "max_abs_diff_vs_sklearn": float(np.nanmax(np.abs(ours.r - ref))),
+    }
     if importlib.util.find_spec("himalaya") is not None:
         himalaya_r(X[:100, :16], Y[:100, :8], outer_folds(100), "numpy", np.float64)  # import outside timing
         t_hi, r_hi = timed(himalaya_r, X, Y, folds, "numpy", np.float64)
-        case.update(himalaya_s=t_hi, speedup_vs_himalaya=t_hi / min(t_ours),
-                    mean_r_brainprop=float(np.nanmean(ours.r)), mean_r_himalaya=float(np.nanmean(r_hi)))
+        case.update(
+            himalaya_s=t_hi,
+            speedup_vs_himalaya=t_hi / min(t_ours),
+            mean_r_brainprop=float(np.nanmean(ours.r)),
+            mean_r_himalaya=float(np.nanmean(r_hi)),
+        )
     print(json.dumps(case), flush=True)
     return case
 
@@ -168,9 +183,18 @@ def job_overhead(n: int, d: int, m: int) -> dict:
     ids = np.array([f"img{i:05d}" for i in range(n)])
     samples = pd.DataFrame({"image_id": ids, "group": ids})
     hemi = np.where(np.arange(m) < m // 2, "lh", "rh")
-    targets = pd.DataFrame({"target": np.arange(m), "modality": "fmri", "atlas": "bench",
-                            "roi": np.array(["V1", "V2", "V4", "LO"])[np.arange(m) % 4], "hemi": hemi,
-                            "roi_distance_mm": np.arange(m) % 4 * 10.0, "time": np.nan, "noise_ceiling": 0.5})
+    targets = pd.DataFrame(
+        {
+            "target": np.arange(m),
+            "modality": "fmri",
+            "atlas": "bench",
+            "roi": np.array(["V1", "V2", "V4", "LO"])[np.arange(m) % 4],
+            "hemi": hemi,
+            "roi_distance_mm": np.arange(m) % 4 * 10.0,
+            "time": np.nan,
+            "noise_ceiling": 0.5,
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         save_array(feature_path(f"{tmp}/features", "activation", 0), X)
         write_table(f"{tmp}/features/samples.parquet", samples)
@@ -179,14 +203,24 @@ def job_overhead(n: int, d: int, m: int) -> dict:
         save_array(f"{tmp}/Y.npy", Y)
         write_table(f"{tmp}/targets.parquet", targets)
         write_table(f"{tmp}/folds.parquet", folds_table(samples, 5, 0, grouped=False))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).parents[1] / "src"),
-                                                                        os.environ.get("PYTHONPATH", "")] if p)}
-        t_job, done = timed(subprocess.run, [sys.executable, "-c", _JOB, tmp], capture_output=True, text=True,
-                            env=env, check=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")] if p
+            ),
+        }
+        t_job, done = timed(
+            subprocess.run, [sys.executable, "-c", _JOB, tmp], capture_output=True, text=True, env=env, check=True
+        )
         arithmetic = float(done.stdout.split()[0])
     t_numpy = min(timed(subprocess.run, [sys.executable, "-c", "import numpy"], check=True)[0] for _ in range(3))
-    return {"job_overhead_s": t_job - arithmetic, "job_total_s": t_job, "job_arithmetic_s": arithmetic,
-            "job_shape": [n, d, m], "python_import_numpy_s": t_numpy}
+    return {
+        "job_overhead_s": t_job - arithmetic,
+        "job_total_s": t_job,
+        "job_arithmetic_s": arithmetic,
+        "job_shape": [n, d, m],
+        "python_import_numpy_s": t_numpy,
+    }
 
 
 def cpu_main(args: argparse.Namespace) -> dict:
@@ -197,9 +231,12 @@ def cpu_main(args: argparse.Namespace) -> dict:
     cases = []
     for shape in shapes:  # the record is rewritten after each case, so a long run leaves its figures so far
         cases.append(cpu_case(*shape, repeats=args.repeats))
-        record.update(speedup_vs_sklearn=cases[0]["speedup_vs_sklearn"],
-                      speedup_vs_himalaya=cases[0].get("speedup_vs_himalaya"),
-                      max_abs_diff_vs_sklearn=max(c["max_abs_diff_vs_sklearn"] for c in cases), cases=cases)
+        record.update(
+            speedup_vs_sklearn=cases[0]["speedup_vs_sklearn"],
+            speedup_vs_himalaya=cases[0].get("speedup_vs_himalaya"),
+            max_abs_diff_vs_sklearn=max(c["max_abs_diff_vs_sklearn"] for c in cases),
+            cases=cases,
+        )
         write(record, "encoding.json")
     return record
 
@@ -228,11 +265,17 @@ def gpu_main(args: argparse.Namespace) -> dict:
     sync()
     t_ref, ref = timed(ridge_cv, X, Y[:, :subset], folds, ALPHAS)  # NumPy float64 reference
     record = {
-        "benchmark": "encoding_gpu", "device": args.device,
+        "benchmark": "encoding_gpu",
+        "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-        "torch": torch.__version__, "numpy": np.__version__, "shape": [n, d, m], "n_folds": len(folds),
-        "alphas": ALPHAS.tolist(), "brainprop_torch_float32_s": t_ours,
-        "reference_subset_targets": subset, "reference_numpy_float64_s": t_ref,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "shape": [n, d, m],
+        "n_folds": len(folds),
+        "alphas": ALPHAS.tolist(),
+        "brainprop_torch_float32_s": t_ours,
+        "reference_subset_targets": subset,
+        "reference_numpy_float64_s": t_ref,
         "max_abs_diff_r_vs_float64": float(np.nanmax(np.abs(ours.r[:subset] - ref.r))),
         "alpha_agreement_vs_float64": float(np.mean(ours.alpha[:, :subset] == ref.alpha)),
         "mean_r_brainprop": float(np.nanmean(ours.r)),
@@ -251,8 +294,13 @@ def gpu_main(args: argparse.Namespace) -> dict:
         sync()
         t_hi, r_hi = timed(himalaya_r, X, Y, folds, backend, np.float32)
         sync()
-        record.update(himalaya_version=himalaya.__version__, himalaya_backend=backend, himalaya_s=t_hi,
-                      speedup_vs_himalaya=t_hi / t_ours, mean_r_himalaya=float(np.nanmean(r_hi)))
+        record.update(
+            himalaya_version=himalaya.__version__,
+            himalaya_backend=backend,
+            himalaya_s=t_hi,
+            speedup_vs_himalaya=t_hi / t_ours,
+            mean_r_himalaya=float(np.nanmean(r_hi)),
+        )
     record["benchmark_wall_s"] = time.perf_counter() - start
     return record
 

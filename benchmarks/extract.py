@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from brainprop.features.extract import auto_batch_size, extract_features
-from brainprop.features.models import create_model, resolve_device
 from brainprop.features.layers import find_blocks, select_layers
+from brainprop.features.models import create_model, resolve_device
 
 POOLING = {"mode": "grid", "grid": 2}
 N_LAYERS = 8
@@ -120,8 +120,11 @@ def signal_times(model, images, names, device: torch.device, repeats: int) -> di
     times = {}
     for signal in ("grad", "fa", "sign", "dfa"):
         times[signal] = median_time(
-            lambda s=signal: extract_batch(model, images, names, POOLING, "cross_entropy", signals=(s,),
-                                           feedback=feedback), device, repeats,
+            lambda s=signal: extract_batch(
+                model, images, names, POOLING, "cross_entropy", signals=(s,), feedback=feedback
+            ),
+            device,
+            repeats,
         )
     return times
 
@@ -135,7 +138,8 @@ def run_case(name: str, spec: tuple, device: torch.device, repeats: int, bf16: b
     precision = "bfloat16" if bf16 else "float32"
     t_brainprop = median_time(
         lambda: extract_features(model, images, names, POOLING, "cross_entropy", batch, precision=precision),
-        device, repeats,
+        device,
+        repeats,
     )
     # The bare loops run in the same autocast as brainprop's forward.
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -152,17 +156,27 @@ def run_case(name: str, spec: tuple, device: torch.device, repeats: int, bf16: b
         probe = lambda x: extract_features(model, x, names, POOLING, "cross_entropy", len(x), precision=precision)  # noqa: E731
         auto = auto_batch_size(probe, images[:1], device)
     return {
-        "case": name, "timm_name": timm_name, "auto_batch_size": auto, "input_size": size, "batch_size": batch,
+        "case": name,
+        "timm_name": timm_name,
+        "auto_batch_size": auto,
+        "input_size": size,
+        "batch_size": batch,
         "n_layers": len(names),
         "dtype": "bf16-autocast" if bf16 else "float32",
-        "brainprop_s": t_brainprop, "bare_forward_backward_s": t_bare, "ratio_vs_bare": t_brainprop / t_bare,
-        "bare_to_first_block_s": t_block, "ratio_vs_bare_to_first_block": t_brainprop / t_block,
-        "brainprop_images_per_s": batch / t_brainprop, "bare_images_per_s": batch / t_bare,
-        "backward_frozen_s": t_frozen, "backward_with_weight_grads_s": t_weights,
+        "brainprop_s": t_brainprop,
+        "bare_forward_backward_s": t_bare,
+        "ratio_vs_bare": t_brainprop / t_bare,
+        "bare_to_first_block_s": t_block,
+        "ratio_vs_bare_to_first_block": t_brainprop / t_block,
+        "brainprop_images_per_s": batch / t_brainprop,
+        "bare_images_per_s": batch / t_bare,
+        "backward_frozen_s": t_frozen,
+        "backward_with_weight_grads_s": t_weights,
         "frozen_backward_ratio": t_frozen / t_weights,
         **{f"{sig}_alone_s": t for sig, t in signals.items()},
-        **({f"{sig}_ratio_vs_grad": signals[sig] / signals["grad"] for sig in ("fa", "sign", "dfa")}
-           if signals else {}),
+        **(
+            {f"{sig}_ratio_vs_grad": signals[sig] / signals["grad"] for sig in ("fa", "sign", "dfa")} if signals else {}
+        ),
     }
 
 
@@ -181,16 +195,21 @@ def run_pipeline(device: torch.device, sizes: tuple[int, int], size: int, worker
     import tempfile
 
     from brainprop.features.extract import ImageDataset
-    from brainprop.features.models import image_transform
     from brainprop.features.layers import resolve_layers
+    from brainprop.features.models import image_transform
     from brainprop.features.rules import run_extract
     from brainprop.io import write_table
     from brainprop.stimuli.demo import make_demo_images
     from brainprop.stimuli.files import write_manifest
 
     timm_name, kwargs, batch = "resnet50", {"zero_init_last": False}, 64
-    spec = {"timm_name": timm_name, "weights": "random", "input_size": size, "timm_kwargs": kwargs,
-            "loss": "cross_entropy"}
+    spec = {
+        "timm_name": timm_name,
+        "weights": "random",
+        "input_size": size,
+        "timm_kwargs": kwargs,
+        "loss": "cross_entropy",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         unique = make_demo_images(root / "images", n_images=min(512, sizes[0]), size=size)
@@ -201,19 +220,36 @@ def run_pipeline(device: torch.device, sizes: tuple[int, int], size: int, worker
         images = torch.stack([dataset[i][0] for i in range(len(dataset))])
         t_tensor = median_time(
             lambda: extract_features(model, images, list(layers["layer"]), POOLING, "cross_entropy", batch),
-            device, 1,
+            device,
+            1,
         )
         timings = {}
         for n in sizes:
             start = time.perf_counter()
-            run_extract(_write(root, unique, n, write_manifest), root / "layers.parquet", root / f"out-{n}", spec,
-                        POOLING, 0, str(device), batch, threads=threads, cache_dir=root / f"cache-{n}",
-                        shard_size=1024, workers=workers)
+            run_extract(
+                _write(root, unique, n, write_manifest),
+                root / "layers.parquet",
+                root / f"out-{n}",
+                spec,
+                POOLING,
+                0,
+                str(device),
+                batch,
+                threads=threads,
+                cache_dir=root / f"cache-{n}",
+                shard_size=1024,
+                workers=workers,
+            )
             timings[n] = time.perf_counter() - start
     marginal = (sizes[1] - sizes[0]) / (timings[sizes[1]] - timings[sizes[0]])
     return {
-        "case": "pipeline", "timm_name": timm_name, "input_size": size, "batch_size": batch, "workers": workers,
-        "job_sizes": list(sizes), "job_seconds": [timings[n] for n in sizes],
+        "case": "pipeline",
+        "timm_name": timm_name,
+        "input_size": size,
+        "batch_size": batch,
+        "workers": workers,
+        "job_sizes": list(sizes),
+        "job_seconds": [timings[n] for n in sizes],
         "preloaded_tensor_images_per_s": sizes[0] / t_tensor,
         "run_extract_marginal_images_per_s": marginal,
         "run_extract_fixed_s": timings[sizes[0]] - sizes[0] / marginal,
@@ -233,8 +269,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, ViT at 112 px")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument("--out", default="results/benchmarks/extract.json")
-    parser.add_argument("--pipeline", type=int, default=0, metavar="N",
-                        help="also time whole extract jobs (loader, cache) of N and 4N images of 160 px")
+    parser.add_argument(
+        "--pipeline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time whole extract jobs (loader, cache) of N and 4N images of 160 px",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -253,8 +294,11 @@ def main() -> None:
     if args.pipeline:
         results["pipeline"] = run_pipeline(device, (args.pipeline, 4 * args.pipeline), 160, 4, args.threads)
     summary = {
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": args.threads, "quick": args.quick, "repeats": repeats,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": args.threads,
+        "quick": args.quick,
+        "repeats": repeats,
         "cnn_ratio_vs_bare": results["cnn"]["ratio_vs_bare"],
         "vit_ratio_vs_bare": results["vit"]["ratio_vs_bare"],
         "frozen_backward_ratio": results["cnn"]["frozen_backward_ratio"],

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-import snakemake.api  # noqa: F401  (imports snakemake.dag without a circular import)
+import snakemake.api
 import snakemake.common
 import snakemake.dag
 import snakemake.jobs

@@ -51,8 +51,15 @@ def full_config(roots: Path, n_models: int | None = None) -> dict:
         datasets[name] = {**study["datasets"][name], "root": str(root)}
         stimuli.update(study["stimuli"])
     datasets["things_meg"]["things_meg"]["images"] = str(roots / "things_meg" / "object_images")
-    return {"run": "full", "seed": 0, "device": "cpu", "stimuli": stimuli, "models": models,
-            "datasets": datasets, "figures": {"formats": ["png"]}}
+    return {
+        "run": "full",
+        "seed": 0,
+        "device": "cpu",
+        "stimuli": stimuli,
+        "models": models,
+        "datasets": datasets,
+        "figures": {"formats": ["png"]},
+    }
 
 
 def write_roots(roots: Path) -> None:
@@ -74,15 +81,17 @@ def write_layers(config: dict, workdir: Path) -> None:
     config = validate_config(json.loads(json.dumps(config)), check_models=False)
     for alias, m in model_variants(config["models"], config["sensitivity"]).items():
         layers = resolve_layers(m["timm_name"], m["layers"], m["pooling"], m["input_size"], m["timm_kwargs"])
-        write_table(workdir / f"results/{config['run']}/features/{alias}/layers.parquet", layers,
-                    {"timm_name": m["timm_name"]})
+        write_table(
+            workdir / f"results/{config['run']}/features/{alias}/layers.parquet", layers, {"timm_name": m["timm_name"]}
+        )
 
 
 def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
     """Wall time (s) and output of a command that must succeed."""
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                          check=False)
+    done = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False
+    )
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -129,8 +138,20 @@ def dry_run_s(snakefile: str, workdir: Path, n_jobs: int, snakemake: list[str] |
         (workdir / name).touch()
     (workdir / "env.yaml").write_text("dependencies: [python]\n")
     (workdir / "job.py").write_text("open(snakemake.output[0], 'w').close()\n")
-    elapsed, out = timed([*(snakemake or [SNAKEMAKE]), "-s", str(workdir / "Snakefile"), "--directory", str(workdir),
-                          "--cores", "2", "--dry-run", "--quiet", "rules"])
+    elapsed, out = timed(
+        [
+            *(snakemake or [SNAKEMAKE]),
+            "-s",
+            str(workdir / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--cores",
+            "2",
+            "--dry-run",
+            "--quiet",
+            "rules",
+        ]
+    )
     assert job_total(out) == n_jobs
     return elapsed
 
@@ -144,8 +165,19 @@ def dry_run_full(n_models: int | None) -> dict:
         config = full_config(tmp / "roots", n_models)
         (tmp / "full.yaml").write_text(yaml.safe_dump(config))
         write_layers(config, tmp)
-        args = ["-s", str(ROOT / "Snakefile"), "--directory", str(tmp), "--configfile", str(tmp / "full.yaml"),
-                "--cores", "2", "--dry-run", "--quiet", "rules"]
+        args = [
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp),
+            "--configfile",
+            str(tmp / "full.yaml"),
+            "--cores",
+            "2",
+            "--dry-run",
+            "--quiet",
+            "rules",
+        ]
         full_s, out = timed([SNAKEMAKE, *args])
         n_jobs = job_total(out)
         trivial_s = dry_run_s(TRIVIAL, tmp / "trivial", n_jobs)
@@ -153,19 +185,35 @@ def dry_run_full(n_models: int | None) -> dict:
         full_upstream_s, out = timed([*SNAKEMAKE_UPSTREAM, *args])
         assert job_total(out) == n_jobs
         trivial_upstream_s = dry_run_s(TRIVIAL, tmp / "trivial", n_jobs, SNAKEMAKE_UPSTREAM)
-    return {"dry_run_full_s": full_s, "dry_run_trivial_s": trivial_s, "dry_run_ratio": full_s / trivial_s,
-            "dry_run_declared_s": declared_s, "dry_run_declared_ratio": declared_s / trivial_s,
-            "dry_run_full_upstream_s": full_upstream_s, "dry_run_trivial_upstream_s": trivial_upstream_s,
-            "dry_run_ratio_upstream": full_upstream_s / trivial_upstream_s,
-            "n_jobs_full": n_jobs, "n_models": len(config["models"])}
+    return {
+        "dry_run_full_s": full_s,
+        "dry_run_trivial_s": trivial_s,
+        "dry_run_ratio": full_s / trivial_s,
+        "dry_run_declared_s": declared_s,
+        "dry_run_declared_ratio": declared_s / trivial_s,
+        "dry_run_full_upstream_s": full_upstream_s,
+        "dry_run_trivial_upstream_s": trivial_upstream_s,
+        "dry_run_ratio_upstream": full_upstream_s / trivial_upstream_s,
+        "n_jobs_full": n_jobs,
+        "n_models": len(config["models"]),
+    }
 
 
 def noop_rerun_demo() -> dict:
     """A no-change rerun of the demo (placeholder outputs recorded as done by --touch)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        base = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp), "--cores", "2",
-                "--configfile", str(ROOT / "config" / "config.yaml")]
+        base = [
+            SNAKEMAKE,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp),
+            "--cores",
+            "2",
+            "--configfile",
+            str(ROOT / "config" / "config.yaml"),
+        ]
         timed([*base, "--until", "layers"])
         _, summary = timed([*base, "--summary"])
         for line in summary.splitlines()[1:]:
@@ -211,9 +259,14 @@ def main() -> None:
     args = parser.parse_args()
     full = dry_run_full(4 if args.quick else None)
     print(json.dumps(full), flush=True)
-    result = {**full, **noop_rerun_demo(), "scontrol_wait_s": scontrol_wait_s(), "cpu_count": os.cpu_count(),
-              "load_average_1min": os.getloadavg()[0],
-              "datasets": "NSD (8 subjects) and THINGS-MEG (4), fixture roots"}
+    result = {
+        **full,
+        **noop_rerun_demo(),
+        "scontrol_wait_s": scontrol_wait_s(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+        "datasets": "NSD (8 subjects) and THINGS-MEG (4), fixture roots",
+    }
     out = ROOT / "results" / "benchmarks" / "workflow.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -16,8 +16,18 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 def snakemake(workdir: Path, configfile: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the project's Snakefile in `workdir` (local profile) on `configfile`."""
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(configfile), *args]
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(configfile),
+        *args,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
@@ -42,7 +52,9 @@ def slurm_is_up() -> bool:
     if shutil.which("sinfo") is None:
         return False
     try:
-        done = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0 and any(
@@ -64,7 +76,6 @@ def pytest_collection_modifyitems(config, items):
         return
     for item in cluster_items:
         item.add_marker(pytest.mark.skip(reason=reason))
-
 
 
 @pytest.fixture(scope="session")

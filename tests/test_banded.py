@@ -43,9 +43,11 @@ def _scaled(Xs, train, test, penalties):
 def _problem(n, d=(6, 9), m=8, seed=1):
     rng = np.random.default_rng(seed)
     Xs = [rng.standard_normal((n, dj)) * rng.uniform(0.5, 3, dj) + 2 for dj in d]
-    Y = (Xs[0][:, :2] @ rng.standard_normal((2, m)) * np.linspace(0, 2, m)
-         + Xs[1][:, :3] @ rng.standard_normal((3, m)) * np.linspace(2, 0, m)
-         + 3 * rng.standard_normal((n, m)))
+    Y = (
+        Xs[0][:, :2] @ rng.standard_normal((2, m)) * np.linspace(0, 2, m)
+        + Xs[1][:, :3] @ rng.standard_normal((3, m)) * np.linspace(2, 0, m)
+        + 3 * rng.standard_normal((n, m))
+    )
     return Xs, Y
 
 
@@ -63,8 +65,10 @@ def test_fixed_pair_predictions_equal_sklearn_ridge():
 def _brute_loo(Z, y):
     """Mean squared leave-one-out error of Ridge(alpha=1) with intercept, refit per sample."""
     n = len(y)
-    err = [(Ridge(alpha=1.0).fit(np.delete(Z, i, 0), np.delete(y, i)).predict(Z[i:i + 1])[0] - y[i]) ** 2
-           for i in range(n)]
+    err = [
+        (Ridge(alpha=1.0).fit(np.delete(Z, i, 0), np.delete(y, i)).predict(Z[i : i + 1])[0] - y[i]) ** 2
+        for i in range(n)
+    ]
     return np.mean(err)
 
 
@@ -74,8 +78,9 @@ def test_loo_choice_equals_brute_force():
     grid = banded_grid([0.1, 3.0, 100.0], 2)
     K, C = _kernels(Xs, train, test)
     best, best_err, _ = _fold_fit(K, C, grid, Y[train])
-    brute = np.array([[_brute_loo(_scaled(Xs, train, test, pair)[0], Y[train, t]) for t in range(Y.shape[1])]
-                      for pair in grid])
+    brute = np.array(
+        [[_brute_loo(_scaled(Xs, train, test, pair)[0], Y[train, t]) for t in range(Y.shape[1])] for pair in grid]
+    )
     np.testing.assert_array_equal(best, brute.argmin(axis=0))
     np.testing.assert_allclose(best_err, brute.min(axis=0), rtol=1e-8)
     assert len(np.unique(best)) > 1
@@ -93,10 +98,10 @@ def test_planted_unique_variance():
     assert res.alpha.shape == (5, m, 2)
     assert u1[: m // 2].mean() > 0.2 and u1[: m // 2].min() > 0.1
     assert abs(u2[: m // 2].mean()) < 0.03 and np.abs(u2[: m // 2]).max() < 0.08
-    assert (u1[m // 2:] > 0.05).all() and (u2[m // 2:] > 0.05).all()
+    assert (u1[m // 2 :] > 0.05).all() and (u2[m // 2 :] > 0.05).all()
     np.testing.assert_allclose(res.unique[1], res.r2 - res.single[0].r2)
     # band 2 carries nothing for the first half: its chosen penalty should be large
-    assert np.median(res.alpha[:, : m // 2, 1]) > np.median(res.alpha[:, m // 2:, 1])
+    assert np.median(res.alpha[:, : m // 2, 1]) > np.median(res.alpha[:, m // 2 :, 1])
 
 
 def test_bad_inputs_raise():

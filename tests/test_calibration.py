@@ -11,19 +11,37 @@ import pytest
 from scipy import stats
 
 from brainprop.brain import simulate as S
-from brainprop.stats.calibration import DEMO_TIMES, encoded_scores, group_rejections, planted_scores, power_figure, rejection_rates, rejections, scores_table, subject_tests
 from brainprop.config import load_config
 from brainprop.encoding.encode import make_folds
-from brainprop.stats.group import subject_statistics
 from brainprop.hierarchy.scores import subject_hierarchy
+from brainprop.stats.calibration import (
+    DEMO_TIMES,
+    encoded_scores,
+    group_rejections,
+    planted_scores,
+    power_figure,
+    rejection_rates,
+    rejections,
+    scores_table,
+    subject_tests,
+)
+from brainprop.stats.group import subject_statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = load_config(ROOT / "config" / "config.yaml", check_models=False)
 SIM = S.params_from_config(DEMO["datasets"]["sim_backprop"])
 DEPTHS = np.linspace(0, 1, 8)
 SUBJECTS = [f"sub-{i:02d}" for i in range(1, 9)]
-GROUP = {"atlas": "sim", "threshold": 0.95, "min_count": 3, "exclude": "nonpositive", "seed": 0,
-         "n_permutations": 199, "n_boot": 1, "alpha": 0.05}
+GROUP = {
+    "atlas": "sim",
+    "threshold": 0.95,
+    "min_count": 3,
+    "exclude": "nonpositive",
+    "seed": 0,
+    "n_permutations": 199,
+    "n_boot": 1,
+    "alpha": 0.05,
+}
 ALPHA = 0.05
 
 
@@ -33,7 +51,7 @@ def _wilcoxon_size(n: int) -> float:
     hits = 0
     for signs in itertools.product((-1.0, 1.0), repeat=n):
         hits += stats.wilcoxon(ranks * np.array(signs), alternative="greater", method="exact").pvalue < ALPHA
-    return hits / 2 ** n
+    return hits / 2**n
 
 
 def _inside(rate: float, size: float, trials: int) -> bool:
@@ -90,9 +108,14 @@ def test_type_one_error_of_the_per_subject_permutation_tests(null_runs, test):
 
 
 def test_shuffled_scores_are_centred_and_backprop_scores_are_not():
-    grad = {scenario: group_rejections(planted_scores(scenario, SUBJECTS, DEPTHS, SIM["meg"], 0, noise=0.3),
-                                       DEPTHS, DEMO_TIMES, GROUP, [8], 0).query("signal == 'grad'").set_index("test")
-            for scenario in ("shuffled", "backprop")}
+    grad = {
+        scenario: group_rejections(
+            planted_scores(scenario, SUBJECTS, DEPTHS, SIM["meg"], 0, noise=0.3), DEPTHS, DEMO_TIMES, GROUP, [8], 0
+        )
+        .query("signal == 'grad'")
+        .set_index("test")
+        for scenario in ("shuffled", "backprop")
+    }
     assert grad["backprop"].loc["T1", "effect"] < -0.8 and grad["backprop"].loc["S1a", "effect"] > 0.8
     assert abs(grad["shuffled"].loc["T1", "effect"]) < 0.5
 
@@ -101,8 +124,10 @@ def _features(n_images: int, seed: int) -> tuple[dict, dict]:
     """Random plant features on a 4x4 grid (8 channels) per layer and their 2x2 analysis pooling."""
     rng = np.random.default_rng(seed)
     plant = {s: [rng.standard_normal((n_images, 8 * 16)) for _ in DEPTHS] for s in ("act", "grad")}
-    coarse = {s: [f.reshape(n_images, 8, 2, 2, 2, 2).mean(axis=(3, 5)).reshape(n_images, -1) for f in fs]
-              for s, fs in plant.items()}
+    coarse = {
+        s: [f.reshape(n_images, 8, 2, 2, 2, 2).mean(axis=(3, 5)).reshape(n_images, -1) for f in fs]
+        for s, fs in plant.items()
+    }
     return plant, coarse
 
 
@@ -121,10 +146,14 @@ def test_power_of_t1_and_s1a_on_the_backprop_scenario_at_the_demo_snr():
     assert (sim["snr_fmri"], sim["snr_meg"]) == (1.0, 4.0)  # the demo's SNRs
     rows = []
     for seed in range(n_seeds):
-        scores, times = encoded_scores(plant, features, DEPTHS, sim, seed, subjects, folds, np.logspace(0, 8, 5),
-                                       sensors)
-        rows.append(group_rejections(scores, DEPTHS, times, GROUP | {"n_permutations": 99}, [6], seed).assign(
-            seed=seed, scenario="backprop", snr_fmri=1.0))
+        scores, times = encoded_scores(
+            plant, features, DEPTHS, sim, seed, subjects, folds, np.logspace(0, 8, 5), sensors
+        )
+        rows.append(
+            group_rejections(scores, DEPTHS, times, GROUP | {"n_permutations": 99}, [6], seed).assign(
+                seed=seed, scenario="backprop", snr_fmri=1.0
+            )
+        )
     rates = rejection_rates(pd.concat(rows, ignore_index=True), ALPHA).set_index(["test", "signal"])
     assert rates.loc[("T1", "grad"), "group_rate"] >= 0.8
     assert rates.loc[("S1a", "grad"), "group_rate"] >= 0.8
@@ -136,8 +165,11 @@ def test_power_falls_with_noise_and_the_figure_is_written(tmp_path):
     for noise in (0.2, 3.0):
         for seed in range(5):
             scores = planted_scores("backprop", SUBJECTS[:4], DEPTHS, SIM["meg"], seed, noise=noise)
-            rows.append(group_rejections(scores, DEPTHS, DEMO_TIMES, GROUP | {"n_permutations": 99}, [4], seed)
-                        .assign(seed=seed, scenario="backprop", snr_fmri=1.0 / noise))
+            rows.append(
+                group_rejections(scores, DEPTHS, DEMO_TIMES, GROUP | {"n_permutations": 99}, [4], seed).assign(
+                    seed=seed, scenario="backprop", snr_fmri=1.0 / noise
+                )
+            )
     rates = rejection_rates(pd.concat(rows, ignore_index=True), ALPHA)
     t1 = rates[(rates["test"] == "T1") & (rates["signal"] == "grad")].set_index("snr_fmri")
     assert t1["subject_rate"].iloc[-1] > t1["subject_rate"].iloc[0]

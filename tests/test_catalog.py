@@ -5,16 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from brainprop.figures import catalog
+from brainprop.figures import catalog, maps
 from brainprop.figures import plots as figures
-from brainprop.figures import maps
 from brainprop.stats.group import RULE_PREDICTIONS
 
 
 def test_catalog_imports_no_drawing_library():
     # The Snakefile imports it at every Snakemake start, cluster jobs included.
-    code = ("import sys, brainprop.figures.catalog; "
-            "print(sorted(m for m in ('matplotlib', 'scipy', 'torch') if m in sys.modules))")
+    code = (
+        "import sys, brainprop.figures.catalog; "
+        "print(sorted(m for m in ('matplotlib', 'scipy', 'torch') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -8,12 +8,12 @@ import pytest
 from scipy import stats
 from test_group import PARAMS, simulate
 
-from brainprop.stats.compare import compare_models
 from brainprop.contract import validate_table
-from brainprop.stats.group import subject_statistics
 from brainprop.hierarchy.scores import subject_hierarchy
-from brainprop.stats.sensitivity import sensitivity_table
 from brainprop.run import model_variants
+from brainprop.stats.compare import compare_models
+from brainprop.stats.group import subject_statistics
+from brainprop.stats.sensitivity import sensitivity_table
 
 
 def _per_subject(model: str, grad_shift: float, seed: int) -> pd.DataFrame:
@@ -21,11 +21,27 @@ def _per_subject(model: str, grad_shift: float, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
     for s in range(6):
-        for signal, test, base in (("act", "T1", 0.8), ("act", "S1a", 0.9), ("grad", "T1", -0.5),
-                                   ("grad", "S1a", 0.3), ("grad", "S1b", 0.2), ("grad", "T2", 0.1)):
+        for signal, test, base in (
+            ("act", "T1", 0.8),
+            ("act", "S1a", 0.9),
+            ("grad", "T1", -0.5),
+            ("grad", "S1a", 0.3),
+            ("grad", "S1b", 0.2),
+            ("grad", "T2", 0.1),
+        ):
             value = base + (grad_shift if signal == "grad" else 0.0) + rng.normal(0, 0.05)
-            rows.append({"dataset": "sim", "modality": "meg" if test.startswith("T") else "fmri", "model": model,
-                         "signal": signal, "test": test, "level": "", "subject": f"{s:02d}", "statistic": value})
+            rows.append(
+                {
+                    "dataset": "sim",
+                    "modality": "meg" if test.startswith("T") else "fmri",
+                    "model": model,
+                    "signal": signal,
+                    "test": test,
+                    "level": "",
+                    "subject": f"{s:02d}",
+                    "statistic": value,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -53,7 +69,7 @@ def test_models_are_ranked_by_closeness_to_the_backprop_signature():
     pairs = out[out["comparison"] == "models"].set_index("measure")
     # a − b = far − near on the signed T1 statistic: −(−0.5) − (−(−0.8)) ≈ −0.3, every subject.
     assert pairs.loc["T1_signed", "effect"] == pytest.approx(-0.3, abs=0.1)
-    assert pairs.loc["T1_signed", "p"] == pytest.approx(2.0 ** -5)
+    assert pairs.loc["T1_signed", "p"] == pytest.approx(2.0**-5)
     assert set(pairs["family"]) == {"sim/models"}
     family = out[out["family"] == "sim/models"].dropna(subset=["p"])
     np.testing.assert_allclose(family["p_fdr"], stats.false_discovery_control(family["p"], method="bh"))
@@ -64,12 +80,18 @@ def test_sensitivity_varies_one_choice_at_a_time():
     enc = pd.concat([enc, enc[enc["modality"] == "fmri"].assign(atlas="other")], ignore_index=True)
     params = PARAMS | {"n_permutations": 99}
     variant_tests = {"pooling=mean": _default_tests(enc, params).assign(model="m__pooling_mean")}
-    out = sensitivity_table(enc, params, {"tmax_threshold": [0.9, 0.95, 0.99], "exclude": ["nonpositive", "none"]},
-                            variant_tests)
+    out = sensitivity_table(
+        enc, params, {"tmax_threshold": [0.9, 0.95, 0.99], "exclude": ["nonpositive", "none"]}, variant_tests
+    )
     assert validate_table("sensitivity", out) == []
     assert set(zip(out["choice"], out["value"])) == {
-        ("default", ""), ("tmax_threshold", "0.9"), ("tmax_threshold", "0.99"), ("exclude", "none"),
-        ("atlas", "other"), ("pooling", "mean")}
+        ("default", ""),
+        ("tmax_threshold", "0.9"),
+        ("tmax_threshold", "0.99"),
+        ("exclude", "none"),
+        ("atlas", "other"),
+        ("pooling", "mean"),
+    }
     assert set(out["test"]) == {"T1", "T2", "S1a", "S1b"}
     assert (out.loc[out["choice"] == "atlas", "modality"] == "fmri").all()
     assert set(out["model"]) == {"m"}
@@ -92,16 +114,29 @@ def _default_tests(enc: pd.DataFrame, params: dict) -> pd.DataFrame:
 
 
 def _model(**over) -> dict:
-    return {"timm_name": "resnet18", "weights": "pretrained", "loss": "cross_entropy", "loss_params": {},
-            "pooling": {"mode": "grid", "grid": 2}, "signals": ["act", "grad"],
-            "controls": ["random_init", "shuffled_loss"]} | over
+    return {
+        "timm_name": "resnet18",
+        "weights": "pretrained",
+        "loss": "cross_entropy",
+        "loss_params": {},
+        "pooling": {"mode": "grid", "grid": 2},
+        "signals": ["act", "grad"],
+        "controls": ["random_init", "shuffled_loss"],
+    } | over
 
 
 def test_variants_make_the_controls_and_sensitivity_copies():
     models = {"a": _model(), "b": _model(weights="random", loss="self_distillation")}
     out = model_variants(models, {"pooling": ["mean", "grid"], "loss": ["self_distillation"]})
-    assert set(out) == {"a", "a__random_init", "a__shuffled_loss", "a__pooling_mean", "a__loss_self_distillation",
-                        "b", "b__pooling_mean"}
+    assert set(out) == {
+        "a",
+        "a__random_init",
+        "a__shuffled_loss",
+        "a__pooling_mean",
+        "a__loss_self_distillation",
+        "b",
+        "b__pooling_mean",
+    }
     assert out["a__random_init"]["weights"] == "random" and out["a__random_init"]["loss"] == "cross_entropy"
     assert out["a__shuffled_loss"]["loss"] == "cross_entropy_shuffled"
     assert out["a__pooling_mean"]["pooling"] == {"mode": "mean", "grid": 2}

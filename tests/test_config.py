@@ -121,8 +121,9 @@ def test_unknown_timm_name_suggests_nearest(demo):
 
 
 def test_timm_names_are_cached_per_timm_version(monkeypatch, tmp_path):
-    import timm
     from importlib.metadata import version
+
+    import timm
 
     from brainprop.config import timm_model_names
 

@@ -19,18 +19,19 @@ from fixtures.datasets import (
 )
 
 from brainprop.brain import datasets as D
-from brainprop.config import ConfigError, validate_config
 from brainprop.brain.datasets import nsd as nsd_reader
 from brainprop.brain.datasets._common import kknc_ncsnr, nc_from_ncsnr
 from brainprop.brain.datasets.geometry import fsaverage_coordinates, roi_distances
+from brainprop.config import ConfigError, validate_config
 
 entry = dataset_entry
 
 
 def read(ds: dict, subject: str, out: Path):
     manifest = D.build_manifest(out, ds, "d")
-    seen, Y, targets, counts = D.reader(ds["kind"]).read_subject(Path(ds["root"]), ds, subject,
-                                                                  manifest["image_id"].tolist())
+    seen, Y, targets, counts = D.reader(ds["kind"]).read_subject(
+        Path(ds["root"]), ds, subject, manifest["image_id"].tolist()
+    )
     return manifest, seen, Y, targets, counts
 
 
@@ -57,7 +58,7 @@ def test_expdesign_is_one_based(nsd_root):
     assert design["masterordering"].shape == (30000,)
     ids = nsd_reader.trial_images(design, 1, 2, TRIALS_PER_SESSION)
     raw = nsd_design()
-    ten_k = raw["masterordering"][0, TRIALS_PER_SESSION:2 * TRIALS_PER_SESSION]
+    ten_k = raw["masterordering"][0, TRIALS_PER_SESSION : 2 * TRIALS_PER_SESSION]
     np.testing.assert_array_equal(ids, raw["subjectim"][0, ten_k - 1] - 1)
     np.testing.assert_array_equal(ids, planted["nsd_ids"][TRIALS_PER_SESSION:])
 
@@ -77,8 +78,9 @@ def test_nsd_fsaverage_zscored_within_session_and_averaged(nsd_root, tmp_path):
         labels = planted["surface"][f"{hemi}_labels"]
         assert (labels[vertices] > 0).all()
     assert sorted(targets["roi"].unique()) == ["FFA-1", "V1d", "V1v", "hV4"]
-    np.testing.assert_allclose(targets[["x", "y", "z"]].to_numpy()[:5],
-                               fsaverage_coordinates("lh", targets["index"].to_numpy()[:5]))
+    np.testing.assert_allclose(
+        targets[["x", "y", "z"]].to_numpy()[:5], fsaverage_coordinates("lh", targets["index"].to_numpy()[:5])
+    )
 
 
 def test_nsd_noise_ceiling_mixed_repetitions(nsd_root, tmp_path):
@@ -98,8 +100,16 @@ def test_nsd_volume_hdf5_reversed_axes_and_int16_scaling(nsd_root, tmp_path):
     vol = planted["volume"]
     results = {}
     for fmt in ("hdf5", "nii.gz"):
-        ds = entry("nsd", root, ["subj01"], sessions=[1, 2], space="func1pt8mm", format=fmt, rois=["prf-visualrois"],
-                   zscore=False)
+        ds = entry(
+            "nsd",
+            root,
+            ["subj01"],
+            sessions=[1, 2],
+            space="func1pt8mm",
+            format=fmt,
+            rois=["prf-visualrois"],
+            zscore=False,
+        )
         results[fmt] = read(ds, "subj01", tmp_path / fmt)
     _, seen, Y, targets, _ = results["hdf5"]
     np.testing.assert_array_equal(Y, results["nii.gz"][2])
@@ -108,7 +118,9 @@ def test_nsd_volume_hdf5_reversed_axes_and_int16_scaling(nsd_root, tmp_path):
     ids = np.array([f"nsd{i:05d}" for i in planted["nsd_ids"]])
     expected = np.stack([psc[ids == i].mean(0) for i in seen])
     np.testing.assert_allclose(Y, expected, rtol=1e-5, atol=1e-6)
-    assert set(targets.loc[targets["i"] < 2, "hemi"]) == {"lh"} and set(targets.loc[targets["i"] >= 2, "hemi"]) == {"rh"}
+    assert set(targets.loc[targets["i"] < 2, "hemi"]) == {"lh"} and set(targets.loc[targets["i"] >= 2, "hemi"]) == {
+        "rh"
+    }
     assert (vol["roi"][ijk[:, 0], ijk[:, 1], ijk[:, 2]] > 0).all()
     assert set(targets["roi"]) == {"V1v", "V1d", "V2v", "hV4"}
 
@@ -131,8 +143,14 @@ def test_nsd_nan_vertex_is_excluded_and_counted(tmp_path, caplog):
     write_nsd(root, nan_vertex=5)
     ds = entry("nsd", root, ["subj01"], sessions=[1, 2])
     D.write_dataset_imageset(tmp_path / "img", ds, "d")
-    outputs = type("O", (), {k: str(tmp_path / "s" / f) for k, f in
-                             (("Y", "Y.npy"), ("targets", "targets.parquet"), ("samples", "samples.parquet"))})
+    outputs = type(
+        "O",
+        (),
+        {
+            k: str(tmp_path / "s" / f)
+            for k, f in (("Y", "Y.npy"), ("targets", "targets.parquet"), ("samples", "samples.parquet"))
+        },
+    )
     with caplog.at_level("WARNING"):
         D.run_subject(ds, "subj01", tmp_path / "img" / "manifest.parquet", outputs)
     assert "1 of 340 targets excluded" in caplog.text
@@ -188,8 +206,9 @@ def test_noise_ceiling_formulas_against_closed_form():
 
 
 def test_reference_v1_is_v1v_union_v1d():
-    targets = pd.DataFrame({"roi": ["V1v", "V1d", "hV4"], "x": [-10.0, 10.0, 30.0], "y": [0.0, 2.0, 0.0],
-                            "z": [0.0, 0.0, 0.0]})
+    targets = pd.DataFrame(
+        {"roi": ["V1v", "V1d", "hV4"], "x": [-10.0, 10.0, 30.0], "y": [0.0, 2.0, 0.0], "z": [0.0, 0.0, 0.0]}
+    )
     dist = roi_distances(targets, "V1")
     assert dist.tolist() == pytest.approx([1.0, 1.0, np.hypot(20.0, 1.0)])
 
@@ -204,8 +223,9 @@ def test_algonauts_rows_columns_and_names(tmp_path):
     assert seen == [f"nsd{i:05d}" for i in planted["nsd_ids"]] == manifest["image_id"].tolist()
     lh = (targets["hemi"] == "lh").to_numpy()
     labels = planted["lh"]["labels"]
-    np.testing.assert_array_equal(Y[:, lh], planted["lh"]["data"][:, labels > 0][:, np.argsort(labels[labels > 0],
-                                                                                                 kind="stable")])
+    np.testing.assert_array_equal(
+        Y[:, lh], planted["lh"]["data"][:, labels > 0][:, np.argsort(labels[labels > 0], kind="stable")]
+    )
     assert targets.loc[lh, "roi"].value_counts().to_dict() == {"V1v": 10, "V1d": 10, "hV4": 5}
     first = planted["lh"]["vertices"][0]
     np.testing.assert_allclose(targets.loc[lh, ["x", "y", "z"]].to_numpy()[0], fsaverage_coordinates("lh", [first])[0])
@@ -303,8 +323,12 @@ def test_things_meg_missing_split_part_is_reported(meg_root, tmp_path):
 
 
 def test_config_real_dataset_needs_root_and_its_image_set():
-    config = {"run": "t", "stimuli": {"demo": {"kind": "demo"}}, "models": {"m": {"timm_name": "resnet18"}},
-              "datasets": {"d": {"kind": "nsd", "imageset": "demo", "subjects": ["subj01"]}}}
+    config = {
+        "run": "t",
+        "stimuli": {"demo": {"kind": "demo"}},
+        "models": {"m": {"timm_name": "resnet18"}},
+        "datasets": {"d": {"kind": "nsd", "imageset": "demo", "subjects": ["subj01"]}},
+    }
     with pytest.raises(ConfigError) as err:
         validate_config(config, check_models=False)
     assert "datasets.d.root" in str(err.value) and "datasets.d.imageset" in str(err.value)
@@ -312,9 +336,14 @@ def test_config_real_dataset_needs_root_and_its_image_set():
 
 def test_config_fills_kind_defaults():
     ds = entry("things_meg", Path("/x"), ["P1"])
-    assert ds["things_meg"] == {"images": "object_images", "lowpass": 20.0, "sfreq": 30.0, "zscore": True,
-                                "route": "epochs", "bids": {"task": "main", "extension": ".ds", "sessions": None,
-                                                            "highpass": 0.1, "tmin": -0.5, "tmax": 3.0}}
+    assert ds["things_meg"] == {
+        "images": "object_images",
+        "lowpass": 20.0,
+        "sfreq": 30.0,
+        "zscore": True,
+        "route": "epochs",
+        "bids": {"task": "main", "extension": ".ds", "sessions": None, "highpass": 0.1, "tmin": -0.5, "tmax": 3.0},
+    }
     assert ds["atlas"] == ""
     assert entry("nsd", Path("/x"), ["subj01"])["nsd"]["space"] == "fsaverage"
 
@@ -326,10 +355,19 @@ def test_cli_check_reports_per_subject(tmp_path, capsys):
 
     write_things_fmri(tmp_path / "root")
     (tmp_path / "root" / "betas_csv" / "sub-01_VoxelMetadata.csv").unlink()
-    config = {"run": "t", "stimuli": {"img": {"kind": "dataset", "dataset": "things"}},
-              "models": {"m": {"timm_name": "resnet18"}},
-              "datasets": {"things": {"kind": "things_fmri", "root": str(tmp_path / "root"), "imageset": "img",
-                                      "subjects": ["sub-01", "sub-02"]}}}
+    config = {
+        "run": "t",
+        "stimuli": {"img": {"kind": "dataset", "dataset": "things"}},
+        "models": {"m": {"timm_name": "resnet18"}},
+        "datasets": {
+            "things": {
+                "kind": "things_fmri",
+                "root": str(tmp_path / "root"),
+                "imageset": "img",
+                "subjects": ["sub-01", "sub-02"],
+            }
+        },
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["check", "--config", str(path)]) == 1
@@ -351,12 +389,21 @@ def test_things_meg_raw_bids_route(tmp_path):
     assert dict(zip(seen, counts)) == {**{i: 1 for i in seen[:6]}, "kiwi_01b": 3, "owl_03n": 3}
     blocks, ids = [], []
     for session in (1, 2, 3):
-        fif = tmp_path / "root" / "sub-BIGMEG1" / f"ses-{session:02d}" / "meg" / \
-            f"sub-BIGMEG1_ses-{session:02d}_task-main_run-01_meg.fif"
+        fif = (
+            tmp_path
+            / "root"
+            / "sub-BIGMEG1"
+            / f"ses-{session:02d}"
+            / "meg"
+            / f"sub-BIGMEG1_ses-{session:02d}_task-main_run-01_meg.fif"
+        )
         raw = mne.io.read_raw_fif(fif, preload=True, verbose="error").filter(0.1, 20.0, verbose="error")
         trials = [(n, o) for s, k, n, o in planted["planted"] if s == session and k != "catch"]
-        events = np.c_[[raw.first_samp + round(o * raw.info["sfreq"]) for _, o in trials], [0] * len(trials),
-                       np.arange(len(trials)) + 1]
+        events = np.c_[
+            [raw.first_samp + round(o * raw.info["sfreq"]) for _, o in trials],
+            [0] * len(trials),
+            np.arange(len(trials)) + 1,
+        ]
         epochs = mne.Epochs(raw, events, tmin=-0.5, tmax=3.0, baseline=None, preload=True, verbose="error")
         blocks.append(epochs.resample(30.0, verbose="error").get_data().reshape(len(trials), -1))
         ids += [n.replace(".jpg", "") for n, _ in trials]

@@ -36,8 +36,9 @@ def test_algonauts_planted_layers(tmp_path):
     write_algonauts(tmp_path / "root", n_images=60, images=pixels, signal=signal)
     ds = entry("nsd_algonauts", tmp_path / "root", ["subj01"], rois=["prf-visualrois"])
     manifest = D.build_manifest(tmp_path / "out", ds, "d")
-    seen, Y, targets, _ = D.reader("nsd_algonauts").read_subject(tmp_path / "root", ds, "subj01",
-                                                                  manifest["image_id"].tolist())
+    seen, Y, targets, _ = D.reader("nsd_algonauts").read_subject(
+        tmp_path / "root", ds, "subj01", manifest["image_id"].tolist()
+    )
     files = [Path(p) for p in manifest.set_index("image_id").loc[seen, "path"]]
     assert best_layers(Y, _targets(ds, targets), files, tmp_path / "analysis") == planted
 
@@ -47,14 +48,17 @@ def test_things_fmri_planted_layers(tmp_path):
     pixels = demo_images(tmp_path / "demo", 123)
 
     def signal(paths: list[Path], voxels) -> np.ndarray:
-        columns = {0: np.flatnonzero((voxels["V1"] + voxels["hV4"]) > 0),
-                   2: np.flatnonzero((voxels["lFFA"] + voxels["rFFA"] + voxels["IT"]) > 0)}
+        columns = {
+            0: np.flatnonzero((voxels["V1"] + voxels["hV4"]) > 0),
+            2: np.flatnonzero((voxels["lFFA"] + voxels["rFFA"] + voxels["IT"]) > 0),
+        }
         return planted_responses(paths, tmp_path / "plant", columns, len(voxels))
 
     write_things_fmri(tmp_path / "root", extra_train=108, images=pixels, signal=signal)
     ds = entry("things_fmri", tmp_path / "root", ["sub-01"], rois=["V1", "hV4", "FFA", "IT"])
     manifest = D.build_manifest(tmp_path / "out", ds, "d")
-    seen, Y, targets, _ = D.reader("things_fmri").read_subject(tmp_path / "root", ds, "sub-01",
-                                                                manifest["image_id"].tolist())
+    seen, Y, targets, _ = D.reader("things_fmri").read_subject(
+        tmp_path / "root", ds, "sub-01", manifest["image_id"].tolist()
+    )
     files = [Path(p) for p in manifest.set_index("image_id").loc[seen, "path"]]
     assert best_layers(Y, _targets(ds, targets), files, tmp_path / "analysis") == planted

@@ -54,8 +54,18 @@ def _config(workdir: Path) -> Path:
 
 
 def _snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(config), *args]
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(config),
+        *args,
+    ]
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
 
 
@@ -96,12 +106,19 @@ def test_subjects_with_one_image_order_share_one_fit_equal_to_separate_fits(real
         samples = pd.read_parquet(brain / "samples.parquet")
         features = out / "features" / "resnet18" / "meg_images" / "extract"
         rows = subject_rows(load_samples(features)["image_id"].to_numpy(), samples["image_id"].to_numpy(), "", "")
-        folds = folds_from_table(pd.read_parquet(out / "encoding" / "things_meg" / "folds.parquet"),
-                                 samples["image_id"].to_numpy())
-        separate, _, _ = encode(np.asarray(load_features(features, "grad", 1))[rows], np.load(brain / "Y.npy"),
-                                pd.read_parquet(brain / "targets.parquet"), folds, alphas(params))
-        shared = load_target_scores(out / "encoding" / "things_meg" / "resnet18" / "grad" / "01" /
-                                    f"{subject}.targets.parquet")
+        folds = folds_from_table(
+            pd.read_parquet(out / "encoding" / "things_meg" / "folds.parquet"), samples["image_id"].to_numpy()
+        )
+        separate, _, _ = encode(
+            np.asarray(load_features(features, "grad", 1))[rows],
+            np.load(brain / "Y.npy"),
+            pd.read_parquet(brain / "targets.parquet"),
+            folds,
+            alphas(params),
+        )
+        shared = load_target_scores(
+            out / "encoding" / "things_meg" / "resnet18" / "grad" / "01" / f"{subject}.targets.parquet"
+        )
         np.testing.assert_allclose(shared["r"], separate["r"], rtol=0, atol=1e-12)
         np.testing.assert_array_equal(shared["alpha"], separate["alpha"])
 
@@ -116,8 +133,16 @@ def test_planted_best_layers_are_recovered(real_run):
 
 def test_broken_root_fails_in_the_check_rule(tmp_path):
     config = _config(tmp_path)
-    session = (tmp_path / "nsd_root" / "nsddata_betas" / "ppdata" / "subj01" / "fsaverage"
-               / "betas_fithrf_GLMdenoise_RR" / "rh.betas_session02.mgh")
+    session = (
+        tmp_path
+        / "nsd_root"
+        / "nsddata_betas"
+        / "ppdata"
+        / "subj01"
+        / "fsaverage"
+        / "betas_fithrf_GLMdenoise_RR"
+        / "rh.betas_session02.mgh"
+    )
     session.unlink()
     done = _snakemake(tmp_path, config)
     assert done.returncode != 0

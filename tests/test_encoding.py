@@ -16,8 +16,16 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brainprop import contract
-from brainprop.encoding.encode import DEFAULT_ALPHAS, SUMMARY_COLUMNS, RidgeEncoder, encode, encode_shared, load_target_scores, make_folds
 from brainprop.encoding._ridge import ridge_cv, ridge_cv_shared
+from brainprop.encoding.encode import (
+    DEFAULT_ALPHAS,
+    SUMMARY_COLUMNS,
+    RidgeEncoder,
+    encode,
+    encode_shared,
+    load_target_scores,
+    make_folds,
+)
 from brainprop.io import CorruptFileError, write_table
 
 ALPHAS = np.asarray(DEFAULT_ALPHAS)
@@ -135,8 +143,9 @@ def test_backend_dtypes_are_explicit():
     ref = ridge_cv(X, Y, folds, ALPHAS)
     np.testing.assert_array_equal(ridge_cv(X, Y, folds, ALPHAS, backend="numpy", dtype="float64").r, ref.r)
     # Torch in float64 follows the float64 path closely; numpy in float32 is allowed too.
-    np.testing.assert_allclose(ridge_cv(X, Y, folds, ALPHAS, backend="torch", device="cpu",
-                                        dtype="float64").r, ref.r, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        ridge_cv(X, Y, folds, ALPHAS, backend="torch", device="cpu", dtype="float64").r, ref.r, rtol=0, atol=1e-10
+    )
     np.testing.assert_allclose(ridge_cv(X, Y, folds, ALPHAS, dtype=np.float32).r, ref.r, rtol=0, atol=TORCH_ATOL)
 
 
@@ -180,7 +189,8 @@ def test_numpy_backend_does_not_import_torch():
         "import sys, numpy as np\n"
         "from brainprop.encoding.encode import make_folds, ridge_cv\n"
         "rng = np.random.default_rng(0)\n"
-        "ridge_cv(rng.standard_normal((30, 4)), rng.standard_normal((30, 2)), make_folds(30, None, 3, 0), [1.0, 10.0])\n"
+        "X, Y = rng.standard_normal((30, 4)), rng.standard_normal((30, 2))\n"
+        "ridge_cv(X, Y, make_folds(30, None, 3, 0), [1.0, 10.0])\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -317,17 +327,43 @@ def fmri_targets(rois=("V1", "V2", "LO"), per_hemi=4, ceiling=0.5):
     for k, roi in enumerate(rois):
         for hemi in ("lh", "rh"):
             for _ in range(per_hemi):
-                rows.append({"modality": "fmri", "atlas": "demo", "roi": roi, "hemi": hemi,
-                             "x": 1.0, "y": 2.0, "z": 3.0, "roi_distance_mm": 10.0 * k,
-                             "sensor": "", "time": np.nan, "noise_ceiling": ceiling})
+                rows.append(
+                    {
+                        "modality": "fmri",
+                        "atlas": "demo",
+                        "roi": roi,
+                        "hemi": hemi,
+                        "x": 1.0,
+                        "y": 2.0,
+                        "z": 3.0,
+                        "roi_distance_mm": 10.0 * k,
+                        "sensor": "",
+                        "time": np.nan,
+                        "noise_ceiling": ceiling,
+                    }
+                )
     return pd.DataFrame(rows).assign(target=lambda t: np.arange(len(t), dtype=np.int64))
 
 
 def meg_targets(sensors=("MLO11", "MRO11", "MZO01"), times=(0.0, 0.1, 0.2, 0.3)):
     """Target table: sensors × times, no ceiling."""
-    rows = [{"modality": "meg", "atlas": "", "roi": "", "hemi": "", "x": np.nan, "y": np.nan,
-             "z": np.nan, "roi_distance_mm": np.nan, "sensor": s, "time": t, "noise_ceiling": np.nan}
-            for t in times for s in sensors]
+    rows = [
+        {
+            "modality": "meg",
+            "atlas": "",
+            "roi": "",
+            "hemi": "",
+            "x": np.nan,
+            "y": np.nan,
+            "z": np.nan,
+            "roi_distance_mm": np.nan,
+            "sensor": s,
+            "time": t,
+            "noise_ceiling": np.nan,
+        }
+        for t in times
+        for s in sensors
+    ]
     return pd.DataFrame(rows).assign(target=lambda t: np.arange(len(t), dtype=np.int64))
 
 
@@ -394,8 +430,16 @@ def test_encode_fmri_summary_and_exclusions(fmri_job):
 def test_encode_summary_follows_contract(fmri_job):
     X, Y, targets, folds = fmri_job
     _, summary, _ = encode(X, Y, targets, folds, ALPHAS)
-    identity = {"dataset": "d", "model": "m", "timm_name": "t", "signal": "act", "layer": "blocks.0",
-                "layer_index": 0, "depth": 0.0, "subject": "s1"}
+    identity = {
+        "dataset": "d",
+        "model": "m",
+        "timm_name": "t",
+        "signal": "act",
+        "layer": "blocks.0",
+        "layer_index": 0,
+        "depth": 0.0,
+        "subject": "s1",
+    }
     table = summary.assign(**identity).astype({"layer_index": "int64"})
     assert contract.validate_table("encoding", table) == []
     assert summary["n_targets"].dtype == np.int64

@@ -22,15 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from brainprop.features.cka import cka_table, linear_cka
-from brainprop.features.files import feature_path, load_features, load_layers, load_samples
 from brainprop.features.extract import extract_features
+from brainprop.features.files import feature_path, load_features, load_layers, load_samples
 from brainprop.features.layers import find_blocks, resolve_layers
-from brainprop.features.losses import LOSSES, LOSS_PREPARERS, _crop_box, image_seed, prototypes, teacher_view
+from brainprop.features.losses import LOSS_PREPARERS, LOSSES, _crop_box, image_seed, prototypes, teacher_view
 from brainprop.features.models import create_model
-from brainprop.features.pooling import token_context
+from brainprop.features.pooling import TokenContext, pool, token_context
 from brainprop.features.projection import project, projected_dim, projection_matrix
 from brainprop.features.rules import run_extract
-from brainprop.features.pooling import TokenContext, pool
 from brainprop.io import CorruptFileError, save_array, write_table
 
 CNN = ("resnet18", {"zero_init_last": False})
@@ -62,7 +61,7 @@ def _reference(model: torch.nn.Module, images: torch.Tensor, names: list[str]) -
     for image in images:
         store: dict[str, torch.Tensor] = {}
         handles = [
-            modules[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o)) for n in names
+            modules[n].register_forward_hook(lambda m, i, o, n=n, store=store: store.__setitem__(n, o)) for n in names
         ]
         try:
             x = image[None].clone().requires_grad_(True)
@@ -481,15 +480,15 @@ def test_load_features_rejects_non_matrix(tmp_path):
 # ---------------------------------------------------------------- 9: CKA
 
 
-def _hsic(k: np.ndarray, l: np.ndarray) -> float:
+def _hsic(k: np.ndarray, m: np.ndarray) -> float:
     n = len(k)
     h = np.eye(n) - np.ones((n, n)) / n
-    return float(np.trace(k @ h @ l @ h)) / (n - 1) ** 2
+    return float(np.trace(k @ h @ m @ h)) / (n - 1) ** 2
 
 
 def _cka_by_hsic(a: np.ndarray, b: np.ndarray) -> float:
-    k, l = a @ a.T, b @ b.T
-    return _hsic(k, l) / np.sqrt(_hsic(k, k) * _hsic(l, l))
+    k, m = a @ a.T, b @ b.T
+    return _hsic(k, m) / np.sqrt(_hsic(k, k) * _hsic(m, m))
 
 
 @pytest.mark.parametrize("n, da, db", [(30, 5, 8), (10, 40, 25)])
@@ -521,9 +520,16 @@ def test_cka_table(tmp_path):
         for k, a in enumerate(arrays):
             save_array(feature_path(tmp_path, signal, k), a.astype(np.float32))
     names = ["b0", "b1", "b2"]
-    write_table(tmp_path / "layers.parquet", pd.DataFrame({
-        "layer": names, "layer_index": np.arange(3, dtype=np.int64), "depth": [0.0, 0.5, 1.0],
-    }))
+    write_table(
+        tmp_path / "layers.parquet",
+        pd.DataFrame(
+            {
+                "layer": names,
+                "layer_index": np.arange(3, dtype=np.int64),
+                "depth": [0.0, 0.5, 1.0],
+            }
+        ),
+    )
     table = cka_table(tmp_path, tmp_path / "layers.parquet", ["act", "grad"])
     assert list(table.columns) == ["signal", "layer_a", "layer_b", "cka"] and len(table) == 18
     for signal, arrays in mats.items():
@@ -557,7 +563,9 @@ def _sd_reference(model, images, ids, names, params):
             view = teacher_view(image, image_id, mean, std, params)[None]
             teacher = ref.forward_head(ref.forward_features(view), pre_logits=True).double()
         store: dict[str, torch.Tensor] = {}
-        handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o)) for n in names]
+        handles = [
+            modules[n].register_forward_hook(lambda m, i, o, n=n, store=store: store.__setitem__(n, o)) for n in names
+        ]
         try:
             x = image[None].clone().requires_grad_(True)
             student = ref.forward_head(ref.forward_features(x), pre_logits=True).double()
@@ -632,7 +640,9 @@ def _ce_grads(model, images, names, labels):
     ref = copy.deepcopy(model)
     modules = dict(ref.named_modules())
     store: dict[str, torch.Tensor] = {}
-    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o)) for n in names]
+    handles = [
+        modules[n].register_forward_hook(lambda m, i, o, n=n, store=store: store.__setitem__(n, o)) for n in names
+    ]
     try:
         x = images.clone().requires_grad_(True)
         loss = F.cross_entropy(ref(x), torch.as_tensor(labels), reduction="sum")
@@ -661,8 +671,7 @@ def test_cross_entropy_given_labels(cnn_case):
     with pytest.raises(ValueError, match=r"\[0, 1000\)"):
         extract_features(model, images[:1], names, spec, "cross_entropy", 1, {"labels": [1000]})
     with pytest.raises(ValueError, match="i9"):
-        extract_features(model, images[:1], names, spec, "cross_entropy", 1, {"labels": {"i0": 1}},
-                            image_ids=["i9"])
+        extract_features(model, images[:1], names, spec, "cross_entropy", 1, {"labels": {"i0": 1}}, image_ids=["i9"])
 
 
 def test_cross_entropy_shuffled_permutes_own_labels_batch_invariantly(vit_case):
@@ -708,8 +717,7 @@ def test_shuffled_and_self_distillation_errors():
     with pytest.raises(ValueError, match="classifier head"):
         extract_features(headless, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "cross_entropy_shuffled")
     with pytest.raises(ValueError, match="one id per image"):
-        extract_features(headless, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "self_distillation",
-                            image_ids=["a"])
+        extract_features(headless, _images(2, 32), ["layer4.1"], {"mode": "mean"}, "self_distillation", image_ids=["a"])
 
 
 # ---------------------------------------------------------------- 11: sparse random projection

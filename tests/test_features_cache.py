@@ -16,12 +16,19 @@ import numpy as np
 import pytest
 import torch
 
-from brainprop.features.extract import BatchRunner, ImageDataset, _gradients, batch_size_from_memory, extract_features, image_loader
+from brainprop.features.cache import ShardCache, feature_identity, feature_key, file_sha256, weights_identity
+from brainprop.features.extract import (
+    BatchRunner,
+    ImageDataset,
+    _gradients,
+    batch_size_from_memory,
+    extract_features,
+    image_loader,
+)
+from brainprop.features.files import feature_path, load_features
 from brainprop.features.layers import resolve_layers
 from brainprop.features.models import create_model, image_transform
 from brainprop.features.rules import run_extract
-from brainprop.features.files import feature_path, load_features
-from brainprop.features.cache import ShardCache, feature_identity, feature_key, file_sha256, weights_identity
 from brainprop.io import read_provenance, write_table
 
 CNN = ("resnet18", {"zero_init_last": False})
@@ -55,8 +62,14 @@ def _arrays(out, n_layers=3) -> dict:
 
 def _identity(images, **changes) -> dict:
     model = {**SPEC, **changes.pop("model", {})}
-    args = {"seed": 0, "preprocessing": {"input_size": [3, 32, 32]}, "layers": ["layer1.0", "layer4.1"],
-            "pooling": POOLING, "manifest": images, "storage_dtype": "float32"}
+    args = {
+        "seed": 0,
+        "preprocessing": {"input_size": [3, 32, 32]},
+        "layers": ["layer1.0", "layer4.1"],
+        "pooling": POOLING,
+        "manifest": images,
+        "storage_dtype": "float32",
+    }
     args.update(changes)
     return feature_identity(model, **args)
 
@@ -164,9 +177,8 @@ def test_identity_clash_in_one_folder_is_an_error(tmp_path):
     with cache.lock():
         pass
     (cache.root / "identity.json").write_text('{"k": 2}')
-    with pytest.raises(RuntimeError, match="identity.json differs"):
-        with cache.lock():
-            pass
+    with pytest.raises(RuntimeError, match="identity.json differs"), cache.lock():
+        pass
 
 
 # ---------------------------------------------------------------- run_extract with the cache
@@ -181,16 +193,18 @@ def test_resume_trusts_verified_shards_and_redoes_the_rest(demo_manifest, layers
 
     # Rebuild the state of a job killed in its third shard: shard 0 verified but planted with
     # different numbers (so we can see it is reused, not recomputed), shard 1 truncated.
-    cache = ShardCache(tmp_path / "cache", read_provenance(out / "samples.parquet")["identity"], 12, 4,
-                       ["act", "grad"], 3)
+    cache = ShardCache(
+        tmp_path / "cache", read_provenance(out / "samples.parquet")["identity"], 12, 4, ["act", "grad"], 3
+    )
     assert cache.key == key
     import shutil
 
     shutil.rmtree(cache.assembled_dir)
     shutil.rmtree(out)
     for shard, shift in zip(cache.shards[:2], (1000.0, 0.0)):
-        cache.write_shard(shard, {s: [full[(s, k)][shard.start:shard.stop] + shift for k in range(3)]
-                                  for s in ("act", "grad")})
+        cache.write_shard(
+            shard, {s: [full[(s, k)][shard.start : shard.stop] + shift for k in range(3)] for s in ("act", "grad")}
+        )
     broken = feature_path(cache.shard_dir(cache.shards[1]), "grad", 2)
     broken.write_bytes(broken.read_bytes()[:100])
 
@@ -222,8 +236,9 @@ def test_float16_storage_halves_the_files(demo_manifest, layers_path, tmp_path):
     a32, a16 = _arrays(tmp_path / "f32"), _arrays(tmp_path / "f16")
     for name in a32:
         assert a16[name].dtype == np.float16
-        np.testing.assert_allclose(a16[name].astype(np.float32), a32[name], rtol=2e-3,
-                                   atol=2e-3 * np.abs(a32[name]).max())
+        np.testing.assert_allclose(
+            a16[name].astype(np.float32), a32[name], rtol=2e-3, atol=2e-3 * np.abs(a32[name]).max()
+        )
 
 
 def test_progress_lines_in_the_log(demo_manifest, layers_path, tmp_path, caplog):
@@ -264,8 +279,10 @@ def _grid_features(precision: str, images: torch.Tensor) -> tuple[dict, list[str
 # (rounding errors of 8-bit mantissas add up over the backward pass through random blocks);
 # float16 act r = 1.0, error <= 0.1 %; float16 grad r >= 0.9995, error <= 3 %.
 PRECISION_TOLERANCE = {
-    ("bfloat16", "act"): (0.9999, 0.02), ("bfloat16", "grad"): (0.98, 0.5),
-    ("float16", "act"): (0.99999, 0.005), ("float16", "grad"): (0.999, 0.05),
+    ("bfloat16", "act"): (0.9999, 0.02),
+    ("bfloat16", "grad"): (0.98, 0.5),
+    ("float16", "act"): (0.99999, 0.005),
+    ("float16", "grad"): (0.999, 0.05),
 }
 
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from brainprop.features.extract import Feedback, auto_batch_size, extract_batch, extract_features
+from brainprop.features.files import load_features
 from brainprop.features.layers import resolve_layers
 from brainprop.features.models import create_model
 from brainprop.features.rules import run_extract
-from brainprop.features.files import load_features
 from brainprop.io import write_table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -42,8 +42,9 @@ def test_cuda_features_match_cpu(arch):
     size = 64 if arch is CNN else 224
     images = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
     names = list(resolve_layers(arch[0], {"n": 4}, POOLING, size, arch[1])["layer"])
-    cpu = extract_features(create_model(arch[0], "random", 0, size, arch[1]), images, names, POOLING,
-                              "cross_entropy", 4)
+    cpu = extract_features(
+        create_model(arch[0], "random", 0, size, arch[1]), images, names, POOLING, "cross_entropy", 4
+    )
     model = create_model(arch[0], "random", 0, size, arch[1]).cuda()
     gpu = extract_features(model, images, names, POOLING, "cross_entropy", 4)
     for signal in ("act", "grad"):
@@ -96,14 +97,23 @@ def test_run_extract_on_cuda_with_workers_and_pinned_memory(demo_manifest, tmp_p
     manifest_path, _ = demo_manifest
     layers = resolve_layers(CNN[0], {"n": 3}, POOLING, 32, CNN[1])
     write_table(tmp_path / "layers.parquet", layers)
-    spec = {"timm_name": CNN[0], "weights": "random", "input_size": 32, "timm_kwargs": CNN[1],
-            "loss": "cross_entropy"}
+    spec = {"timm_name": CNN[0], "weights": "random", "input_size": 32, "timm_kwargs": CNN[1], "loss": "cross_entropy"}
     outs = {}
     for device, workers in (("cpu", 0), ("cuda", 2)):
         outs[device] = tmp_path / device
-        run_extract(manifest_path, tmp_path / "layers.parquet", outs[device], spec, POOLING, seed=0,
-                       device=device, batch_size="auto", cache_dir=tmp_path / f"cache-{device}", shard_size=5,
-                       workers=workers)
+        run_extract(
+            manifest_path,
+            tmp_path / "layers.parquet",
+            outs[device],
+            spec,
+            POOLING,
+            seed=0,
+            device=device,
+            batch_size="auto",
+            cache_dir=tmp_path / f"cache-{device}",
+            shard_size=5,
+            workers=workers,
+        )
     for signal in ("act", "grad"):
         for k in range(3):
             cpu, gpu = (np.asarray(load_features(outs[d], signal, k)) for d in ("cpu", "cuda"))

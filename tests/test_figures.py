@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt
 from matplotlib.image import imread
 from matplotlib.text import Text
 
-from brainprop.figures import plots as figures
 from brainprop.contract import validate_table
+from brainprop.figures import plots as figures
 from brainprop.io import write_table
 
 MODELS = ("vit_small", "resnet50")
@@ -32,15 +32,22 @@ SIGNALS = ("act", "grad")
 def _encoding_rows(rng: np.random.Generator) -> list[dict]:
     """fMRI rows (hemi both/lh/rh per ROI) and MEG rows (one per time) with planted hierarchies."""
     rows = []
-    jitter = {(m, s, subj, roi): rng.normal(0, 0.15)
-              for m in MODELS for s in SIGNALS for subj in SUBJECTS for roi in ROIS}
+    jitter = {
+        (m, s, subj, roi): rng.normal(0, 0.15) for m in MODELS for s in SIGNALS for subj in SUBJECTS for roi in ROIS
+    }
     base = {"timm_name": "x", "noise_ceiling": 0.5, "n_targets": 40, "n_excluded": 0}
     for model in MODELS:
         for signal in SIGNALS:
             for k in range(N_LAYERS):
                 depth = k / (N_LAYERS - 1)
-                layer = {"model": model, "signal": signal, "layer": f"blocks.{k}", "layer_index": k,
-                         "depth": depth, **base}
+                layer = {
+                    "model": model,
+                    "signal": signal,
+                    "layer": f"blocks.{k}",
+                    "layer_index": k,
+                    "depth": depth,
+                    **base,
+                }
                 for subject in SUBJECTS:
                     for roi, dist in ROIS.items():
                         planted = dist / 52.0 if signal == "act" else 1.0 - dist / 52.0
@@ -50,18 +57,40 @@ def _encoding_rows(rng: np.random.Generator) -> list[dict]:
                             r = amp * np.exp(-((depth - planted) ** 2) / 0.08) + rng.normal(0, 0.02)
                             # lh/rh rows are off by a constant so a missing hemi filter shows.
                             r += 0.0 if hemi == "both" else 0.3
-                            rows.append({**layer, "dataset": "nsd_sim", "modality": "fmri",
-                                         "subject": subject, "atlas": "streams", "roi": roi, "hemi": hemi,
-                                         "roi_distance_mm": dist, "time": np.nan, "r": r,
-                                         "r_normalized": r / np.sqrt(0.5)})
+                            rows.append(
+                                {
+                                    **layer,
+                                    "dataset": "nsd_sim",
+                                    "modality": "fmri",
+                                    "subject": subject,
+                                    "atlas": "streams",
+                                    "roi": roi,
+                                    "hemi": hemi,
+                                    "roi_distance_mm": dist,
+                                    "time": np.nan,
+                                    "r": r,
+                                    "r_normalized": r / np.sqrt(0.5),
+                                }
+                            )
                     peak = 0.08 + 0.3 * depth if signal == "act" else 0.95 - 0.25 * depth
                     amp = 0.3 if signal == "act" else 0.12
                     for t in TIMES:
                         r = amp * np.exp(-((t - peak) ** 2) / (2 * 0.09**2)) + rng.normal(0, 0.01)
-                        rows.append({**layer, "dataset": "things_meg_sim", "modality": "meg",
-                                     "subject": subject, "atlas": "", "roi": "", "hemi": "",
-                                     "roi_distance_mm": np.nan, "time": float(t), "r": r,
-                                     "r_normalized": r / np.sqrt(0.5)})
+                        rows.append(
+                            {
+                                **layer,
+                                "dataset": "things_meg_sim",
+                                "modality": "meg",
+                                "subject": subject,
+                                "atlas": "",
+                                "roi": "",
+                                "hemi": "",
+                                "roi_distance_mm": np.nan,
+                                "time": float(t),
+                                "r": r,
+                                "r_normalized": r / np.sqrt(0.5),
+                            }
+                        )
     return rows
 
 
@@ -80,8 +109,13 @@ def _tmax(enc: pd.DataFrame) -> pd.DataFrame:
     meg = enc[enc["modality"] == "meg"]
     for key, g in meg.groupby(["dataset", "model", "signal", "subject", "layer_index", "depth"]):
         r, t = g["r"].to_numpy(), g["time"].to_numpy()
-        out.append(dict(zip(["dataset", "model", "signal", "subject", "layer_index", "depth"], key),
-                        t_max_s=float(t[r / r.max() >= 0.95].mean()), peak_r=float(r.max())))
+        out.append(
+            dict(
+                zip(["dataset", "model", "signal", "subject", "layer_index", "depth"], key),
+                t_max_s=float(t[r / r.max() >= 0.95].mean()),
+                peak_r=float(r.max()),
+            )
+        )
     return pd.DataFrame(out)
 
 
@@ -89,13 +123,35 @@ def _hierarchy(best: pd.DataFrame, tm: pd.DataFrame) -> pd.DataFrame:
     """Spatial (best depth vs distance) and temporal (depth vs T_max) Pearson scores per subject."""
     out = []
     for (d, m, s, subj), g in best[best["hemi"] == "both"].groupby(["dataset", "model", "signal", "subject"]):
-        out.append({"dataset": d, "modality": "fmri", "model": m, "signal": s, "subject": subj,
-                    "score": "spatial", "atlas": "streams", "n_used": len(g), "n_excluded": 0,
-                    "value": scipy.stats.pearsonr(g["best_depth"], g["roi_distance_mm"])[0]})
+        out.append(
+            {
+                "dataset": d,
+                "modality": "fmri",
+                "model": m,
+                "signal": s,
+                "subject": subj,
+                "score": "spatial",
+                "atlas": "streams",
+                "n_used": len(g),
+                "n_excluded": 0,
+                "value": scipy.stats.pearsonr(g["best_depth"], g["roi_distance_mm"])[0],
+            }
+        )
     for (d, m, s, subj), g in tm.groupby(["dataset", "model", "signal", "subject"]):
-        out.append({"dataset": d, "modality": "meg", "model": m, "signal": s, "subject": subj,
-                    "score": "temporal", "atlas": "", "n_used": len(g), "n_excluded": 0,
-                    "value": scipy.stats.pearsonr(g["depth"], g["t_max_s"])[0]})
+        out.append(
+            {
+                "dataset": d,
+                "modality": "meg",
+                "model": m,
+                "signal": s,
+                "subject": subj,
+                "score": "temporal",
+                "atlas": "",
+                "n_used": len(g),
+                "n_excluded": 0,
+                "value": scipy.stats.pearsonr(g["depth"], g["t_max_s"])[0],
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -105,11 +161,28 @@ def _tests(hier: pd.DataFrame) -> pd.DataFrame:
     for (d, modality, m, s, score), g in hier.groupby(["dataset", "modality", "model", "signal", "score"]):
         mean = g["value"].mean()
         test = "S1a" if score == "spatial" else "T1"
-        out.append({"dataset": d, "modality": modality, "model": m, "signal": s, "test": test, "level": "",
-                    "method": "wilcoxon", "alternative": "greater", "statistic": 6.0, "effect": mean,
-                    "ci_low": mean - 0.1, "ci_high": mean + 0.05, "p": 0.125,
-                    "p_min": 0.125, "p_fdr": 0.01 if s == "act" else 0.5, "family": f"{d}/{m}/{s}",
-                    "n_subjects": len(g), "n_significant_subjects": 1})
+        out.append(
+            {
+                "dataset": d,
+                "modality": modality,
+                "model": m,
+                "signal": s,
+                "test": test,
+                "level": "",
+                "method": "wilcoxon",
+                "alternative": "greater",
+                "statistic": 6.0,
+                "effect": mean,
+                "ci_low": mean - 0.1,
+                "ci_high": mean + 0.05,
+                "p": 0.125,
+                "p_min": 0.125,
+                "p_fdr": 0.01 if s == "act" else 0.5,
+                "family": f"{d}/{m}/{s}",
+                "n_subjects": len(g),
+                "n_significant_subjects": 1,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -120,8 +193,16 @@ def _cka(rng: np.random.Generator) -> pd.DataFrame:
         for signal in SIGNALS:
             for a in range(N_LAYERS):
                 for b in range(a, N_LAYERS):
-                    out.append({"model": model, "imageset": "demo", "signal": signal, "layer_a": f"blocks.{a}",
-                                "layer_b": f"blocks.{b}", "cka": 1.0 if a == b else float(rng.uniform(0, 1))})
+                    out.append(
+                        {
+                            "model": model,
+                            "imageset": "demo",
+                            "signal": signal,
+                            "layer_a": f"blocks.{a}",
+                            "layer_b": f"blocks.{b}",
+                            "cka": 1.0 if a == b else float(rng.uniform(0, 1)),
+                        }
+                    )
     return pd.DataFrame(out)
 
 
@@ -131,13 +212,33 @@ def _truth(enc: pd.DataFrame) -> pd.DataFrame:
     for subject in SUBJECTS:
         for signal in SIGNALS:
             for roi, dist in ROIS.items():
-                out.append({"dataset": "nsd_sim", "subject": subject, "source_model": "resnet50", "kind": "roi",
-                            "roi": roi, "signal": signal, "depth": dist / 52.0, "latency_s": np.nan})
+                out.append(
+                    {
+                        "dataset": "nsd_sim",
+                        "subject": subject,
+                        "source_model": "resnet50",
+                        "kind": "roi",
+                        "roi": roi,
+                        "signal": signal,
+                        "depth": dist / 52.0,
+                        "latency_s": np.nan,
+                    }
+                )
             for k in range(N_LAYERS):
                 depth = k / (N_LAYERS - 1)
                 latency = 0.08 + 0.3 * depth if signal == "act" else 0.95 - 0.25 * depth
-                out.append({"dataset": "things_meg_sim", "subject": subject, "source_model": "resnet50",
-                            "kind": "layer", "roi": "", "signal": signal, "depth": depth, "latency_s": latency})
+                out.append(
+                    {
+                        "dataset": "things_meg_sim",
+                        "subject": subject,
+                        "source_model": "resnet50",
+                        "kind": "layer",
+                        "roi": "",
+                        "signal": signal,
+                        "depth": depth,
+                        "latency_s": latency,
+                    }
+                )
     return pd.DataFrame(out)
 
 
@@ -147,8 +248,14 @@ def tables() -> dict[str, pd.DataFrame]:
     best = _best_layers(enc)
     tm = _tmax(enc)
     hier = _hierarchy(best, tm)
-    out = {"encoding": enc, "best_layers": best, "tmax": tm, "hierarchy": hier, "tests": _tests(hier),
-           "cka": _cka(np.random.default_rng(1))}
+    out = {
+        "encoding": enc,
+        "best_layers": best,
+        "tmax": tm,
+        "hierarchy": hier,
+        "tests": _tests(hier),
+        "cka": _cka(np.random.default_rng(1)),
+    }
     for name, table in out.items():
         assert validate_table(name, table) == [], name
     out["truth"] = _truth(enc)
@@ -174,6 +281,7 @@ def _line(ax, signal: str):
 
 # ---------------------------------------------------------------- encoding by layer
 
+
 def test_encoding_fmri_levels_series_and_values(tables):
     enc = tables["encoding"]
     fig = figures.plot_encoding_by_layer(enc, "nsd_sim")  # 6 ROIs -> distance thirds
@@ -190,8 +298,13 @@ def test_encoding_fmri_levels_series_and_values(tables):
     for row, value in enumerate(values):
         ax = fig.axes[(2 + row) * 3 + 2]  # second model, high level
         assert fig.axes[(2 + row) * 3].get_ylabel().startswith(model)
-        rows = enc[(enc.dataset == "nsd_sim") & (enc.model == model) & enc.roi.isin(["LO", "FFA"])
-                   & (enc.hemi == "both") & (enc.signal == "grad")]
+        rows = enc[
+            (enc.dataset == "nsd_sim")
+            & (enc.model == model)
+            & enc.roi.isin(["LO", "FFA"])
+            & (enc.hemi == "both")
+            & (enc.signal == "grad")
+        ]
         wide = rows.groupby(["layer_index", "subject"])[value].mean().unstack().to_numpy()
         np.testing.assert_allclose(_line(ax, "grad").get_ydata(), wide.mean(axis=1), rtol=1e-12)
         band = next(c for c in ax.collections if c.get_gid() == "grad:sem")
@@ -225,8 +338,7 @@ def test_encoding_roi_levels_from_config(tables):
     fig = figures.plot_encoding_by_layer(enc, "nsd_sim", roi_levels=levels, values=("r",))
     assert [ax.get_title().split(":")[0] for ax in fig.axes[:2]] == ["fMRI early", "fMRI late"]
     assert len(fig.axes) == len(MODELS) * 2
-    rows = enc[(enc.model == "resnet50") & (enc.signal == "act") & enc.roi.isin(levels["late"])
-               & (enc.hemi == "both")]
+    rows = enc[(enc.model == "resnet50") & (enc.signal == "act") & enc.roi.isin(levels["late"]) & (enc.hemi == "both")]
     per_subject = rows.groupby(["layer_index", "subject"])["r"].mean().unstack().to_numpy()
     np.testing.assert_allclose(_line(fig.axes[1], "act").get_ydata(), per_subject.mean(axis=1), rtol=1e-12)
     with pytest.raises(ValueError, match="name none of the ROIs"):
@@ -243,6 +355,7 @@ def test_extra_signal_gets_its_own_style(tables):
 
 
 # ---------------------------------------------------------------- spatial hierarchy
+
 
 def test_spatial_panels_series_labels_and_scores(tables):
     fig = figures.plot_spatial_hierarchy(tables["best_layers"], tables["hierarchy"], "nsd_sim")
@@ -264,21 +377,35 @@ def test_spatial_panels_series_labels_and_scores(tables):
         frame = ax.get_window_extent(renderer)
         for i, box in enumerate(boxes):
             assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            assert not any(box.overlaps(other) for other in boxes[i + 1:])
+            assert not any(box.overlaps(other) for other in boxes[i + 1 :])
 
 
 def test_spatial_labels_stay_apart_when_rois_crowd(tables):
     crowded = {f"ROI{i}": float(i) for i in range(8)} | {"far": 50.0}
-    rows = [{"dataset": "d", "model": "m", "signal": sig, "subject": subj, "atlas": "a", "roi": roi,
-             "hemi": "both", "best_depth": 0.5 + 0.02 * i, "best_r": 0.2, "roi_distance_mm": dist}
-            for sig in SIGNALS for subj in SUBJECTS for i, (roi, dist) in enumerate(crowded.items())]
+    rows = [
+        {
+            "dataset": "d",
+            "model": "m",
+            "signal": sig,
+            "subject": subj,
+            "atlas": "a",
+            "roi": roi,
+            "hemi": "both",
+            "best_depth": 0.5 + 0.02 * i,
+            "best_r": 0.2,
+            "roi_distance_mm": dist,
+        }
+        for sig in SIGNALS
+        for subj in SUBJECTS
+        for i, (roi, dist) in enumerate(crowded.items())
+    ]
     hier = tables["hierarchy"].assign(dataset="d", model="m")
     fig = figures.plot_spatial_hierarchy(pd.DataFrame(rows), hier, "d")
     renderer = fig.canvas.get_renderer()
     (ax,) = fig.axes
     boxes = [Text.get_window_extent(t, renderer) for t in ax.texts if str(t.get_gid()).startswith("roi:")]
     assert len(boxes) == len(crowded)
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     markers = ax.transData.transform(np.vstack([_line(ax, s).get_xydata() for s in SIGNALS]))
     assert not any(box.contains(x, y) for box in boxes for x, y in markers)
 
@@ -299,13 +426,15 @@ def test_spatial_distances_from_mapping(tables):
     with pytest.raises(ValueError, match="roi_distance_mm"):
         figures.plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim")
     with pytest.raises(ValueError, match=r"no roi_distance_mm for ROI\(s\) \['FFA'\]"):
-        figures.plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim",
-                                       roi_distance_mm={k: v for k, v in ROIS.items() if k != "FFA"})
+        figures.plot_spatial_hierarchy(
+            best, tables["hierarchy"], "nsd_sim", roi_distance_mm={k: v for k, v in ROIS.items() if k != "FFA"}
+        )
     fig = figures.plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim", roi_distance_mm=ROIS)
     assert len(fig.axes) == len(MODELS)
 
 
 # ---------------------------------------------------------------- T_max
+
 
 def test_tmax_panels_series_and_values(tables):
     tm = tables["tmax"]
@@ -347,19 +476,28 @@ def test_spatial_model_without_positive_roi_keeps_its_panel(tables):
 
 # ---------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("call, table, column", [
-    (lambda t: figures.plot_encoding_by_layer(t["encoding"], "nsd_sim"), "encoding", "roi_distance_mm"),
-    (lambda t: figures.plot_spatial_hierarchy(t["best_layers"], t["hierarchy"], "nsd_sim"),
-     "best_layers", "best_depth"),
-    (lambda t: figures.plot_spatial_hierarchy(t["best_layers"], t["hierarchy"], "nsd_sim"),
-     "hierarchy", "value"),
-    (lambda t: figures.plot_tmax(t["tmax"], t["hierarchy"], "things_meg_sim"), "tmax", "t_max_s"),
-    (lambda t: figures.plot_meg_timecourses(t["encoding"], "things_meg_sim"), "encoding", "time"),
-    (lambda t: figures.plot_model_comparison(t["tests"], "nsd_sim"), "tests", "ci_low"),
-    (lambda t: figures.plot_cka_grid(t["cka"]), "cka", "layer_b"),
-    (lambda t: figures.plot_simulation_recovery(t["truth"], t["best_layers"], t["tmax"], "nsd_sim"),
-     "best_layers", "best_depth"),
-])
+
+@pytest.mark.parametrize(
+    "call, table, column",
+    [
+        (lambda t: figures.plot_encoding_by_layer(t["encoding"], "nsd_sim"), "encoding", "roi_distance_mm"),
+        (
+            lambda t: figures.plot_spatial_hierarchy(t["best_layers"], t["hierarchy"], "nsd_sim"),
+            "best_layers",
+            "best_depth",
+        ),
+        (lambda t: figures.plot_spatial_hierarchy(t["best_layers"], t["hierarchy"], "nsd_sim"), "hierarchy", "value"),
+        (lambda t: figures.plot_tmax(t["tmax"], t["hierarchy"], "things_meg_sim"), "tmax", "t_max_s"),
+        (lambda t: figures.plot_meg_timecourses(t["encoding"], "things_meg_sim"), "encoding", "time"),
+        (lambda t: figures.plot_model_comparison(t["tests"], "nsd_sim"), "tests", "ci_low"),
+        (lambda t: figures.plot_cka_grid(t["cka"]), "cka", "layer_b"),
+        (
+            lambda t: figures.plot_simulation_recovery(t["truth"], t["best_layers"], t["tmax"], "nsd_sim"),
+            "best_layers",
+            "best_depth",
+        ),
+    ],
+)
 def test_missing_column_and_empty_table_raise(tables, call, table, column):
     broken = {**tables, table: tables[table].drop(columns=column)}
     with pytest.raises(ValueError, match=rf"{table} table lacks column\(s\) \['{column}'\]"):
@@ -381,6 +519,7 @@ def test_unknown_dataset_and_missing_hemi_raise(tables):
 
 # ---------------------------------------------------------------- files
 
+
 def test_save_figure_writes_atomically_and_closes(tmp_path):
     fig, ax = plt.subplots(figsize=(2.0, 1.0))
     ax.plot([0, 1], [0, 1])
@@ -401,15 +540,31 @@ def test_save_figure_writes_atomically_and_closes(tmp_path):
 
 
 def test_figure_names():
-    names = figures.figure_names({"things_meg_sim": {"meg"}, "nsd_sim": {"fmri"}}, formats=("png",),
-                                 models=["m2", "m1"], simulated=["nsd_sim"], signals=["act", "grad"])
-    assert names == ["encoding_by_layer_nsd_sim_m1.png", "encoding_by_layer_nsd_sim_m2.png",
-                     "spatial_hierarchy_nsd_sim_m1.png", "spatial_hierarchy_nsd_sim_m2.png",
-                     "model_comparison_nsd_sim.png", "rule_signatures_nsd_sim.png", "simulation_recovery_nsd_sim.png",
-                     "encoding_by_layer_things_meg_sim_m1.png", "encoding_by_layer_things_meg_sim_m2.png",
-                     "meg_timecourses_things_meg_sim_m1.png", "meg_timecourses_things_meg_sim_m2.png",
-                     "tmax_things_meg_sim_m1.png", "tmax_things_meg_sim_m2.png",
-                     "model_comparison_things_meg_sim.png", "rule_signatures_things_meg_sim.png", "cka.png"]
+    names = figures.figure_names(
+        {"things_meg_sim": {"meg"}, "nsd_sim": {"fmri"}},
+        formats=("png",),
+        models=["m2", "m1"],
+        simulated=["nsd_sim"],
+        signals=["act", "grad"],
+    )
+    assert names == [
+        "encoding_by_layer_nsd_sim_m1.png",
+        "encoding_by_layer_nsd_sim_m2.png",
+        "spatial_hierarchy_nsd_sim_m1.png",
+        "spatial_hierarchy_nsd_sim_m2.png",
+        "model_comparison_nsd_sim.png",
+        "rule_signatures_nsd_sim.png",
+        "simulation_recovery_nsd_sim.png",
+        "encoding_by_layer_things_meg_sim_m1.png",
+        "encoding_by_layer_things_meg_sim_m2.png",
+        "meg_timecourses_things_meg_sim_m1.png",
+        "meg_timecourses_things_meg_sim_m2.png",
+        "tmax_things_meg_sim_m1.png",
+        "tmax_things_meg_sim_m2.png",
+        "model_comparison_things_meg_sim.png",
+        "rule_signatures_things_meg_sim.png",
+        "cka.png",
+    ]
     # A run of activations only has no learning rule to draw.
     only_act = figures.figure_names({"nsd_sim": {"fmri"}}, formats=("png",), models=["m1"], signals=["act"])
     assert not any(n.startswith("rule_signatures") for n in only_act) and "model_comparison_nsd_sim.png" in only_act
@@ -425,10 +580,14 @@ def test_make_figures_writes_the_announced_files(tables, tmp_path):
     for dataset in ("nsd_sim", "things_meg_sim"):
         paths[dataset] = tmp_path / "truth" / f"{dataset}.parquet"
         write_table(paths[dataset], truth[truth.dataset == dataset])
-    written = figures.make_figures(tmp_path / "tables", tmp_path / "figures", formats=("png", "svg"),
-                                   truth=paths)
-    expected = figures.figure_names({"nsd_sim": {"fmri"}, "things_meg_sim": {"meg"}}, formats=("png", "svg"),
-                                    models=MODELS, simulated=paths, signals=SIGNALS)
+    written = figures.make_figures(tmp_path / "tables", tmp_path / "figures", formats=("png", "svg"), truth=paths)
+    expected = figures.figure_names(
+        {"nsd_sim": {"fmri"}, "things_meg_sim": {"meg"}},
+        formats=("png", "svg"),
+        models=MODELS,
+        simulated=paths,
+        signals=SIGNALS,
+    )
     assert sorted(p.name for p in written) == sorted(expected)
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(expected)
     assert all(p.stat().st_size > 10_000 for p in written)
@@ -436,8 +595,7 @@ def test_make_figures_writes_the_announced_files(tables, tmp_path):
     assert plt.get_fignums() == []  # every figure closed once written
     # Per-model figures draw only their model: the T_max figure of resnet50 has one panel.
     plot = figures._plotters(tables, None, 0.05)
-    assert [ax.get_title() for ax in plot["tmax"]("things_meg_sim", "resnet50").axes] == [
-        "things_meg_sim · resnet50"]
+    assert [ax.get_title() for ax in plot["tmax"]("things_meg_sim", "resnet50").axes] == ["things_meg_sim · resnet50"]
     assert len(plot["encoding_by_layer"]("nsd_sim", "vit_small").axes) == 2 * 3  # r, r_normalized x 3 levels
 
 
@@ -452,6 +610,7 @@ def test_tests_html_lists_every_row(tables, tmp_path):
 
 # ---------------------------------------------------------------- MEG time courses
 
+
 def test_meg_timecourses_one_line_per_layer_coloured_by_depth(tables):
     enc = tables["encoding"]
     fig = figures.plot_meg_timecourses(enc, "things_meg_sim")
@@ -460,19 +619,22 @@ def test_meg_timecourses_one_line_per_layer_coloured_by_depth(tables):
     ax = next(a for a in panels if a.get_title() == "vit_small · grad")
     lines = [ln for ln in ax.get_lines() if str(ln.get_gid()).startswith("grad:layer")]
     assert len(lines) == N_LAYERS
-    rows = enc[(enc.dataset == "things_meg_sim") & (enc.model == "vit_small") & (enc.signal == "grad")
-               & (enc.layer_index == 4)]
+    rows = enc[
+        (enc.dataset == "things_meg_sim") & (enc.model == "vit_small") & (enc.signal == "grad") & (enc.layer_index == 4)
+    ]
     expected = rows.groupby("time")["r"].mean()
     line = next(ln for ln in lines if ln.get_gid() == "grad:layer4")
     np.testing.assert_allclose(line.get_xdata(), expected.index.to_numpy())
     np.testing.assert_allclose(line.get_ydata(), expected.to_numpy(), rtol=1e-12)
-    np.testing.assert_allclose(matplotlib.colors.to_rgba(line.get_color()),
-                               figures.depth_colors([4 / (N_LAYERS - 1)])[0])
+    np.testing.assert_allclose(
+        matplotlib.colors.to_rgba(line.get_color()), figures.depth_colors([4 / (N_LAYERS - 1)])[0]
+    )
     with pytest.raises(ValueError, match="no MEG rows"):
         figures.plot_meg_timecourses(enc, "nsd_sim")
 
 
 # ---------------------------------------------------------------- T_max prediction, model comparison
+
 
 def test_tmax_draws_the_backprop_prediction(tables):
     tm = tables["tmax"]
@@ -490,9 +652,12 @@ def test_tmax_draws_the_backprop_prediction(tables):
 
 def test_model_comparison_values_order_and_fill(tables):
     tests = tables["tests"]
-    extra = tests[tests.model == "vit_small"].assign(model="convnext", effect=lambda t: t.effect - 0.5,
-                                                     ci_low=lambda t: t.ci_low - 0.5,
-                                                     ci_high=lambda t: t.ci_high - 0.5)
+    extra = tests[tests.model == "vit_small"].assign(
+        model="convnext",
+        effect=lambda t: t.effect - 0.5,
+        ci_low=lambda t: t.ci_low - 0.5,
+        ci_high=lambda t: t.ci_high - 0.5,
+    )
     both = pd.concat([tests, extra], ignore_index=True)
     fig = figures.plot_model_comparison(both, "nsd_sim")
     (ax,) = [a for a in fig.axes if a.get_title()]  # fMRI only: the spatial panel
@@ -516,6 +681,7 @@ def test_model_comparison_values_order_and_fill(tables):
 
 # ---------------------------------------------------------------- learning-rule signatures
 
+
 def _rule_tests() -> pd.DataFrame:
     """Hand-built group rows: grad matches backprop, dfa shows no order, fa fails S1a; act is left out."""
     effects = {  # signal -> test -> (effect, half CI width, p_fdr), the same for both models but shifted
@@ -529,8 +695,19 @@ def _rule_tests() -> pd.DataFrame:
         for signal, tests in effects.items():
             for test, (effect, half, p_fdr) in tests.items():
                 effect += 0.05 * m
-                rows.append({"dataset": "ds", "model": model, "signal": signal, "test": test, "effect": effect,
-                             "ci_low": effect - half, "ci_high": effect + half, "p_fdr": p_fdr, "n_subjects": 8})
+                rows.append(
+                    {
+                        "dataset": "ds",
+                        "model": model,
+                        "signal": signal,
+                        "test": test,
+                        "effect": effect,
+                        "ci_low": effect - half,
+                        "ci_high": effect + half,
+                        "p_fdr": p_fdr,
+                        "n_subjects": 8,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -543,8 +720,11 @@ def test_rule_signatures_regions_markers_and_verdicts():
     fig = figures.plot_rule_signatures(tests, "ds")
     grid = fig.axes[0].get_gridspec().get_geometry()
     assert grid == (3, 4) and len(fig.axes) == 12  # rows grad, fa, dfa (no act, no sign); columns T1 T2 S1a S1b
-    axes = {(s, t): fig.axes[i * 4 + j] for i, s in enumerate(("grad", "fa", "dfa"))
-            for j, t in enumerate(("T1", "T2", "S1a", "S1b"))}
+    axes = {
+        (s, t): fig.axes[i * 4 + j]
+        for i, s in enumerate(("grad", "fa", "dfa"))
+        for j, t in enumerate(("T1", "T2", "S1a", "S1b"))
+    }
     assert [ax.get_title() for ax in fig.axes[:4]] == ["T1", "T2", "S1a", "S1b"]
     assert axes["dfa", "T1"].get_ylabel().startswith("dfa")
 
@@ -595,6 +775,7 @@ def test_prediction_matched():
 
 # ---------------------------------------------------------------- CKA and simulation recovery
 
+
 def test_cka_grid_matrices_in_depth_order(tables):
     cka = tables["cka"]
     shuffled = cka.sample(frac=1.0, random_state=0)  # layer order must come from the encoding table
@@ -602,8 +783,9 @@ def test_cka_grid_matrices_in_depth_order(tables):
     images = {ax.get_images()[0].get_gid(): ax.get_images()[0] for ax in fig.axes if ax.get_images()}
     assert sorted(images) == sorted(f"cka:{m}:{s}" for m in MODELS for s in SIGNALS)
     matrix = images["cka:vit_small:grad"].get_array()
-    row = cka[(cka.model == "vit_small") & (cka.signal == "grad") & (cka.layer_a == "blocks.1")
-              & (cka.layer_b == "blocks.4")]["cka"].iloc[0]
+    row = cka[
+        (cka.model == "vit_small") & (cka.signal == "grad") & (cka.layer_a == "blocks.1") & (cka.layer_b == "blocks.4")
+    ]["cka"].iloc[0]
     assert matrix[1, 4] == matrix[4, 1] == row
     np.testing.assert_array_equal(np.diag(matrix), 1.0)
     many = pd.concat([cka.assign(model=f"m{i}") for i in range(7)], ignore_index=True)
@@ -623,16 +805,16 @@ def test_simulation_recovery_points(tables):
     line = _line(ax_roi, "act")
     np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), expected, rtol=1e-12)
     assert any(ln.get_gid() == "identity" for ln in ax_roi.get_lines())
-    fig = figures.plot_simulation_recovery(tables["truth"], tables["best_layers"], tables["tmax"],
-                                           "things_meg_sim")
+    fig = figures.plot_simulation_recovery(tables["truth"], tables["best_layers"], tables["tmax"], "things_meg_sim")
     tm = tables["tmax"]
     grad = tm[(tm.model == "resnet50") & (tm.signal == "grad")].groupby("depth")["t_max_s"].mean()
     line = _line(fig.axes[1], "grad")
-    np.testing.assert_allclose(np.sort(np.asarray(line.get_ydata(), dtype=float)), np.sort(grad.to_numpy()),
-                               rtol=1e-12)
+    np.testing.assert_allclose(np.sort(np.asarray(line.get_ydata(), dtype=float)), np.sort(grad.to_numpy()), rtol=1e-12)
     with pytest.raises(ValueError, match="no recovered row"):
-        figures.plot_simulation_recovery(tables["truth"].assign(source_model="nope"), tables["best_layers"],
-                                         tables["tmax"], "nsd_sim")
+        figures.plot_simulation_recovery(
+            tables["truth"].assign(source_model="nope"), tables["best_layers"], tables["tmax"], "nsd_sim"
+        )
     with pytest.raises(ValueError, match=r"truth table lacks column\(s\) \['latency_s'\]"):
-        figures.plot_simulation_recovery(tables["truth"].drop(columns="latency_s"), tables["best_layers"],
-                                         tables["tmax"], "nsd_sim")
+        figures.plot_simulation_recovery(
+            tables["truth"].drop(columns="latency_s"), tables["best_layers"], tables["tmax"], "nsd_sim"
+        )

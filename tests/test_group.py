@@ -10,8 +10,16 @@ import pytest
 from scipy import stats
 
 from brainprop.contract import validate_table
-from brainprop.stats.group import bh_fdr, bootstrap_ci, group_tests, p_min, permutation_pvalue, subject_statistics, wilcoxon_exact
 from brainprop.hierarchy.scores import subject_hierarchy
+from brainprop.stats.group import (
+    bh_fdr,
+    bootstrap_ci,
+    group_tests,
+    p_min,
+    permutation_pvalue,
+    subject_statistics,
+    wilcoxon_exact,
+)
 
 N_LAYERS = 8
 DEPTHS = np.arange(N_LAYERS) / (N_LAYERS - 1)
@@ -19,26 +27,55 @@ ROIS = {"V1": 0.0, "V2": 10.0, "V4": 20.0, "LO": 30.0, "FFA": 40.0, "IT": 50.0}
 ACT_BEST = {"V1": 0, "V2": 1, "V4": 3, "LO": 4, "FFA": 6, "IT": 7}
 GRAD_OFFSET = {"V1": 0.1, "V2": 0.1, "V4": 0.05, "LO": 0.05, "FFA": 0.0, "IT": 0.0}
 TIMES = np.round(np.arange(51) * 0.02, 10)
-BASE = {"dataset": "sim", "model": "m", "timm_name": "vit_tiny", "layer": "",
-        "r_normalized": np.nan, "noise_ceiling": np.nan, "n_targets": 10, "n_excluded": 0}
-PARAMS = {"seed": 0, "n_permutations": 200, "n_boot": 200, "alpha": 0.05, "atlas": "glasser",
-          "min_count": 3, "threshold": 0.95,
-          "roi_levels": {"early": ["V1", "V2"], "high": ["FFA", "IT"]},
-          "meg_windows": {"early": [0.0, 0.4], "late": [0.5, 1.0]}}
+BASE = {
+    "dataset": "sim",
+    "model": "m",
+    "timm_name": "vit_tiny",
+    "layer": "",
+    "r_normalized": np.nan,
+    "noise_ceiling": np.nan,
+    "n_targets": 10,
+    "n_excluded": 0,
+}
+PARAMS = {
+    "seed": 0,
+    "n_permutations": 200,
+    "n_boot": 200,
+    "alpha": 0.05,
+    "atlas": "glasser",
+    "min_count": 3,
+    "threshold": 0.95,
+    "roi_levels": {"early": ["V1", "V2"], "high": ["FFA", "IT"]},
+    "meg_windows": {"early": [0.0, 0.4], "late": [0.5, 1.0]},
+}
 
 
 def _fmri(subject: str, signal: str, rng: np.random.Generator) -> list[dict]:
     """ROI r peaks at ACT_BEST for both signals; gradients are lower by GRAD_OFFSET exactly."""
     rows = []
-    base = {k: 0.5 - 0.04 * np.abs(np.arange(N_LAYERS) - b) + rng.normal(0, 0.002, N_LAYERS)
-            for k, b in ACT_BEST.items()}
+    base = {
+        k: 0.5 - 0.04 * np.abs(np.arange(N_LAYERS) - b) + rng.normal(0, 0.002, N_LAYERS) for k, b in ACT_BEST.items()
+    }
     for sig in ("act", signal):
         for roi, r in base.items():
             r = r - (GRAD_OFFSET[roi] if sig != "act" else 0.0)
-            rows += [BASE | {"modality": "fmri", "signal": sig, "subject": subject, "layer_index": k,
-                             "depth": DEPTHS[k], "atlas": "glasser", "roi": roi, "hemi": "both",
-                             "roi_distance_mm": ROIS[roi], "time": np.nan, "r": r[k]}
-                     for k in range(N_LAYERS)]
+            rows += [
+                BASE
+                | {
+                    "modality": "fmri",
+                    "signal": sig,
+                    "subject": subject,
+                    "layer_index": k,
+                    "depth": DEPTHS[k],
+                    "atlas": "glasser",
+                    "roi": roi,
+                    "hemi": "both",
+                    "roi_distance_mm": ROIS[roi],
+                    "time": np.nan,
+                    "r": r[k],
+                }
+                for k in range(N_LAYERS)
+            ]
     return rows
 
 
@@ -49,9 +86,23 @@ def _meg(subject: str, signal: str, rng: np.random.Generator) -> list[dict]:
     for sig, latency in (("act", 0.1 + 0.04 * np.arange(N_LAYERS)), (signal, 0.9 - 0.04 * np.arange(N_LAYERS))):
         for k in range(N_LAYERS):
             r = np.exp(-0.5 * ((TIMES - latency[k] - shift) / 0.05) ** 2) + rng.normal(0, 1e-3, TIMES.size)
-            rows += [BASE | {"modality": "meg", "signal": sig, "subject": subject, "layer_index": k,
-                             "depth": DEPTHS[k], "atlas": "", "roi": "", "hemi": "",
-                             "roi_distance_mm": np.nan, "time": t, "r": v} for t, v in zip(TIMES, r)]
+            rows += [
+                BASE
+                | {
+                    "modality": "meg",
+                    "signal": sig,
+                    "subject": subject,
+                    "layer_index": k,
+                    "depth": DEPTHS[k],
+                    "atlas": "",
+                    "roi": "",
+                    "hemi": "",
+                    "roi_distance_mm": np.nan,
+                    "time": t,
+                    "r": v,
+                }
+                for t, v in zip(TIMES, r)
+            ]
     return rows
 
 
@@ -78,7 +129,7 @@ def planted() -> pd.DataFrame:
 
 def test_p_min():
     assert p_min(4, "greater") == 0.0625 and p_min(4, "less") == 0.0625
-    assert p_min(8, "greater") == 2.0 ** -8 and p_min(8, "two-sided") == 2.0 ** -7
+    assert p_min(8, "greater") == 2.0**-8 and p_min(8, "two-sided") == 2.0**-7
     assert p_min(1, "two-sided") == 1.0 and np.isnan(p_min(0, "less"))
 
 
@@ -92,7 +143,7 @@ def test_wilcoxon_matches_scipy_exact(alternative):
     assert pmin == p_min(9, alternative)
     # The extreme configuration reaches p_min exactly.
     assert wilcoxon_exact(np.array([0.1, 0.4, 0.2, 0.3]), "greater")[1] == pytest.approx(0.0625)
-    assert wilcoxon_exact(-np.arange(1.0, 9.0), "less")[1] == pytest.approx(2.0 ** -8)
+    assert wilcoxon_exact(-np.arange(1.0, 9.0), "less")[1] == pytest.approx(2.0**-8)
 
 
 def test_wilcoxon_empty_and_zero():
@@ -146,8 +197,9 @@ def test_permutation_p_small_for_ordered_subject():
     _, p_less = permutation_pvalue(depth, np.arange(8), 0.1 + 0.3 * depth, "less", n, np.random.default_rng(3))
     assert p_less == 1.0
     # Units may share a layer (several ROIs with one best layer): the null relabels layers.
-    _, p_shared = permutation_pvalue(depth, np.array([0, 0, 3, 7, 7]), np.array([0, 1, 5, 9, 10.0]),
-                                     "greater", n, np.random.default_rng(3))
+    _, p_shared = permutation_pvalue(
+        depth, np.array([0, 0, 3, 7, 7]), np.array([0, 1, 5, 9, 10.0]), "greater", n, np.random.default_rng(3)
+    )
     assert 1 / (n + 1) <= p_shared <= 1.0
 
 
@@ -156,11 +208,16 @@ def test_group_tests_contract_and_rows(planted):
     got = {(r.signal, r.test, r.level, r.modality, r.alternative, r.family) for r in planted.itertuples()}
     h, e, f = "sim/m/grad/hierarchy", "sim/m/grad/E", "sim/m/act/forward"
     assert got == {
-        ("act", "T1", "", "meg", "greater", f), ("act", "S1a", "", "fmri", "greater", f),
-        ("grad", "T1", "", "meg", "less", h), ("grad", "T2", "", "meg", "greater", h),
-        ("grad", "S1a", "", "fmri", "greater", h), ("grad", "S1b", "", "fmri", "greater", h),
-        ("grad", "E", "early", "fmri", "two-sided", e), ("grad", "E", "high", "fmri", "two-sided", e),
-        ("grad", "E", "early", "meg", "two-sided", e), ("grad", "E", "late", "meg", "two-sided", e),
+        ("act", "T1", "", "meg", "greater", f),
+        ("act", "S1a", "", "fmri", "greater", f),
+        ("grad", "T1", "", "meg", "less", h),
+        ("grad", "T2", "", "meg", "greater", h),
+        ("grad", "S1a", "", "fmri", "greater", h),
+        ("grad", "S1b", "", "fmri", "greater", h),
+        ("grad", "E", "early", "fmri", "two-sided", e),
+        ("grad", "E", "high", "fmri", "two-sided", e),
+        ("grad", "E", "early", "meg", "two-sided", e),
+        ("grad", "E", "late", "meg", "two-sided", e),
     }
     assert (planted["method"] == "wilcoxon").all() and (planted["n_subjects"] == 8).all()
 
@@ -168,8 +225,8 @@ def test_group_tests_contract_and_rows(planted):
 def test_group_tests_recover_planted_effects(planted):
     row = planted.set_index(["signal", "test", "level", "modality"])
     t1 = row.loc[("grad", "T1", "", "meg")]
-    assert t1["effect"] == pytest.approx(-1.0, abs=0.01) and t1["p"] == pytest.approx(2.0 ** -8)
-    assert t1["p_min"] == 2.0 ** -8 and t1["n_significant_subjects"] == 8
+    assert t1["effect"] == pytest.approx(-1.0, abs=0.01) and t1["p"] == pytest.approx(2.0**-8)
+    assert t1["p_min"] == 2.0**-8 and t1["n_significant_subjects"] == 8
     assert row.loc[("act", "T1", "", "meg"), "effect"] == pytest.approx(1.0, abs=0.01)
     assert row.loc[("grad", "T2", "", "meg"), "effect"] == pytest.approx(0.24, abs=1e-9)
     assert row.loc[("grad", "T2", "", "meg"), "n_significant_subjects"] == -1
@@ -178,17 +235,20 @@ def test_group_tests_recover_planted_effects(planted):
     assert row.loc[("grad", "S1a", "", "fmri"), "effect"] == pytest.approx(s1a)
     early = row.loc[("grad", "E", "early", "fmri")]
     assert early["effect"] == pytest.approx(-0.1) and early["ci_low"] == pytest.approx(-0.1)
-    assert early["p"] == pytest.approx(2.0 ** -7) and early["n_positive"] == 0
+    assert early["p"] == pytest.approx(2.0**-7) and early["n_positive"] == 0
     assert row.loc[("grad", "E", "high", "fmri"), "effect"] == pytest.approx(0.0, abs=1e-12)
     t1s = [r for r in planted.itertuples() if r.signal == "act"]
     assert all(r.ci_low <= r.effect <= r.ci_high for r in t1s)
 
 
 def test_group_tests_fdr_within_families(planted):
-    for family, rows in planted.groupby("family"):
+    for _family, rows in planted.groupby("family"):
         np.testing.assert_allclose(rows["p_fdr"], bh_fdr(rows["p"].to_numpy()))
     assert planted.groupby("family").size().to_dict() == {
-        "sim/m/act/forward": 2, "sim/m/grad/E": 4, "sim/m/grad/hierarchy": 4}
+        "sim/m/act/forward": 2,
+        "sim/m/grad/E": 4,
+        "sim/m/grad/hierarchy": 4,
+    }
 
 
 def test_group_tests_deterministic_for_a_seed():
@@ -221,7 +281,7 @@ def test_nan_subjects_are_dropped_and_counted():
     hier.loc[hier["subject"] == "00", ["value", "n_used"]] = [np.nan, 0]
     out = group_tests(enc, best, tm, hier, PARAMS).set_index(["signal", "test", "level"])
     assert out.loc[("grad", "T1", ""), "n_subjects"] == 3
-    assert out.loc[("grad", "T1", ""), "p_min"] == 2.0 ** -3
+    assert out.loc[("grad", "T1", ""), "p_min"] == 2.0**-3
     per = subject_statistics(enc, best, tm, hier, PARAMS)
     assert per.loc[(per["subject"] == "00") & (per["test"] == "T2"), "statistic"].isna().all()
 
@@ -230,10 +290,26 @@ def test_null_calibration_of_t1():
     """Pure-noise subjects: group T1 and per-subject permutation tests reject at about the nominal rate."""
     n_sub, n_seeds, times = 8, 200, np.arange(30) * 0.02
     group_hits, subject_hits = 0, 0
-    base = pd.DataFrame([BASE | {"modality": "meg", "signal": "grad", "subject": f"{s}", "layer_index": k,
-                                 "depth": DEPTHS[k], "atlas": "", "roi": "", "hemi": "",
-                                 "roi_distance_mm": np.nan, "time": t}
-                         for s in range(n_sub) for k in range(N_LAYERS) for t in times])
+    base = pd.DataFrame(
+        [
+            BASE
+            | {
+                "modality": "meg",
+                "signal": "grad",
+                "subject": f"{s}",
+                "layer_index": k,
+                "depth": DEPTHS[k],
+                "atlas": "",
+                "roi": "",
+                "hemi": "",
+                "roi_distance_mm": np.nan,
+                "time": t,
+            }
+            for s in range(n_sub)
+            for k in range(N_LAYERS)
+            for t in times
+        ]
+    )
     # With 199 permutations p < 0.05 means at most 8 nulls as extreme: nominal size 9/200.
     params = PARAMS | {"n_permutations": 199, "n_boot": 1}
     for seed in range(n_seeds):

@@ -8,30 +8,82 @@ import pytest
 from scipy import stats
 
 from brainprop.contract import validate_table
-from brainprop.hierarchy.scores import TARGET_DEPTH_COLUMNS, best_layers, exclusion_mask, load_target_depths, pearson, run_hierarchy, spatial_score, subject_hierarchy, subject_target_depths, target_depths, temporal_score, tmax, weighted_depth
+from brainprop.hierarchy.scores import (
+    TARGET_DEPTH_COLUMNS,
+    best_layers,
+    exclusion_mask,
+    load_target_depths,
+    pearson,
+    run_hierarchy,
+    spatial_score,
+    subject_hierarchy,
+    subject_target_depths,
+    target_depths,
+    temporal_score,
+    tmax,
+    weighted_depth,
+)
 from brainprop.io import write_table
 
 DEPTHS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-BASE = {"dataset": "sim", "model": "m", "timm_name": "vit_tiny", "signal": "act", "subject": "01",
-        "r_normalized": np.nan, "noise_ceiling": np.nan, "n_targets": 10, "n_excluded": 0}
+BASE = {
+    "dataset": "sim",
+    "model": "m",
+    "timm_name": "vit_tiny",
+    "signal": "act",
+    "subject": "01",
+    "r_normalized": np.nan,
+    "noise_ceiling": np.nan,
+    "n_targets": 10,
+    "n_excluded": 0,
+}
 
 
-def fmri_rows(r_by_roi: dict[str, list[float]], dist: dict[str, float], hemi: str = "both",
-              atlas: str = "glasser", **over) -> pd.DataFrame:
+def fmri_rows(
+    r_by_roi: dict[str, list[float]], dist: dict[str, float], hemi: str = "both", atlas: str = "glasser", **over
+) -> pd.DataFrame:
     """Encoding rows of one subject: r of each ROI at each of the layers in DEPTHS."""
-    rows = [BASE | {"modality": "fmri", "layer": f"blocks.{k}", "layer_index": k,
-                    "depth": DEPTHS[k], "atlas": atlas, "roi": roi, "hemi": hemi,
-                    "roi_distance_mm": dist[roi], "time": np.nan, "r": r} | over
-            for roi, rs in r_by_roi.items() for k, r in enumerate(rs)]
+    rows = [
+        BASE
+        | {
+            "modality": "fmri",
+            "layer": f"blocks.{k}",
+            "layer_index": k,
+            "depth": DEPTHS[k],
+            "atlas": atlas,
+            "roi": roi,
+            "hemi": hemi,
+            "roi_distance_mm": dist[roi],
+            "time": np.nan,
+            "r": r,
+        }
+        | over
+        for roi, rs in r_by_roi.items()
+        for k, r in enumerate(rs)
+    ]
     return pd.DataFrame(rows)
 
 
 def meg_rows(r_by_layer: list[list[float]], times: np.ndarray, **over) -> pd.DataFrame:
     """Encoding rows of one subject: r(t) (mean over sensors) of each layer."""
-    rows = [BASE | {"modality": "meg", "layer": f"blocks.{k}", "layer_index": k, "depth": DEPTHS[k],
-                    "atlas": "", "roi": "", "hemi": "", "roi_distance_mm": np.nan, "time": t,
-                    "r": r} | over
-            for k, rs in enumerate(r_by_layer) for t, r in zip(times, rs)]
+    rows = [
+        BASE
+        | {
+            "modality": "meg",
+            "layer": f"blocks.{k}",
+            "layer_index": k,
+            "depth": DEPTHS[k],
+            "atlas": "",
+            "roi": "",
+            "hemi": "",
+            "roi_distance_mm": np.nan,
+            "time": t,
+            "r": r,
+        }
+        | over
+        for k, rs in enumerate(r_by_layer)
+        for t, r in zip(times, rs)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -104,8 +156,13 @@ def test_spatial_score_closed_form_with_exclusion():
 
 
 def test_spatial_score_uses_only_both_hemispheres_of_the_atlas():
-    enc = pd.concat([fmri_rows(R_ROI, DIST), fmri_rows(R_ROI, DIST, hemi="lh"),
-                     fmri_rows({"V1": [0.9, 0, 0, 0, 0]}, DIST, atlas="other")])
+    enc = pd.concat(
+        [
+            fmri_rows(R_ROI, DIST),
+            fmri_rows(R_ROI, DIST, hemi="lh"),
+            fmri_rows({"V1": [0.9, 0, 0, 0, 0]}, DIST, atlas="other"),
+        ]
+    )
     assert spatial_score(best_layers(enc), "glasser")[1:] == (4, 1)
     assert spatial_score(best_layers(enc), "other")[1:] == (1, 0)
 
@@ -151,8 +208,14 @@ def test_temporal_score_closed_form_with_exclusion():
 
 
 def test_subject_hierarchy_both_modalities_and_signals():
-    enc = pd.concat([fmri_rows(R_ROI, DIST), meg_rows(R_TIME, TIMES),
-                     fmri_rows(R_ROI, DIST, signal="grad"), meg_rows(R_TIME[::-1], TIMES, signal="grad")])
+    enc = pd.concat(
+        [
+            fmri_rows(R_ROI, DIST),
+            meg_rows(R_TIME, TIMES),
+            fmri_rows(R_ROI, DIST, signal="grad"),
+            meg_rows(R_TIME[::-1], TIMES, signal="grad"),
+        ]
+    )
     best, tm, hier = subject_hierarchy(enc, "glasser", threshold=0.95, min_count=3)
     for name, table in (("best_layers", best), ("tmax", tm), ("hierarchy", hier)):
         assert not validate_table(name, table), name
@@ -163,7 +226,8 @@ def test_subject_hierarchy_both_modalities_and_signals():
     assert (row["n_used"], row["n_excluded"]) == (4, 1)
     spatial = hier[(hier["signal"] == "grad") & (hier["score"] == "spatial")].iloc[0]
     assert spatial["atlas"] == "glasser" and spatial["value"] == pytest.approx(
-        spatial_score(best[best["signal"] == "grad"], "glasser")[0])
+        spatial_score(best[best["signal"] == "grad"], "glasser")[0]
+    )
 
 
 @pytest.mark.parametrize("modality", ["fmri", "meg"])
@@ -194,16 +258,22 @@ def test_bad_inputs_raise():
 # r of four targets (columns) at the layers of DEPTHS (rows). t0: tie of layers 1 and 2 -> 1, weighted
 # depth (0.1·0 + 0.3·0.25 + 0.3·0.5) / 0.7; t1: never positive, tie of layers 0 and 3 -> 0, weighted NaN;
 # t2: NaN at two layers, best 3, weighted (0.2·0.25 + 0.6·0.75 + 0.2·1) / 1.0; t3: NaN everywhere.
-R_TARGET = np.array([
-    [0.1, -0.1, np.nan, np.nan],
-    [0.3, -0.2, 0.2, np.nan],
-    [0.3, -0.3, np.nan, np.nan],
-    [0.0, -0.1, 0.6, np.nan],
-    [-0.2, -0.5, 0.2, np.nan],
-])
-EXPECTED_TARGET = {"best_layer_index": [1, 0, 3, -1], "best_depth": [0.25, 0.0, 0.75, np.nan],
-                   "best_r": [0.3, -0.1, 0.6, np.nan], "weighted_depth": [0.225 / 0.7, np.nan, 0.7, np.nan],
-                   "n_layers": [5, 5, 3, 0]}
+R_TARGET = np.array(
+    [
+        [0.1, -0.1, np.nan, np.nan],
+        [0.3, -0.2, 0.2, np.nan],
+        [0.3, -0.3, np.nan, np.nan],
+        [0.0, -0.1, 0.6, np.nan],
+        [-0.2, -0.5, 0.2, np.nan],
+    ]
+)
+EXPECTED_TARGET = {
+    "best_layer_index": [1, 0, 3, -1],
+    "best_depth": [0.25, 0.0, 0.75, np.nan],
+    "best_r": [0.3, -0.1, 0.6, np.nan],
+    "weighted_depth": [0.225 / 0.7, np.nan, 0.7, np.nan],
+    "n_layers": [5, 5, 3, 0],
+}
 
 
 def test_target_depths_closed_form_with_ties_in_any_layer_order():
@@ -218,17 +288,24 @@ def test_target_depths_closed_form_with_ties_in_any_layer_order():
 
 
 def _long_scores(signal: str, r: np.ndarray, targets: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame([{"signal": signal, "layer_index": k, "depth": DEPTHS[k], "target": t, "r": r[k, j]}
-                         for k in range(r.shape[0]) for j, t in enumerate(targets)])
+    return pd.DataFrame(
+        [
+            {"signal": signal, "layer_index": k, "depth": DEPTHS[k], "target": t, "r": r[k, j]}
+            for k in range(r.shape[0])
+            for j, t in enumerate(targets)
+        ]
+    )
 
 
-@pytest.mark.parametrize("exclude, excluded", [("nonpositive", [False, True, False, True]),
-                                               ("none", [False, False, False, True])])
+@pytest.mark.parametrize(
+    "exclude, excluded", [("nonpositive", [False, True, False, True]), ("none", [False, False, False, True])]
+)
 def test_subject_target_depths_keeps_and_marks_excluded_targets(exclude, excluded):
     targets = np.array([10, 11, 12, 13])
     scores = pd.concat([_long_scores("act", R_TARGET, targets), _long_scores("grad", R_TARGET[::-1], targets)])
-    table = subject_target_depths(scores.sample(frac=1.0, random_state=0), {"dataset": "d", "model": "m",
-                                                                            "subject": "01"}, exclude)
+    table = subject_target_depths(
+        scores.sample(frac=1.0, random_state=0), {"dataset": "d", "model": "m", "subject": "01"}, exclude
+    )
     assert list(table.columns) == TARGET_DEPTH_COLUMNS and len(table) == 8
     act = table[table["signal"] == "act"].set_index("target").loc[targets]
     for key, expected in EXPECTED_TARGET.items():
@@ -243,18 +320,33 @@ def test_subject_target_depths_keeps_and_marks_excluded_targets(exclude, exclude
 def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path):
     # One subject's encode outputs on disk: per layer a summary and per-target scores; target 99 is MEG.
     fmri, meg = np.array([10, 11, 12, 13]), 99
-    write_table(tmp_path / "targets.parquet", pd.DataFrame({"target": [*fmri, meg],
-                                                            "modality": ["fmri"] * 4 + ["meg"]}))
+    write_table(
+        tmp_path / "targets.parquet", pd.DataFrame({"target": [*fmri, meg], "modality": ["fmri"] * 4 + ["meg"]})
+    )
     enc = fmri_rows(R_ROI, DIST)
     summaries, scores = [], []
     for k in range(len(DEPTHS)):
         summaries.append(tmp_path / f"{k}.summary.parquet")
         scores.append(tmp_path / f"{k}.targets.parquet")
         write_table(summaries[-1], enc[enc["layer_index"] == k])
-        write_table(scores[-1], pd.DataFrame({"target": [*fmri[::-1], meg], "r": [*R_TARGET[k, ::-1], 0.9],
-                                              "r2": 0.0, "alpha": 1.0, "r_normalized": np.nan, "excluded": False}))
-    outputs = type("Out", (), {k: tmp_path / f"{k}.parquet" for k in
-                               ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")})
+        write_table(
+            scores[-1],
+            pd.DataFrame(
+                {
+                    "target": [*fmri[::-1], meg],
+                    "r": [*R_TARGET[k, ::-1], 0.9],
+                    "r2": 0.0,
+                    "alpha": 1.0,
+                    "r_normalized": np.nan,
+                    "excluded": False,
+                }
+            ),
+        )
+    outputs = type(
+        "Out",
+        (),
+        {k: tmp_path / f"{k}.parquet" for k in ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")},
+    )
     params = {"atlas": "glasser", "threshold": 0.95, "min_count": 3, "exclude": "nonpositive"}
     run_hierarchy(summaries, outputs, params, scores, tmp_path / "targets.parquet")
     table = load_target_depths(outputs.target_depths)

@@ -9,9 +9,9 @@ from test_group import PARAMS, simulate
 
 from brainprop.encoding._banded import banded_ridge_cv
 from brainprop.encoding.encode import make_folds
-from brainprop.stats.group import group_tests
-from brainprop.hierarchy.scores import subject_hierarchy
 from brainprop.encoding.joint import joint_encode, summarize_joint
+from brainprop.hierarchy.scores import subject_hierarchy
+from brainprop.stats.group import group_tests
 
 ALPHAS = np.logspace(0, 6, 4)
 
@@ -20,8 +20,9 @@ def _planted(n: int = 120, seed: int = 0):
     """Targets 0-1 from activations only, 2-3 from gradients only, 4 constant, 5 with a NaN."""
     rng = np.random.default_rng(seed)
     act, grad = rng.standard_normal((n, 6)), rng.standard_normal((n, 5))
-    Y = np.column_stack([act[:, 0], act[:, 1] - act[:, 2], grad[:, 0], grad[:, 1] + grad[:, 3],
-                         np.ones(n), rng.standard_normal(n)])
+    Y = np.column_stack(
+        [act[:, 0], act[:, 1] - act[:, 2], grad[:, 0], grad[:, 1] + grad[:, 3], np.ones(n), rng.standard_normal(n)]
+    )
     Y[:, :4] += 0.3 * rng.standard_normal((n, 4))
     Y[3, 5] = np.nan
     return act, grad, Y, make_folds(n, None, 5, 0)
@@ -65,14 +66,29 @@ def test_bad_inputs_raise():
 
 
 def test_summary_means_per_roi_hemisphere_and_time():
-    per_target = pd.DataFrame({"target": range(5), "r_joint": 0.0, "r2_joint": [0.1, 0.3, 0.5, 0.2, np.nan],
-                               "r2_act": 0.0, "r2_grad": 0.0, "unique_act": 0.0,
-                               "unique_grad": [0.01, 0.03, 0.05, 0.02, np.nan],
-                               "excluded": [False, False, False, False, True]})
-    targets = pd.DataFrame({"target": range(5), "modality": ["fmri"] * 3 + ["meg"] * 2,
-                            "atlas": ["a"] * 3 + [""] * 2, "roi": ["V1"] * 3 + [""] * 2,
-                            "hemi": ["lh", "rh", "rh", "", ""], "roi_distance_mm": [0.0] * 3 + [np.nan] * 2,
-                            "time": [np.nan] * 3 + [0.1, 0.2]})
+    per_target = pd.DataFrame(
+        {
+            "target": range(5),
+            "r_joint": 0.0,
+            "r2_joint": [0.1, 0.3, 0.5, 0.2, np.nan],
+            "r2_act": 0.0,
+            "r2_grad": 0.0,
+            "unique_act": 0.0,
+            "unique_grad": [0.01, 0.03, 0.05, 0.02, np.nan],
+            "excluded": [False, False, False, False, True],
+        }
+    )
+    targets = pd.DataFrame(
+        {
+            "target": range(5),
+            "modality": ["fmri"] * 3 + ["meg"] * 2,
+            "atlas": ["a"] * 3 + [""] * 2,
+            "roi": ["V1"] * 3 + [""] * 2,
+            "hemi": ["lh", "rh", "rh", "", ""],
+            "roi_distance_mm": [0.0] * 3 + [np.nan] * 2,
+            "time": [np.nan] * 3 + [0.1, 0.2],
+        }
+    )
     out = summarize_joint(per_target, targets).set_index(["modality", "hemi", "time"], drop=False)
     assert out.loc[("fmri", "rh", np.nan), "unique_grad"].item() == pytest.approx(0.04)
     assert out.loc[("fmri", "both", np.nan), "r2_joint"].item() == pytest.approx(0.3)
@@ -103,7 +119,7 @@ def test_e_has_unique_variance_rows_in_its_family():
     assert e.loc[("fmri", "high", "unique_variance"), "effect"] == pytest.approx(0.035)
     assert e.loc[("fmri", "early", "unique_variance"), "effect"] == pytest.approx(-0.035)
     assert e.loc[("meg", "late", "unique_variance"), "effect"] == pytest.approx(0.002 * 3.5)
-    assert e.loc[("fmri", "high", "unique_variance"), "p"] == pytest.approx(2.0 ** -5)
+    assert e.loc[("fmri", "high", "unique_variance"), "p"] == pytest.approx(2.0**-5)
     assert set(e["family"]) == {"sim/m/grad/E"}
     # Without joint models, E keeps only the r differences, with the same numbers.
     plain = group_tests(enc, best, tm, hier, PARAMS)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from brainprop.features import learning_rules as lr
 from brainprop.features.extract import Feedback, extract_batch, extract_features
 from brainprop.features.layers import resolve_layers
 from brainprop.features.models import create_model
-from brainprop.features import learning_rules as lr
 
 CNN = ("resnet18", {"zero_init_last": False}, 32)
 VIT = ("vit_tiny_patch16_224", {}, 32)
@@ -84,8 +84,9 @@ def test_feedback_matrices_are_seeded_and_scaled():
 
 def test_dfa_equals_its_closed_form():
     model, names, images = _setup(CNN)
-    out = extract_batch(model, images, names, POOLING, "cross_entropy", signals=("act", "dfa"),
-                           feedback=Feedback(model, seed=7))
+    out = extract_batch(
+        model, images, names, POOLING, "cross_entropy", signals=("act", "dfa"), feedback=Feedback(model, seed=7)
+    )
     with torch.no_grad():
         logits = model(images).double()
     # Cross-entropy summed over images against the own top-1: e = softmax(logits) - onehot(argmax).
@@ -93,8 +94,9 @@ def test_dfa_equals_its_closed_form():
     for k, (a, d) in enumerate(zip(out["act"], out["dfa"])):
         b = lr.dfa_matrix(logits.shape[1], a.shape[1], 7, k).double()
         np.testing.assert_allclose(d.numpy(), (e @ b).numpy(), rtol=1e-4, atol=1e-6)
-    other = extract_batch(model, images, names, POOLING, "cross_entropy", signals=("dfa",),
-                             feedback=Feedback(model, seed=8))["dfa"]
+    other = extract_batch(
+        model, images, names, POOLING, "cross_entropy", signals=("dfa",), feedback=Feedback(model, seed=8)
+    )["dfa"]
     assert not np.allclose(other[0].numpy(), out["dfa"][0].numpy())
 
 

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import scipy.stats
 
+from brainprop.brain.simulate import SIM_ROIS, ctf275_sensors
 from brainprop.figures import maps
 from brainprop.io import save_array, write_table
-from brainprop.brain.simulate import SIM_ROIS, ctf275_sensors
 
 SUBJECTS = ("sub-01", "sub-02", "sub-03", "sub-04")
 DEPTHS = {0: 0.0, 1: 0.5, 2: 1.0}
@@ -39,11 +39,13 @@ def _bh(p: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- projection
 
+
 def test_projection_is_the_mean_of_targets_in_reach():
     rng = np.random.default_rng(0)
     pial = {"lh": rng.uniform(-40, 40, (300, 3)), "rh": rng.uniform(-40, 40, (300, 3))}
     targets = pd.DataFrame(rng.uniform(-40, 40, (120, 3)), columns=["x", "y", "z"]).assign(
-        hemi=np.where(np.arange(120) % 2 == 0, "lh", "rh"))
+        hemi=np.where(np.arange(120) % 2 == 0, "lh", "rh")
+    )
     targets.loc[5, "x"] = np.nan  # a target without coordinates reaches no vertex
     values = rng.normal(size=120)
     weights = maps.project_to_fsaverage5(targets, pial, radius_mm=12.0)
@@ -66,8 +68,11 @@ def test_simulated_rois_land_on_their_own_cortex():
     mesh = maps.fsaverage5()
     pial = {h: np.asarray(mesh[h]["pial"].coordinates) for h in maps.HEMIS}
     assert all(len(c) == maps.N_FSAVERAGE5 for c in pial.values())
-    rows = [{"roi": roi, "hemi": hemi, "x": sign * x, "y": y, "z": z}
-            for roi, (x, y, z) in SIM_ROIS.items() for hemi, sign in (("lh", -1), ("rh", 1))]
+    rows = [
+        {"roi": roi, "hemi": hemi, "x": sign * x, "y": y, "z": z}
+        for roi, (x, y, z) in SIM_ROIS.items()
+        for hemi, sign in (("lh", -1), ("rh", 1))
+    ]
     targets = pd.DataFrame(rows)
     weights = maps.project_to_fsaverage5(targets, pial, radius_mm=10.0)
     for i, row in targets.iterrows():
@@ -80,6 +85,7 @@ def test_simulated_rois_land_on_their_own_cortex():
 
 # ---------------------------------------------------------------- group maps
 
+
 def test_group_vertex_maps_against_scipy_and_plant():
     rng = np.random.default_rng(1)
     n_sub, n_vert = 8, 60
@@ -91,8 +97,17 @@ def test_group_vertex_maps_against_scipy_and_plant():
     r[:2, :, 0] = np.nan  # vertex 0 mapped in 6 subjects only
     r[:, :, 1] = np.nan  # vertex 1 never mapped
     out = maps.group_vertex_maps(r, depths, fdr=0.01)
-    p = np.array([[scipy.stats.ttest_1samp(r[:, k, v][np.isfinite(r[:, k, v])], 0.0, alternative="greater").pvalue
-                   if v != 1 else np.nan for v in range(n_vert)] for k in range(3)])
+    p = np.array(
+        [
+            [
+                scipy.stats.ttest_1samp(r[:, k, v][np.isfinite(r[:, k, v])], 0.0, alternative="greater").pvalue
+                if v != 1
+                else np.nan
+                for v in range(n_vert)
+            ]
+            for k in range(3)
+        ]
+    )
     q = np.full(p.shape, np.nan)
     q[np.isfinite(p)] = _bh(p[np.isfinite(p)])
     with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning, match="Mean of empty slice"):
@@ -117,15 +132,18 @@ def test_group_vertex_maps_against_scipy_and_plant():
     out_w = maps.group_vertex_maps(r, depths, fdr=0.01, weighted=weighted)
     shown = np.isfinite(out["r"])
     np.testing.assert_array_equal(out_w["r"], out["r"])
-    np.testing.assert_allclose(out_w["weighted_depth"][shown],
-                               [weighted[np.isfinite(weighted[:, v]), v].mean() for v in np.flatnonzero(shown)],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        out_w["weighted_depth"][shown],
+        [weighted[np.isfinite(weighted[:, v]), v].mean() for v in np.flatnonzero(shown)],
+        rtol=1e-12,
+    )
     assert np.isnan(out_w["weighted_depth"][~shown]).all()
     with pytest.raises(ValueError, match="n_subjects, n_vertices"):
         maps.group_vertex_maps(r, depths, fdr=0.01, weighted=weighted[:, :5])
 
 
 # ---------------------------------------------------------------- end to end on subject folders
+
 
 def _write_subject_folders(tmp_path, modality: str) -> tuple[list[str], dict, pd.DataFrame]:
     """Brain-stage subject folders and encode-stage per-target score files with a planted answer.
@@ -140,14 +158,37 @@ def _write_subject_folders(tmp_path, modality: str) -> tuple[list[str], dict, pd
     for subject in SUBJECTS:
         folder = tmp_path / "brain" / subject
         if modality == "fmri":
-            rows = [{"modality": "fmri", "roi": roi, "hemi": hemi, "sensor": "", "time": np.nan,
-                     **dict(zip("xyz", np.asarray(SIM_ROIS[roi]) * [sign, 1, 1] + rng.normal(0, 2, 3)))}
-                    for roi in ("V1", "FFA") for hemi, sign in (("lh", -1), ("rh", 1)) for _ in range(5)]
+            rows = [
+                {
+                    "modality": "fmri",
+                    "roi": roi,
+                    "hemi": hemi,
+                    "sensor": "",
+                    "time": np.nan,
+                    **dict(zip("xyz", np.asarray(SIM_ROIS[roi]) * [sign, 1, 1] + rng.normal(0, 2, 3))),
+                }
+                for roi in ("V1", "FFA")
+                for hemi, sign in (("lh", -1), ("rh", 1))
+                for _ in range(5)
+            ]
         else:
-            rows = [{"modality": "meg", "roi": "", "hemi": "", "sensor": s, "time": t, "x": np.nan,
-                     "y": np.nan, "z": np.nan} for s in sensors["sensor"] for t in times]
-        targets = pd.DataFrame(rows).assign(target=lambda t: np.arange(len(t)), atlas="", noise_ceiling=0.5,
-                                            roi_distance_mm=np.nan)
+            rows = [
+                {
+                    "modality": "meg",
+                    "roi": "",
+                    "hemi": "",
+                    "sensor": s,
+                    "time": t,
+                    "x": np.nan,
+                    "y": np.nan,
+                    "z": np.nan,
+                }
+                for s in sensors["sensor"]
+                for t in times
+            ]
+        targets = pd.DataFrame(rows).assign(
+            target=lambda t: np.arange(len(t)), atlas="", noise_ceiling=0.5, roi_distance_mm=np.nan
+        )
         write_table(folder / "targets.parquet", targets)
         save_array(folder / "Y.npy", np.zeros((4, len(targets)), dtype=np.float32))
         write_table(folder / "samples.parquet", pd.DataFrame({"image_id": np.arange(4), "group": np.arange(4)}))
@@ -162,17 +203,38 @@ def _write_subject_folders(tmp_path, modality: str) -> tuple[list[str], dict, pd
                     peak = 0.1 + 0.2 * k if signal == "act" else 0.6 - 0.2 * k
                     right = targets["sensor"].map(sensors.set_index("sensor")["px"]).to_numpy() > 0
                     r = (0.1 + 0.2 * right) * np.exp(-((targets["time"].to_numpy() - peak) ** 2) / 0.005)
-                    tmax_rows.append({"dataset": "d", "model": "m", "signal": signal, "subject": subject,
-                                      "layer_index": k, "depth": depth, "t_max_s": peak, "peak_r": 0.3})
+                    tmax_rows.append(
+                        {
+                            "dataset": "d",
+                            "model": "m",
+                            "signal": signal,
+                            "subject": subject,
+                            "layer_index": k,
+                            "depth": depth,
+                            "t_max_s": peak,
+                            "peak_r": 0.3,
+                        }
+                    )
                 path = tmp_path / "encoding" / signal / f"{k:02d}" / f"{subject}.targets.parquet"
-                write_table(path, pd.DataFrame({"target": targets["target"], "r": r, "r2": r**2, "alpha": 1.0,
-                                                "r_normalized": r, "excluded": False}))
+                write_table(
+                    path,
+                    pd.DataFrame(
+                        {
+                            "target": targets["target"],
+                            "r": r,
+                            "r2": r**2,
+                            "alpha": 1.0,
+                            "r_normalized": r,
+                            "excluded": False,
+                        }
+                    ),
+                )
                 scores.append(str(path))
-    enc = pd.DataFrame([{"dataset": "d", "model": "m", "modality": modality, "layer_index": k, "depth": d}
-                        for k, d in DEPTHS.items()])
+    enc = pd.DataFrame(
+        [{"dataset": "d", "model": "m", "modality": modality, "layer_index": k, "depth": d} for k, d in DEPTHS.items()]
+    )
     write_table(tmp_path / "tables" / "encoding.parquet", enc)
-    write_table(tmp_path / "tables" / "tmax.parquet", pd.DataFrame(tmax_rows or
-                                                                   [{"dataset": "x"}]))
+    write_table(tmp_path / "tables" / "tmax.parquet", pd.DataFrame(tmax_rows or [{"dataset": "x"}]))
     return scores, dirs, pd.DataFrame(tmax_rows)
 
 
@@ -205,8 +267,9 @@ def test_brain_map_recovers_the_planted_depths(tmp_path):
     far = np.argmax(np.asarray(mesh["lh"]["pial"].coordinates)[:, 1])  # frontal pole: no target in reach
     assert np.isnan(out["act"]["lh"]["r"][far])
     # SVG only: the PNG path of save_figure is tested in test_figures (a PNG of 24 surfaces takes ~8 s).
-    paths = maps.make_brain_map(scores, dirs, tmp_path / "tables" / "encoding.parquet", tmp_path / "figures", "d", "m",
-                                ("svg",), fdr=0.01)
+    paths = maps.make_brain_map(
+        scores, dirs, tmp_path / "tables" / "encoding.parquet", tmp_path / "figures", "d", "m", ("svg",), fdr=0.01
+    )
     assert [p.name for p in paths] == ["brain_map_d_m.svg"]
     assert 20_000 < paths[0].stat().st_size < 3_000_000  # surfaces are rasterised in the SVG
     assert "<image" in paths[0].read_text()
@@ -216,11 +279,26 @@ def test_brain_map_recovers_the_planted_depths(tmp_path):
 def test_glass_brain_markers_are_subject_means(tmp_path):
     scores, dirs, _ = _write_subject_folders(tmp_path, "fmri")
     targets, _ = maps._subject_scores(scores, dirs)
-    best = pd.DataFrame([{"dataset": "d", "model": "m", "signal": sig, "subject": sub, "atlas": "", "roi": roi,
-                          "hemi": hemi, "best_layer_index": 0, "best_depth": depth + 0.1 * i,
-                          "best_r": r_best}
-                         for i, sub in enumerate(SUBJECTS) for sig in SIGNALS for hemi in ("lh", "rh", "both")
-                         for roi, depth, r_best in (("V1", 0.0, 0.3), ("FFA", 0.5, -0.2))])
+    best = pd.DataFrame(
+        [
+            {
+                "dataset": "d",
+                "model": "m",
+                "signal": sig,
+                "subject": sub,
+                "atlas": "",
+                "roi": roi,
+                "hemi": hemi,
+                "best_layer_index": 0,
+                "best_depth": depth + 0.1 * i,
+                "best_r": r_best,
+            }
+            for i, sub in enumerate(SUBJECTS)
+            for sig in SIGNALS
+            for hemi in ("lh", "rh", "both")
+            for roi, depth, r_best in (("V1", 0.0, 0.3), ("FFA", 0.5, -0.2))
+        ]
+    )
     markers = maps.roi_markers(best, targets)
     assert sorted(markers["hemi"]) == ["lh", "lh", "rh", "rh"] and set(markers["roi"]) == {"V1"}  # FFA: r < 0
     row = markers[(markers.signal == "act") & (markers.hemi == "lh")].iloc[0]
@@ -230,11 +308,21 @@ def test_glass_brain_markers_are_subject_means(tmp_path):
     assert row["x"] < 0  # left hemisphere
     fig = maps.plot_glass_brain(markers, title="t")
     assert sorted(ax.get_gid() for ax in fig.axes if str(ax.get_gid()).startswith("glass:")) == [
-        "glass:act:2", "glass:grad:2"]
+        "glass:act:2",
+        "glass:grad:2",
+    ]
     write_table(tmp_path / "tables" / "best_layers.parquet", best)
     tables = tmp_path / "tables"
-    paths = maps.make_glass_brain(scores, dirs, tables / "encoding.parquet", tmp_path / "figures", "d", "m",
-                                  ("png", "svg"), best_layers=tables / "best_layers.parquet")
+    paths = maps.make_glass_brain(
+        scores,
+        dirs,
+        tables / "encoding.parquet",
+        tmp_path / "figures",
+        "d",
+        "m",
+        ("png", "svg"),
+        best_layers=tables / "best_layers.parquet",
+    )
     assert [p.name for p in paths] == ["glass_brain_d_m.png", "glass_brain_d_m.svg"]
     with pytest.raises(ValueError, match="no ROI with a positive best r"):
         maps.plot_glass_brain(markers.iloc[:0], title="t")
@@ -249,10 +337,12 @@ def test_plot_brain_map_panels():
     assert len(gids) == 6 * len(SIGNALS)
     assert {"map:grad:rh:depth:ventral", "map:grad:rh:weighted_depth:ventral"} <= set(gids)
     # Without the weighted depth: the r and best-layer depth rows only.
-    fig = maps.plot_brain_map({"act": {h: {"r": empty, "depth": empty} for h in maps.HEMIS}}, mesh, title="t",
-                              fdr=0.05, views=("lateral",))
+    fig = maps.plot_brain_map(
+        {"act": {h: {"r": empty, "depth": empty} for h in maps.HEMIS}}, mesh, title="t", fdr=0.05, views=("lateral",)
+    )
     assert sorted(ax.get_gid() for ax in fig.axes if str(ax.get_gid()).startswith("map:")) == [
-        f"map:act:{h}:{q}:lateral" for h in maps.HEMIS for q in ("depth", "r")]
+        f"map:act:{h}:{q}:lateral" for h in maps.HEMIS for q in ("depth", "r")
+    ]
     with pytest.raises(ValueError, match="no signal"):
         maps.plot_brain_map({}, mesh, title="t", fdr=0.05)
 
@@ -271,8 +361,16 @@ def test_meg_topomaps_at_each_layers_tmax(tmp_path):
     images = [im.get_gid() for ax in fig.axes for im in ax.get_images()]
     assert sorted(images) == sorted(f"topo:{s}:{d:.3f}" for s in SIGNALS for d in DEPTHS.values())
     tables = tmp_path / "tables"
-    paths = maps.make_meg_topomaps(scores, dirs, tables / "encoding.parquet", tmp_path / "figures", "d", "m",
-                                   ("png", "svg"), tmax=tables / "tmax.parquet")
+    paths = maps.make_meg_topomaps(
+        scores,
+        dirs,
+        tables / "encoding.parquet",
+        tmp_path / "figures",
+        "d",
+        "m",
+        ("png", "svg"),
+        tmax=tables / "tmax.parquet",
+    )
     assert [p.name for p in paths] == ["meg_topomaps_d_m.png", "meg_topomaps_d_m.svg"]
     with pytest.raises(ValueError, match="no layer with a positive peak"):
         maps.topomap_layers(tm.assign(peak_r=-1.0))
@@ -283,8 +381,15 @@ def test_meg_topomaps_at_each_layers_tmax(tmp_path):
 def test_map_names():
     names = maps.map_names({"a": {"fmri", "meg"}, "b": {"meg"}}, ["m2", "m1"], ("png",))
     assert [n[3] for n in names] == [
-        "brain_map_a_m1.png", "glass_brain_a_m1.png", "meg_topomaps_a_m1.png", "brain_map_a_m2.png",
-        "glass_brain_a_m2.png", "meg_topomaps_a_m2.png", "meg_topomaps_b_m1.png", "meg_topomaps_b_m2.png"]
+        "brain_map_a_m1.png",
+        "glass_brain_a_m1.png",
+        "meg_topomaps_a_m1.png",
+        "brain_map_a_m2.png",
+        "glass_brain_a_m2.png",
+        "meg_topomaps_a_m2.png",
+        "meg_topomaps_b_m1.png",
+        "meg_topomaps_b_m2.png",
+    ]
 
 
 def test_recorded_ctf_names_with_the_system_suffix_map_onto_the_layout():

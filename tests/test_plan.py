@@ -34,8 +34,10 @@ def test_batch_halves_and_memory_doubles_per_attempt():
 
 
 def _dry_run_counts(output: str) -> Counter:
-    stats = output[output.index("Job stats:"):]
-    return Counter({rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, flags=re.MULTILINE) if rule != "total"})
+    stats = output[output.index("Job stats:") :]
+    return Counter(
+        {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, flags=re.MULTILINE) if rule != "total"}
+    )
 
 
 @pytest.mark.workflow
@@ -57,8 +59,13 @@ def test_plan_matches_snakemake_and_the_written_features(two_model_run, tmp_path
 
 
 def test_plan_command_prints_jobs_and_disk(tmp_path):
-    done = subprocess.run([BRAINPROP, "plan", "--config", str(ROOT / "tests" / "configs" / "tiny.yaml"),
-                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [BRAINPROP, "plan", "--config", str(ROOT / "tests" / "configs" / "tiny.yaml"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert re.search(r"^\s+encode\s+24$", done.stdout, flags=re.MULTILINE)
     # 41 of the spine + 12 joint fits + brain_map, meg_topomaps, sensitivity and compare.
@@ -71,8 +78,13 @@ def test_plan_command_refuses_when_the_disk_cannot_hold_the_features(tmp_path):
     config["stimuli"]["demo"]["n_images"] = 10**12  # petabytes of features: more than any test disk
     path = tmp_path / "huge.yaml"
     path.write_text(yaml.safe_dump(config))
-    done = subprocess.run([BRAINPROP, "plan", "--config", str(path), "--results", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [BRAINPROP, "plan", "--config", str(path), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 2
     assert "refusing to start" in done.stderr and "GB free" in done.stderr
     ok, free = check_disk(copy.deepcopy(10**18), tmp_path / "not" / "yet")

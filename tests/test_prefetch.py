@@ -58,7 +58,11 @@ def cached_random_resnet(offline_cache, tmp_path):
 
 def test_weight_source_follows_timm_file_order():
     src = weight_source(NAME)
-    assert (src.kind, src.location, src.filenames) == ("hf-hub", "timm/resnet18.a1_in1k", ("model.safetensors", "pytorch_model.bin"))
+    assert (src.kind, src.location, src.filenames) == (
+        "hf-hub",
+        "timm/resnet18.a1_in1k",
+        ("model.safetensors", "pytorch_model.bin"),
+    )
     assert _candidates("open_clip_pytorch_model.bin") == ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
     with pytest.raises(ValueError, match="no_such_model"):
         weight_source("no_such_model")

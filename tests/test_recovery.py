@@ -101,18 +101,35 @@ def test_killed_job_is_not_trusted_and_rerun_incomplete_reruns_only_it(two_model
     fit = f"{OUT}/encoding/sim_backprop/regnet/grad/02/sub-02"
     log = run / f"{OUT}/logs/encode/sim_backprop/regnet/grad/02/sub-02.log"
     # A run in progress: this fit and what reads it are still to come.
-    for path in [run / f"{fit}.summary.parquet", run / f"{fit}.targets.parquet",
-                 *(run / f"{OUT}/hierarchy/sim_backprop/regnet/sub-02").iterdir(),
-                 run / f"{OUT}/group/sim_backprop/regnet/tests.parquet",
-                 *(run / f"{OUT}/tables").iterdir(),
-                 *(p for p in (run / f"{OUT}/figures").iterdir() if not _other_models_map(p.name))]:
+    for path in [
+        run / f"{fit}.summary.parquet",
+        run / f"{fit}.targets.parquet",
+        *(run / f"{OUT}/hierarchy/sim_backprop/regnet/sub-02").iterdir(),
+        run / f"{OUT}/group/sim_backprop/regnet/tests.parquet",
+        *(run / f"{OUT}/tables").iterdir(),
+        *(p for p in (run / f"{OUT}/figures").iterdir() if not _other_models_map(p.name)),
+    ]:
         path.unlink()
     before = log.stat().st_mtime_ns
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(run), "--cores", "1",
-           "--configfile", str(CONFIG)]
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(run),
+        "--cores",
+        "1",
+        "--configfile",
+        str(CONFIG),
+    ]
     # Kill the whole run (Snakemake and the job) once the fit has started writing its log.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     _kill_when(proc, lambda: log.exists() and log.stat().st_mtime_ns != before)
     assert snakemake(run, CONFIG, "--unlock").returncode == 0  # a killed Snakemake leaves its lock
     assert not (run / f"{fit}.summary.parquet").exists() or (run / ".snakemake" / "incomplete").iterdir()
@@ -121,15 +138,28 @@ def test_killed_job_is_not_trusted_and_rerun_incomplete_reruns_only_it(two_model
     text = strict.stdout + strict.stderr
     wildcards = {"dataset": "sim_backprop", "model": "regnet", "signal": "grad", "layer": "02", "subject": "sub-02"}
     assert ("encode", wildcards) in planned_jobs(strict.stdout) or (
-        strict.returncode != 0 and "incomplete" in text.lower()), text[-3000:]
+        strict.returncode != 0 and "incomplete" in text.lower()
+    ), text[-3000:]
     # With --rerun-incomplete (the local profile's default): that fit and what reads it, nothing else.
     jobs = dry_run(run, CONFIG, "--rerun-incomplete")
     rules = Counter(rule for rule, _ in jobs)
     # The fit and what reads it: its subject's hierarchy, the group tests, the comparison and
     # sensitivity tables, its model's per-target maps of the dataset, the tables, the figures;
     # nothing upstream, no other fit.
-    assert rules == Counter({"encode": 1, "hierarchy": 1, "group": 1, "sensitivity": 1, "compare": 1,
-                             "brain_map": 1, "meg_topomaps": 1, "tables": 1, "figures": 1, "all": 1}), rules
+    assert rules == Counter(
+        {
+            "encode": 1,
+            "hierarchy": 1,
+            "group": 1,
+            "sensitivity": 1,
+            "compare": 1,
+            "brain_map": 1,
+            "meg_topomaps": 1,
+            "tables": 1,
+            "figures": 1,
+            "all": 1,
+        }
+    ), rules
     assert ("encode", wildcards) in jobs
 
 

@@ -15,9 +15,26 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brainprop.encoding._backends import get_backend
-from brainprop.encoding._ridge import _DECOMPOSITIONS, _bounds, _choose, _decompose, _errors_of, _loo_errors, _maps_pay_off, _norms, _pearson, _r2, _scores, _screen_tolerance, _search_terms, _select, _solver, _standardize
+from brainprop.encoding._ridge import (
+    _DECOMPOSITIONS,
+    _bounds,
+    _choose,
+    _decompose,
+    _errors_of,
+    _loo_errors,
+    _maps_pay_off,
+    _norms,
+    _pearson,
+    _r2,
+    _scores,
+    _screen_tolerance,
+    _search_terms,
+    _select,
+    _solver,
+    _standardize,
+    ridge_cv,
+)
 from brainprop.encoding.encode import DEFAULT_ALPHAS, make_folds
-from brainprop.encoding._ridge import ridge_cv
 
 ALPHAS = np.asarray(DEFAULT_ALPHAS)
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +121,7 @@ def test_pruned_search_matches_sklearn_cv_values_on_collinear_wide_data():
     Y = np.column_stack([X[:, :3] @ rng.standard_normal((3, 20)), rng.standard_normal((n, 40))])
     folds = make_folds(n, None, 5, seed=2)
     result = ridge_cv(X, Y, folds, ALPHAS)
-    for f, (train, test) in enumerate(folds):
+    for f, (train, _test) in enumerate(folds):
         pipe = make_pipeline(StandardScaler(), RidgeCV(ALPHAS, alpha_per_target=True)).fit(X[train], Y[train])
         np.testing.assert_array_equal(result.alpha[f], pipe[-1].alpha_)
 
@@ -157,8 +174,15 @@ def test_torch_pruned_search_equals_its_exhaustive_argmin():
 def test_gpu_benchmark_runs_on_cpu(tmp_path):
     pytest.importorskip("torch")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, str(ROOT / "benchmarks" / "encoding.py"), "--gpu", "--device", "cpu", "--small",
-               "--no-himalaya"]  # himalaya's path was checked by hand; its import doubles this test's time
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "encoding.py"),
+        "--gpu",
+        "--device",
+        "cpu",
+        "--small",
+        "--no-himalaya",
+    ]  # himalaya's path was checked by hand; its import doubles this test's time
     done = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "results" / "benchmarks" / "encoding_gpu.json").read_text())

@@ -71,8 +71,20 @@ def test_simulation_is_deterministic_per_seed_and_subject():
     np.testing.assert_array_equal(y1, y2)
     pd.testing.assert_frame_equal(t1, t2)
     assert not np.allclose(y1, y3)
-    assert list(t1.columns) == ["target", "modality", "atlas", "roi", "hemi", "x", "y", "z", "roi_distance_mm",
-                                "sensor", "time", "noise_ceiling"]
+    assert list(t1.columns) == [
+        "target",
+        "modality",
+        "atlas",
+        "roi",
+        "hemi",
+        "x",
+        "y",
+        "z",
+        "roi_distance_mm",
+        "sensor",
+        "time",
+        "noise_ceiling",
+    ]
     n_fmri = len(S.SIM_ROIS) * 2 * DEFAULTS["vertices_per_roi"]
     assert (t1.modality == "fmri").sum() == n_fmri and (t1.modality == "meg").sum() == len(sensors) * MEG["n_times"]
 
@@ -112,11 +124,11 @@ def resnet_features(tmp_path_factory):
     """The demo's source model and image set, as the demo config gives them."""
     torch = pytest.importorskip("torch")
     from brainprop.encoding.encode import make_folds
-    from brainprop.features.models import build_model, image_transform
     from brainprop.features.extract import extract_features
     from brainprop.features.layers import find_blocks, select_layers
-    from brainprop.stimuli.files import load_images, write_manifest
+    from brainprop.features.models import build_model, image_transform
     from brainprop.stimuli.demo import make_demo_images
+    from brainprop.stimuli.files import load_images, write_manifest
 
     spec = DEMO["models"][DEMO["datasets"]["sim_backprop"]["simulation"]["source_model"]]
     images = DEMO["stimuli"]["demo"]
@@ -162,14 +174,19 @@ def test_planted_hierarchy_is_recovered(resnet_features):
     sensors = _sensors(60)
     spatial, temporal, grad_temporal = [], [], []
     for subject in ("sub-01", "sub-02", "sub-03"):
-        Y, table = S.simulate_subject(plant["act"], plant["grad"], DEPTHS, _params(), 0, "sim_backprop", subject, sensors)
+        Y, table = S.simulate_subject(
+            plant["act"], plant["grad"], DEPTHS, _params(), 0, "sim_backprop", subject, sensors
+        )
         plan = S.plan_subject("backprop", DEPTHS, MEG, 0, "sim_backprop", subject)
         best, tmax = _scores(Y, table, analysis["act"], folds)
         spatial.append(spearmanr(best, [plan.roi_act_layer[r] for r in S.SIM_ROIS])[0])
         temporal.append(spearmanr(tmax, DEPTHS)[0])
         _, gtmax = _scores(Y, table, analysis["grad"], folds)
         grad_temporal.append(np.corrcoef(DEPTHS, gtmax)[0, 1])
-    print(f"act spatial {np.round(spatial, 2)}, act temporal {np.round(temporal, 2)}, grad temporal {np.round(grad_temporal, 2)}")
+    print(
+        f"act spatial {np.round(spatial, 2)}, act temporal {np.round(temporal, 2)}, "
+        f"grad temporal {np.round(grad_temporal, 2)}"
+    )
     assert np.mean(spatial) >= 0.7
     # 60 of 275 sensors keep this test fast, so T_max is noisier than in the demo (0.72 there).
     assert np.mean(temporal) >= 0.4
@@ -201,8 +218,9 @@ def test_learning_rules_are_told_apart(resnet_features):
     rules = {"backprop": "grad", "fa": "fa", "dfa": "dfa"}
     order, spread, mean_r = {}, {}, {}
     for scenario, planted in rules.items():
-        Y, targets = S.simulate_subject(plant["act"], plant[planted], DEPTHS, _params(scenario), 0,
-                                        "sim", "sub-01", sensors)
+        Y, targets = S.simulate_subject(
+            plant["act"], plant[planted], DEPTHS, _params(scenario), 0, "sim", "sub-01", sensors
+        )
         meg = (targets.modality == "meg").to_numpy()
         times = np.sort(targets.time[meg].unique())
         late = times > MEG["forward_window"][1] + 0.05
@@ -214,8 +232,11 @@ def test_learning_rules_are_told_apart(resnet_features):
             order[scenario, signal] = np.corrcoef(DEPTHS, tmax)[0, 1] if np.ptp(tmax) > 0 else 0.0
             spread[scenario, signal] = float(np.ptp(tmax))
             mean_r[scenario, signal] = float(R[:, window].mean())
-    for name, values in (("late T_max vs depth", order), ("late T_max spread (s)", spread),
-                         ("mean r in the backward window", mean_r)):
+    for name, values in (
+        ("late T_max vs depth", order),
+        ("late T_max spread (s)", spread),
+        ("mean r in the backward window", mean_r),
+    ):
         table = pd.Series(values).unstack()[list(rules.values())]
         print(f"\n{name} (rows: planted rule, columns: analysed signal)\n{table.round(3).to_string()}")
     assert order["backprop", "grad"] < -0.8 and order["fa", "fa"] < -0.8  # errors travel down the hierarchy

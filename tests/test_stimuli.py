@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainprop.stimuli import demo
-from brainprop.stimuli.files import MANIFEST_COLUMNS, load_images, load_manifest, verify_manifest, write_manifest
+from brainprop.stimuli import demo as demo_images
 from brainprop.stimuli.demo import MIN_MEAN_ABS_DIFF, make_demo_images
+from brainprop.stimuli.files import MANIFEST_COLUMNS, load_images, load_manifest, verify_manifest, write_manifest
 from brainprop.stimuli.rules import build_imageset
 
 SPEC = {"kind": "demo", "n_images": 240, "size": 112}
@@ -25,8 +25,10 @@ def demo(tmp_path_factory) -> Path:
     """The default demo set built once, with outbound connections refused (it must be offline)."""
     out_dir = tmp_path_factory.mktemp("demo")
     with pytest.MonkeyPatch.context() as patch:
+
         def refuse(*args, **kwargs):
             raise OSError("network disabled in tests")
+
         patch.setattr(socket.socket, "connect", refuse)
         return build_imageset(out_dir, SPEC, seed=0)
 
@@ -65,7 +67,7 @@ def test_images_are_rgb_of_the_requested_size(demo):
 
 def test_no_near_duplicates_at_full_resolution(pixels):
     flat = pixels.reshape(len(pixels), -1).astype(np.float32)
-    closest = min(np.abs(flat[i] - flat[i + 1:]).mean(axis=1).min() for i in range(len(flat) - 1))
+    closest = min(np.abs(flat[i] - flat[i + 1 :]).mean(axis=1).min() for i in range(len(flat) - 1))
     assert closest > MIN_MEAN_ABS_DIFF
 
 
@@ -74,7 +76,7 @@ def test_groups_are_many_and_crops_share_their_photograph(demo):
     counts = manifest["group"].value_counts()
     assert len(counts) >= 20 and counts.min() >= 5  # grouped 5-fold CV needs both
     # all bundled photographs loaded offline (none skipped) and all texture families present
-    assert set(counts.index) == set(demo._PHOTOS) | set(demo._TEXTURES)
+    assert set(counts.index) == set(demo_images._PHOTOS) | set(demo_images._TEXTURES)
     assert all(src.startswith(f"{grp} ") for grp, src in zip(manifest["group"], manifest["source"]))
 
 

@@ -17,15 +17,37 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 pytestmark = pytest.mark.workflow
 # Every figure of the tiny run: one simulated dataset with fMRI and MEG, one model, PNG only.
-TINY_FIGURES = [f"{kind}_sim_backprop.png" for kind in (
-    "model_comparison", "rule_signatures", "simulation_recovery")] + ["cka.png"] + [
-    f"{kind}_sim_backprop_resnet18.png" for kind in (
-        "encoding_by_layer", "meg_timecourses", "spatial_hierarchy", "tmax", "brain_map", "glass_brain", "meg_topomaps")]
+TINY_FIGURES = (
+    [f"{kind}_sim_backprop.png" for kind in ("model_comparison", "rule_signatures", "simulation_recovery")]
+    + ["cka.png"]
+    + [
+        f"{kind}_sim_backprop_resnet18.png"
+        for kind in (
+            "encoding_by_layer",
+            "meg_timecourses",
+            "spatial_hierarchy",
+            "tmax",
+            "brain_map",
+            "glass_brain",
+            "meg_topomaps",
+        )
+    ]
+)
 
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(ROOT / "tests" / "configs" / "tiny.yaml"), *args]
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(ROOT / "tests" / "configs" / "tiny.yaml"),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
@@ -42,8 +64,11 @@ def test_tables_follow_the_contract(tiny_run):
 
 
 def test_validate_results_command(tiny_run):
-    done = subprocess.run([str(Path(sys.executable).parent / "brainprop"), "validate-results",
-                           str(tiny_run / "results" / "tiny")], capture_output=True, text=True)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "brainprop"), "validate-results", str(tiny_run / "results" / "tiny")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -86,8 +111,17 @@ def test_runtime_settings_rerun_nothing(tiny_run, tmp_path):
 def test_bad_config_stops_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "tests" / "configs" / "tiny.yaml").read_text().replace("mode: grid", "mode: gird"))
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1",
-           "--configfile", str(bad)]
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "1",
+        "--configfile",
+        str(bad),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "models.resnet18.pooling.mode" in done.stderr + done.stdout
@@ -112,26 +146,46 @@ def test_report_builds_with_every_figure(tiny_run):
 
 # ---------------------------------------------------------------- the report in a browser
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Run Debian's Chromium headless with a fresh profile; console messages go to stderr."""
     profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
-    cmd = [shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr",
-           "--v=0", "--virtual-time-budget=15000", *args]
+    cmd = [
+        shutil.which("chromium"),
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=15000",
+        *args,
+    ]
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=180)
 
 
 def _console_errors(stderr: str) -> list[str]:
     """Console lines of the page that report a JavaScript error."""
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line
-            and any(word in line for word in ("Uncaught", "Error", "error"))]
+    return [
+        line
+        for line in stderr.splitlines()
+        if ":CONSOLE" in line and any(word in line for word in ("Uncaught", "Error", "error"))
+    ]
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (tests/browser/install_chromium.sh)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="chromium not installed (tests/browser/install_chromium.sh)"
+)
 def test_report_renders_in_chromium(tiny_run, tmp_path):
     report = tiny_run / "report_browser.html"
     done = _snakemake(tiny_run, "--report", str(report))
@@ -153,9 +207,11 @@ def test_report_renders_in_chromium(tiny_run, tmp_path):
     assert sorted(uris) == sorted(TINY_FIGURES)
     page = tmp_path / "figures.html"
     images = "".join(f'<img src="{uris[name]}">' for name in sorted(uris))
-    page.write_text(f"<html><body>{images}<pre id='out'></pre><script>window.onload = () => {{"
-                    "document.getElementById('out').textContent = Array.from(document.images)"
-                    ".map(i => i.complete ? i.naturalWidth : -1).join(',');};</script></body></html>")
+    page.write_text(
+        f"<html><body>{images}<pre id='out'></pre><script>window.onload = () => {{"
+        "document.getElementById('out').textContent = Array.from(document.images)"
+        ".map(i => i.complete ? i.naturalWidth : -1).join(',');};</script></body></html>"
+    )
     loaded = _chromium(tmp_path, "--dump-dom", page.as_uri())
     widths = re.search(r"<pre id=\"out\">([^<]*)</pre>", loaded.stdout).group(1).split(",")
     assert len(widths) == len(uris) and all(int(w) > 100 for w in widths), dict(zip(sorted(uris), widths))
@@ -177,8 +233,18 @@ def test_joint_models_feed_e_and_the_stats_tables_exist(tiny_run):
 def test_controls_are_planned_as_models_of_their_own(tmp_path):
     config = tmp_path / "controls.yaml"
     config.write_text((ROOT / "tests" / "configs" / "tiny.yaml").read_text().replace("    controls: []\n", ""))
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1",
-           "--configfile", str(config), "--dry-run"]
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "1",
+        "--configfile",
+        str(config),
+        "--dry-run",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     text = done.stdout + done.stderr
@@ -194,7 +260,7 @@ def _centred_checkpoint(path: Path, n_images: int, size: int) -> Path:
     import torch
 
     from brainprop.features.extract import ImageDataset
-    from brainprop.features.models import image_transform, create_model
+    from brainprop.features.models import create_model, image_transform
     from brainprop.stimuli.demo import make_demo_images
     from brainprop.stimuli.files import write_manifest
 
@@ -225,16 +291,37 @@ def test_controls_run_through_the_workflow(tmp_path):
     config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
     images = config["stimuli"]["demo"]
     checkpoint = _centred_checkpoint(tmp_path / "weights" / "resnet18.pt", images["n_images"], images["size"])
-    config["models"]["resnet18"] |= {"weights": str(checkpoint), "controls": ["random_init", "shuffled_loss"],
-                                     "layers": {"n": 2}}
+    config["models"]["resnet18"] |= {
+        "weights": str(checkpoint),
+        "controls": ["random_init", "shuffled_loss"],
+        "layers": {"n": 2},
+    }
     config["datasets"]["sim_backprop"]["subjects"] = ["sub-01", "sub-02"]
-    config |= {"joint": {"enabled": False}, "hierarchy": {"min_count": 2}, "encoding": {"alphas": {"n": 4}},
-               "sensitivity": {"tmax_threshold": [], "exclude": []}}
+    config |= {
+        "joint": {"enabled": False},
+        "hierarchy": {"min_count": 2},
+        "encoding": {"alphas": {"n": 4}},
+        "sensitivity": {"tmax_threshold": [], "exclude": []},
+    }
     (tmp_path / "controls.yaml").write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
-    done = subprocess.run([SNAKEMAKE, "results/tiny/tables/tests.parquet", "-s", str(ROOT / "Snakefile"),
-                           "--directory", str(run), "--cores", "2", "--configfile", str(tmp_path / "controls.yaml")],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            SNAKEMAKE,
+            "results/tiny/tables/tests.parquet",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(run),
+            "--cores",
+            "2",
+            "--configfile",
+            str(tmp_path / "controls.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-5000:]
     out = run / "results" / "tiny"
 
@@ -250,8 +337,13 @@ def test_controls_run_through_the_workflow(tmp_path):
     assert validate_table("comparisons", comparisons) == []
     pairs = comparisons[comparisons["comparison"] == "models"]
     assert {frozenset(p) for p in zip(pairs["model_a"], pairs["model_b"])} == {
-        frozenset(p) for p in (("resnet18", "resnet18__random_init"), ("resnet18", "resnet18__shuffled_loss"),
-                               ("resnet18__random_init", "resnet18__shuffled_loss"))}
+        frozenset(p)
+        for p in (
+            ("resnet18", "resnet18__random_init"),
+            ("resnet18", "resnet18__shuffled_loss"),
+            ("resnet18__random_init", "resnet18__shuffled_loss"),
+        )
+    }
     for side in ("a", "b"):
         assert (pairs[f"variant_{side}"] == pairs[f"model_{side}"].map(labels)).all()
         assert set(pairs[f"base_model_{side}"]) == {"resnet18"}

@@ -36,8 +36,8 @@ def _validate_config(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
     from .brain.datasets import check_dataset, format_report
+    from .config import ConfigError, load_config
 
     try:
         config = load_config(args.config, check_models=False)
@@ -47,8 +47,10 @@ def _check(args: argparse.Namespace) -> int:
     real = {name: ds for name, ds in config["datasets"].items() if ds["kind"] != "simulated"}
     if args.dataset:
         if args.dataset not in real:
-            print(f"{args.dataset!r} is not a real dataset of {args.config}; real datasets: {sorted(real)}",
-                  file=sys.stderr)
+            print(
+                f"{args.dataset!r} is not a real dataset of {args.config}; real datasets: {sorted(real)}",
+                file=sys.stderr,
+            )
             return 1
         real = {args.dataset: real[args.dataset]}
     n_problems = 0

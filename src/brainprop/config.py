@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-__all__ = ["ConfigError", "SCHEMA_PATH", "load_config", "validate_config", "config_hash", "alphas"]
+__all__ = ["SCHEMA_PATH", "ConfigError", "alphas", "config_hash", "load_config", "validate_config"]
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -85,8 +85,13 @@ def validate_config(config: dict, schema_path: Path | None = None, check_models:
 # Maps whose entry order the user chooses (it orders figures and tables); every other mapping
 # is sorted by key, so that reordering keys in the YAML file changes no rule's params (and
 # triggers no rerun).
-_ORDERED_MAPS = {("stimuli",), ("models",), ("datasets",), ("datasets", "*", "roi_levels"),
-                 ("datasets", "*", "meg_windows")}
+_ORDERED_MAPS = {
+    ("stimuli",),
+    ("models",),
+    ("datasets",),
+    ("datasets", "*", "roi_levels"),
+    ("datasets", "*", "meg_windows"),
+}
 
 
 def _canonical_order(value, path: tuple = ()):
@@ -131,14 +136,18 @@ def _check_real_datasets(config: dict) -> list[str]:
             problems.append(f"config key datasets.{name}.root: required for kind {kind!r} (the dataset's folder)")
         spec = config["stimuli"].get(ds["imageset"], {})
         if spec.get("kind") != "dataset" or spec.get("dataset") != name:
-            problems.append(f"config key datasets.{name}.imageset: {ds['imageset']!r} must be an image set "
-                            f"{{kind: dataset, dataset: {name}}} for kind {kind!r}")
+            problems.append(
+                f"config key datasets.{name}.imageset: {ds['imageset']!r} must be an image set "
+                f"{{kind: dataset, dataset: {name}}} for kind {kind!r}"
+            )
     for key, spec in config["stimuli"].items():
         if spec["kind"] == "dataset":
             target = config["datasets"].get(spec.get("dataset"), {})
             if target.get("kind") in (None, "simulated"):
-                problems.append(f"config key stimuli.{key}.dataset: {spec.get('dataset')!r} is not a real dataset; "
-                                f"real datasets: {sorted(n for n, d in config['datasets'].items() if d['kind'] != 'simulated')}")
+                problems.append(
+                    f"config key stimuli.{key}.dataset: {spec.get('dataset')!r} is not a real dataset; "
+                    f"real datasets: {sorted(n for n, d in config['datasets'].items() if d['kind'] != 'simulated')}"
+                )
     return problems
 
 
@@ -163,10 +172,15 @@ def _check_cross_fields(config: dict) -> None:
             for key in ("forward_window", "backward_window"):
                 lo, hi = meg[key]
                 if not lo < hi:
-                    problems.append(f"config key datasets.{name}.simulation.meg.{key}: {meg[key]} must be [start, end] with start < end")
+                    problems.append(
+                        f"config key datasets.{name}.simulation.meg.{key}: {meg[key]} must be [start, end] "
+                        "with start < end"
+                    )
         for level, window in ds.get("meg_windows", {}).items():
             if not window[0] < window[1]:
-                problems.append(f"config key datasets.{name}.meg_windows.{level}: {window} must be [start, end] with start < end")
+                problems.append(
+                    f"config key datasets.{name}.meg_windows.{level}: {window} must be [start, end] with start < end"
+                )
     for alias, model in config["models"].items():
         weights = model["weights"]
         if weights not in ("random", "pretrained") and not Path(weights).is_file():
@@ -178,8 +192,9 @@ def _check_cross_fields(config: dict) -> None:
             problems.append(f"config key models.{alias}.layers: give either 'n' or 'names', not both")
     for alias in config.get("joint", {}).get("models") or []:
         if alias not in config["models"]:
-            problems.append(f"config key joint.models: {alias!r} is not a model alias; defined models: "
-                            f"{sorted(config['models'])}")
+            problems.append(
+                f"config key joint.models: {alias!r} is not a model alias; defined models: {sorted(config['models'])}"
+            )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

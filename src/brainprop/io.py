@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "atomic_path",
-    "save_array",
-    "load_array",
-    "write_table",
-    "read_table",
-    "read_provenance",
     "CorruptFileError",
+    "atomic_path",
+    "load_array",
+    "read_provenance",
+    "read_table",
+    "save_array",
+    "write_table",
 ]
 
 
@@ -49,9 +49,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write a NumPy array to `path` (.npy) atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(array))
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array))
 
 
 def load_array(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
@@ -84,9 +83,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except (OSError, ValueError) as err:
-        raise CorruptFileError(
-            f"{path}: cannot read this table ({err}). Delete it and rerun snakemake."
-        ) from err
+        raise CorruptFileError(f"{path}: cannot read this table ({err}). Delete it and rerun snakemake.") from err
 
 
 def read_provenance(path: str | os.PathLike) -> dict:
@@ -95,8 +92,4 @@ def read_provenance(path: str | os.PathLike) -> dict:
 
     meta = pq.read_schema(path).metadata or {}
     prefix = b"brainprop."
-    return {
-        key[len(prefix):].decode(): json.loads(value)
-        for key, value in meta.items()
-        if key.startswith(prefix)
-    }
+    return {key[len(prefix) :].decode(): json.loads(value) for key, value in meta.items() if key.startswith(prefix)}

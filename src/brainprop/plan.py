@@ -149,11 +149,14 @@ def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> Run
     # functions of workflow/rules/common.smk and tests/test_plan.py checks them against Snakemake.
     joint = config.get("joint", {})
     base = [alias for alias, m in models.items() if not m.get("variant")]
-    for name, ds in datasets.items():
+    for ds in datasets.values():
         for alias, m in models.items():
             chosen = joint.get("models")
-            if (joint.get("enabled", True) and {"act", "grad"} <= set(m["signals"])
-                    and (chosen is None or alias in chosen or m.get("base_model") in chosen)):
+            if (
+                joint.get("enabled", True)
+                and {"act", "grad"} <= set(m["signals"])
+                and (chosen is None or alias in chosen or m.get("base_model") in chosen)
+            ):
                 jobs["joint"] += len(ds["subjects"]) * len(layers[alias])
         modalities = _modalities(ds)
         jobs["brain_map"] += len(models) if "fmri" in modalities else 0

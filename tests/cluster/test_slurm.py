@@ -31,9 +31,17 @@ pytestmark = pytest.mark.cluster
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 OUT = "results/tiny"
 # The user profile as the README gives it, plus what only this account-less test cluster needs.
-SLURM_ARGS = ["--workflow-profile", str(ROOT / "profiles" / "slurm"),
-              "--profile", str(ROOT / "tests" / "cluster" / "profile"), "--default-resources", "slurm_partition=debug",
-              "--cores", "2", "--slurm-keep-successful-logs"]
+SLURM_ARGS = [
+    "--workflow-profile",
+    str(ROOT / "profiles" / "slurm"),
+    "--profile",
+    str(ROOT / "tests" / "cluster" / "profile"),
+    "--default-resources",
+    "slurm_partition=debug",
+    "--cores",
+    "2",
+    "--slurm-keep-successful-logs",
+]
 # The extract job peaks at 1.05 to 1.5 GB under SLURM (torch, the model, one batch and the job's
 # own Snakemake; measured in two runs). Asking 500 MB × attempt² gets attempt 1 killed by SLURM
 # for exceeding its request (torch alone needs more) and gives attempt 2, with batch 15, 2,000 MB.
@@ -43,13 +51,26 @@ OOM_ARGS = ["--set-resources", f"extract:mem_mb={EXTRACT_MEM_MB}*attempt**2"]
 
 HIERARCHY = f"{OUT}/hierarchy/sim_backprop/resnet18/sub-01"
 TARGETS = [f"{HIERARCHY}/{name}.parquet" for name in ("encoding", "best_layers", "tmax", "hierarchy")]
-JOBS = Counter({"stimuli": 1, "layers": 1, "extract": 1, "plant": 1, "brain": 1, "folds": 1, "encode": 8,
-                "hierarchy": 1})
+JOBS = Counter(
+    {"stimuli": 1, "layers": 1, "extract": 1, "plant": 1, "brain": 1, "folds": 1, "encode": 8, "hierarchy": 1}
+)
 
 
 def _slurm_cmd(workdir: Path, *args: str) -> list[str]:
-    return [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(TINY),
-            *SLURM_ARGS, *OOM_ARGS, *args, "--", *TARGETS]
+    return [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        *SLURM_ARGS,
+        *OOM_ARGS,
+        *args,
+        "--",
+        *TARGETS,
+    ]
 
 
 def _env() -> dict:
@@ -58,8 +79,13 @@ def _env() -> dict:
 
 def _squeue(run_id: str) -> list[tuple[str, str, str]]:
     """(SLURM job id, state, comment) of this run's jobs."""
-    done = subprocess.run(["squeue", "-h", "--states=all", "--name", run_id, "-o", "%i|%T|%k"],
-                          capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        ["squeue", "-h", "--states=all", "--name", run_id, "-o", "%i|%T|%k"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     return [tuple(line.split("|", 2)) for line in done.stdout.split()]
 
 
@@ -83,8 +109,9 @@ class Interrupted:
 
     def run(self, timeout: float = 900) -> None:
         with open(self.log, "w") as fh:
-            proc = subprocess.Popen(_slurm_cmd(self.workdir), stdout=fh, stderr=subprocess.STDOUT, env=_env(),
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                _slurm_cmd(self.workdir), stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
+            )
         run_id = _run_id(self.log)
         encodings = self.workdir / OUT / "encoding" / "sim_backprop" / "resnet18"
         deadline = time.monotonic() + timeout
@@ -125,18 +152,25 @@ def slurm_run(tmp_path_factory) -> dict:
     assert first.killed, first.log.read_text()[-3000:]
     finished = Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", first.log.read_text()))
     # A killed Snakemake leaves its lock behind; the README's recovery step removes it.
-    unlock = subprocess.run(_slurm_cmd(workdir, "--unlock"), capture_output=True, text=True, env=_env(), timeout=300,
-                            check=False)
+    unlock = subprocess.run(
+        _slurm_cmd(workdir, "--unlock"), capture_output=True, text=True, env=_env(), timeout=300, check=False
+    )
     assert unlock.returncode == 0, unlock.stderr[-3000:]
     complete_encodes = _complete_encodes(workdir)
-    plan = subprocess.run(_slurm_cmd(workdir, "--dry-run"), capture_output=True, text=True, env=_env(), timeout=300,
-                          check=False)
+    plan = subprocess.run(
+        _slurm_cmd(workdir, "--dry-run"), capture_output=True, text=True, env=_env(), timeout=300, check=False
+    )
     assert plan.returncode == 0, plan.stderr[-3000:]
     resumed = subprocess.run(_slurm_cmd(workdir), capture_output=True, text=True, env=_env(), timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    return {"workdir": workdir, "finished_first": finished, "complete_encodes": complete_encodes,
-            "planned": planned_jobs(plan.stdout), "first_log": first.log.read_text(),
-            "resumed_log": resumed.stdout + resumed.stderr}
+    return {
+        "workdir": workdir,
+        "finished_first": finished,
+        "complete_encodes": complete_encodes,
+        "planned": planned_jobs(plan.stdout),
+        "first_log": first.log.read_text(),
+        "resumed_log": resumed.stdout + resumed.stderr,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +192,9 @@ def test_every_job_ran_as_a_slurm_job(slurm_run):
 
 
 def test_extract_out_of_memory_retried_with_half_the_batch_and_more_memory(slurm_run):
-    extract_logs = sorted((slurm_run["workdir"] / "results" / "slurm-logs" / "rule_extract").rglob("*.log"),
-                          key=lambda p: int(p.stem))
+    extract_logs = sorted(
+        (slurm_run["workdir"] / "results" / "slurm-logs" / "rule_extract").rglob("*.log"), key=lambda p: int(p.stem)
+    )
     assert len(extract_logs) == 2  # the attempt SLURM killed and the retry
     first, retry = (p.read_text(errors="replace") for p in extract_logs)
     assert "Exceeded job memory limit" in first, first[-3000:]
@@ -189,5 +224,11 @@ def test_results_equal_a_local_run(slurm_run, local_run):
         numbers = local.select_dtypes("number").columns
         others = [c for c in local.columns if c not in numbers]
         pd.testing.assert_frame_equal(slurm[others], local[others])
-        np.testing.assert_allclose(slurm[numbers].to_numpy(float), local[numbers].to_numpy(float), atol=1e-6,
-                                   rtol=0, equal_nan=True, err_msg=target)
+        np.testing.assert_allclose(
+            slurm[numbers].to_numpy(float),
+            local[numbers].to_numpy(float),
+            atol=1e-6,
+            rtol=0,
+            equal_nan=True,
+            err_msg=target,
+        )

@@ -10,6 +10,11 @@ with rule_log(snakemake.log[0]) as log:
         from brainprop.brain.rules import run_simulated_subject
 
         run_simulated_subject(
-            snakemake.input.plant, snakemake.input.layers, snakemake.output, spec["simulation"],
-            snakemake.params.seed, snakemake.wildcards.dataset, snakemake.wildcards.subject,
+            snakemake.input.plant,
+            snakemake.input.layers,
+            snakemake.output,
+            spec["simulation"],
+            snakemake.params.seed,
+            snakemake.wildcards.dataset,
+            snakemake.wildcards.subject,
         )

@@ -12,9 +12,19 @@ with rule_log(snakemake.log[0]) as log:
     log.info("batch size %s, mem_mb %s", batch_size or "auto", getattr(res, "mem_mb", None))
     options = snakemake.config["extraction"]
     run_extract(
-        snakemake.input.manifest, snakemake.input.layers, snakemake.output.features, p.model, p.pooling,
-        seed=p.seed, device=snakemake.config["device"], batch_size=batch_size or "auto",
-        signals=p.model["signals"], threads=snakemake.threads, cache_dir=options["cache_dir"],
-        shard_size=options["shard_size"], workers=options["workers"], storage_dtype=p.storage_dtype,
+        snakemake.input.manifest,
+        snakemake.input.layers,
+        snakemake.output.features,
+        p.model,
+        p.pooling,
+        seed=p.seed,
+        device=snakemake.config["device"],
+        batch_size=batch_size or "auto",
+        signals=p.model["signals"],
+        threads=snakemake.threads,
+        cache_dir=options["cache_dir"],
+        shard_size=options["shard_size"],
+        workers=options["workers"],
+        storage_dtype=p.storage_dtype,
         progress_every_s=options["progress_every_s"],
     )

@@ -1,8 +1,8 @@
 from brainprop.workflow import rule_log
 
 with rule_log(snakemake.log[0]) as log:
-    from brainprop.io import write_table
     from brainprop.features.prefetch import prefetch_models
+    from brainprop.io import write_table
 
     table = prefetch_models(snakemake.params.models)
     for row in table.itertuples():

@@ -18,5 +18,8 @@ from ..io import load_array, read_table
 def load_subject(folder: str | Path) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """Read a subject folder: (Y, target table, samples)."""
     folder = Path(folder)
-    return load_array(folder / "Y.npy", mmap=True), read_table(folder / "targets.parquet"), read_table(folder / "samples.parquet")
-
+    return (
+        load_array(folder / "Y.npy", mmap=True),
+        read_table(folder / "targets.parquet"),
+        read_table(folder / "samples.parquet"),
+    )

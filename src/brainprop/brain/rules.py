@@ -31,18 +31,21 @@ def run_simulated_subject(
     act, grad = _plant_features(plant_dir, len(layers), error_signal(simulation["scenario"]))
     Y, targets = simulate_subject(act, grad, layers["depth"].to_numpy(), simulation, seed, dataset, subject)
     samples = load_samples(plant_dir)
-    log.info("%s %s: %d images x %d targets (%s)", dataset, subject, *Y.shape,
-             targets["modality"].value_counts().to_dict())
+    log.info(
+        "%s %s: %d images x %d targets (%s)", dataset, subject, *Y.shape, targets["modality"].value_counts().to_dict()
+    )
     save_array(outputs.Y, Y)
     write_table(outputs.targets, targets)
     write_table(outputs.samples, samples)
 
 
-def simulated_truth(layers_path: str | Path, simulation: dict, subjects: list[str], seed: int, dataset: str) -> pd.DataFrame:
+def simulated_truth(
+    layers_path: str | Path, simulation: dict, subjects: list[str], seed: int, dataset: str
+) -> pd.DataFrame:
     """The planted truth table of a simulated dataset (METHOD.md §7)."""
     from .simulate import planted_truth
 
     depths = load_layers(layers_path)["depth"].to_numpy()
-    return planted_truth(dataset, subjects, simulation["source_model"], simulation["scenario"], depths,
-                         simulation["meg"], seed)
-
+    return planted_truth(
+        dataset, subjects, simulation["source_model"], simulation["scenario"], depths, simulation["meg"], seed
+    )

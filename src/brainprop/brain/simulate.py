@@ -43,15 +43,15 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "SIM_ROIS",
     "SCENARIOS",
-    "params_from_config",
+    "SIM_ROIS",
     "Plan",
+    "noise_ceiling_from_repetitions",
+    "params_from_config",
     "plan_subject",
     "planted_truth",
-    "simulate_subject",
     "roi_geometry",
-    "noise_ceiling_from_repetitions",
+    "simulate_subject",
 ]
 
 # Approximate MNI centroids (right hemisphere, mm) of ventral-stream ROIs, ordered from V1
@@ -71,8 +71,12 @@ SIM_ROIS: dict[str, tuple[float, float, float]] = {
 def params_from_config(dataset: dict) -> dict:
     """Simulation parameters of a validated dataset entry (defaults come from the config schema)."""
     sim = dataset["simulation"]
-    return {**sim, "plant_grid": sim["plant_pooling"]["grid"], "atlas": dataset["atlas"],
-            "reference_roi": dataset["reference_roi"]}
+    return {
+        **sim,
+        "plant_grid": sim["plant_pooling"]["grid"],
+        "atlas": dataset["atlas"],
+        "reference_roi": dataset["reference_roi"],
+    }
 
 
 @dataclass(frozen=True)
@@ -259,8 +263,9 @@ def _prepare(signals: list[list[np.ndarray]], params: dict) -> list[_Plant]:
         shared = []
         for k, z in enumerate(sig):
             others = [t for key, t in tops.items() if key != (s, k)]
-            shared.append(np.linalg.qr(np.concatenate(others, axis=1))[0] if others and m > 0
-                          else np.zeros((len(z), 0)))
+            shared.append(
+                np.linalg.qr(np.concatenate(others, axis=1))[0] if others and m > 0 else np.zeros((len(z), 0))
+            )
         plants.append(_Plant(sig, detail[s], shared))
     return plants
 
@@ -346,7 +351,11 @@ def _meg_topographies(n_components: int, pos: np.ndarray, rng: np.random.Generat
 
 
 def _meg(
-    act: _Plant, grad: _Plant | None, plan: Plan, params: dict, sensors: pd.DataFrame,
+    act: _Plant,
+    grad: _Plant | None,
+    plan: Plan,
+    params: dict,
+    sensors: pd.DataFrame,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     meg = params["meg"]
@@ -365,10 +374,12 @@ def _meg(
             course = np.exp(-((times - t_k) ** 2) / (2 * meg["width_s"] ** 2))
             data += weight * np.einsum("iq,qs,t->ist", latent, topo, course)
     signal = data.reshape(n_img, -1)
-    table = pd.DataFrame({
-        "sensor": np.repeat(sensors["sensor"].to_numpy(), len(times)),
-        "time": np.tile(times, len(sensors)),
-    })
+    table = pd.DataFrame(
+        {
+            "sensor": np.repeat(sensors["sensor"].to_numpy(), len(times)),
+            "time": np.tile(times, len(sensors)),
+        }
+    )
     # Same noise level at every sensor and time: the SNR is that of the strongest target.
     scale = np.full(signal.shape[1], signal.std(0).max())
     return signal, table, params["snr_meg"] * (signal.std(0) / scale) ** 2
@@ -385,8 +396,14 @@ def ctf275_sensors() -> pd.DataFrame:
 
 
 def simulate_subject(
-    act: list[np.ndarray], grad: list[np.ndarray], depths: np.ndarray, params: dict, seed: int,
-    dataset: str, subject: str, sensors: pd.DataFrame | None = None,
+    act: list[np.ndarray],
+    grad: list[np.ndarray],
+    depths: np.ndarray,
+    params: dict,
+    seed: int,
+    dataset: str,
+    subject: str,
+    sensors: pd.DataFrame | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """One subject's responses (n_images, n_targets) float32 and its target table.
 
@@ -400,13 +417,13 @@ def simulate_subject(
     parts, tables = [], []
     fsig, ftab, fsnr = _fmri(act, grad, plan, params, rng)
     dist = roi_geometry(ftab, params.get("reference_roi", "V1"))
-    ftab = ftab.assign(modality="fmri", atlas=params["atlas"], roi_distance_mm=ftab["roi"].map(dist),
-                       sensor="", time=np.nan)
+    ftab = ftab.assign(
+        modality="fmri", atlas=params["atlas"], roi_distance_mm=ftab["roi"].map(dist), sensor="", time=np.nan
+    )
     parts.append((fsig, fsnr))
     tables.append(ftab)
     msig, mtab, msnr = _meg(act, grad, plan, params, sensors if sensors is not None else ctf275_sensors(), rng)
-    mtab = mtab.assign(modality="meg", atlas="", roi="", hemi="", x=np.nan, y=np.nan, z=np.nan,
-                       roi_distance_mm=np.nan)
+    mtab = mtab.assign(modality="meg", atlas="", roi="", hemi="", x=np.nan, y=np.nan, z=np.nan, roi_distance_mm=np.nan)
     parts.append((msig, msnr))
     tables.append(mtab)
     signal = np.concatenate([p[0] for p in parts], axis=1)
@@ -419,6 +436,18 @@ def simulate_subject(
     table = pd.concat(tables, ignore_index=True)
     table["noise_ceiling"] = noise_ceiling_from_repetitions(reps)
     table.insert(0, "target", np.arange(len(table), dtype=np.int64))
-    columns = ["target", "modality", "atlas", "roi", "hemi", "x", "y", "z", "roi_distance_mm",
-               "sensor", "time", "noise_ceiling"]
+    columns = [
+        "target",
+        "modality",
+        "atlas",
+        "roi",
+        "hemi",
+        "x",
+        "y",
+        "z",
+        "roi_distance_mm",
+        "sensor",
+        "time",
+        "noise_ceiling",
+    ]
     return reps.mean(0).astype(np.float32), table[columns]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Backend", "BACKENDS", "DEVICES", "get_backend"]
+__all__ = ["BACKENDS", "DEVICES", "Backend", "get_backend"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -88,12 +88,16 @@ def _numpy_eigh(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _numpy_backend(device: str, dtype: Any) -> Backend:
     """NumPy on the CPU, float64 unless asked otherwise."""
     if device not in ("auto", "cpu"):
-        raise ValueError(f"device={device!r} is not available to the numpy backend; expected 'cpu' or 'auto' "
-                         "(use backend='torch' for cuda)")
+        raise ValueError(
+            f"device={device!r} is not available to the numpy backend; expected 'cpu' or 'auto' "
+            "(use backend='torch' for cuda)"
+        )
     name = _check_dtype(dtype, "float64")
     kind = np.dtype(name)
     return Backend(
-        name="numpy", device="cpu", dtype=name,
+        name="numpy",
+        device="cpu",
+        dtype=name,
         asarray=lambda a: np.asarray(a, dtype=kind),
         to_numpy=lambda x: np.asarray(x, dtype=np.float64),
         svd=lambda X: np.linalg.svd(X, full_matrices=False),
@@ -111,8 +115,10 @@ def _torch_device(torch: Any, device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but torch.cuda.is_available() is False (no GPU or a CPU-only torch build); "
-                         "expected device='cpu' or 'auto'")
+        raise ValueError(
+            "device='cuda' but torch.cuda.is_available() is False (no GPU or a CPU-only torch build); "
+            "expected device='cpu' or 'auto'"
+        )
     return device
 
 
@@ -124,7 +130,9 @@ def _torch_backend(device: str, dtype: Any) -> Backend:
     name = _check_dtype(dtype, "float32")
     kind = getattr(torch, name)
     return Backend(
-        name="torch", device=device, dtype=name,
+        name="torch",
+        device=device,
+        dtype=name,
         asarray=lambda a: torch.as_tensor(np.asarray(a), dtype=kind, device=device),
         to_numpy=lambda x: x.detach().to("cpu", torch.float64).numpy(),
         svd=lambda X: torch.linalg.svd(X, full_matrices=False),

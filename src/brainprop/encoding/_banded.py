@@ -9,9 +9,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._backends import get_backend
-from ._ridge import Fold, RidgeCVResult, _Basis, _loo_errors, _loo_terms, _pearson, _r2, _standardize, _valid, check_alphas, check_folds, ridge_cv
+from ._ridge import (
+    Fold,
+    RidgeCVResult,
+    _Basis,
+    _loo_errors,
+    _loo_terms,
+    _pearson,
+    _r2,
+    _standardize,
+    _valid,
+    check_alphas,
+    check_folds,
+    ridge_cv,
+)
 
-__all__ = ["BandedResult", "BANDED_ALPHAS", "banded_grid", "joint_ridge_cv", "banded_ridge_cv"]
+__all__ = ["BANDED_ALPHAS", "BandedResult", "banded_grid", "banded_ridge_cv", "joint_ridge_cv"]
 
 # METHOD.md §4 grid per band (1e0..1e8, 10 values): 100 penalty pairs for two bands.
 BANDED_ALPHAS: tuple[float, ...] = tuple(np.logspace(0, 8, 10).tolist())
@@ -102,7 +115,11 @@ def _weighted_basis(K: np.ndarray, C: np.ndarray, weights: np.ndarray) -> _Basis
 
 
 def _fold_fit(
-    K: np.ndarray, C: np.ndarray, grid: np.ndarray, y_train: np.ndarray, batch_size: int | None = None,
+    K: np.ndarray,
+    C: np.ndarray,
+    grid: np.ndarray,
+    y_train: np.ndarray,
+    batch_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best combination index (m,), its leave-one-out MSE (m,) and held-out prediction (n_test, m).
 
@@ -132,7 +149,7 @@ def _fold_fit(
         chosen = np.argmin(errors, axis=0)  # first minimum in grid order: ties keep the earlier combination
         best[cols] = chosen
         best_err[cols] = errors[chosen, np.arange(errors.shape[1])]
-        for basis, combos, scales, _, _ in groups:
+        for basis, combos, _scales, _, _ in groups:
             hit = np.flatnonzero(np.isin(chosen, combos))
             if hit.size:
                 scale = grid[chosen[hit], -1]
@@ -183,10 +200,11 @@ def banded_ridge_cv(
     Per fold each band is standardised on the training split (as `ridge_cv`); for every penalty
     pair (α_1, α_2) of the grid the banded ridge is the unit-penalty ridge on the hstacked
     X_j / √α_j, solved in kernel form (K = Σ_j X_j X_jᵀ / α_j; pairs with the same ratio
-    α_1 / α_2 share one eigendecomposition per fold) with the intercept unpenalised. Each target takes the pair with the smallest exact
-    leave-one-out error (ties to the earlier pair: smaller α_1, then smaller α_2). Each band is
-    also fitted alone by `ridge_cv` over the union of the grid's penalties, and the unique
-    variance of band j is R²_joint − R²(other band alone), both held-out and fold-averaged.
+    α_1 / α_2 share one eigendecomposition per fold) with the intercept unpenalised. Each target
+    takes the pair with the smallest exact leave-one-out error (ties to the earlier pair: smaller
+    α_1, then smaller α_2). Each band is also fitted alone by `ridge_cv` over the union of the
+    grid's penalties, and the unique variance of band j is R²_joint − R²(other band alone), both
+    held-out and fold-averaged.
 
     Parameters
     ----------
@@ -208,5 +226,12 @@ def banded_ridge_cv(
     joint = joint_ridge_cv(Xs, Y, folds, alphas, batch_size)
     single = tuple(ridge_cv(X, Y, folds, np.unique(grid[:, j]), batch_size) for j, X in enumerate(Xs))
     unique = np.stack([joint.r2 - single[1].r2, joint.r2 - single[0].r2])
-    return BandedResult(r=joint.r, r2=joint.r2, alpha=joint.alpha, r_folds=joint.r_folds,
-                        r2_folds=joint.r2_folds, single=single, unique=unique)
+    return BandedResult(
+        r=joint.r,
+        r2=joint.r2,
+        alpha=joint.alpha,
+        r_folds=joint.r_folds,
+        r2_folds=joint.r2_folds,
+        single=single,
+        unique=unique,
+    )

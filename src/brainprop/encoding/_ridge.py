@@ -10,7 +10,7 @@ import numpy as np
 
 from ._backends import Backend, get_backend
 
-__all__ = ["RidgeCVResult", "ridge_cv", "ridge_cv_shared", "check_alphas", "check_folds"]
+__all__ = ["RidgeCVResult", "check_alphas", "check_folds", "ridge_cv", "ridge_cv_shared"]
 
 Fold = tuple[np.ndarray, np.ndarray]
 
@@ -238,8 +238,7 @@ def _maps_pay_off(n_train: int, n_test: int, k: int, n_alphas: int, n_targets: i
     return maps < (k * n_train + n_test * k) * n_targets
 
 
-def _search_terms(ops: Backend, low: Backend | None, basis: _Basis, alphas: np.ndarray,
-                  n_targets: int = 0) -> _Search:
+def _search_terms(ops: Backend, low: Backend | None, basis: _Basis, alphas: np.ndarray, n_targets: int = 0) -> _Search:
     """Leave-one-out terms of every penalty for one fold, plus float32 copies when `low` is given.
 
     With `low`, the prediction maps B are built when they cost less than a float64 U^T y for
@@ -252,9 +251,16 @@ def _search_terms(ops: Backend, low: Backend | None, basis: _Basis, alphas: np.n
         q_mean = (1.0 / d2).mean(axis=0)
     keep = 1.0 + M  # alpha / (lam + alpha): each direction's share left in the residual
     screen = low or ops
-    terms = {"M": M, "denom": denom, "keep2": screen.cast(keep * keep), "M2": screen.cast(M * M),
-             "d2min": d2.min(axis=0), "d2max": d2.max(axis=0), "q_mean": q_mean,
-             "m_max": np.abs(ops.to_numpy(M)).max(axis=0, initial=0.0)}
+    terms = {
+        "M": M,
+        "denom": denom,
+        "keep2": screen.cast(keep * keep),
+        "M2": screen.cast(M * M),
+        "d2min": d2.min(axis=0),
+        "d2max": d2.max(axis=0),
+        "q_mean": q_mean,
+        "m_max": np.abs(ops.to_numpy(M)).max(axis=0, initial=0.0),
+    }
     if low is not None:
         terms.update(U_low=low.cast(basis.U), M_low=low.cast(M), denom_low=low.cast(denom))
         (n_train, k), n_test = basis.U.shape, basis.P.shape[0]
@@ -284,8 +290,13 @@ class _Norms:
 
     def take(self, cols: np.ndarray) -> _Norms:
         """The norms of the targets `cols` of the batch."""
-        return _Norms(ss_y=self.ss_y[cols], ss_c=self.ss_c[:, cols], ss_v=self.ss_v[:, cols],
-                      slack=self.slack[cols], dz=self.dz[cols])
+        return _Norms(
+            ss_y=self.ss_y[cols],
+            ss_c=self.ss_c[:, cols],
+            ss_v=self.ss_v[:, cols],
+            slack=self.slack[cols],
+            dz=self.dz[cols],
+        )
 
 
 def _norms(zops: Backend, n: int, search: _Search, z: Any, ss_y: np.ndarray) -> _Norms:
@@ -304,8 +315,13 @@ def _norms(zops: Backend, n: int, search: _Search, z: Any, ss_y: np.ndarray) -> 
     norm_y = np.sqrt(ss_y)
     dz = (_ROUNDING_LAMBDA * np.sqrt(n) + 2.0) * u * np.sqrt(k) * norm_y
     slack = 2.0 * norm_y * dz + dz * dz + (_ROUNDING_LAMBDA * np.sqrt(n + k) + 16.0) * u * ss_y
-    return _Norms(ss_y=ss_y, ss_c=ss_r + zops.to_numpy(search.keep2.T @ z2), ss_v=zops.to_numpy(search.M2.T @ z2),
-                  slack=slack, dz=dz)
+    return _Norms(
+        ss_y=ss_y,
+        ss_c=ss_r + zops.to_numpy(search.keep2.T @ z2),
+        ss_v=zops.to_numpy(search.M2.T @ z2),
+        slack=slack,
+        dz=dz,
+    )
 
 
 def _bounds(search: _Search, n: int, norms: _Norms) -> tuple[np.ndarray, np.ndarray]:
@@ -347,15 +363,26 @@ def _screen_tolerance(n: int, k: int, search: _Search, norms: _Norms, errors: np
     plus (n + 4) u relative for the division and the sum over rows.
     """
     u = float(np.finfo(np.float32).eps)
-    dc = ((_ROUNDING_LAMBDA * np.sqrt(k) + 2.0) * u * np.sqrt(k * norms.ss_v) + 2.0 * u * np.sqrt(norms.ss_y)
-          + search.m_max[:, None] * norms.dz)
+    dc = (
+        (_ROUNDING_LAMBDA * np.sqrt(k) + 2.0) * u * np.sqrt(k * norms.ss_v)
+        + 2.0 * u * np.sqrt(norms.ss_y)
+        + search.m_max[:, None] * norms.dz
+    )
     norm_c = np.sqrt(np.minimum(norms.ss_y, norms.ss_c + norms.slack))
     spread = (2.0 * norm_c * dc + dc * dc) / (n * search.d2min[:, None])
     return spread + (n + 4.0) * u * np.where(np.isfinite(errors), errors, 0.0)
 
 
-def _choose(ops: Backend, low: Backend | None, basis: _Basis, search: _Search, y: Any, z: Any,
-            ss_y: np.ndarray, y_low: Any = None) -> np.ndarray:
+def _choose(
+    ops: Backend,
+    low: Backend | None,
+    basis: _Basis,
+    search: _Search,
+    y: Any,
+    z: Any,
+    ss_y: np.ndarray,
+    y_low: Any = None,
+) -> np.ndarray:
     """Penalty index of every target (batch,), equal to the argmin of all exact leave-one-out errors.
 
     `z` = U^T y in the screening precision (float32 when `low` is given, else the backend's);
@@ -412,8 +439,9 @@ def _choose(ops: Backend, low: Backend | None, basis: _Basis, search: _Search, y
     return chosen
 
 
-def _predict(ops: Backend, basis: _Basis, search: _Search, alphas: np.ndarray, y: Any, z: Any,
-             chosen: np.ndarray) -> np.ndarray:
+def _predict(
+    ops: Backend, basis: _Basis, search: _Search, alphas: np.ndarray, y: Any, z: Any, chosen: np.ndarray
+) -> np.ndarray:
     """Held-out predictions (n_test, batch) of centred y for the chosen penalty indices (backend array)."""
     if search.B is None:
         if search.U_low is not None:  # z is float32: the prediction needs it in the backend's precision
@@ -472,8 +500,13 @@ def _column_ok(y: np.ndarray) -> np.ndarray:
 
 
 def _fit_batch(
-    ops: Backend, low: Backend | None, basis: _Basis, search: _Search, alphas: np.ndarray,
-    y_train: np.ndarray, y_test: np.ndarray,
+    ops: Backend,
+    low: Backend | None,
+    basis: _Basis,
+    search: _Search,
+    alphas: np.ndarray,
+    y_train: np.ndarray,
+    y_test: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chosen penalty, held-out r and R² of one batch of targets, each (batch,).
 
@@ -561,11 +594,18 @@ def ridge_cv_shared(
             for start in range(0, Y.shape[1], step):
                 cols = slice(start, min(start + step, Y.shape[1]))
                 alpha[f, cols], r[f, cols], r2[f, cols] = _fit_batch(
-                    ops, low, basis, search, alphas,
-                    Y[train, cols], Y[test, cols],
+                    ops,
+                    low,
+                    basis,
+                    search,
+                    alphas,
+                    Y[train, cols],
+                    Y[test, cols],
                 )
-    return [RidgeCVResult(r=r.mean(axis=0), r2=r2.mean(axis=0), alpha=alpha, r_folds=r, r2_folds=r2)
-            for alpha, r, r2 in scores]
+    return [
+        RidgeCVResult(r=r.mean(axis=0), r2=r2.mean(axis=0), alpha=alpha, r_folds=r, r2_folds=r2)
+        for alpha, r, r2 in scores
+    ]
 
 
 def ridge_cv(

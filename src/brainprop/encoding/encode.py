@@ -9,34 +9,34 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..io import CorruptFileError, read_table
 from ._backends import BACKENDS, DEVICES
 from ._banded import BANDED_ALPHAS, BandedResult, banded_ridge_cv, joint_ridge_cv
 from ._ridge import Fold, RidgeCVResult, check_folds, ridge_cv, ridge_cv_shared
-from ..io import CorruptFileError, read_table
 
 __all__ = [
+    "BACKENDS",
+    "BANDED_ALPHAS",
     "DEFAULT_ALPHAS",
-    "TARGET_COLUMNS",
+    "DEVICES",
     "SCORE_COLUMNS",
     "SUMMARY_COLUMNS",
+    "TARGET_COLUMNS",
+    "BandedResult",
+    "RidgeCVResult",
+    "RidgeEncoder",
+    "banded_ridge_cv",
+    "encode",
+    "encode_shared",
+    "folds_from_table",
+    "folds_table",
+    "joint_ridge_cv",
+    "load_target_scores",
     "make_folds",
     "ridge_cv",
     "ridge_cv_shared",
-    "RidgeCVResult",
-    "banded_ridge_cv",
-    "joint_ridge_cv",
-    "BandedResult",
-    "BANDED_ALPHAS",
-    "BACKENDS",
-    "DEVICES",
-    "RidgeEncoder",
-    "encode",
-    "encode_shared",
-    "load_target_scores",
     "run_encode",
     "run_encode_shared",
-    "folds_table",
-    "folds_from_table",
 ]
 
 # METHOD.md §4: 10 penalties log-spaced from 1e0 to 1e8.
@@ -50,8 +50,17 @@ SCORE_COLUMNS = ("target", "r", "r2", "alpha", "r_normalized", "excluded")
 
 # Columns of the summary table: the results contract's encoding table minus identity columns.
 SUMMARY_COLUMNS = (
-    "modality", "atlas", "roi", "hemi", "roi_distance_mm", "time",
-    "r", "r_normalized", "noise_ceiling", "n_targets", "n_excluded",
+    "modality",
+    "atlas",
+    "roi",
+    "hemi",
+    "roi_distance_mm",
+    "time",
+    "r",
+    "r_normalized",
+    "noise_ceiling",
+    "n_targets",
+    "n_excluded",
 )
 
 _FMRI_HEMIS = ("lh", "rh")
@@ -114,8 +123,13 @@ class RidgeEncoder:
     True
     """
 
-    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, n_folds: int = 5, seed: int = 0,
-                 groups: np.ndarray | None = None):
+    def __init__(
+        self,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        n_folds: int = 5,
+        seed: int = 0,
+        groups: np.ndarray | None = None,
+    ):
         self.alphas = alphas
         self.n_folds = n_folds
         self.seed = seed
@@ -168,10 +182,10 @@ def _column_flags(Y: np.ndarray, step: int = 4096) -> tuple[np.ndarray, np.ndarr
     nonfinite = np.zeros(Y.shape[1], dtype=bool)
     constant = np.zeros(Y.shape[1], dtype=bool)
     for start in range(0, Y.shape[1], step):
-        block = Y[:, start:start + step]
-        nonfinite[start:start + step] = ~np.isfinite(block).all(axis=0)
+        block = Y[:, start : start + step]
+        nonfinite[start : start + step] = ~np.isfinite(block).all(axis=0)
         with np.errstate(invalid="ignore"):
-            constant[start:start + step] = np.ptp(block, axis=0) == 0
+            constant[start : start + step] = np.ptp(block, axis=0) == 0
     return nonfinite, constant & ~nonfinite
 
 
@@ -209,9 +223,17 @@ def _summarize_fmri(table: pd.DataFrame) -> list[dict]:
     for (atlas, roi), part in table.groupby(["atlas", "roi"], sort=False):
         hemis = [h for h in _FMRI_HEMIS if (part["hemi"] == h).any()]
         for hemi, sel in [(h, part[part["hemi"] == h]) for h in hemis] + [("both", part)]:
-            rows.append({"modality": "fmri", "atlas": atlas, "roi": roi, "hemi": hemi,
-                         "roi_distance_mm": _mean(sel["roi_distance_mm"]), "time": np.nan,
-                         **_group_stats(sel)})
+            rows.append(
+                {
+                    "modality": "fmri",
+                    "atlas": atlas,
+                    "roi": roi,
+                    "hemi": hemi,
+                    "roi_distance_mm": _mean(sel["roi_distance_mm"]),
+                    "time": np.nan,
+                    **_group_stats(sel),
+                }
+            )
     return rows
 
 
@@ -220,8 +242,15 @@ def _summarize_meg(table: pd.DataFrame) -> list[dict]:
     if not np.isfinite(table["time"].to_numpy(dtype=np.float64)).all():
         raise ValueError("meg targets have a missing time; expected a time in seconds for every sensor × time")
     return [
-        {"modality": "meg", "atlas": "", "roi": "", "hemi": "", "roi_distance_mm": np.nan,
-         "time": float(time), **_group_stats(part)}
+        {
+            "modality": "meg",
+            "atlas": "",
+            "roi": "",
+            "hemi": "",
+            "roi_distance_mm": np.nan,
+            "time": float(time),
+            **_group_stats(part),
+        }
         for time, part in table.groupby("time", sort=True)
     ]
 
@@ -245,10 +274,16 @@ def _per_target_table(targets: pd.DataFrame, used: np.ndarray, result: RidgeCVRe
     r, r2, alpha = (np.full(len(targets), np.nan) for _ in range(3))
     r[used], r2[used], alpha[used] = result.r, result.r2, np.median(result.alpha, axis=0)
     ceiling = targets["noise_ceiling"].to_numpy(dtype=np.float64)
-    return pd.DataFrame({
-        "target": targets["target"].to_numpy(dtype=np.int64), "r": r, "r2": r2, "alpha": alpha,
-        "r_normalized": _normalize(r, ceiling), "excluded": ~np.isfinite(r),
-    })
+    return pd.DataFrame(
+        {
+            "target": targets["target"].to_numpy(dtype=np.int64),
+            "r": r,
+            "r2": r2,
+            "alpha": alpha,
+            "r_normalized": _normalize(r, ceiling),
+            "excluded": ~np.isfinite(r),
+        }
+    )
 
 
 def encode(
@@ -282,8 +317,16 @@ def encode(
     """
     X, Y = np.asarray(X), np.asarray(Y)
     keep, used, nonfinite, constant = _usable(X, Y, targets, folds)
-    result = ridge_cv(X if keep.all() else X[:, keep], Y if used.all() else Y[:, used],
-                      folds, alphas, batch_size, backend, device, dtype)
+    result = ridge_cv(
+        X if keep.all() else X[:, keep],
+        Y if used.all() else Y[:, used],
+        folds,
+        alphas,
+        batch_size,
+        backend,
+        device,
+        dtype,
+    )
     return _encoding_tables(X, Y, targets, folds, keep, (used, nonfinite, constant), result)
 
 
@@ -306,11 +349,20 @@ def encode_shared(
     Ys = [np.asarray(Y) for Y in Ys]
     masks = [_usable(X, Y, t, folds) for Y, t in zip(Ys, targets)]
     keep = masks[0][0]  # depends on X only
-    results = ridge_cv_shared(X if keep.all() else X[:, keep],
-                              [Y if used.all() else Y[:, used] for Y, (_, used, _, _) in zip(Ys, masks)],
-                              folds, alphas, batch_size, backend, device, dtype)
-    return [_encoding_tables(X, Y, t, folds, keep, mask[1:], result)
-            for Y, t, mask, result in zip(Ys, targets, masks, results)]
+    results = ridge_cv_shared(
+        X if keep.all() else X[:, keep],
+        [Y if used.all() else Y[:, used] for Y, (_, used, _, _) in zip(Ys, masks)],
+        folds,
+        alphas,
+        batch_size,
+        backend,
+        device,
+        dtype,
+    )
+    return [
+        _encoding_tables(X, Y, t, folds, keep, mask[1:], result)
+        for Y, t, mask, result in zip(Ys, targets, masks, results)
+    ]
 
 
 def _usable(X: np.ndarray, Y: np.ndarray, targets: pd.DataFrame, folds: Sequence[Fold]) -> tuple[np.ndarray, ...]:
@@ -326,22 +378,34 @@ def _usable(X: np.ndarray, Y: np.ndarray, targets: pd.DataFrame, folds: Sequence
     return keep, used, nonfinite, constant
 
 
-def _encoding_tables(X: np.ndarray, Y: np.ndarray, targets: pd.DataFrame, folds: Sequence[Fold],
-                     keep: np.ndarray, flags: tuple[np.ndarray, np.ndarray, np.ndarray], result: RidgeCVResult
-                     ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def _encoding_tables(
+    X: np.ndarray,
+    Y: np.ndarray,
+    targets: pd.DataFrame,
+    folds: Sequence[Fold],
+    keep: np.ndarray,
+    flags: tuple[np.ndarray, np.ndarray, np.ndarray],
+    result: RidgeCVResult,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Per-target scores, summary rows and counts of one subject's fit."""
     used, nonfinite, constant = flags
     per_target = _per_target_table(targets, used, result)
     excluded = per_target["excluded"].to_numpy()
-    table = targets[list(TARGET_COLUMNS[1:])].reset_index(drop=True).assign(
-        r=per_target["r"], r_normalized=per_target["r_normalized"], excluded=excluded)
-    rows = [row for modality, part in table.groupby("modality", sort=True)
-            for row in _SUMMARIES[modality](part)]
+    table = (
+        targets[list(TARGET_COLUMNS[1:])]
+        .reset_index(drop=True)
+        .assign(r=per_target["r"], r_normalized=per_target["r_normalized"], excluded=excluded)
+    )
+    rows = [row for modality, part in table.groupby("modality", sort=True) for row in _SUMMARIES[modality](part)]
     counts = {
-        "n_images": int(X.shape[0]), "n_folds": len(folds),
-        "n_features": int(X.shape[1]), "n_features_dropped": int((~keep).sum()),
-        "n_targets": int(Y.shape[1]), "n_targets_excluded": int(excluded.sum()),
-        "n_targets_nonfinite": int(nonfinite.sum()), "n_targets_constant": int(constant.sum()),
+        "n_images": int(X.shape[0]),
+        "n_folds": len(folds),
+        "n_features": int(X.shape[1]),
+        "n_features_dropped": int((~keep).sum()),
+        "n_targets": int(Y.shape[1]),
+        "n_targets_excluded": int(excluded.sum()),
+        "n_targets_nonfinite": int(nonfinite.sum()),
+        "n_targets_constant": int(constant.sum()),
         "n_targets_degenerate_split": int((excluded & used).sum()),
     }
     return per_target, _summary_table(rows), counts
@@ -365,8 +429,9 @@ def folds_table(samples: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -
     fold = np.full(len(samples), -1, dtype=np.int64)
     for k, (_, test) in enumerate(make_folds(len(samples), groups, n_folds, seed)):
         fold[test] = k
-    return pd.DataFrame({"image_id": samples["image_id"].to_numpy(), "group": samples["group"].to_numpy(),
-                         "fold": fold})
+    return pd.DataFrame(
+        {"image_id": samples["image_id"].to_numpy(), "group": samples["group"].to_numpy(), "fold": fold}
+    )
 
 
 def folds_from_table(table: pd.DataFrame, image_ids: np.ndarray) -> list[Fold]:
@@ -380,8 +445,10 @@ def folds_from_table(table: pd.DataFrame, image_ids: np.ndarray) -> list[Fold]:
     ids = np.asarray(image_ids)
     unknown = ids[~np.isin(ids, fold_of.index)]
     if len(unknown):
-        raise ValueError(f"the folds table has no fold for images {unknown[:5].tolist()} "
-                         f"({len(unknown)} in all); targets and folds must come from the same image set")
+        raise ValueError(
+            f"the folds table has no fold for images {unknown[:5].tolist()} "
+            f"({len(unknown)} in all); targets and folds must come from the same image set"
+        )
     fold = fold_of.loc[ids].to_numpy()
     every = np.arange(len(fold))
     folds = [(every[fold != k], every[fold == k]) for k in np.unique(fold)]
@@ -406,12 +473,16 @@ def subject_rows(feature_ids: np.ndarray, sample_ids: np.ndarray, features: str,
 
 def _backend(params: dict) -> dict:
     """The array backend of the fits from the `encoding` config entry."""
-    return {"backend": params.get("backend", "numpy"), "device": params.get("device", "auto"),
-            "dtype": params.get("dtype")}
+    return {
+        "backend": params.get("backend", "numpy"),
+        "device": params.get("device", "auto"),
+        "dtype": params.get("dtype"),
+    }
 
 
-def _subject_features(features: str, samples_path: str, signal: str, layer_index: int, log: logging.Logger
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _subject_features(
+    features: str, samples_path: str, signal: str, layer_index: int, log: logging.Logger
+) -> tuple[np.ndarray, np.ndarray]:
     """One layer's features in a subject's image order, and that order (image ids)."""
     from ..features.files import load_features, load_samples
     from ..io import read_table
@@ -424,8 +495,14 @@ def _subject_features(features: str, samples_path: str, signal: str, layer_index
     return np.asarray(load_features(features, signal, layer_index))[rows], image_ids
 
 
-def _write_encoding(scores: str, summary_path: str, fit: tuple[pd.DataFrame, pd.DataFrame, dict], identity: dict,
-                    layers: str, layer_index: int) -> None:
+def _write_encoding(
+    scores: str,
+    summary_path: str,
+    fit: tuple[pd.DataFrame, pd.DataFrame, dict],
+    identity: dict,
+    layers: str,
+    layer_index: int,
+) -> None:
     """Write one subject's per-target scores and summary rows (with identity and layer columns)."""
     from ..features.files import load_layers
     from ..io import write_table
@@ -459,8 +536,7 @@ def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict) 
     _write_encoding(outputs.scores, outputs.summary, fit, identity, inputs.layers, layer_index)
 
 
-def run_encode_shared(inputs, outputs, identity: dict, layer_index: int, params: dict, subjects: Sequence[str]
-                      ) -> None:
+def run_encode_shared(inputs, outputs, identity: dict, layer_index: int, params: dict, subjects: Sequence[str]) -> None:
     """Entry point of the encode_shared rule: one layer's features against every subject of a dataset.
 
     `inputs.Y`, `.targets`, `.samples` and `outputs.scores`, `.summary` are lists in `subjects`
@@ -477,19 +553,37 @@ def run_encode_shared(inputs, outputs, identity: dict, layer_index: int, params:
     if all(np.array_equal(orders[0], order) for order in orders[1:]):
         X, image_ids = _subject_features(inputs.features, inputs.samples[0], identity["signal"], layer_index, log)
         Ys = [load_array(path, mmap=True) for path in inputs.Y]
-        fits = encode_shared(X, Ys, [read_table(path) for path in inputs.targets], folds_from_table(table, image_ids),
-                             alpha_grid(params), **_backend(params))
-        log.info("%d subjects share one decomposition per fold (%d images in the same order)",
-                 len(subjects), len(image_ids))
+        fits = encode_shared(
+            X,
+            Ys,
+            [read_table(path) for path in inputs.targets],
+            folds_from_table(table, image_ids),
+            alpha_grid(params),
+            **_backend(params),
+        )
+        log.info(
+            "%d subjects share one decomposition per fold (%d images in the same order)", len(subjects), len(image_ids)
+        )
     else:
         differ = [s for s, order in zip(subjects, orders) if not np.array_equal(orders[0], order)]
-        log.warning("subjects %s saw other images or another order than %s: each subject is fitted on its own",
-                    differ, subjects[0])
+        log.warning(
+            "subjects %s saw other images or another order than %s: each subject is fitted on its own",
+            differ,
+            subjects[0],
+        )
         fits = []
         for samples, Y, targets in zip(inputs.samples, inputs.Y, inputs.targets):
             X, image_ids = _subject_features(inputs.features, samples, identity["signal"], layer_index, log)
-            fits.append(encode(X, load_array(Y, mmap=True), read_table(targets), folds_from_table(table, image_ids),
-                               alpha_grid(params), **_backend(params)))
+            fits.append(
+                encode(
+                    X,
+                    load_array(Y, mmap=True),
+                    read_table(targets),
+                    folds_from_table(table, image_ids),
+                    alpha_grid(params),
+                    **_backend(params),
+                )
+            )
     for subject, fit, scores, summary in zip(subjects, fits, outputs.scores, outputs.summary):
         log.info("%s: backend: %s; counts: %s", subject, _backend(params), fit[2])
         _write_encoding(scores, summary, fit, {**identity, "subject": subject}, inputs.layers, layer_index)

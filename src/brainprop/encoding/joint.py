@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ..io import CorruptFileError, read_table
 from ._banded import banded_ridge_cv
 from ._ridge import Fold, check_folds, ridge_cv
-from ..io import CorruptFileError, read_table
 
 __all__ = [
     "JOINT_ALPHAS",
@@ -36,11 +36,23 @@ JOINT_ALPHAS: tuple[float, ...] = tuple(np.logspace(0, 8, 5).tolist())
 JOINT_SIGNALS = ("act", "grad")
 
 # Per-target table: joint R², each signal's R² alone and unique variance; `excluded` targets NaN.
-JOINT_TARGET_COLUMNS = ("target", "r_joint", "r2_joint", "r2_act", "r2_grad", "unique_act", "unique_grad",
-                        "excluded")
+JOINT_TARGET_COLUMNS = ("target", "r_joint", "r2_joint", "r2_act", "r2_grad", "unique_act", "unique_grad", "excluded")
 # Summary table (beside the identity columns dataset, model, layer, layer_index, depth, subject).
-JOINT_SUMMARY_COLUMNS = ("modality", "atlas", "roi", "hemi", "roi_distance_mm", "time", "r2_joint", "r2_act",
-                         "r2_grad", "unique_act", "unique_grad", "n_targets", "n_excluded")
+JOINT_SUMMARY_COLUMNS = (
+    "modality",
+    "atlas",
+    "roi",
+    "hemi",
+    "roi_distance_mm",
+    "time",
+    "r2_joint",
+    "r2_act",
+    "r2_grad",
+    "unique_act",
+    "unique_grad",
+    "n_targets",
+    "n_excluded",
+)
 _MEASURES = ("r2_joint", "r2_act", "r2_grad", "unique_act", "unique_grad")
 _TARGET_INFO = ("target", "modality", "atlas", "roi", "hemi", "roi_distance_mm", "time")
 
@@ -52,8 +64,10 @@ def _nonconstant(X: np.ndarray, name: str) -> np.ndarray:
     if X.ndim != 2:
         raise ValueError(f"{name} features must be 2-D (n_images, n_features), got shape {X.shape}")
     if not np.isfinite(X).all():
-        raise ValueError(f"{name} features have {np.count_nonzero(~np.isfinite(X))} non-finite values; "
-                         "expected finite features (check the extraction of this layer)")
+        raise ValueError(
+            f"{name} features have {np.count_nonzero(~np.isfinite(X))} non-finite values; "
+            "expected finite features (check the extraction of this layer)"
+        )
     return np.ptp(X, axis=0) > 0
 
 
@@ -85,8 +99,9 @@ def joint_encode(
     """
     X_act, X_grad, Y = np.asarray(X_act), np.asarray(X_grad), np.asarray(Y)
     if Y.ndim != 2 or X_act.shape[0] != Y.shape[0] or X_grad.shape[0] != Y.shape[0]:
-        raise ValueError(f"features {X_act.shape} and {X_grad.shape} and targets {Y.shape} need the same "
-                         "number of images (rows)")
+        raise ValueError(
+            f"features {X_act.shape} and {X_grad.shape} and targets {Y.shape} need the same number of images (rows)"
+        )
     folds = check_folds(folds, Y.shape[0])
     keep = [_nonconstant(X_act, "activation"), _nonconstant(X_grad, "gradient")]
     if not (keep[0].any() or keep[1].any()):
@@ -110,7 +125,10 @@ def joint_encode(
         r2_single = [single.r2, single.r2]
         r2_single[1 - alive] = np.zeros(single.r2.shape)
     values = {
-        "r_joint": r_joint, "r2_joint": r2_joint, "r2_act": r2_single[0], "r2_grad": r2_single[1],
+        "r_joint": r_joint,
+        "r2_joint": r2_joint,
+        "r2_act": r2_single[0],
+        "r2_grad": r2_single[1],
         # unique variance of a signal = R²_joint − R²(other signal alone); 0 for an empty band
         "unique_act": r2_joint - r2_single[1] if keep[0].any() else np.zeros_like(r2_joint),
         "unique_grad": r2_joint - r2_single[0] if keep[1].any() else np.zeros_like(r2_joint),
@@ -122,10 +140,15 @@ def joint_encode(
         out[name] = full
     per_target = pd.DataFrame(out).assign(excluded=~np.isfinite(out["r2_joint"]))
     counts = {
-        "n_images": int(Y.shape[0]), "n_folds": len(folds), "n_pairs": int(np.unique(alphas).size ** 2),
-        "n_features_act": int(X_act.shape[1]), "n_features_act_dropped": int((~keep[0]).sum()),
-        "n_features_grad": int(X_grad.shape[1]), "n_features_grad_dropped": int((~keep[1]).sum()),
-        "n_targets": int(Y.shape[1]), "n_targets_excluded": int(per_target["excluded"].sum()),
+        "n_images": int(Y.shape[0]),
+        "n_folds": len(folds),
+        "n_pairs": int(np.unique(alphas).size ** 2),
+        "n_features_act": int(X_act.shape[1]),
+        "n_features_act_dropped": int((~keep[0]).sum()),
+        "n_features_grad": int(X_grad.shape[1]),
+        "n_features_grad_dropped": int((~keep[1]).sum()),
+        "n_targets": int(Y.shape[1]),
+        "n_targets_excluded": int(per_target["excluded"].sum()),
     }
     return per_target, counts
 
@@ -148,23 +171,41 @@ def summarize_joint(per_target: pd.DataFrame, targets: pd.DataFrame) -> pd.DataF
         raise ValueError(f"targets lacks columns {missing}; expected {list(_TARGET_INFO)}")
     if len(targets) != len(per_target):
         raise ValueError(f"targets has {len(targets)} rows but the joint fit {len(per_target)} targets")
-    table = pd.concat([targets[list(_TARGET_INFO)].reset_index(drop=True),
-                       per_target.drop(columns="target", errors="ignore").reset_index(drop=True)], axis=1)
+    table = pd.concat(
+        [
+            targets[list(_TARGET_INFO)].reset_index(drop=True),
+            per_target.drop(columns="target", errors="ignore").reset_index(drop=True),
+        ],
+        axis=1,
+    )
     rows = []
     fmri = table[table["modality"] == "fmri"]
     for (atlas, roi), part in fmri.groupby(["atlas", "roi"], sort=True):
         groups = [(h, part[part["hemi"] == h]) for h in ("lh", "rh") if (part["hemi"] == h).any()]
         for hemi, sel in groups + [("both", part)]:
-            rows.append({"modality": "fmri", "atlas": atlas, "roi": roi, "hemi": hemi,
-                         "roi_distance_mm": float(sel["roi_distance_mm"].mean()), "time": np.nan} | _means(sel))
+            rows.append(
+                {
+                    "modality": "fmri",
+                    "atlas": atlas,
+                    "roi": roi,
+                    "hemi": hemi,
+                    "roi_distance_mm": float(sel["roi_distance_mm"].mean()),
+                    "time": np.nan,
+                }
+                | _means(sel)
+            )
     meg = table[table["modality"] == "meg"]
     for time, part in meg.groupby("time", sort=True):
-        rows.append({"modality": "meg", "atlas": "", "roi": "", "hemi": "", "roi_distance_mm": np.nan,
-                     "time": float(time)} | _means(part))
+        rows.append(
+            {"modality": "meg", "atlas": "", "roi": "", "hemi": "", "roi_distance_mm": np.nan, "time": float(time)}
+            | _means(part)
+        )
     out = pd.DataFrame(rows, columns=list(JOINT_SUMMARY_COLUMNS))
-    return out.astype({c: str for c in ("modality", "atlas", "roi", "hemi")}
-                      | {c: np.float64 for c in ("roi_distance_mm", "time", *_MEASURES)}
-                      | {"n_targets": np.int64, "n_excluded": np.int64})
+    return out.astype(
+        {c: str for c in ("modality", "atlas", "roi", "hemi")}
+        | {c: np.float64 for c in ("roi_distance_mm", "time", *_MEASURES)}
+        | {"n_targets": np.int64, "n_excluded": np.int64}
+    )
 
 
 def load_joint_targets(path: str | os.PathLike) -> pd.DataFrame:
@@ -172,8 +213,10 @@ def load_joint_targets(path: str | os.PathLike) -> pd.DataFrame:
     table = read_table(path)
     missing = [c for c in JOINT_TARGET_COLUMNS if c not in table.columns]
     if missing:
-        raise CorruptFileError(f"{path}: per-target joint scores lack columns {missing}; expected "
-                               f"{list(JOINT_TARGET_COLUMNS)}. Delete the file and rerun snakemake.")
+        raise CorruptFileError(
+            f"{path}: per-target joint scores lack columns {missing}; expected "
+            f"{list(JOINT_TARGET_COLUMNS)}. Delete the file and rerun snakemake."
+        )
     return table
 
 
@@ -184,9 +227,9 @@ def run_joint(inputs, outputs, identity: dict, layer_index: int, params: dict) -
     has scores (per target) and summary; `params` has `alphas` (the per-band grid spec
     `{log10_min, log10_max, n}`).
     """
-    from .encode import folds_from_table, subject_rows
     from ..features.files import load_features, load_layers, load_samples
     from ..io import load_array, write_table
+    from .encode import folds_from_table, subject_rows
 
     feature_ids = load_samples(inputs.features)["image_id"].to_numpy()
     samples = read_table(inputs.samples)
@@ -204,6 +247,7 @@ def run_joint(inputs, outputs, identity: dict, layer_index: int, params: dict) -
     per_target.insert(0, "target", targets["target"].to_numpy(dtype=np.int64))
     layer = load_layers(inputs.layers).set_index("layer_index").loc[layer_index]
     summary = summarize_joint(per_target, targets).assign(
-        **identity, layer=str(layer["layer"]), layer_index=np.int64(layer_index), depth=float(layer["depth"]))
+        **identity, layer=str(layer["layer"]), layer_index=np.int64(layer_index), depth=float(layer["depth"])
+    )
     write_table(outputs.scores, per_target, {"counts": counts})
     write_table(outputs.summary, summary)

@@ -80,8 +80,13 @@ def manifest_digest(manifest: pd.DataFrame) -> str:
 
 
 def feature_identity(
-    model: dict, seed: int, preprocessing: dict, layers: Sequence[str], pooling: dict,
-    manifest: pd.DataFrame, storage_dtype: str,
+    model: dict,
+    seed: int,
+    preprocessing: dict,
+    layers: Sequence[str],
+    pooling: dict,
+    manifest: pd.DataFrame,
+    storage_dtype: str,
 ) -> dict:
     """Everything the extracted numbers depend on (and nothing else: not batch size, device or workers)."""
     import timm
@@ -142,8 +147,13 @@ class ShardCache:
     """The cache folder of one extraction: shards, their checksums and the assembled arrays."""
 
     def __init__(
-        self, cache_dir: str | os.PathLike, identity: dict, n_images: int, shard_size: int,
-        signals: Sequence[str], n_layers: int,
+        self,
+        cache_dir: str | os.PathLike,
+        identity: dict,
+        n_images: int,
+        shard_size: int,
+        signals: Sequence[str],
+        n_layers: int,
     ):
         if shard_size < 1:
             raise ValueError(f"extraction.shard_size {shard_size}: expected a positive integer")
@@ -217,7 +227,11 @@ class ShardCache:
             todo.append(shard)
         log.info(
             "cache %s: %d shard(s) of %d verified, %d to extract (%d incomplete or corrupt, deleted)",
-            self.root, len(self.shards) - len(todo), len(self.shards), len(todo), broken,
+            self.root,
+            len(self.shards) - len(todo),
+            len(self.shards),
+            len(todo),
+            broken,
         )
         return todo
 
@@ -252,7 +266,7 @@ class ShardCache:
                         tmp, mode="w+", dtype=self.dtype, shape=(self.n_images, parts[0].shape[1])
                     )
                     for shard, part in zip(self.shards, parts):
-                        out[shard.start:shard.stop] = part
+                        out[shard.start : shard.stop] = part
                     out.flush()
                     del out
                 sums[str(target.relative_to(folder))] = file_sha256(target)

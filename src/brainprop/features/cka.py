@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from .files import load_features, load_layers
 
 
@@ -40,4 +41,3 @@ def cka_table(features_dir: str | Path, layers_path: str | Path, signals: Sequen
                 cka[i, j] = cka[j, i] = linear_cka(mats[i], mats[j])
         rows += [(signal, names[i], names[j], float(cka[i, j])) for i in range(len(mats)) for j in range(len(mats))]
     return pd.DataFrame(rows, columns=["signal", "layer_a", "layer_b", "cka"])
-

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from . import learning_rules
-from .losses import LOSSES, LOSS_PREPARERS, LossBatch
-from .pooling import token_context, pool
+from .losses import LOSS_PREPARERS, LOSSES, LossBatch
+from .pooling import pool, token_context
 from .projection import project
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,9 @@ def _gradients(value: torch.Tensor, outs: list[torch.Tensor], precision: str) ->
     for attempt, scale in enumerate(scales):
         last = attempt == len(scales) - 1
         grads = torch.autograd.grad(value * scale, outs, allow_unused=True, retain_graph=not last)
-        grads = [torch.zeros_like(o, dtype=torch.float32) if g is None else g.float() / scale
-                 for o, g in zip(outs, grads)]
+        grads = [
+            torch.zeros_like(o, dtype=torch.float32) if g is None else g.float() / scale for o, g in zip(outs, grads)
+        ]
         if last or all(torch.isfinite(g).all() for g in grads):
             return grads
     raise AssertionError("unreachable")
@@ -152,8 +153,19 @@ class _Pass:
     output_error: torch.Tensor | None  # dL/d(network output) (float32)
 
 
-def _run_pass(model, images, names, loss, params, ids, index, precision, track: bool, output_error: bool,
-              feedback: dict[str, torch.Tensor] | None = None) -> _Pass:
+def _run_pass(
+    model,
+    images,
+    names,
+    loss,
+    params,
+    ids,
+    index,
+    precision,
+    track: bool,
+    output_error: bool,
+    feedback: dict[str, torch.Tensor] | None = None,
+) -> _Pass:
     """One forward pass (tracked when block gradients are wanted) and the loss's gradients."""
     rec = _Recorder(model, names)
     try:
@@ -169,7 +181,7 @@ def _run_pass(model, images, names, loss, params, ids, index, precision, track: 
                     value = LOSSES[loss](batch, params).float()
                 targets = (outs if track else []) + ([batch.output] if output_error else [])
                 grads = _gradients(value, targets, precision)
-            return _Pass(outs, grads[:len(outs)] if track else None, grads[-1] if output_error else None)
+            return _Pass(outs, grads[: len(outs)] if track else None, grads[-1] if output_error else None)
     finally:
         rec.remove()
 
@@ -214,12 +226,37 @@ def extract_batch(
     passes = []  # every pass computes the same activations: one is enough
     for rule in learning_rules.FEEDBACK_SIGNALS:
         if rule in signals:
-            passes.append(_run_pass(model, images, names, loss, params, ids, index, precision, track=True,
-                                    output_error=False, feedback=feedback.rule(rule)))
+            passes.append(
+                _run_pass(
+                    model,
+                    images,
+                    names,
+                    loss,
+                    params,
+                    ids,
+                    index,
+                    precision,
+                    track=True,
+                    output_error=False,
+                    feedback=feedback.rule(rule),
+                )
+            )
             out[rule] = pooled(passes[-1].grads)
     if {"grad", "dfa"} & set(signals) or not passes:
-        passes.append(_run_pass(model, images, names, loss, params, ids, index, precision,
-                                track="grad" in signals, output_error="dfa" in signals))
+        passes.append(
+            _run_pass(
+                model,
+                images,
+                names,
+                loss,
+                params,
+                ids,
+                index,
+                precision,
+                track="grad" in signals,
+                output_error="dfa" in signals,
+            )
+        )
     last = passes[-1]
     acts = pooled(last.outs) if {"act", "dfa"} & set(signals) else []
     if "act" in signals:
@@ -251,28 +288,38 @@ class BatchRunner:
         if self.largest_fit and len(images) > self.largest_fit:  # known not to fit: split at once
             return self._chunks(images, ids, index, self.largest_fit)
         try:
-            out = extract_batch(self.model, images, names, pooling, loss, params, signals, ids, index, self.precision,
-                                self.feedback)
+            out = extract_batch(
+                self.model, images, names, pooling, loss, params, signals, ids, index, self.precision, self.feedback
+            )
             return {s: [a.cpu().numpy().astype(np.float32) for a in arrays] for s, arrays in out.items()}
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not _is_out_of_memory(err) or len(images) == 1:
                 raise
         half = len(images) // 2
         self.largest_fit = half if self.largest_fit is None else min(self.largest_fit, half)
-        log.warning("out of memory on a batch of %d images; from now on batches of at most %d",
-                    len(images), self.largest_fit)
+        log.warning(
+            "out of memory on a batch of %d images; from now on batches of at most %d", len(images), self.largest_fit
+        )
         if images.is_cuda:
             torch.cuda.empty_cache()
         return self._chunks(images, ids, index, half)
 
-    def _chunks(self, images: torch.Tensor, ids: Sequence[str], index: np.ndarray,
-                size: int) -> dict[str, list[np.ndarray]]:
-        parts = [self(images[i:i + size], ids[i:i + size], index[i:i + size]) for i in range(0, len(images), size)]
+    def _chunks(
+        self, images: torch.Tensor, ids: Sequence[str], index: np.ndarray, size: int
+    ) -> dict[str, list[np.ndarray]]:
+        parts = [
+            self(images[i : i + size], ids[i : i + size], index[i : i + size]) for i in range(0, len(images), size)
+        ]
         return {s: [np.concatenate([p[s][k] for p in parts]) for k in range(len(parts[0][s]))] for s in parts[0]}
 
 
-def collect_batches(runner: BatchRunner, batches: Iterable[tuple[torch.Tensor, np.ndarray]], ids: Sequence[str],
-             device: torch.device, on_batch: Callable[[int], None] | None = None) -> dict[str, list[np.ndarray]]:
+def collect_batches(
+    runner: BatchRunner,
+    batches: Iterable[tuple[torch.Tensor, np.ndarray]],
+    ids: Sequence[str],
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, list[np.ndarray]]:
     """Run every (images, positions) batch and concatenate the features per signal and layer."""
     chunks: dict[str, list[list[np.ndarray]]] = {}
     for images, index in batches:
@@ -288,8 +335,9 @@ def collect_batches(runner: BatchRunner, batches: Iterable[tuple[torch.Tensor, n
     return {s: [np.concatenate(c) for c in lists] for s, lists in chunks.items()}
 
 
-def prepared_loss_params(model, loss: str, params: dict | None, signals: Sequence[str],
-                     batches: Callable[[], Iterable[torch.Tensor]]) -> dict:
+def prepared_loss_params(
+    model, loss: str, params: dict | None, signals: Sequence[str], batches: Callable[[], Iterable[torch.Tensor]]
+) -> dict:
     """The loss's parameters, completed over the whole image set when the loss needs it."""
     params = dict(params or {})
     if loss in LOSS_PREPARERS and set(signals) - {"act"}:
@@ -324,7 +372,7 @@ def extract_features(
         raise ValueError(f"{len(ids)} image ids for {len(images)} images; expected one id per image")
     starts = range(0, len(images), batch_size)
     params = prepared_loss_params(
-        model, loss, loss_params, signals, lambda: (images[s:s + batch_size] for s in starts)
+        model, loss, loss_params, signals, lambda: (images[s : s + batch_size] for s in starts)
     )
     device = next(model.parameters()).device
     runner = BatchRunner(model, names, pooling, loss, params, signals, precision, seed)
@@ -335,7 +383,7 @@ def extract_features(
         if progress:
             progress(done[0], len(images))
 
-    batches = ((images[s:s + batch_size], np.arange(s, min(s + batch_size, len(images)))) for s in starts)
+    batches = ((images[s : s + batch_size], np.arange(s, min(s + batch_size, len(images)))) for s in starts)
     return collect_batches(runner, batches, ids, device, on_batch)
 
 
@@ -359,29 +407,40 @@ class ImageDataset(torch.utils.data.Dataset):
             return self.transform(image.convert("RGB")), i
 
 
-def image_loader(dataset: ImageDataset, spans: Sequence[tuple[int, int]], batch_size: int, workers: int,
-                 device: torch.device) -> torch.utils.data.DataLoader:
+def image_loader(
+    dataset: ImageDataset, spans: Sequence[tuple[int, int]], batch_size: int, workers: int, device: torch.device
+) -> torch.utils.data.DataLoader:
     """Batches of positions [start, stop) of each span in order, no batch crossing a span's end.
 
     One loader serves every span (worker processes start once per job), with pinned memory on CUDA.
     """
-    batches = [list(range(b, min(b + batch_size, stop))) for start, stop in spans
-               for b in range(start, stop, batch_size)]
+    batches = [
+        list(range(b, min(b + batch_size, stop))) for start, stop in spans for b in range(start, stop, batch_size)
+    ]
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
     )
 
 
-def batch_size_from_memory(peak_small: int, peak_large: int, small: int, large: int, free: int,
-                           fraction: float = 0.8, cap: int = 256) -> int:
+def batch_size_from_memory(
+    peak_small: int, peak_large: int, small: int, large: int, free: int, fraction: float = 0.8, cap: int = 256
+) -> int:
     """Largest batch whose projected peak memory fits `fraction` of the free memory (bytes)."""
     per_image = max((peak_large - peak_small) / (large - small), 1.0)
     fixed = max(peak_small - small * per_image, 0.0)
     return int(max(1, min(cap, (free * fraction - fixed) // per_image)))
 
 
-def auto_batch_size(run: Callable[[torch.Tensor], object], sample: torch.Tensor, device: torch.device,
-                    fallback: int = 32, cap: int = 256) -> int:
+def auto_batch_size(
+    run: Callable[[torch.Tensor], object],
+    sample: torch.Tensor,
+    device: torch.device,
+    fallback: int = 32,
+    cap: int = 256,
+) -> int:
     """Batch size from the memory two probe batches take on CUDA (`fallback` on CPU)."""
     if device.type != "cuda":
         return fallback
@@ -397,8 +456,15 @@ def auto_batch_size(run: Callable[[torch.Tensor], object], sample: torch.Tensor,
         peaks.append(torch.cuda.max_memory_allocated(device) - base)
     free, _ = torch.cuda.mem_get_info(device)
     size = batch_size_from_memory(peaks[0], peaks[1], small, large, free, cap=cap)
-    log.info("auto batch size: %d (probe peaks %.0f/%.0f MiB for %d/%d images, %.0f MiB free)",
-             size, peaks[0] / 2**20, peaks[1] / 2**20, small, large, free / 2**20)
+    log.info(
+        "auto batch size: %d (probe peaks %.0f/%.0f MiB for %d/%d images, %.0f MiB free)",
+        size,
+        peaks[0] / 2**20,
+        peaks[1] / 2**20,
+        small,
+        large,
+        free / 2**20,
+    )
     return size
 
 
@@ -431,4 +497,3 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
-

@@ -36,4 +36,3 @@ def load_samples(out_dir: str | Path) -> pd.DataFrame:
 def load_layers(path: str | Path) -> pd.DataFrame:
     """Read a `layers.parquet` written by the layers rule."""
     return read_table(path)
-

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
+
 from .models import build_model, input_shape
-from .pooling import token_context, pool
+from .pooling import pool, token_context
 from .projection import projected_dim
 
 # Module-name patterns of a model's blocks, finest level first: the first pattern with at
@@ -64,9 +65,7 @@ def resolve_layers(
         modules = dict(model.named_modules())
         missing = [n for n in layers["names"] if n not in modules]
         if missing:
-            raise ValueError(
-                f"model {timm_name!r}: no module named {missing}; blocks are {blocks}"
-            )
+            raise ValueError(f"model {timm_name!r}: no module named {missing}; blocks are {blocks}")
         chosen = []
         for name in layers["names"]:
             ordinal = blocks.index(name) if name in blocks else None
@@ -81,21 +80,22 @@ def resolve_layers(
         projected_dim(pool(torch.empty(shapes[name], device="meta"), pooling, ctx).shape[1], pooling)
         for name, _ in chosen
     ]
-    return pd.DataFrame({
-        "layer": [c[0] for c in chosen],
-        "layer_index": np.arange(len(chosen), dtype=np.int64),
-        "ordinal": np.array([c[1] for c in chosen], dtype=np.int64),
-        "depth": np.array(_depths([c[1] for c in chosen], len(blocks)), dtype=np.float64),
-        "dim": np.array(dims, dtype=np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "layer": [c[0] for c in chosen],
+            "layer_index": np.arange(len(chosen), dtype=np.int64),
+            "ordinal": np.array([c[1] for c in chosen], dtype=np.int64),
+            "depth": np.array(_depths([c[1] for c in chosen], len(blocks)), dtype=np.float64),
+            "dim": np.array(dims, dtype=np.int64),
+        }
+    )
 
 
 def _output_shapes(model: torch.nn.Module, names: Sequence[str], size: tuple[int, int, int]) -> dict:
     shapes: dict[str, tuple] = {}
     modules = dict(model.named_modules())
     handles = [
-        modules[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
-        for n in names
+        modules[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape))) for n in names
     ]
     try:
         with torch.no_grad():
@@ -104,4 +104,3 @@ def _output_shapes(model: torch.nn.Module, names: Sequence[str], size: tuple[int
         for h in handles:
             h.remove()
     return shapes
-

@@ -61,8 +61,11 @@ def _plain(module: nn.Module) -> bool:
     """Whether a module is a Linear or Conv2d whose forward is the stock one (so it can be replaced)."""
     if type(module).forward is nn.Linear.forward:
         return True
-    return type(module).forward is nn.Conv2d.forward and module.padding_mode == "zeros" \
+    return (
+        type(module).forward is nn.Conv2d.forward
+        and module.padding_mode == "zeros"
         and not isinstance(module.padding, str)
+    )
 
 
 def feedback_matrices(model: nn.Module, rule: str, seed: int) -> dict[str, torch.Tensor]:

@@ -91,9 +91,15 @@ def _prepare_shuffled(model: torch.nn.Module, batches: Iterable[torch.Tensor], p
     # A network that predicts one class for every image (random weights, usually) has nothing to
     # shuffle: the control's gradients then equal the model's. Say so rather than hide it.
     level = logging.WARNING if changed == 0 else logging.INFO
-    log.log(level, "cross_entropy_shuffled: %d distinct top-1 classes over %d images; the permutation "
-            "changes the label of %d images%s", len(np.unique(labels)), len(labels), changed,
-            " (none: this control equals the model's own loss)" if changed == 0 else "")
+    log.log(
+        level,
+        "cross_entropy_shuffled: %d distinct top-1 classes over %d images; the permutation "
+        "changes the label of %d images%s",
+        len(np.unique(labels)),
+        len(labels),
+        changed,
+        " (none: this control equals the model's own loss)" if changed == 0 else "",
+    )
     return {**params, "labels": shuffled}
 
 
@@ -139,8 +145,9 @@ def _jitter(x: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
     return (factors[2] * x + (1 - factors[2]) * gray(x)).clamp(0, 1)
 
 
-def teacher_view(image: torch.Tensor, image_id: str, mean: Sequence[float], std: Sequence[float],
-                 params: dict | None = None) -> torch.Tensor:
+def teacher_view(
+    image: torch.Tensor, image_id: str, mean: Sequence[float], std: Sequence[float], params: dict | None = None
+) -> torch.Tensor:
     """The deterministic augmented view (3, H, W) of one preprocessed image, seeded by its id."""
     p = {**SELF_DISTILLATION_DEFAULTS, **(params or {})}
     rng = np.random.default_rng(image_seed(image_id, p["seed"]))
@@ -150,7 +157,7 @@ def teacher_view(image: torch.Tensor, image_id: str, mean: Sequence[float], std:
     factors = rng.uniform(1 - p["jitter"], 1 + p["jitter"], size=3)
     m = torch.as_tensor(mean, dtype=image.dtype, device=image.device)[:, None, None]
     s = torch.as_tensor(std, dtype=image.dtype, device=image.device)[:, None, None]
-    crop = image[None, :, top:top + ch, left:left + cw]
+    crop = image[None, :, top : top + ch, left : left + cw]
     view = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
     view = view.flip(-1) if flip else view
     return (_jitter(view * s + m, factors) - m) / s
@@ -192,4 +199,3 @@ LOSSES: dict[str, Callable[[LossBatch, dict], torch.Tensor]] = {
 LOSS_PREPARERS: dict[str, Callable[[torch.nn.Module, Iterable[torch.Tensor], dict], dict]] = {
     "cross_entropy_shuffled": _prepare_shuffled,
 }
-

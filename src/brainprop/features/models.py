@@ -1,4 +1,4 @@
-"""Building models: timm architectures with random, pretrained or checkpoint weights, their preprocessing and the device."""
+"""Building models: timm architectures with random, pretrained or checkpoint weights; preprocessing; device."""
 
 from __future__ import annotations
 
@@ -93,4 +93,3 @@ def _preprocessing(model: torch.nn.Module, input_size: int | None) -> dict:
     overrides = {"input_size": (3, input_size, input_size), "crop_pct": 1.0} if input_size else {}
     cfg = resolve_data_config(overrides, model=model)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(cfg.items())}
-

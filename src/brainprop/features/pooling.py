@@ -1,4 +1,4 @@
-"""Token pooling of a block's output (METHOD.md §2): cls, mean, cls_mean and grid, applied alike to activations and gradients."""
+"""Token pooling of a block's output (METHOD.md §2): cls, mean, cls_mean, grid; alike for activations and gradients."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _as_map(x: torch.Tensor, ctx: TokenContext) -> tuple[torch.Tensor, torch.Ten
     if x.ndim != 3:
         raise ValueError(f"cannot pool an output of shape {tuple(x.shape)}; expected (B,C,H,W) or (B,N,C)")
     cls = x[:, 0] if ctx.has_class_token else None
-    patches = x[:, ctx.num_prefix_tokens:]
+    patches = x[:, ctx.num_prefix_tokens :]
     side = int(round(patches.shape[1] ** 0.5))
     if side * side != patches.shape[1]:
         raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
@@ -79,4 +79,3 @@ def pool(x: torch.Tensor, spec: dict, ctx: TokenContext = TokenContext()) -> tor
     if mode not in POOLINGS:
         raise ValueError(f"pooling mode {mode!r} unknown; valid modes: {sorted(POOLINGS)}")
     return POOLINGS[mode](x, spec, ctx)
-

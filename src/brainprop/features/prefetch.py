@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["WeightSource", "weight_source", "prefetch_models", "check_offline", "PREFETCH_COLUMNS"]
+__all__ = ["PREFETCH_COLUMNS", "WeightSource", "check_offline", "prefetch_models", "weight_source"]
 
 PREFETCH_COLUMNS = ["model", "timm_name", "weights", "status", "source", "location", "filename", "path"]
 
@@ -49,11 +49,13 @@ def weight_source(timm_name: str) -> WeightSource:
     from timm.models import get_pretrained_cfg
 
     if timm_name.startswith("hf-hub:"):
-        repo, _, rev = timm_name[len("hf-hub:"):].partition("@")
+        repo, _, rev = timm_name[len("hf-hub:") :].partition("@")
         return WeightSource("hf-hub", repo, _candidates(_DEFAULT_FILENAME), rev or None)
     cfg = get_pretrained_cfg(timm_name)
     if cfg is None:
-        raise ValueError(f"timm name {timm_name!r} has no pretrained weights; expected a name from timm.list_pretrained()")
+        raise ValueError(
+            f"timm name {timm_name!r} has no pretrained weights; expected a name from timm.list_pretrained()"
+        )
     if cfg.hf_hub_id:
         repo, _, rev = cfg.hf_hub_id.partition("@")
         return WeightSource("hf-hub", repo, _candidates(cfg.hf_hub_filename or _DEFAULT_FILENAME), rev or None)
@@ -100,9 +102,14 @@ def _download(source: WeightSource, cache_dir: str | None) -> tuple[str, str]:
 
 def _row(alias: str, spec: dict, status: str, source: WeightSource | None = None, found=("", "")) -> dict:
     return {
-        "model": alias, "timm_name": spec["timm_name"], "weights": str(spec["weights"]), "status": status,
-        "source": source.kind if source else "", "location": source.location if source else "",
-        "filename": found[0], "path": found[1],
+        "model": alias,
+        "timm_name": spec["timm_name"],
+        "weights": str(spec["weights"]),
+        "status": status,
+        "source": source.kind if source else "",
+        "location": source.location if source else "",
+        "filename": found[0],
+        "path": found[1],
     }
 
 

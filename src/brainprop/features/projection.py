@@ -50,4 +50,3 @@ def project(x: torch.Tensor, spec: dict, layer_index: int) -> torch.Tensor:
     matrix = projection_matrix(x.shape[1], int(proj["dim"]), int(proj["seed"]), int(layer_index))
     out = torch.sparse.mm(matrix.to(x.device).t(), x.double().t()).t()
     return out.to(x.dtype)
-

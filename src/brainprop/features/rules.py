@@ -11,8 +11,16 @@ import numpy as np
 import torch
 
 from ..io import read_table, write_table
-from .extract import ImageDataset, Progress, BatchRunner, collect_batches, prepared_loss_params, auto_batch_size, image_loader
-from .models import preprocessing_config, image_transform, create_model, resolve_device
+from .extract import (
+    BatchRunner,
+    ImageDataset,
+    Progress,
+    auto_batch_size,
+    collect_batches,
+    image_loader,
+    prepared_loss_params,
+)
+from .models import create_model, image_transform, preprocessing_config, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -58,29 +66,49 @@ def run_extract(
     layers = read_table(layers_path)
     names = list(layers["layer"])
     manifest = load_manifest(manifest_path)
-    identity = feature_identity(
-        spec, seed, preprocessing_config(spec), names, pooling, manifest, storage_dtype
-    )
+    identity = feature_identity(spec, seed, preprocessing_config(spec), names, pooling, manifest, storage_dtype)
     cache_dir = Path(cache_dir) if cache_dir else Path(out_dir).parent / ".cache"
     cache = ShardCache(cache_dir, identity, len(manifest), shard_size, spec["signals"], len(names))
-    log.info("extract %s: %d images, %d layers, signals %s, cache key %s",
-             spec["timm_name"], len(manifest), len(names), spec["signals"], cache.key)
+    log.info(
+        "extract %s: %d images, %d layers, signals %s, cache key %s",
+        spec["timm_name"],
+        len(manifest),
+        len(names),
+        spec["signals"],
+        cache.key,
+    )
     with cache.lock():
         if cache.is_assembled():
             log.info("cache %s: complete; nothing to extract", cache.root)
         else:
-            _extract_shards(cache, manifest_path, manifest, spec, names, pooling, seed, device, batch_size,
-                            threads, workers, progress_every_s)
+            _extract_shards(
+                cache,
+                manifest_path,
+                manifest,
+                spec,
+                names,
+                pooling,
+                seed,
+                device,
+                batch_size,
+                threads,
+                workers,
+                progress_every_s,
+            )
             cache.assemble()
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         cache.link_into(out_dir)
-    write_table(Path(out_dir) / "samples.parquet", manifest[["image_id", "group"]],
-                metadata={"cache_key": cache.key, "identity": identity})
+    write_table(
+        Path(out_dir) / "samples.parquet",
+        manifest[["image_id", "group"]],
+        metadata={"cache_key": cache.key, "identity": identity},
+    )
     return cache.key
 
 
-def _check_finite(feats: dict[str, list[np.ndarray]], timm_name: str, names: Sequence[str], shard,
-                  precision: str) -> None:
+def _check_finite(
+    feats: dict[str, list[np.ndarray]], timm_name: str, names: Sequence[str], shard, precision: str
+) -> None:
     """Stop (before the shard is stored) when any feature is NaN or infinite."""
     hint = "; try precision bfloat16 or float32" if precision == "float16" else ""
     for signal, arrays in feats.items():
@@ -92,8 +120,9 @@ def _check_finite(feats: dict[str, list[np.ndarray]], timm_name: str, names: Seq
                 )
 
 
-def _extract_shards(cache, manifest_path, manifest, spec, names, pooling, seed, device, batch_size, threads,
-                    workers, progress_every_s) -> None:
+def _extract_shards(
+    cache, manifest_path, manifest, spec, names, pooling, seed, device, batch_size, threads, workers, progress_every_s
+) -> None:
     """Extract the cache's pending shards and store each one with its checksums."""
     pending = cache.pending()
     if not pending:
@@ -109,20 +138,27 @@ def _extract_shards(cache, manifest_path, manifest, spec, names, pooling, seed, 
     if batch_size == "auto":
         probe = BatchRunner(model, names, pooling, loss, spec.get("loss_params") or {}, spec["signals"], precision)
         sample = dataset[0][0][None]
-        batch_size = auto_batch_size(
-            lambda x: probe(x, ["probe"] * len(x), np.zeros(len(x), dtype=int)), sample, dev
-        )
+        batch_size = auto_batch_size(lambda x: probe(x, ["probe"] * len(x), np.zeros(len(x), dtype=int)), sample, dev)
     batch_size = int(batch_size)
     params = prepared_loss_params(
-        model, loss, spec.get("loss_params"), spec["signals"],
+        model,
+        loss,
+        spec.get("loss_params"),
+        spec["signals"],
         lambda: (x for x, _ in image_loader(dataset, [(0, len(dataset))], batch_size, n_workers, dev)),
     )
     runner = BatchRunner(model, names, pooling, loss, params, spec["signals"], precision, seed)
     ids = [str(i) for i in manifest["image_id"]]
     done = len(manifest) - sum(s.size for s in pending)
     progress = Progress(len(manifest), done, progress_every_s)
-    log.info("extracting %d shard(s) on %s, batch size %d, %d loader worker(s), precision %s",
-             len(pending), dev, batch_size, n_workers, precision)
+    log.info(
+        "extracting %d shard(s) on %s, batch size %d, %d loader worker(s), precision %s",
+        len(pending),
+        dev,
+        batch_size,
+        n_workers,
+        precision,
+    )
     batches = iter(image_loader(dataset, [(s.start, s.stop) for s in pending], batch_size, n_workers, dev))
     try:
         for shard in pending:
@@ -130,8 +166,8 @@ def _extract_shards(cache, manifest_path, manifest, spec, names, pooling, seed, 
             feats = collect_batches(runner, shard_batches, ids, dev, progress.update)
             _check_finite(feats, spec["timm_name"], names, shard, precision)
             cache.write_shard(shard, feats)
-            log.info("shard %d/%d stored (images %d-%d)", shard.index + 1, len(cache.shards), shard.start,
-                     shard.stop - 1)
+            log.info(
+                "shard %d/%d stored (images %d-%d)", shard.index + 1, len(cache.shards), shard.start, shard.stop - 1
+            )
     finally:
         progress.close()
-

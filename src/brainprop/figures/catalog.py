@@ -33,9 +33,14 @@ MODALITIES = ("fmri", "meg")
 MAP_FIGURES: dict[str, str] = {"brain_map": "fmri", "glass_brain": "fmri", "meg_topomaps": "meg"}
 
 
-def figure_entries(datasets: Mapping[str, Iterable[str]], formats: Sequence[str] = ("png", "svg"), *,
-                   models: Iterable[str] = (), simulated: Iterable[str] = (),
-                   signals: Iterable[str] = ()) -> list[tuple[str, str, str, str]]:
+def figure_entries(
+    datasets: Mapping[str, Iterable[str]],
+    formats: Sequence[str] = ("png", "svg"),
+    *,
+    models: Iterable[str] = (),
+    simulated: Iterable[str] = (),
+    signals: Iterable[str] = (),
+) -> list[tuple[str, str, str, str]]:
     """(kind, dataset, model, file name) of every file `make_figures` writes ("" where not per dataset/model).
 
     `datasets` maps each dataset to its modalities ({'fmri', 'meg'}); `models` names the run's
@@ -53,26 +58,38 @@ def figure_entries(datasets: Mapping[str, Iterable[str]], formats: Sequence[str]
             if not needs & modalities or (kind in _NEED_ERROR_SIGNAL and not learning):
                 continue
             if scope == "model":
-                entries += [(kind, dataset, model, f"{kind}_{dataset}_{model}.{fmt}")
-                            for model in models for fmt in formats]
+                entries += [
+                    (kind, dataset, model, f"{kind}_{dataset}_{model}.{fmt}") for model in models for fmt in formats
+                ]
             elif scope == "dataset" or (scope == "simulated" and dataset in simulated):
                 entries += [(kind, dataset, "", f"{kind}_{dataset}.{fmt}") for fmt in formats]
-    entries += [(kind, "", "", f"{kind}.{fmt}") for kind, (_, scope) in FIGURES.items() if scope == "run"
-                for fmt in formats]
+    entries += [
+        (kind, "", "", f"{kind}.{fmt}") for kind, (_, scope) in FIGURES.items() if scope == "run" for fmt in formats
+    ]
     return entries
 
 
-def figure_names(datasets: Mapping[str, Iterable[str]], formats: Sequence[str] = ("png", "svg"), *,
-                 models: Iterable[str] = (), simulated: Iterable[str] = (), signals: Iterable[str] = ()
-                 ) -> list[str]:
+def figure_names(
+    datasets: Mapping[str, Iterable[str]],
+    formats: Sequence[str] = ("png", "svg"),
+    *,
+    models: Iterable[str] = (),
+    simulated: Iterable[str] = (),
+    signals: Iterable[str] = (),
+) -> list[str]:
     """File names `make_figures` writes for datasets mapped to their modalities ({'fmri', 'meg'})."""
     return [e[3] for e in figure_entries(datasets, formats, models=models, simulated=simulated, signals=signals)]
 
 
-def map_names(datasets: Mapping[str, Sequence[str]], models: Sequence[str],
-              formats: Sequence[str] = ("png", "svg")) -> list[tuple[str, str, str, str]]:
+def map_names(
+    datasets: Mapping[str, Sequence[str]], models: Sequence[str], formats: Sequence[str] = ("png", "svg")
+) -> list[tuple[str, str, str, str]]:
     """(kind, dataset, model, file name) of every map file, datasets mapped to their modalities."""
-    return [(kind, dataset, model, f"{kind}_{dataset}_{model}.{fmt}")
-            for dataset in sorted(datasets) for model in sorted(models)
-            for kind, modality in MAP_FIGURES.items() if modality in set(datasets[dataset])
-            for fmt in formats]
+    return [
+        (kind, dataset, model, f"{kind}_{dataset}_{model}.{fmt}")
+        for dataset in sorted(datasets)
+        for model in sorted(models)
+        for kind, modality in MAP_FIGURES.items()
+        if modality in set(datasets[dataset])
+        for fmt in formats
+    ]

@@ -37,9 +37,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from scipy.spatial import cKDTree
 
+from ..hierarchy.scores import weighted_depth
 from .catalog import MAP_FIGURES, map_names
 from .plots import _DEPTH_LABEL, _RC, DEPTH_CMAP, _signal_order, save_figure
-from ..hierarchy.scores import weighted_depth
 
 __all__ = [
     "MAP_FIGURES",
@@ -71,19 +71,26 @@ R_CMAP = "inferno"
 
 # ---------------------------------------------------------------- fsaverage5 projection
 
+
 def fsaverage5() -> dict[str, dict]:
     """The fsaverage5 mesh nilearn ships (offline): per hemi, pial and inflated meshes and sulcal depth."""
     from nilearn import datasets
 
     mesh = datasets.load_fsaverage("fsaverage5")
     sulc = datasets.load_fsaverage_data("fsaverage5", mesh_type="inflated", data_type="sulcal")
-    return {hemi: {"pial": mesh["pial"].parts[part], "inflated": mesh["inflated"].parts[part],
-                   "sulc": np.asarray(sulc.data.parts[part], dtype="float64")}
-            for hemi, part in HEMIS.items()}
+    return {
+        hemi: {
+            "pial": mesh["pial"].parts[part],
+            "inflated": mesh["inflated"].parts[part],
+            "sulc": np.asarray(sulc.data.parts[part], dtype="float64"),
+        }
+        for hemi, part in HEMIS.items()
+    }
 
 
-def project_to_fsaverage5(targets: pd.DataFrame, pial: Mapping[str, np.ndarray], radius_mm: float = 10.0
-                          ) -> scipy.sparse.csr_matrix:
+def project_to_fsaverage5(
+    targets: pd.DataFrame, pial: Mapping[str, np.ndarray], radius_mm: float = 10.0
+) -> scipy.sparse.csr_matrix:
     """Averaging matrix (n_hemis × 10242, n_targets) from targets to fsaverage5 vertices.
 
     Row v (left hemisphere first, then right, in `pial` order) averages the targets of the same
@@ -110,8 +117,9 @@ def project_to_fsaverage5(targets: pd.DataFrame, pial: Mapping[str, np.ndarray],
     return scipy.sparse.csr_matrix((weights, (rows, cols)), shape=(offset, len(targets)))
 
 
-def group_vertex_maps(r: np.ndarray, depths: np.ndarray, fdr: float, min_subjects: int = 2,
-                      weighted: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def group_vertex_maps(
+    r: np.ndarray, depths: np.ndarray, fdr: float, min_subjects: int = 2, weighted: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Group map from per-subject vertex scores r (n_subjects, n_layers, n_vertices), NaN where unmapped.
 
     Returns `r` (subject-mean r at each vertex's best layer, NaN where not significant),
@@ -141,13 +149,19 @@ def group_vertex_maps(r: np.ndarray, depths: np.ndarray, fdr: float, min_subject
     pick = np.clip(best, 0, None)
     best_r, best_q = mean[pick, cols], q[pick, cols]
     keep = has & (best_q <= fdr) & (best_r > 0)
-    out = {"r": np.where(keep, best_r, np.nan), "depth": np.where(keep, np.asarray(depths)[pick], np.nan),
-           "best": best, "q": np.where(has, best_q, np.nan), "n": n.max(axis=0)}
+    out = {
+        "r": np.where(keep, best_r, np.nan),
+        "depth": np.where(keep, np.asarray(depths)[pick], np.nan),
+        "best": best,
+        "q": np.where(has, best_q, np.nan),
+        "n": n.max(axis=0),
+    }
     if weighted is not None:
         weighted = np.asarray(weighted, dtype="float64")
         if weighted.shape != (r.shape[0], r.shape[2]):
-            raise ValueError(f"weighted has shape {weighted.shape}; expected (n_subjects, n_vertices) = "
-                             f"{(r.shape[0], r.shape[2])}")
+            raise ValueError(
+                f"weighted has shape {weighted.shape}; expected (n_subjects, n_vertices) = {(r.shape[0], r.shape[2])}"
+            )
         with _quiet():
             out["weighted_depth"] = np.where(keep, np.nanmean(weighted, axis=0), np.nan)
     return out
@@ -167,8 +181,14 @@ class _quiet:
         return self._ctx.__exit__(*exc)
 
 
-def plot_brain_map(maps: Mapping[str, Mapping[str, dict[str, np.ndarray]]], mesh: Mapping[str, dict], *,
-                   title: str, fdr: float, views: Sequence[str] = VIEWS) -> Figure:
+def plot_brain_map(
+    maps: Mapping[str, Mapping[str, dict[str, np.ndarray]]],
+    mesh: Mapping[str, dict],
+    *,
+    title: str,
+    fdr: float,
+    views: Sequence[str] = VIEWS,
+) -> Figure:
     """Surface maps of encoding r and best-layer depth, signals side by side.
 
     `maps[signal][hemi]` holds `r` and `depth` arrays (10242,) with NaN where nothing is
@@ -184,20 +204,31 @@ def plot_brain_map(maps: Mapping[str, Mapping[str, dict[str, np.ndarray]]], mesh
     finite = [m[h]["r"][np.isfinite(m[h]["r"])] for m in maps.values() for h in m]
     vmax = max([float(v.max()) for v in finite if v.size] or [0.1])
     weighted = all("weighted_depth" in m[h] for m in maps.values() for h in m)
-    rows = [(q, hemi) for q in _MAP_QUANTITIES[:2 + weighted] for hemi in HEMIS]
+    rows = [(q, hemi) for q in _MAP_QUANTITIES[: 2 + weighted] for hemi in HEMIS]
     scales = {"r": (R_CMAP, 0.0, vmax), "depth": (DEPTH_CMAP, 0.0, 1.0)}
     with plt.rc_context(_RC):
         fig = plt.figure(figsize=(1.2 + 1.75 * len(signals) * len(views), 0.9 + 1.45 * len(rows)))
-        grid = fig.add_gridspec(len(rows), len(signals) * len(views), left=0.06, right=0.88, top=0.88,
-                                bottom=0.02, wspace=0.0, hspace=0.0)
+        grid = fig.add_gridspec(
+            len(rows), len(signals) * len(views), left=0.06, right=0.88, top=0.88, bottom=0.02, wspace=0.0, hspace=0.0
+        )
         for i, (quantity, hemi) in enumerate(rows):
             cmap, vmin, vmax_q = scales[quantity if quantity == "r" else "depth"]
             for j, (signal, view) in enumerate((s, v) for s in signals for v in views):
                 ax = fig.add_subplot(grid[i, j], projection="3d")
                 values = np.asarray(maps[signal][hemi][quantity], dtype="float64")
-                plotting.plot_surf(mesh[hemi]["inflated"], values, hemi=HEMIS[hemi], view=view,
-                                   bg_map=mesh[hemi]["sulc"], axes=ax, cmap=cmap, vmin=vmin, vmax=vmax_q,
-                                   colorbar=False, engine="matplotlib")
+                plotting.plot_surf(
+                    mesh[hemi]["inflated"],
+                    values,
+                    hemi=HEMIS[hemi],
+                    view=view,
+                    bg_map=mesh[hemi]["sulc"],
+                    axes=ax,
+                    cmap=cmap,
+                    vmin=vmin,
+                    vmax=vmax_q,
+                    colorbar=False,
+                    engine="matplotlib",
+                )
                 ax.set_gid(f"map:{signal}:{hemi}:{quantity}:{view}")
                 ax.set_box_aspect(None, zoom=1.35)
                 for coll in ax.collections:
@@ -205,20 +236,28 @@ def plot_brain_map(maps: Mapping[str, Mapping[str, dict[str, np.ndarray]]], mesh
                 if i == 0:
                     ax.set_title(f"{signal} · {view}", pad=0)
             label = _ROW_LABELS[quantity]
-            fig.text(0.02, 1 - (0.12 + 0.86 * (i + 0.5) / len(rows)), f"{label}\n{hemi}", rotation=90,
-                     ha="center", va="center")
+            fig.text(
+                0.02,
+                1 - (0.12 + 0.86 * (i + 0.5) / len(rows)),
+                f"{label}\n{hemi}",
+                rotation=90,
+                ha="center",
+                va="center",
+            )
         for k, (quantity, (cmap, vmin, vmax_q)) in enumerate(scales.items()):
             cax = fig.add_axes((0.9, 0.5 - 0.43 * k, 0.015, 0.33))
             bar = fig.colorbar(plt.cm.ScalarMappable(Normalize(vmin, vmax_q), cmap), cax=cax)
             bar.set_label("Pearson r (subject mean)" if quantity == "r" else _DEPTH_LABEL)
-        shown = ", ".join(f"{s} {sum(int(np.isfinite(maps[s][h]['r']).sum()) for h in maps[s])}"
-                          for s in signals)
-        fig.suptitle(f"{title}\nvertices with BH-FDR q ≤ {fdr} (one-sided t-test across subjects, "
-                     f"best layer): {shown}; fsaverage5, inflated")
+        shown = ", ".join(f"{s} {sum(int(np.isfinite(maps[s][h]['r']).sum()) for h in maps[s])}" for s in signals)
+        fig.suptitle(
+            f"{title}\nvertices with BH-FDR q ≤ {fdr} (one-sided t-test across subjects, "
+            f"best layer): {shown}; fsaverage5, inflated"
+        )
     return fig
 
 
 # ---------------------------------------------------------------- glass brain (volume variant)
+
 
 def roi_markers(best: pd.DataFrame, targets: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Per signal × ROI × hemisphere: MNI centroid and subject means of best depth and best r.
@@ -255,20 +294,35 @@ def plot_glass_brain(markers: pd.DataFrame, *, title: str) -> Figure:
             part = markers[markers["signal"] == signal]
             ax = fig.add_axes((0.02, 1 - 1.0 / height - (i + 1) * row, 0.84, row * 0.95))
             sizes = 15 + 185 * np.clip(part["best_r"].to_numpy() / r_max, 0, 1)
-            plotting.plot_markers(part["best_depth"].to_numpy(), part[["x", "y", "z"]].to_numpy(),
-                                  node_size=sizes, node_cmap=DEPTH_CMAP, node_vmin=0.0, node_vmax=1.0,
-                                  display_mode="lzr", axes=ax, figure=fig, colorbar=False, alpha=0.9,
-                                  title=f"{signal} ({len(part)} ROI × hemisphere)", annotate=True)
+            plotting.plot_markers(
+                part["best_depth"].to_numpy(),
+                part[["x", "y", "z"]].to_numpy(),
+                node_size=sizes,
+                node_cmap=DEPTH_CMAP,
+                node_vmin=0.0,
+                node_vmax=1.0,
+                display_mode="lzr",
+                axes=ax,
+                figure=fig,
+                colorbar=False,
+                alpha=0.9,
+                title=f"{signal} ({len(part)} ROI × hemisphere)",
+                annotate=True,
+            )
             ax.set_gid(f"glass:{signal}:{len(part)}")
         cax = fig.add_axes((0.9, 0.15, 0.015, 0.6))
         bar = fig.colorbar(plt.cm.ScalarMappable(Normalize(0.0, 1.0), DEPTH_CMAP), cax=cax)
         bar.set_label(f"best {_DEPTH_LABEL}")
-        fig.suptitle(f"{title} (subject means, both hemispheres)\n"
-                     f"marker area ∝ best r (largest {r_max:.2f}); ROIs with best r ≤ 0 left out", y=0.99)
+        fig.suptitle(
+            f"{title} (subject means, both hemispheres)\n"
+            f"marker area ∝ best r (largest {r_max:.2f}); ROIs with best r ≤ 0 left out",
+            y=0.99,
+        )
     return fig
 
 
 # ---------------------------------------------------------------- MEG topomaps
+
 
 def topomap_layers(tm: pd.DataFrame, n: int = 4) -> pd.DataFrame:
     """Up to `n` layers per signal spread over depth with their group T_max (s, mean over subjects).
@@ -320,8 +374,13 @@ def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
     ncols = int(values.groupby("signal").size().max())
     vmax = max(float(np.nanmax(np.abs(v))) for v in values["r"]) or 0.1
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(len(signals), ncols, squeeze=False, layout="constrained",
-                                 figsize=(1.2 + 2.1 * ncols, 0.9 + 2.1 * len(signals)))
+        fig, axes = plt.subplots(
+            len(signals),
+            ncols,
+            squeeze=False,
+            layout="constrained",
+            figsize=(1.2 + 2.1 * ncols, 0.9 + 2.1 * len(signals)),
+        )
         for i, signal in enumerate(signals):
             part = values[values["signal"] == signal].sort_values("depth")
             for j in range(ncols):
@@ -332,11 +391,24 @@ def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
                 row = part.iloc[j]
                 pos, on = _layout_positions(list(row["sensors"]))
                 if not on.all():
-                    log.info("topomap %s depth %.2f: %d of %d sensors not on the CTF-275 layout, left out",
-                             signal, row["depth"], int((~on).sum()), len(on))
-                image, _ = mne.viz.plot_topomap(np.asarray(row["r"], dtype="float64")[on], pos, axes=ax, show=False,
-                                                vlim=(-vmax, vmax), cmap="RdBu_r", sensors=False, contours=4,
-                                                extrapolate="local")
+                    log.info(
+                        "topomap %s depth %.2f: %d of %d sensors not on the CTF-275 layout, left out",
+                        signal,
+                        row["depth"],
+                        int((~on).sum()),
+                        len(on),
+                    )
+                image, _ = mne.viz.plot_topomap(
+                    np.asarray(row["r"], dtype="float64")[on],
+                    pos,
+                    axes=ax,
+                    show=False,
+                    vlim=(-vmax, vmax),
+                    cmap="RdBu_r",
+                    sensors=False,
+                    contours=4,
+                    extrapolate="local",
+                )
                 image.set_gid(f"topo:{signal}:{row['depth']:.3f}")
                 ax.set_title(f"{signal} · depth {row['depth']:.2f}\nT_max {row['time']:.3f} s")
         bar = fig.colorbar(image, ax=list(axes.ravel()), shrink=0.8, aspect=25)
@@ -346,6 +418,7 @@ def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
 
 
 # ---------------------------------------------------------------- entry point
+
 
 def _score_keys(paths: Sequence[str]) -> list[tuple[str, int, str]]:
     """(signal, layer_index, subject) of each encode per-target output path.
@@ -360,8 +433,9 @@ def _score_keys(paths: Sequence[str]) -> list[tuple[str, int, str]]:
     return keys
 
 
-def _subject_scores(scores: Sequence[str], subject_dirs: Mapping[str, Path]
-                    ) -> tuple[dict[str, pd.DataFrame], dict[tuple[str, int, str], np.ndarray]]:
+def _subject_scores(
+    scores: Sequence[str], subject_dirs: Mapping[str, Path]
+) -> tuple[dict[str, pd.DataFrame], dict[tuple[str, int, str], np.ndarray]]:
     """Target tables per subject and r per target for every (signal, layer, subject)."""
     from ..brain.files import load_subject
     from ..encoding.encode import load_target_scores
@@ -374,8 +448,14 @@ def _subject_scores(scores: Sequence[str], subject_dirs: Mapping[str, Path]
     return targets, r
 
 
-def _brain_maps(targets: Mapping[str, pd.DataFrame], r: Mapping, depth: Mapping[int, float], fdr: float,
-                radius_mm: float, mesh: Mapping[str, dict]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+def _brain_maps(
+    targets: Mapping[str, pd.DataFrame],
+    r: Mapping,
+    depth: Mapping[int, float],
+    fdr: float,
+    radius_mm: float,
+    mesh: Mapping[str, dict],
+) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """maps[signal][hemi] -> group r, best-layer depth and weighted depth arrays on fsaverage5."""
     layers = sorted(depth)
     signals = _signal_order({k[0] for k in r})
@@ -398,10 +478,18 @@ def _brain_maps(targets: Mapping[str, pd.DataFrame], r: Mapping, depth: Mapping[
     out = {}
     for signal in signals:
         group = group_vertex_maps(stacks[signal], depths, fdr, weighted=weighted[signal])
-        log.info("%s: %d of %d vertices mapped, %d significant at q <= %g", signal,
-                 int((group["best"] >= 0).sum()), 2 * N_FSAVERAGE5, int(np.isfinite(group["r"]).sum()), fdr)
-        out[signal] = {hemi: {q: group[q][k * N_FSAVERAGE5:(k + 1) * N_FSAVERAGE5] for q in _MAP_QUANTITIES}
-                       for k, hemi in enumerate(HEMIS)}
+        log.info(
+            "%s: %d of %d vertices mapped, %d significant at q <= %g",
+            signal,
+            int((group["best"] >= 0).sum()),
+            2 * N_FSAVERAGE5,
+            int(np.isfinite(group["r"]).sum()),
+            fdr,
+        )
+        out[signal] = {
+            hemi: {q: group[q][k * N_FSAVERAGE5 : (k + 1) * N_FSAVERAGE5] for q in _MAP_QUANTITIES}
+            for k, hemi in enumerate(HEMIS)
+        }
     return out
 
 
@@ -417,7 +505,8 @@ def _topomap_values(targets: Mapping[str, pd.DataFrame], r: Mapping, tm: pd.Data
     """Subject-mean per-sensor r at each picked layer's group T_max (nearest sampled time)."""
     rows = []
     for signal, k, depth, t_max in topomap_layers(tm)[["signal", "layer_index", "depth", "t_max_s"]].itertuples(
-            index=False):
+        index=False
+    ):
         per_subject, sensors, time = [], None, np.nan
         for subject, table in sorted(targets.items()):
             values = r.get((signal, int(k), subject))
@@ -431,8 +520,15 @@ def _topomap_values(targets: Mapping[str, pd.DataFrame], r: Mapping, tm: pd.Data
             sensors = sorted(frame.index) if sensors is None else sensors
             per_subject.append(frame.reindex(sensors).to_numpy())
         if per_subject:
-            rows.append({"signal": signal, "depth": float(depth), "time": time, "sensors": sensors,
-                         "r": np.nanmean(np.vstack(per_subject), axis=0)})
+            rows.append(
+                {
+                    "signal": signal,
+                    "depth": float(depth),
+                    "time": time,
+                    "sensors": sensors,
+                    "r": np.nanmean(np.vstack(per_subject), axis=0),
+                }
+            )
     if not rows:
         raise ValueError("no MEG per-target scores for the picked layers; nothing to map")
     return pd.DataFrame(rows)
@@ -455,9 +551,18 @@ def _layer_depths(encoding: Path | Sequence[Path], dataset: str, model: str) -> 
     return enc.groupby("layer_index")["depth"].first().to_dict()
 
 
-def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path],
-                   out_dir: Path, dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *,
-                   fdr: float = 0.01, radius_mm: float = 10.0) -> list[Path]:
+def make_brain_map(
+    scores: Sequence[str],
+    subject_dirs: Mapping[str, Path],
+    encoding: Path | Sequence[Path],
+    out_dir: Path,
+    dataset: str,
+    model: str,
+    formats: Sequence[str] = ("png", "svg"),
+    *,
+    fdr: float = 0.01,
+    radius_mm: float = 10.0,
+) -> list[Path]:
     """Draw the fsaverage5 brain map of one dataset × model; return the written paths.
 
     `scores` are the encode rule's per-target files of every signal × layer × subject,
@@ -473,9 +578,17 @@ def make_brain_map(scores: Sequence[str], subject_dirs: Mapping[str, Path], enco
     return save_figure(fig, Path(out_dir) / f"brain_map_{dataset}_{model}", formats)
 
 
-def make_glass_brain(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path],
-                     out_dir: Path, dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *,
-                     best_layers: Path | Sequence[Path]) -> list[Path]:
+def make_glass_brain(
+    scores: Sequence[str],
+    subject_dirs: Mapping[str, Path],
+    encoding: Path | Sequence[Path],
+    out_dir: Path,
+    dataset: str,
+    model: str,
+    formats: Sequence[str] = ("png", "svg"),
+    *,
+    best_layers: Path | Sequence[Path],
+) -> list[Path]:
     """Draw the glass-brain ROI figure of one dataset × model from the `best_layers` table; return the paths."""
     from ..brain.files import load_subject
 
@@ -486,9 +599,17 @@ def make_glass_brain(scores: Sequence[str], subject_dirs: Mapping[str, Path], en
     return save_figure(fig, Path(out_dir) / f"glass_brain_{dataset}_{model}", formats)
 
 
-def make_meg_topomaps(scores: Sequence[str], subject_dirs: Mapping[str, Path], encoding: Path | Sequence[Path],
-                      out_dir: Path, dataset: str, model: str, formats: Sequence[str] = ("png", "svg"), *,
-                      tmax: Path | Sequence[Path]) -> list[Path]:
+def make_meg_topomaps(
+    scores: Sequence[str],
+    subject_dirs: Mapping[str, Path],
+    encoding: Path | Sequence[Path],
+    out_dir: Path,
+    dataset: str,
+    model: str,
+    formats: Sequence[str] = ("png", "svg"),
+    *,
+    tmax: Path | Sequence[Path],
+) -> list[Path]:
     """Draw the MEG topomaps of one dataset × model at its layers' T_max (`tmax` tables); return the paths."""
     _layer_depths(encoding, dataset, model)
     tm = _read_rows(tmax, dataset, model)

@@ -24,9 +24,9 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from .catalog import FIGURES, MODALITIES, figure_entries, figure_names
-from ..stats.group import RULE_PREDICTIONS
 from ..io import atomic_path, read_table
+from ..stats.group import RULE_PREDICTIONS
+from .catalog import FIGURES, MODALITIES, figure_entries, figure_names
 
 __all__ = [
     "DEPTH_CMAP",
@@ -69,14 +69,27 @@ DEPTH_CMAP = "viridis"
 # Colour of the brain's reference lines (end of the forward sweep, backprop prediction, identity).
 REFERENCE_COLOR = "0.35"
 
-FORMATS: dict[str, dict] = {"png": {"dpi": 150}, "svg": {"metadata": {"Date": None}},
-                            "pdf": {"metadata": {"CreationDate": None}}}
+FORMATS: dict[str, dict] = {
+    "png": {"dpi": 150},
+    "svg": {"metadata": {"Date": None}},
+    "pdf": {"metadata": {"CreationDate": None}},
+}
 ROI_LEVEL_NAMES = ("early", "intermediate", "high")
 
 # Columns each plot reads (a subset of brainprop.contract.TABLES).
 _ENCODING_COLUMNS = (
-    "dataset", "modality", "model", "signal", "layer_index", "depth", "subject",
-    "atlas", "roi", "hemi", "roi_distance_mm", "time",
+    "dataset",
+    "modality",
+    "model",
+    "signal",
+    "layer_index",
+    "depth",
+    "subject",
+    "atlas",
+    "roi",
+    "hemi",
+    "roi_distance_mm",
+    "time",
 )
 _BEST_COLUMNS = ("dataset", "model", "signal", "subject", "atlas", "roi", "hemi", "best_depth", "best_r")
 _TMAX_COLUMNS = ("dataset", "model", "signal", "subject", "layer_index", "depth", "t_max_s", "peak_r")
@@ -90,21 +103,28 @@ _DEPTH_LABEL = "layer depth (0 = first, 1 = last)"
 # Test rows that carry each hierarchy score's group mean and bootstrap CI (tests.parquet).
 _SCORE_TESTS = {"spatial": "S1a", "temporal": "T1"}
 _RC = {
-    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "xtick.labelsize": 8,
-    "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 11,
-    "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "brainprop",
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "figure.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "svg.hashsalt": "brainprop",
 }
 
 
 # ---------------------------------------------------------------- checks and statistics
+
 
 def _check_table(table: pd.DataFrame, name: str, columns: Iterable[str]) -> None:
     """Raise ValueError when `table` is empty or lacks one of `columns`."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(
-            f"{name} table lacks column(s) {missing}; expected the columns of "
-            f"brainprop.contract.TABLES['{name}']"
+            f"{name} table lacks column(s) {missing}; expected the columns of brainprop.contract.TABLES['{name}']"
         )
     if len(table) == 0:
         raise ValueError(f"{name} table is empty; expected at least one row")
@@ -143,8 +163,9 @@ def _ci_name(alpha: float) -> str:
     return f"{100 * (1 - alpha):g}% CI"
 
 
-def _score_label(hier: pd.DataFrame, model: str, signal: str, score: str,
-                 tests: pd.DataFrame | None = None, alpha: float = 0.05) -> str:
+def _score_label(
+    hier: pd.DataFrame, model: str, signal: str, score: str, tests: pd.DataFrame | None = None, alpha: float = 0.05
+) -> str:
     """Legend text for one signal: its mean ± SEM hierarchy score over subjects, and the tests' CI."""
     rows = hier[(hier["model"] == model) & (hier["signal"] == signal) & (hier["score"] == score)]
     values = rows["value"].to_numpy(dtype="float64")
@@ -155,14 +176,14 @@ def _score_label(hier: pd.DataFrame, model: str, signal: str, score: str,
     spread = f" ± {sem:.2f}" if np.isfinite(sem) else ""
     ci = ""
     if tests is not None:
-        row = tests[(tests["model"] == model) & (tests["signal"] == signal)
-                    & (tests["test"] == _SCORE_TESTS[score])]
+        row = tests[(tests["model"] == model) & (tests["signal"] == signal) & (tests["test"] == _SCORE_TESTS[score])]
         if len(row) == 1 and np.isfinite(row[["ci_low", "ci_high"]].to_numpy(dtype="float64")).all():
             ci = f"\n{_ci_name(alpha)} [{row['ci_low'].iloc[0]:+.2f}, {row['ci_high'].iloc[0]:+.2f}]"
     return f"{signal}: {score} score {values.mean():+.2f}{spread} (n={values.size}){ci}"
 
 
 # ---------------------------------------------------------------- styles and drawing helpers
+
 
 def _signal_order(signals: Iterable[str]) -> list[str]:
     """Signals with act and grad first, then the others sorted by name."""
@@ -188,10 +209,18 @@ def _draw_curve(ax: Axes, stats: pd.DataFrame, x: str, signal: str, style: dict,
     xs = stats[x].to_numpy(dtype="float64")
     mean = stats["mean"].to_numpy(dtype="float64")
     sem = np.nan_to_num(stats["sem"].to_numpy(dtype="float64"))
-    ax.fill_between(xs, mean - sem, mean + sem, color=style["color"], alpha=0.2, linewidth=0,
-                    gid=f"{signal}:sem")
-    ax.plot(xs, mean, color=style["color"], marker=style["marker"], linestyle=style["linestyle"],
-            markersize=4, linewidth=1.5, label=label, gid=f"{signal}:mean")
+    ax.fill_between(xs, mean - sem, mean + sem, color=style["color"], alpha=0.2, linewidth=0, gid=f"{signal}:sem")
+    ax.plot(
+        xs,
+        mean,
+        color=style["color"],
+        marker=style["marker"],
+        linestyle=style["linestyle"],
+        markersize=4,
+        linewidth=1.5,
+        label=label,
+        gid=f"{signal}:mean",
+    )
 
 
 def _depth_axis(ax: Axes) -> None:
@@ -212,8 +241,9 @@ def _panel_grid(n_panels: int, max_cols: int = 3, size: tuple[float, float] = (4
     """A figure with exactly `n_panels` axes, at most `max_cols` per row."""
     ncols = min(n_panels, max_cols)
     nrows = -(-n_panels // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(max(5.6, size[0] * ncols), size[1] * nrows + 0.6),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(max(5.6, size[0] * ncols), size[1] * nrows + 0.6), squeeze=False, layout="constrained"
+    )
     for ax in axes.ravel()[n_panels:]:
         ax.remove()
     return fig, list(axes.ravel()[:n_panels])
@@ -221,14 +251,14 @@ def _panel_grid(n_panels: int, max_cols: int = 3, size: tuple[float, float] = (4
 
 # ---------------------------------------------------------------- encoding by layer
 
+
 def _levels_by_distance(distance: pd.Series) -> dict[str, list[str]]:
     """Split ROIs sorted by distance from the reference ROI into early / intermediate / high thirds."""
     groups = np.array_split(np.arange(len(distance)), len(ROI_LEVEL_NAMES))
     return {name: list(distance.index[idx]) for name, idx in zip(ROI_LEVEL_NAMES, groups) if len(idx)}
 
 
-def _fmri_panels(rows: pd.DataFrame, roi_levels: Mapping[str, Sequence[str]] | None
-                 ) -> list[tuple[str, pd.DataFrame]]:
+def _fmri_panels(rows: pd.DataFrame, roi_levels: Mapping[str, Sequence[str]] | None) -> list[tuple[str, pd.DataFrame]]:
     """One panel per ROI level (hemi 'both'): the config's `roi_levels`, or distance thirds."""
     rows = rows[rows["hemi"] == "both"]
     if rows.empty:
@@ -264,8 +294,13 @@ def _value_rows(rows: pd.DataFrame, values: Sequence[str]) -> list[str]:
     return present
 
 
-def plot_encoding_by_layer(enc: pd.DataFrame, dataset: str, *, values: Sequence[str] = ("r", "r_normalized"),
-                           roi_levels: Mapping[str, Sequence[str]] | None = None) -> Figure:
+def plot_encoding_by_layer(
+    enc: pd.DataFrame,
+    dataset: str,
+    *,
+    values: Sequence[str] = ("r", "r_normalized"),
+    roi_levels: Mapping[str, Sequence[str]] | None = None,
+) -> Figure:
     """Encoding score against layer depth per signal, mean ± SEM over subjects.
 
     Columns are fMRI ROI levels (hemi 'both'; `roi_levels` maps level -> ROI names, default
@@ -281,16 +316,23 @@ def plot_encoding_by_layer(enc: pd.DataFrame, dataset: str, *, values: Sequence[
     if (rows["modality"] == "meg").any():
         panels += _meg_panels(rows[rows["modality"] == "meg"])
     if not panels:
-        raise ValueError(f"encoding rows of {dataset!r} have modality {sorted(rows['modality'].unique())}, "
-                         f"expected one of {list(MODALITIES)}")
+        raise ValueError(
+            f"encoding rows of {dataset!r} have modality {sorted(rows['modality'].unique())}, "
+            f"expected one of {list(MODALITIES)}"
+        )
     present = _value_rows(rows, values)
     grid = [(model, value) for model in sorted(rows["model"].unique()) for value in present]
     styles = signal_styles(rows["signal"].unique())
     with plt.rc_context(_RC):
         # y axes are not shared: MEG and fMRI scores, and early and late ROIs, differ in range.
-        fig, axes = plt.subplots(len(grid), len(panels), sharex=True, squeeze=False,
-                                 figsize=(1.0 + 2.9 * len(panels), 1.3 + 2.0 * len(grid)),
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            len(grid),
+            len(panels),
+            sharex=True,
+            squeeze=False,
+            figsize=(1.0 + 2.9 * len(panels), 1.3 + 2.0 * len(grid)),
+            layout="constrained",
+        )
         for j, (title, panel) in enumerate(panels):
             stats = {v: _mean_sem(panel, ["model", "signal", "layer_index", "depth"], v) for v in present}
             for i, (model, value) in enumerate(grid):
@@ -309,13 +351,15 @@ def plot_encoding_by_layer(enc: pd.DataFrame, dataset: str, *, values: Sequence[
                     ax.set_xlabel(_DEPTH_LABEL)
         n_subjects = rows["subject"].nunique()
         fig.suptitle(f"{_figure_name(dataset, rows)}: encoding by layer (mean ± SEM over {n_subjects} subjects)")
-        handles = [plt.Line2D([], [], color=s["color"], marker=s["marker"], linestyle=s["linestyle"])
-                   for s in styles.values()]
+        handles = [
+            plt.Line2D([], [], color=s["color"], marker=s["marker"], linestyle=s["linestyle"]) for s in styles.values()
+        ]
         fig.legend(handles, list(styles), loc="outside lower center", ncols=len(styles), frameon=False)
     return fig
 
 
 # ---------------------------------------------------------------- MEG time courses
+
 
 def depth_colors(depths: Iterable[float]) -> list[tuple]:
     """RGBA colour of each depth on the shared depth colormap (0 = first layer, 1 = last)."""
@@ -346,9 +390,15 @@ def plot_meg_timecourses(enc: pd.DataFrame, dataset: str, *, value: str = "r") -
     signals = _signal_order(rows["signal"].unique())
     stats = _mean_sem(rows, ["model", "signal", "layer_index", "depth", "time"], value)
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(len(models), len(signals), sharex=True, sharey="row", squeeze=False,
-                                 figsize=(1.2 + 3.6 * len(signals), 1.0 + 2.3 * len(models)),
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            len(models),
+            len(signals),
+            sharex=True,
+            sharey="row",
+            squeeze=False,
+            figsize=(1.2 + 3.6 * len(signals), 1.0 + 2.3 * len(models)),
+            layout="constrained",
+        )
         for i, model in enumerate(models):
             for j, signal in enumerate(signals):
                 ax = axes[i, j]
@@ -357,20 +407,28 @@ def plot_meg_timecourses(enc: pd.DataFrame, dataset: str, *, value: str = "r") -
                 curves = stats[(stats["model"] == model) & (stats["signal"] == signal)]
                 for (k, depth), curve in curves.groupby(["layer_index", "depth"], sort=True):
                     curve = curve.sort_values("time")
-                    ax.plot(curve["time"], curve["mean"], color=depth_colors([depth])[0], linewidth=1.2,
-                            gid=f"{signal}:layer{int(k)}")
+                    ax.plot(
+                        curve["time"],
+                        curve["mean"],
+                        color=depth_colors([depth])[0],
+                        linewidth=1.2,
+                        gid=f"{signal}:layer{int(k)}",
+                    )
                 ax.set_title(f"{model} · {signal}")
                 if j == 0:
                     ax.set_ylabel(f"{_VALUE_LABELS.get(value, value)}\n(mean over sensors)")
                 if i == len(models) - 1:
                     ax.set_xlabel("time after image onset (s)")
         _depth_colorbar(fig, axes.ravel())
-        fig.suptitle(f"{_figure_name(dataset, rows)}: MEG encoding time course per layer "
-                     f"(mean over {rows['subject'].nunique()} subjects)")
+        fig.suptitle(
+            f"{_figure_name(dataset, rows)}: MEG encoding time course per layer "
+            f"(mean over {rows['subject'].nunique()} subjects)"
+        )
     return fig
 
 
 # ---------------------------------------------------------------- spatial hierarchy
+
 
 def _spatial_rows(best: pd.DataFrame, hier: pd.DataFrame, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Best-layer rows (hemi 'both', the spatial score's atlas) and spatial-score rows of `dataset`."""
@@ -389,8 +447,10 @@ def _roi_distances(rows: pd.DataFrame, roi_distance_mm: Mapping[str, float] | No
     """Distance from the reference ROI (mm) of every ROI in `rows`."""
     if roi_distance_mm is None:
         if "roi_distance_mm" not in rows.columns:
-            raise ValueError("best_layers table lacks column 'roi_distance_mm' and no roi_distance_mm "
-                             "mapping was given; pass the distances from the encoding table")
+            raise ValueError(
+                "best_layers table lacks column 'roi_distance_mm' and no roi_distance_mm "
+                "mapping was given; pass the distances from the encoding table"
+            )
         distance = rows.groupby("roi")["roi_distance_mm"].mean()
     else:
         distance = pd.Series({k: float(v) for k, v in roi_distance_mm.items()}, dtype="float64")
@@ -427,8 +487,12 @@ _LABEL_OFFSETS = [
     (dx * d, dy * d, ha, va)
     for d in (7, 14, 22, 32)
     for dx, dy, ha, va in (
-        (0, 1, "center", "bottom"), (1, 0.3, "left", "bottom"), (-1, 0.3, "right", "bottom"),
-        (0, -1, "center", "top"), (1, -0.3, "left", "top"), (-1, -0.3, "right", "top"),
+        (0, 1, "center", "bottom"),
+        (1, 0.3, "left", "bottom"),
+        (-1, 0.3, "right", "bottom"),
+        (0, -1, "center", "top"),
+        (1, -0.3, "left", "top"),
+        (-1, -0.3, "right", "top"),
     )
 ]
 
@@ -456,9 +520,15 @@ def _label_points(ax: Axes, anchors: pd.DataFrame) -> list[Text]:
     taken = _obstacles(ax)
     texts = []
     for roi, x, y in anchors[["roi", "x", "y"]].itertuples(index=False):
-        text = ax.annotate(roi, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=8,
-                           gid=f"roi:{roi}", arrowprops={"arrowstyle": "-", "color": "0.55", "linewidth": 0.5,
-                                       "shrinkA": 0, "shrinkB": 4})
+        text = ax.annotate(
+            roi,
+            (x, y),
+            xytext=(0, 0),
+            textcoords="offset points",
+            fontsize=8,
+            gid=f"roi:{roi}",
+            arrowprops={"arrowstyle": "-", "color": "0.55", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 4},
+        )
         for offset in _LABEL_OFFSETS:
             box = _place(text, offset, renderer)
             if _inside(box, frame) and not any(box.overlaps(b) for b in taken):
@@ -470,8 +540,14 @@ def _label_points(ax: Axes, anchors: pd.DataFrame) -> list[Text]:
     return texts
 
 
-def _spatial_panel(ax: Axes, rows: pd.DataFrame, distance: pd.Series, styles: dict[str, dict],
-                   labels: dict[str, str], min_best_r: float | None) -> pd.DataFrame:
+def _spatial_panel(
+    ax: Axes,
+    rows: pd.DataFrame,
+    distance: pd.Series,
+    styles: dict[str, dict],
+    labels: dict[str, str],
+    min_best_r: float | None,
+) -> pd.DataFrame:
     """Draw best depth vs ROI distance per signal on `ax`; return label anchors (roi, x, y)."""
     if min_best_r is not None:
         rows = rows[rows["best_r"] > min_best_r]
@@ -483,17 +559,33 @@ def _spatial_panel(ax: Axes, rows: pd.DataFrame, distance: pd.Series, styles: di
         style, curve = styles[signal], stats[stats["signal"] == signal].sort_values("x")
         dodge = (k - (len(present) - 1) / 2) * 0.012 * span
         xs, mean = curve["x"].to_numpy() + dodge, curve["mean"].to_numpy()
-        bars = ax.errorbar(xs, mean, yerr=np.nan_to_num(curve["sem"].to_numpy()), color=style["color"],
-                           marker=style["marker"], linestyle="none", markersize=5, capsize=2,
-                           elinewidth=1, label=labels[signal])
+        bars = ax.errorbar(
+            xs,
+            mean,
+            yerr=np.nan_to_num(curve["sem"].to_numpy()),
+            color=style["color"],
+            marker=style["marker"],
+            linestyle="none",
+            markersize=5,
+            capsize=2,
+            elinewidth=1,
+            label=labels[signal],
+        )
         bars.lines[0].set_gid(f"{signal}:mean")
         for coll in bars.lines[2]:
             coll.set_gid(f"{signal}:sem")
         if len(xs) >= 2 and np.ptp(xs) > 0:
             slope, intercept = np.polyfit(xs, mean, 1)
             grid = np.array([distance.min(), distance.max()], dtype="float64")
-            ax.plot(grid, intercept + slope * grid, color=style["color"], linestyle=style["linestyle"],
-                    linewidth=1, alpha=0.7, gid=f"{signal}:fit")
+            ax.plot(
+                grid,
+                intercept + slope * grid,
+                color=style["color"],
+                linestyle=style["linestyle"],
+                linewidth=1,
+                alpha=0.7,
+                gid=f"{signal}:fit",
+            )
     top = (stats["mean"] + stats["sem"].fillna(0.0)).groupby(stats["roi"]).max()
     return pd.DataFrame({"roi": top.index, "x": distance[top.index].to_numpy(), "y": top.to_numpy()})
 
@@ -506,10 +598,16 @@ def _dataset_tests(tests: pd.DataFrame | None, dataset: str) -> pd.DataFrame | N
     return tests[tests["dataset"] == dataset]
 
 
-def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str, *,
-                           tests: pd.DataFrame | None = None, alpha: float = 0.05,
-                           roi_distance_mm: Mapping[str, float] | None = None,
-                           min_best_r: float | None = 0.0) -> Figure:
+def plot_spatial_hierarchy(
+    best: pd.DataFrame,
+    hier: pd.DataFrame,
+    dataset: str,
+    *,
+    tests: pd.DataFrame | None = None,
+    alpha: float = 0.05,
+    roi_distance_mm: Mapping[str, float] | None = None,
+    min_best_r: float | None = 0.0,
+) -> Figure:
     """Best layer depth (mean ± SEM over subjects) against ROI distance from V1, one panel per model.
 
     Distances come from `roi_distance_mm` (ROI -> mm) or a `roi_distance_mm` column of `best`.
@@ -530,8 +628,7 @@ def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str,
         anchors = {}
         for ax, model in zip(axes, models):
             labels = {s: _score_label(scores, model, s, "spatial", tests, alpha) for s in styles}
-            anchors[model] = _spatial_panel(ax, rows[rows["model"] == model], distance, styles, labels,
-                                            min_best_r)
+            anchors[model] = _spatial_panel(ax, rows[rows["model"] == model], distance, styles, labels, min_best_r)
             pad = 0.06 * (float(np.ptp(distance.to_numpy())) or 1.0)
             ax.set_xlim(distance.min() - pad, distance.max() + pad)
             ax.set_ylim(-0.08, 1.15)
@@ -540,8 +637,9 @@ def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str,
             ax.set_ylabel(f"best {_DEPTH_LABEL}")
             ax.set_title(f"{dataset} · {model}")
             _legend_below(ax, f"no ROI with best r > {min_best_r}")
-        fig.suptitle(f"{_figure_name(dataset, rows)}: best layer per ROI\n"
-                     f"(mean ± SEM over {rows['subject'].nunique()} subjects)")
+        fig.suptitle(
+            f"{_figure_name(dataset, rows)}: best layer per ROI\n(mean ± SEM over {rows['subject'].nunique()} subjects)"
+        )
         # Labels are placed in display space, so the layout must be final first.
         fig.canvas.draw()
         fig.set_layout_engine("none")
@@ -551,6 +649,7 @@ def plot_spatial_hierarchy(best: pd.DataFrame, hier: pd.DataFrame, dataset: str,
 
 
 # ---------------------------------------------------------------- T_max
+
 
 def _backprop_prediction(act: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Gradient T_max that backprop predicts from the activations' curve (depth, mean T_max).
@@ -563,8 +662,15 @@ def _backprop_prediction(act: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return act["depth"].to_numpy(dtype="float64"), 2.0 * end - act["mean"].to_numpy(dtype="float64")
 
 
-def plot_tmax(tm: pd.DataFrame, hier: pd.DataFrame, dataset: str, *, tests: pd.DataFrame | None = None,
-              alpha: float = 0.05, min_peak_r: float | None = 0.0) -> Figure:
+def plot_tmax(
+    tm: pd.DataFrame,
+    hier: pd.DataFrame,
+    dataset: str,
+    *,
+    tests: pd.DataFrame | None = None,
+    alpha: float = 0.05,
+    min_peak_r: float | None = 0.0,
+) -> Figure:
     """T_max (s) against layer depth per signal, mean ± SEM over subjects, one panel per model.
 
     Layers whose peak r(t) is not above `min_peak_r` are left out for that subject, as the
@@ -595,25 +701,38 @@ def plot_tmax(tm: pd.DataFrame, hier: pd.DataFrame, dataset: str, *, tests: pd.D
                     _draw_curve(ax, curve, "depth", signal, style, label)
             act = stats[(stats["model"] == model) & (stats["signal"] == "act")]
             if not act.empty:
-                ax.axhline(act.loc[act["depth"].idxmax(), "mean"], color=REFERENCE_COLOR, linestyle=":",
-                           linewidth=1, label="act, last layer (end of forward sweep)",
-                           gid="forward_sweep_end")
+                ax.axhline(
+                    act.loc[act["depth"].idxmax(), "mean"],
+                    color=REFERENCE_COLOR,
+                    linestyle=":",
+                    linewidth=1,
+                    label="act, last layer (end of forward sweep)",
+                    gid="forward_sweep_end",
+                )
                 if len(act) >= 2:
                     depth, predicted = _backprop_prediction(act)
-                    ax.plot(depth, predicted, color=REFERENCE_COLOR, linestyle="-.", linewidth=1.2,
-                            label="backprop prediction for grad\n(reverse order, after the sweep)",
-                            gid="backprop_prediction")
+                    ax.plot(
+                        depth,
+                        predicted,
+                        color=REFERENCE_COLOR,
+                        linestyle="-.",
+                        linewidth=1.2,
+                        label="backprop prediction for grad\n(reverse order, after the sweep)",
+                        gid="backprop_prediction",
+                    )
             _depth_axis(ax)
             ax.set_xlabel(_DEPTH_LABEL)
             ax.set_ylabel("T_max (s after image onset)")
             ax.set_title(f"{dataset} · {model}")
             _legend_below(ax, f"no layer with peak r > {min_peak_r}")
-        fig.suptitle(f"{_figure_name(dataset, rows)}: time of peak encoding per layer\n"
-                     f"(mean ± SEM over {n_subjects} subjects)")
+        fig.suptitle(
+            f"{_figure_name(dataset, rows)}: time of peak encoding per layer\n(mean ± SEM over {n_subjects} subjects)"
+        )
     return fig
 
 
 # ---------------------------------------------------------------- model comparison
+
 
 def _comparison_rows(tests: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Spatial (S1a) and temporal (T1) score rows of `dataset`: score, model, signal, effect, CI, p_fdr."""
@@ -654,8 +773,13 @@ def plot_model_comparison(tests: pd.DataFrame, dataset: str, *, alpha: float = 0
     styles = signal_styles(rows["signal"].unique())
     models = sorted(rows["model"].unique())
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(1, len(scores), squeeze=False, layout="constrained",
-                                 figsize=(2.2 + 3.4 * len(scores), 1.6 + 0.3 * len(models) * (len(styles) + 0.5)))
+        fig, axes = plt.subplots(
+            1,
+            len(scores),
+            squeeze=False,
+            layout="constrained",
+            figsize=(2.2 + 3.4 * len(scores), 1.6 + 0.3 * len(models) * (len(styles) + 0.5)),
+        )
         for ax, score in zip(axes[0], scores):
             part = rows[rows["score"] == score]
             y_of = _comparison_rows_y(part, models, list(styles))
@@ -663,19 +787,46 @@ def plot_model_comparison(tests: pd.DataFrame, dataset: str, *, alpha: float = 0
                 curve = part[part["signal"] == signal]
                 if curve.empty:
                     continue
-                ys = curve["model"].map(lambda m, s=signal: y_of[m, s]).to_numpy(dtype="float64")
+                ys = curve["model"].map(lambda m, s=signal, y_of=y_of: y_of[m, s]).to_numpy(dtype="float64")
                 x = curve["effect"].to_numpy(dtype="float64")
-                err = np.abs(np.vstack([x - curve["ci_low"].to_numpy(dtype="float64"),
-                                        curve["ci_high"].to_numpy(dtype="float64") - x]))
-                bars = ax.errorbar(x, ys, xerr=np.nan_to_num(err), color=style["color"], marker="none",
-                                   linestyle="none", capsize=2, elinewidth=1)
+                err = np.abs(
+                    np.vstack(
+                        [x - curve["ci_low"].to_numpy(dtype="float64"), curve["ci_high"].to_numpy(dtype="float64") - x]
+                    )
+                )
+                bars = ax.errorbar(
+                    x,
+                    ys,
+                    xerr=np.nan_to_num(err),
+                    color=style["color"],
+                    marker="none",
+                    linestyle="none",
+                    capsize=2,
+                    elinewidth=1,
+                )
                 for coll in bars.lines[2]:
                     coll.set_gid(f"{signal}:ci")
                 significant = curve["p_fdr"].to_numpy(dtype="float64") < alpha
-                ax.plot(x, ys, linestyle="none", marker=style["marker"], color=style["color"],
-                        markerfacecolor="none", markersize=6, label=signal, gid=f"{signal}:mean")
-                ax.plot(x[significant], ys[significant], linestyle="none", marker=style["marker"],
-                        color=style["color"], markersize=6, gid=f"{signal}:significant")
+                ax.plot(
+                    x,
+                    ys,
+                    linestyle="none",
+                    marker=style["marker"],
+                    color=style["color"],
+                    markerfacecolor="none",
+                    markersize=6,
+                    label=signal,
+                    gid=f"{signal}:mean",
+                )
+                ax.plot(
+                    x[significant],
+                    ys[significant],
+                    linestyle="none",
+                    marker=style["marker"],
+                    color=style["color"],
+                    markersize=6,
+                    gid=f"{signal}:significant",
+                )
             ax.axvline(0.0, color="0.6", linewidth=0.6, zorder=0)
             ax.set_yticks(list(y_of.values()), [f"{m} · {s}" for m, s in y_of])
             for k, label in enumerate(ax.get_yticklabels()):
@@ -685,11 +836,11 @@ def plot_model_comparison(tests: pd.DataFrame, dataset: str, *, alpha: float = 0
             test = _SCORE_TESTS[score]
             ax.set_xlabel(f"{score} score (Pearson r, mean over subjects)")
             ax.set_title(f"{score} score ({test} row), {_ci_name(alpha)}")
-        handles = [plt.Line2D([], [], color=s["color"], marker=s["marker"], linestyle="none")
-                   for s in styles.values()]
+        handles = [plt.Line2D([], [], color=s["color"], marker=s["marker"], linestyle="none") for s in styles.values()]
         handles.append(plt.Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="none"))
-        fig.legend(handles, [*styles, f"open: p_fdr ≥ {alpha}"], loc="outside lower center",
-                   ncols=len(handles), frameon=False)
+        fig.legend(
+            handles, [*styles, f"open: p_fdr ≥ {alpha}"], loc="outside lower center", ncols=len(handles), frameon=False
+        )
         fig.suptitle(f"{dataset}: hierarchy scores of every model")
     return fig
 
@@ -724,11 +875,15 @@ def _rule_rows(tests: pd.DataFrame, dataset: str) -> pd.DataFrame:
     rows = rows[rows["test"].isin(_RULE_TESTS) & (rows["signal"] != "act")]
     unknown = sorted(set(rows["signal"]) - set(RULE_PREDICTIONS))
     if unknown:
-        raise ValueError(f"tests table has signal(s) {unknown} for dataset {dataset!r} with no predicted "
-                         f"signature; known: {sorted(RULE_PREDICTIONS)} (brainprop.group.RULE_PREDICTIONS)")
+        raise ValueError(
+            f"tests table has signal(s) {unknown} for dataset {dataset!r} with no predicted "
+            f"signature; known: {sorted(RULE_PREDICTIONS)} (brainprop.group.RULE_PREDICTIONS)"
+        )
     if rows.empty:
-        raise ValueError(f"tests table has no {list(_RULE_TESTS)} rows of a learning signal "
-                         f"{sorted(RULE_PREDICTIONS)} for dataset {dataset!r}")
+        raise ValueError(
+            f"tests table has no {list(_RULE_TESTS)} rows of a learning signal "
+            f"{sorted(RULE_PREDICTIONS)} for dataset {dataset!r}"
+        )
     return rows
 
 
@@ -746,26 +901,58 @@ def _prediction_span(ax: Axes, prediction: str, lim: tuple[float, float], gid: s
     """Shade the region a rule predicts for a test's effect: x > 0, x < 0, or a narrow band at 0."""
     half = _ZERO_BAND * (lim[1] - lim[0])
     x0, x1 = {"greater": (0.0, lim[1]), "less": (lim[0], 0.0), "zero": (-half, half)}[prediction]
-    ax.axvspan(x0, x1, facecolor=_PREDICTION_COLOR, edgecolor="0.55", linewidth=0, zorder=0, gid=gid,
-               hatch="///" if prediction == "zero" else None)
+    ax.axvspan(
+        x0,
+        x1,
+        facecolor=_PREDICTION_COLOR,
+        edgecolor="0.55",
+        linewidth=0,
+        zorder=0,
+        gid=gid,
+        hatch="///" if prediction == "zero" else None,
+    )
 
 
-def _rule_cell(ax: Axes, part: pd.DataFrame, signal: str, test: str, y_of: dict[str, int], style: dict,
-               alpha: float) -> str:
+def _rule_cell(
+    ax: Axes, part: pd.DataFrame, signal: str, test: str, y_of: dict[str, int], style: dict, alpha: float
+) -> str:
     """One signal's effect ± CI per model on one test's axis; return how many CIs match the prediction."""
     part = part.assign(_y=part["model"].map(y_of)).sort_values("_y")
     x = part["effect"].to_numpy(dtype="float64")
     ys = part["_y"].to_numpy(dtype="float64")
     low, high = part["ci_low"].to_numpy(dtype="float64"), part["ci_high"].to_numpy(dtype="float64")
-    bars = ax.errorbar(x, ys, xerr=np.nan_to_num(np.abs(np.vstack([x - low, high - x]))), color=style["color"],
-                       marker="none", linestyle="none", capsize=2, elinewidth=1)
+    bars = ax.errorbar(
+        x,
+        ys,
+        xerr=np.nan_to_num(np.abs(np.vstack([x - low, high - x]))),
+        color=style["color"],
+        marker="none",
+        linestyle="none",
+        capsize=2,
+        elinewidth=1,
+    )
     for coll in bars.lines[2]:
         coll.set_gid(f"{signal}:{test}:ci")
     significant = part["p_fdr"].to_numpy(dtype="float64") < alpha
-    ax.plot(x, ys, linestyle="none", marker=style["marker"], color=style["color"], markerfacecolor="none",
-            markersize=6, gid=f"{signal}:{test}:mean")
-    ax.plot(x[significant], ys[significant], linestyle="none", marker=style["marker"], color=style["color"],
-            markersize=6, gid=f"{signal}:{test}:significant")
+    ax.plot(
+        x,
+        ys,
+        linestyle="none",
+        marker=style["marker"],
+        color=style["color"],
+        markerfacecolor="none",
+        markersize=6,
+        gid=f"{signal}:{test}:mean",
+    )
+    ax.plot(
+        x[significant],
+        ys[significant],
+        linestyle="none",
+        marker=style["marker"],
+        color=style["color"],
+        markersize=6,
+        gid=f"{signal}:{test}:significant",
+    )
     prediction = RULE_PREDICTIONS[signal][test]
     finite = int(np.count_nonzero(np.isfinite(low) & np.isfinite(high)))
     if finite == 0:
@@ -791,8 +978,14 @@ def plot_rule_signatures(tests: pd.DataFrame, dataset: str, *, alpha: float = 0.
     y_of = {m: len(models) - 1 - i for i, m in enumerate(models)}  # first model on top
     styles = signal_styles(signals)
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(len(signals), len(columns), squeeze=False, sharey=True, layout="constrained",
-                                 figsize=(1.8 + 2.6 * len(columns), 1.4 + (1.0 + 0.3 * len(models)) * len(signals)))
+        fig, axes = plt.subplots(
+            len(signals),
+            len(columns),
+            squeeze=False,
+            sharey=True,
+            layout="constrained",
+            figsize=(1.8 + 2.6 * len(columns), 1.4 + (1.0 + 0.3 * len(models)) * len(signals)),
+        )
         for j, test in enumerate(columns):
             lim = _rule_limits(rows[rows["test"] == test], test)
             for i, signal in enumerate(signals):
@@ -801,8 +994,17 @@ def plot_rule_signatures(tests: pd.DataFrame, dataset: str, *, alpha: float = 0.
                 ax.axvline(0.0, color=REFERENCE_COLOR, linewidth=0.6, zorder=1)
                 part = rows[(rows["signal"] == signal) & (rows["test"] == test)]
                 note = _rule_cell(ax, part, signal, test, y_of, styles[signal], alpha) if len(part) else "no rows"
-                ax.text(0.98, 0.97, f"predicts {_PREDICTION_TEXT[prediction]}\n{note}", transform=ax.transAxes,
-                        ha="right", va="top", fontsize=7, color="0.25", gid=f"verdict:{signal}:{test}")
+                ax.text(
+                    0.98,
+                    0.97,
+                    f"predicts {_PREDICTION_TEXT[prediction]}\n{note}",
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="top",
+                    fontsize=7,
+                    color="0.25",
+                    gid=f"verdict:{signal}:{test}",
+                )
                 ax.set_xlim(*lim)
                 ax.set_ylim(-0.6, len(models) - 0.4 + 0.6)  # headroom for the note
                 if i == 0:
@@ -812,20 +1014,24 @@ def plot_rule_signatures(tests: pd.DataFrame, dataset: str, *, alpha: float = 0.
             for i, signal in enumerate(signals):
                 axes[i, 0].set_yticks([y_of[m] for m in models], models)
                 axes[i, 0].set_ylabel(f"{signal}\n({_RULE_NAMES[signal]})")
-        handles = [plt.Rectangle((0, 0), 1, 1, color=_PREDICTION_COLOR),
-                   plt.Line2D([], [], color="0.3", marker="o", linestyle="none"),
-                   plt.Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="none")]
+        handles = [
+            plt.Rectangle((0, 0), 1, 1, color=_PREDICTION_COLOR),
+            plt.Line2D([], [], color="0.3", marker="o", linestyle="none"),
+            plt.Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="none"),
+        ]
         labels = ["predicted sign", f"p_fdr < {alpha}", f"p_fdr ≥ {alpha}"]
         if any(RULE_PREDICTIONS[s][t] == "zero" for s in signals for t in columns):
             handles.insert(1, plt.Rectangle((0, 0), 1, 1, facecolor=_PREDICTION_COLOR, hatch="///", edgecolor="0.5"))
             labels.insert(1, "predicted ≈ 0 (CI should cover 0)")
         fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False)
-        fig.suptitle(f"{dataset}: each rule's predicted signature (shaded) and the group effect per model, "
-                     f"{_ci_name(alpha)}")
+        fig.suptitle(
+            f"{dataset}: each rule's predicted signature (shaded) and the group effect per model, {_ci_name(alpha)}"
+        )
     return fig
 
 
 # ---------------------------------------------------------------- CKA
+
 
 def _layer_order(cka: pd.DataFrame, enc: pd.DataFrame | None, model: str) -> list[str]:
     """Layer names of `model` in depth order (from the encoding table when given), else as listed."""
@@ -860,9 +1066,14 @@ def plot_cka_grid(cka: pd.DataFrame, enc: pd.DataFrame | None = None) -> Figure:
     per_row = min(len(keys), max(1, 6 // len(signals)))  # models side by side, wrapped at 6 panels
     nrows = -(-len(keys) // per_row)
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(nrows, per_row * len(signals), squeeze=False, layout="constrained",
-                                 figsize=(1.4 + 3.0 * per_row * len(signals), 0.8 + 2.9 * nrows))
-        for ax in axes.ravel()[len(keys) * len(signals):]:
+        fig, axes = plt.subplots(
+            nrows,
+            per_row * len(signals),
+            squeeze=False,
+            layout="constrained",
+            figsize=(1.4 + 3.0 * per_row * len(signals), 0.8 + 2.9 * nrows),
+        )
+        for ax in axes.ravel()[len(keys) * len(signals) :]:
             ax.set_axis_off()
         for i, (model, imageset) in enumerate(keys):
             part = cka[(cka["model"] == model) & (cka["imageset"] == imageset)]
@@ -871,8 +1082,15 @@ def plot_cka_grid(cka: pd.DataFrame, enc: pd.DataFrame | None = None) -> Figure:
                 ax = axes[i // per_row, (i % per_row) * len(signals) + j]
                 rows = part[part["signal"] == signal]
                 matrix = cka_matrix(rows, layers)
-                image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="magma", origin="lower",
-                                  interpolation="nearest", gid=f"cka:{model}:{signal}")
+                image = ax.imshow(
+                    matrix,
+                    vmin=0.0,
+                    vmax=1.0,
+                    cmap="magma",
+                    origin="lower",
+                    interpolation="nearest",
+                    gid=f"cka:{model}:{signal}",
+                )
                 step = max(1, -(-len(layers) // 8))
                 ticks = list(range(0, len(layers), step))
                 ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -888,12 +1106,16 @@ def plot_cka_grid(cka: pd.DataFrame, enc: pd.DataFrame | None = None) -> Figure:
 
 # ---------------------------------------------------------------- simulation recovery
 
+
 def _recovered_rois(best: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """Planted and recovered depth per subject × signal × ROI (source model, hemi 'both')."""
     planted = truth[truth["kind"] == "roi"][["dataset", "subject", "source_model", "roi", "signal", "depth"]]
     found = best[best["hemi"] == "both"].rename(columns={"model": "source_model"})
-    merged = planted.merge(found[["dataset", "subject", "source_model", "roi", "signal", "best_depth"]],
-                           on=["dataset", "subject", "source_model", "roi", "signal"], how="inner")
+    merged = planted.merge(
+        found[["dataset", "subject", "source_model", "roi", "signal", "best_depth"]],
+        on=["dataset", "subject", "source_model", "roi", "signal"],
+        how="inner",
+    )
     return merged.rename(columns={"depth": "planted", "best_depth": "recovered"})
 
 
@@ -902,27 +1124,35 @@ def _recovered_layers(tm: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     planted = truth[(truth["kind"] == "layer") & np.isfinite(truth["latency_s"].to_numpy(dtype="float64"))]
     planted = planted[["dataset", "subject", "source_model", "signal", "depth", "latency_s"]]
     found = tm.rename(columns={"model": "source_model"})[
-        ["dataset", "subject", "source_model", "signal", "depth", "t_max_s"]]
+        ["dataset", "subject", "source_model", "signal", "depth", "t_max_s"]
+    ]
     planted = planted.assign(depth=planted["depth"].round(9))
     found = found.assign(depth=found["depth"].round(9))
     merged = planted.merge(found, on=["dataset", "subject", "source_model", "signal", "depth"], how="inner")
     return merged.rename(columns={"latency_s": "planted", "t_max_s": "recovered"})
 
 
-def _identity_panel(ax: Axes, pairs: pd.DataFrame, key: str, styles: dict[str, dict], lim: tuple[float, float]
-                    ) -> None:
+def _identity_panel(ax: Axes, pairs: pd.DataFrame, key: str, styles: dict[str, dict], lim: tuple[float, float]) -> None:
     """Recovered against planted (mean ± SEM over subjects per `key`), with the identity line."""
-    ax.plot(lim, lim, color=REFERENCE_COLOR, linestyle=":", linewidth=1, label="perfect recovery",
-            gid="identity")
+    ax.plot(lim, lim, color=REFERENCE_COLOR, linestyle=":", linewidth=1, label="perfect recovery", gid="identity")
     stats = _mean_sem(pairs.assign(_x=pairs["planted"]), ["signal", key, "_x"], "recovered")
     present = [s for s in styles if (stats["signal"] == s).any()]
     for k, signal in enumerate(present):
         style, curve = styles[signal], stats[stats["signal"] == signal].sort_values("_x")
         # Signals are shifted apart by 1.5% of the axis so that equal points stay visible.
         dodge = (k - (len(present) - 1) / 2) * 0.015 * (lim[1] - lim[0])
-        bars = ax.errorbar(curve["_x"] + dodge, curve["mean"], yerr=np.nan_to_num(curve["sem"].to_numpy()),
-                           color=style["color"], marker=style["marker"], linestyle="none", markersize=5,
-                           capsize=2, elinewidth=1, label=signal)
+        bars = ax.errorbar(
+            curve["_x"] + dodge,
+            curve["mean"],
+            yerr=np.nan_to_num(curve["sem"].to_numpy()),
+            color=style["color"],
+            marker=style["marker"],
+            linestyle="none",
+            markersize=5,
+            capsize=2,
+            elinewidth=1,
+            label=signal,
+        )
         bars.lines[0].set_gid(f"{signal}:mean")
     ax.set_xlim(*lim)
     ax.set_ylim(*lim)
@@ -943,8 +1173,10 @@ def plot_simulation_recovery(truth: pd.DataFrame, best: pd.DataFrame, tm: pd.Dat
     rois = _recovered_rois(best[best["dataset"] == dataset], planted)
     layers = _recovered_layers(tm[tm["dataset"] == dataset], planted)
     if rois.empty and layers.empty:
-        raise ValueError(f"no recovered row matches the planted truth of {dataset!r} (source model "
-                         f"{sorted(planted['source_model'].unique())}); are its results in the tables?")
+        raise ValueError(
+            f"no recovered row matches the planted truth of {dataset!r} (source model "
+            f"{sorted(planted['source_model'].unique())}); are its results in the tables?"
+        )
     styles = signal_styles(planted["signal"].unique())
     with plt.rc_context(_RC):
         fig, (ax_roi, ax_meg) = plt.subplots(1, 2, figsize=(9.0, 4.6), layout="constrained")
@@ -962,12 +1194,15 @@ def plot_simulation_recovery(truth: pd.DataFrame, best: pd.DataFrame, tm: pd.Dat
         ax_meg.set_title(f"MEG: T_max per layer ({layers['depth'].nunique()} layers)")
         ax_roi.legend(loc="upper left", frameon=False)
         source = ", ".join(sorted(planted["source_model"].unique()))
-        fig.suptitle(f"{dataset}: planted vs recovered (source model {source}, "
-                     f"mean ± SEM over {planted['subject'].nunique()} subjects)")
+        fig.suptitle(
+            f"{dataset}: planted vs recovered (source model {source}, "
+            f"mean ± SEM over {planted['subject'].nunique()} subjects)"
+        )
     return fig
 
 
 # ---------------------------------------------------------------- files
+
 
 def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Write `fig` to `stem.<fmt>` for each format atomically (PNG at 150 dpi), then close it."""
@@ -999,17 +1234,24 @@ def _of_model(table: pd.DataFrame, model: str) -> pd.DataFrame:
     return table[table["model"] == model] if model else table
 
 
-def _plotters(tables: dict[str, pd.DataFrame], roi_levels: Mapping | None, alpha: float
-              ) -> dict[str, Callable[[str, str], Figure]]:
+def _plotters(
+    tables: dict[str, pd.DataFrame], roi_levels: Mapping | None, alpha: float
+) -> dict[str, Callable[[str, str], Figure]]:
     """Figure kind -> function drawing it for one dataset and model ("" where not per dataset or model)."""
     t = tables
     return {
         "encoding_by_layer": lambda d, m: plot_encoding_by_layer(
-            _of_model(t["encoding"], m), d, roi_levels=(roi_levels or {}).get(d)),
+            _of_model(t["encoding"], m), d, roi_levels=(roi_levels or {}).get(d)
+        ),
         "meg_timecourses": lambda d, m: plot_meg_timecourses(_of_model(t["encoding"], m), d),
         "spatial_hierarchy": lambda d, m: plot_spatial_hierarchy(
-            _of_model(t["best_layers"], m), t["hierarchy"], d, tests=t["tests"], alpha=alpha,
-            roi_distance_mm=_roi_distance_map(t["encoding"], d)),
+            _of_model(t["best_layers"], m),
+            t["hierarchy"],
+            d,
+            tests=t["tests"],
+            alpha=alpha,
+            roi_distance_mm=_roi_distance_map(t["encoding"], d),
+        ),
         "tmax": lambda d, m: plot_tmax(_of_model(t["tmax"], m), t["hierarchy"], d, tests=t["tests"], alpha=alpha),
         "model_comparison": lambda d, _: plot_model_comparison(t["tests"], d, alpha=alpha),
         "rule_signatures": lambda d, _: plot_rule_signatures(t["tests"], d, alpha=alpha),
@@ -1021,9 +1263,15 @@ def _plotters(tables: dict[str, pd.DataFrame], roi_levels: Mapping | None, alpha
 TABLES_READ = ("encoding", "best_layers", "tmax", "hierarchy", "tests", "cka")
 
 
-def make_figures(tables_dir: Path, out_dir: Path, formats: Sequence[str] = ("png", "svg"), *,
-                 roi_levels: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
-                 truth: Mapping[str, Path] | None = None, alpha: float = 0.05) -> list[Path]:
+def make_figures(
+    tables_dir: Path,
+    out_dir: Path,
+    formats: Sequence[str] = ("png", "svg"),
+    *,
+    roi_levels: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+    truth: Mapping[str, Path] | None = None,
+    alpha: float = 0.05,
+) -> list[Path]:
     """Draw every table figure of a run from `tables_dir` into `out_dir`; return the written paths.
 
     `roi_levels` maps dataset -> level -> ROI names (the config's `roi_levels`; default
@@ -1042,8 +1290,9 @@ def make_figures(tables_dir: Path, out_dir: Path, formats: Sequence[str] = ("png
     models = sorted(tables["encoding"]["model"].unique())
     signals = tables["encoding"]["signal"].unique()
     paths = []
-    for kind, dataset, model, name in figure_entries(datasets, formats[:1], models=models, simulated=truth,
-                                                     signals=signals):
+    for kind, dataset, model, name in figure_entries(
+        datasets, formats[:1], models=models, simulated=truth, signals=signals
+    ):
         stem = out_dir / name.rsplit(".", 1)[0]
         paths += save_figure(plotters[kind](dataset, model), stem, formats)
     return paths
@@ -1055,15 +1304,36 @@ def tests_html(tests: pd.DataFrame) -> str:
     order = {t: i for i, t in enumerate(("T1", "T2", "S1a", "S1b", "E"))}
     rows = tests.assign(_order=tests["test"].map(order).fillna(len(order)))
     rows = rows.sort_values(["dataset", "model", "signal", "_order", *(["level"] if "level" in rows else [])])
-    columns = [c for c in ("dataset", "modality", "model", "signal", "test", "level", "alternative", "effect",
-                           "ci_low", "ci_high", "p", "p_min", "p_fdr", "n_subjects", "n_significant_subjects")
-               if c in rows.columns]
-    table = rows[columns].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0,
-                                  classes="tests")
-    style = ("body{font-family:sans-serif;font-size:13px} table.tests{border-collapse:collapse}"
-             "table.tests th,table.tests td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>brainprop tests</title>"
-            f"<style>{style}</style></head><body>{table}</body></html>\n")
+    columns = [
+        c
+        for c in (
+            "dataset",
+            "modality",
+            "model",
+            "signal",
+            "test",
+            "level",
+            "alternative",
+            "effect",
+            "ci_low",
+            "ci_high",
+            "p",
+            "p_min",
+            "p_fdr",
+            "n_subjects",
+            "n_significant_subjects",
+        )
+        if c in rows.columns
+    ]
+    table = rows[columns].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="tests")
+    style = (
+        "body{font-family:sans-serif;font-size:13px} table.tests{border-collapse:collapse}"
+        "table.tests th,table.tests td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>brainprop tests</title>"
+        f"<style>{style}</style></head><body>{table}</body></html>\n"
+    )
 
 
 def write_tests_html(tables_dir: Path, path: Path) -> None:

@@ -17,20 +17,20 @@ import pandas as pd
 
 __all__ = [
     "EXCLUSION_RULES",
-    "exclusion_mask",
-    "pearson",
-    "best_layers",
-    "tmax",
-    "layer_tmax",
-    "spatial_score",
-    "temporal_score",
-    "subject_hierarchy",
-    "weighted_depth",
-    "target_depths",
-    "subject_target_depths",
-    "load_target_depths",
     "TARGET_DEPTH_COLUMNS",
+    "best_layers",
+    "exclusion_mask",
+    "layer_tmax",
+    "load_target_depths",
+    "pearson",
     "run_hierarchy",
+    "spatial_score",
+    "subject_hierarchy",
+    "subject_target_depths",
+    "target_depths",
+    "temporal_score",
+    "tmax",
+    "weighted_depth",
 ]
 
 # Grouping keys of the derived tables.
@@ -38,14 +38,36 @@ BEST_KEYS = ["dataset", "model", "signal", "subject", "atlas", "roi", "hemi"]
 TMAX_KEYS = ["dataset", "model", "signal", "subject", "layer_index"]
 SUBJECT_KEYS = ["dataset", "model", "signal", "subject"]
 
-_ENC_FMRI = ["dataset", "modality", "model", "signal", "subject", "atlas", "roi", "hemi",
-             "layer_index", "depth", "roi_distance_mm", "r"]
+_ENC_FMRI = [
+    "dataset",
+    "modality",
+    "model",
+    "signal",
+    "subject",
+    "atlas",
+    "roi",
+    "hemi",
+    "layer_index",
+    "depth",
+    "roi_distance_mm",
+    "r",
+]
 _ENC_MEG = ["dataset", "modality", "model", "signal", "subject", "layer_index", "depth", "time", "r"]
 
 # Columns of the per-target depth table (`subject_target_depths`, one row per signal × fMRI target).
-_TARGET_DEPTH_TYPES = {"dataset": str, "model": str, "subject": str, "signal": str, "target": np.int64,
-                       "best_layer_index": np.int64, "best_depth": np.float64, "best_r": np.float64,
-                       "weighted_depth": np.float64, "n_layers": np.int64, "excluded": bool}
+_TARGET_DEPTH_TYPES = {
+    "dataset": str,
+    "model": str,
+    "subject": str,
+    "signal": str,
+    "target": np.int64,
+    "best_layer_index": np.int64,
+    "best_depth": np.float64,
+    "best_r": np.float64,
+    "weighted_depth": np.float64,
+    "n_layers": np.int64,
+    "excluded": bool,
+}
 TARGET_DEPTH_COLUMNS = list(_TARGET_DEPTH_TYPES)
 
 # Which ROIs (by best r) or layers (by peak r) enter a score; non-finite values never do.
@@ -58,8 +80,9 @@ EXCLUSION_RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 def exclusion_mask(r: np.ndarray, exclude: str = "nonpositive") -> np.ndarray:
     """Return the keep-mask of shape `(n,)` for scores `r` of shape `(n,)` under rule `exclude`."""
     if exclude not in EXCLUSION_RULES:
-        raise ValueError(f"exclude={exclude!r} is not a known exclusion rule; expected one of "
-                         f"{sorted(EXCLUSION_RULES)}")
+        raise ValueError(
+            f"exclude={exclude!r} is not a known exclusion rule; expected one of {sorted(EXCLUSION_RULES)}"
+        )
     r = np.asarray(r, dtype=np.float64)
     finite = np.isfinite(r)
     return finite & EXCLUSION_RULES[exclude](np.where(finite, r, 0.0))
@@ -87,8 +110,9 @@ def _check_unique(table: pd.DataFrame, keys: list[str], what: str) -> None:
     dup = table.duplicated(keys)
     if dup.any():
         first = table.loc[dup, keys].iloc[0].to_dict()
-        raise ValueError(f"{what} has {int(dup.sum())} duplicated rows over {keys}, e.g. {first}; "
-                         "expected one row per key")
+        raise ValueError(
+            f"{what} has {int(dup.sum())} duplicated rows over {keys}, e.g. {first}; expected one row per key"
+        )
 
 
 def _fmri_rows(enc: pd.DataFrame) -> pd.DataFrame:
@@ -116,17 +140,22 @@ def best_layers(enc: pd.DataFrame) -> pd.DataFrame:
     fmri = _fmri_rows(enc)
     # Sorting by r descending (NaN last), then layer_index ascending, puts the argmax with
     # ties broken to the shallowest layer first in each group.
-    ordered = fmri.sort_values(BEST_KEYS + ["r", "layer_index"],
-                               ascending=[True] * len(BEST_KEYS) + [False, True],
-                               na_position="last", kind="mergesort")
+    ordered = fmri.sort_values(
+        BEST_KEYS + ["r", "layer_index"],
+        ascending=[True] * len(BEST_KEYS) + [False, True],
+        na_position="last",
+        kind="mergesort",
+    )
     best = ordered.drop_duplicates(BEST_KEYS, keep="first")
-    out = pd.DataFrame({
-        **{k: best[k].astype(str).to_numpy() for k in BEST_KEYS},
-        "best_layer_index": best["layer_index"].to_numpy(dtype=np.int64),
-        "best_depth": best["depth"].to_numpy(dtype=np.float64),
-        "best_r": best["r"].to_numpy(dtype=np.float64),
-        "roi_distance_mm": best["roi_distance_mm"].to_numpy(dtype=np.float64),
-    })
+    out = pd.DataFrame(
+        {
+            **{k: best[k].astype(str).to_numpy() for k in BEST_KEYS},
+            "best_layer_index": best["layer_index"].to_numpy(dtype=np.int64),
+            "best_depth": best["depth"].to_numpy(dtype=np.float64),
+            "best_r": best["r"].to_numpy(dtype=np.float64),
+            "roi_distance_mm": best["roi_distance_mm"].to_numpy(dtype=np.float64),
+        }
+    )
     undefined = ~np.isfinite(out["best_r"].to_numpy())
     out.loc[undefined, "best_layer_index"] = -1
     out.loc[undefined, "best_depth"] = np.nan
@@ -139,12 +168,9 @@ def layer_tmax(times: np.ndarray, r: np.ndarray, threshold: float) -> tuple[floa
     if not finite.any():
         return float("nan"), float("nan")
     peak = float(np.max(r[finite]))
-    if peak > 0:
-        near = finite & (r / peak >= threshold)
-    else:
-        # A non-positive peak cannot be normalised; keep the times within (1 - threshold)·|peak|
-        # of it, which is the same rule for a positive peak. Such layers are usually excluded.
-        near = finite & (r >= peak - (1.0 - threshold) * abs(peak))
+    # A non-positive peak cannot be normalised; keep the times within (1 - threshold)·|peak| of
+    # it, which is the same rule for a positive peak. Such layers are usually excluded.
+    near = finite & (r / peak >= threshold) if peak > 0 else finite & (r >= peak - (1.0 - threshold) * abs(peak))
     return float(np.mean(times[near], dtype=np.float64)), peak
 
 
@@ -158,12 +184,13 @@ def tmax(enc: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
     meg = _meg_rows(enc).sort_values(TMAX_KEYS + ["time"], kind="mergesort")
     rows = []
     for key, layer in meg.groupby(TMAX_KEYS, sort=True):
-        t_max, peak = layer_tmax(layer["time"].to_numpy(np.float64), layer["r"].to_numpy(np.float64),
-                                  threshold)
+        t_max, peak = layer_tmax(layer["time"].to_numpy(np.float64), layer["r"].to_numpy(np.float64), threshold)
         rows.append((*key, float(layer["depth"].iloc[0]), t_max, peak))
     out = pd.DataFrame(rows, columns=TMAX_KEYS + ["depth", "t_max_s", "peak_r"])
-    return out.astype({k: str for k in SUBJECT_KEYS} | {"layer_index": np.int64, "depth": np.float64,
-                                                         "t_max_s": np.float64, "peak_r": np.float64})
+    return out.astype(
+        {k: str for k in SUBJECT_KEYS}
+        | {"layer_index": np.int64, "depth": np.float64, "t_max_s": np.float64, "peak_r": np.float64}
+    )
 
 
 def _one_subject(table: pd.DataFrame, what: str) -> None:
@@ -179,8 +206,9 @@ def _score(x: np.ndarray, y: np.ndarray, keep: np.ndarray, min_count: int) -> tu
     return value, n_used, int(keep.size - n_used)
 
 
-def spatial_score(best: pd.DataFrame, atlas: str, min_count: int = 3,
-                  exclude: str = "nonpositive") -> tuple[float, int, int]:
+def spatial_score(
+    best: pd.DataFrame, atlas: str, min_count: int = 3, exclude: str = "nonpositive"
+) -> tuple[float, int, int]:
     """Pearson(best depth, ROI distance from the reference ROI) over one subject's ROIs.
 
     Uses the `hemi == 'both'` rows of `atlas`; ROIs failing `exclude` (or with a non-finite
@@ -196,8 +224,7 @@ def spatial_score(best: pd.DataFrame, atlas: str, min_count: int = 3,
     return _score(depth, dist, keep, min_count)
 
 
-def temporal_score(tm: pd.DataFrame, min_count: int = 3,
-                   exclude: str = "nonpositive") -> tuple[float, int, int]:
+def temporal_score(tm: pd.DataFrame, min_count: int = 3, exclude: str = "nonpositive") -> tuple[float, int, int]:
     """Pearson(depth, T_max) over one subject's layers; layers failing `exclude` on peak r are counted out.
 
     Returns (value, n_used, n_excluded); value is NaN with fewer than `min_count` layers or a
@@ -211,12 +238,10 @@ def temporal_score(tm: pd.DataFrame, min_count: int = 3,
     return _score(depth, t_max, keep, min_count)
 
 
-_HIER_COLUMNS = ["dataset", "modality", "model", "signal", "subject", "score", "atlas", "value",
-                 "n_used", "n_excluded"]
+_HIER_COLUMNS = ["dataset", "modality", "model", "signal", "subject", "score", "atlas", "value", "n_used", "n_excluded"]
 
 
-def _hierarchy_rows(best: pd.DataFrame, tm: pd.DataFrame, atlas: str, min_count: int,
-                    exclude: str) -> pd.DataFrame:
+def _hierarchy_rows(best: pd.DataFrame, tm: pd.DataFrame, atlas: str, min_count: int, exclude: str) -> pd.DataFrame:
     rows = []
     for key, group in best.groupby(SUBJECT_KEYS, sort=True):
         value, used, excluded = spatial_score(group, atlas, min_count, exclude)
@@ -225,12 +250,14 @@ def _hierarchy_rows(best: pd.DataFrame, tm: pd.DataFrame, atlas: str, min_count:
         value, used, excluded = temporal_score(group, min_count, exclude)
         rows.append((key[0], "meg", *key[1:], "temporal", "", value, used, excluded))
     out = pd.DataFrame(rows, columns=_HIER_COLUMNS)
-    return out.astype({c: str for c in _HIER_COLUMNS[:7]} | {"value": np.float64, "n_used": np.int64,
-                                                               "n_excluded": np.int64})
+    return out.astype(
+        {c: str for c in _HIER_COLUMNS[:7]} | {"value": np.float64, "n_used": np.int64, "n_excluded": np.int64}
+    )
 
 
-def subject_hierarchy(enc: pd.DataFrame, atlas: str, threshold: float = 0.95, min_count: int = 3,
-                      exclude: str = "nonpositive") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def subject_hierarchy(
+    enc: pd.DataFrame, atlas: str, threshold: float = 0.95, min_count: int = 3, exclude: str = "nonpositive"
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Best layers, T_max and hierarchy scores of every signal in an encoding table.
 
     Written for one subject (the `hierarchy` rule's granularity) but correct for several, as
@@ -244,8 +271,9 @@ def subject_hierarchy(enc: pd.DataFrame, atlas: str, threshold: float = 0.95, mi
     _require(enc, ["modality"], "encoding table")
     best = best_layers(enc)
     if len(best) and atlas not in set(best["atlas"]):
-        raise ValueError(f"atlas={atlas!r} has no fMRI rows in the encoding table; expected one of "
-                         f"{sorted(set(best['atlas']))}")
+        raise ValueError(
+            f"atlas={atlas!r} has no fMRI rows in the encoding table; expected one of {sorted(set(best['atlas']))}"
+        )
     tm = tmax(enc, threshold)
     return best, tm, _hierarchy_rows(best, tm, atlas, min_count, exclude)
 
@@ -293,8 +321,7 @@ def target_depths(r: np.ndarray, depths: np.ndarray, layer_index: np.ndarray) ->
     }
 
 
-def subject_target_depths(scores: pd.DataFrame, identity: dict[str, str], exclude: str = "nonpositive"
-                          ) -> pd.DataFrame:
+def subject_target_depths(scores: pd.DataFrame, identity: dict[str, str], exclude: str = "nonpositive") -> pd.DataFrame:
     """Per-target depth table (`TARGET_DEPTH_COLUMNS`) of one subject from long-form per-target scores.
 
     `scores` has columns signal, layer_index, depth, target, r (fMRI targets only); `identity`
@@ -316,7 +343,6 @@ def subject_target_depths(scores: pd.DataFrame, identity: dict[str, str], exclud
     return table[TARGET_DEPTH_COLUMNS].astype(_TARGET_DEPTH_TYPES)
 
 
-
 def load_target_depths(path) -> pd.DataFrame:
     """Read a per-target depth table written by the hierarchy rule (columns `TARGET_DEPTH_COLUMNS`)."""
     from ..io import read_table
@@ -324,8 +350,10 @@ def load_target_depths(path) -> pd.DataFrame:
     table = read_table(path)
     missing = [c for c in TARGET_DEPTH_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: per-target depth table lacks columns {missing}; expected "
-                         f"{TARGET_DEPTH_COLUMNS}. Delete the file and rerun snakemake to recompute it.")
+        raise ValueError(
+            f"{path}: per-target depth table lacks columns {missing}; expected "
+            f"{TARGET_DEPTH_COLUMNS}. Delete the file and rerun snakemake to recompute it."
+        )
     return table
 
 
@@ -335,8 +363,10 @@ def _fmri_scores(summaries: list[str], scores: list[str], targets: str) -> pd.Da
     from ..io import read_table
 
     if len(summaries) != len(scores):
-        raise ValueError(f"{len(summaries)} summary files but {len(scores)} per-target score files; expected "
-                         "one per signal × layer, in the same order")
+        raise ValueError(
+            f"{len(summaries)} summary files but {len(scores)} per-target score files; expected "
+            "one per signal × layer, in the same order"
+        )
     table = read_table(targets)
     fmri = table.loc[table["modality"] == "fmri", "target"].to_numpy(dtype=np.int64)
     frames = []
@@ -344,15 +374,24 @@ def _fmri_scores(summaries: list[str], scores: list[str], targets: str) -> pd.Da
     for summary, path in pairs:
         ident = read_table(summary)[["signal", "layer_index", "depth"]].iloc[0]
         r = load_target_scores(path).set_index("target")["r"]
-        frames.append(pd.DataFrame({"signal": ident["signal"], "layer_index": int(ident["layer_index"]),
-                                    "depth": float(ident["depth"]), "target": fmri,
-                                    "r": r.reindex(fmri).to_numpy(dtype=np.float64)}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "signal": ident["signal"],
+                    "layer_index": int(ident["layer_index"]),
+                    "depth": float(ident["depth"]),
+                    "target": fmri,
+                    "r": r.reindex(fmri).to_numpy(dtype=np.float64),
+                }
+            )
+        )
     columns = ["signal", "layer_index", "depth", "target", "r"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-def run_hierarchy(summaries: list[str], outputs, params: dict, scores: list[str] | None = None,
-                  targets: str | None = None) -> None:
+def run_hierarchy(
+    summaries: list[str], outputs, params: dict, scores: list[str] | None = None, targets: str | None = None
+) -> None:
     """Entry point of the hierarchy rule: one subject's encoding rows, best layers, T_max, scores.
 
     With `scores` (the encode rule's per-target files, paired with `summaries`) and `targets`
@@ -362,8 +401,9 @@ def run_hierarchy(summaries: list[str], outputs, params: dict, scores: list[str]
 
     log = logging.getLogger("brainprop.hierarchy")
     enc = pd.concat([read_table(p) for p in summaries], ignore_index=True)
-    best, tm, hier = subject_hierarchy(enc, params["atlas"], params["threshold"], params["min_count"],
-                                       params["exclude"])
+    best, tm, hier = subject_hierarchy(
+        enc, params["atlas"], params["threshold"], params["min_count"], params["exclude"]
+    )
     excluded = hier[["signal", "score", "n_used", "n_excluded"]].to_dict("records")
     log.info("scores and exclusions: %s", excluded)
     write_table(outputs.encoding, enc)

@@ -27,9 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .group import FORWARD_CHECKS, PREDICTIONS, group_from_subjects, permutation_pvalue, subject_statistics, wilcoxon_exact
-from ..hierarchy.scores import exclusion_mask, layer_tmax, pearson, subject_hierarchy
 from ..brain.simulate import SIM_ROIS, plan_subject, roi_geometry
+from ..hierarchy.scores import exclusion_mask, layer_tmax, pearson, subject_hierarchy
+from .group import (
+    FORWARD_CHECKS,
+    PREDICTIONS,
+    group_from_subjects,
+    permutation_pvalue,
+    subject_statistics,
+    wilcoxon_exact,
+)
 
 __all__ = [
     "CALIBRATION_COLUMNS",
@@ -47,8 +54,19 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_COLUMNS = ["scenario", "snr_fmri", "seed", "n_subjects", "test", "signal", "alternative", "p",
-                       "effect", "n_significant_subjects", "n_used"]
+CALIBRATION_COLUMNS = [
+    "scenario",
+    "snr_fmri",
+    "seed",
+    "n_subjects",
+    "test",
+    "signal",
+    "alternative",
+    "p",
+    "effect",
+    "n_significant_subjects",
+    "n_used",
+]
 _TESTS = ("T1", "T2", "S1a", "S1b")
 # The demo's MEG time axis (40 Hz, 40 samples from -0.1 s).
 DEMO_TIMES = np.round(-0.1 + np.arange(40) / 40.0, 10)
@@ -73,9 +91,18 @@ def _roi_distances() -> np.ndarray:
     return np.array([dist[roi] for roi in SIM_ROIS])
 
 
-def planted_scores(scenario: str, subjects: Sequence[str], depths: np.ndarray, meg: dict, seed: int,
-                   noise: float, times: np.ndarray = DEMO_TIMES, dataset: str = "sim", width_layers: float = 1.5,
-                   width_s: float = 0.05) -> list[SubjectScores]:
+def planted_scores(
+    scenario: str,
+    subjects: Sequence[str],
+    depths: np.ndarray,
+    meg: dict,
+    seed: int,
+    noise: float,
+    times: np.ndarray = DEMO_TIMES,
+    dataset: str = "sim",
+    width_layers: float = 1.5,
+    width_s: float = 0.05,
+) -> list[SubjectScores]:
     """Scores drawn from each subject's planted hierarchy (`plan_subject`) plus N(0, noise²) on r.
 
     fMRI: per ROI, exp(−(k − k*)² / (2 width_layers²)) over layers k, k* the planted layer;
@@ -89,14 +116,16 @@ def planted_scores(scenario: str, subjects: Sequence[str], depths: np.ndarray, m
     for subject in subjects:
         plan = plan_subject(scenario, depths, meg, seed, dataset, subject)
         fmri, meg_r = {}, {}
-        for signal, roi_layer, latency in (("act", plan.roi_act_layer, plan.act_latency),
-                                           ("grad", plan.roi_grad_layer, plan.grad_latency)):
+        for signal, roi_layer, latency in (
+            ("act", plan.roi_act_layer, plan.act_latency),
+            ("grad", plan.roi_grad_layer, plan.grad_latency),
+        ):
             peak = np.array([roi_layer.get(roi, np.nan) for roi in SIM_ROIS], dtype=np.float64)
             with np.errstate(invalid="ignore"):
-                tuning = np.nan_to_num(np.exp(-(layers[None, :] - peak[:, None]) ** 2 / (2 * width_layers ** 2)))
+                tuning = np.nan_to_num(np.exp(-((layers[None, :] - peak[:, None]) ** 2) / (2 * width_layers**2)))
             fmri[signal] = tuning + rng.normal(0.0, noise, tuning.shape)
             lat = np.where(np.isfinite(latency), latency, np.inf)
-            course = np.exp(-(np.asarray(times)[None, :] - lat[:, None]) ** 2 / (2 * width_s ** 2))
+            course = np.exp(-((np.asarray(times)[None, :] - lat[:, None]) ** 2) / (2 * width_s**2))
             meg_r[signal] = course + rng.normal(0.0, noise, course.shape)
         out.append(SubjectScores(subject, fmri, meg_r))
     return out
@@ -110,10 +139,21 @@ def _group_means(r: np.ndarray, code: np.ndarray, n: int) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def encoded_scores(plant: dict[str, list[np.ndarray]], features: dict[str, list[np.ndarray]],
-                   depths: np.ndarray, sim_params: dict, seed: int, subjects: Sequence[str], folds: Sequence,
-                   alphas: np.ndarray, sensors: pd.DataFrame, dataset: str = "sim", backend: str = "numpy",
-                   device: str = "auto", dtype: str | None = None) -> tuple[list[SubjectScores], np.ndarray]:
+def encoded_scores(
+    plant: dict[str, list[np.ndarray]],
+    features: dict[str, list[np.ndarray]],
+    depths: np.ndarray,
+    sim_params: dict,
+    seed: int,
+    subjects: Sequence[str],
+    folds: Sequence,
+    alphas: np.ndarray,
+    sensors: pd.DataFrame,
+    dataset: str = "sim",
+    backend: str = "numpy",
+    device: str = "auto",
+    dtype: str | None = None,
+) -> tuple[list[SubjectScores], np.ndarray]:
     """Scores of simulated subjects through the real chain, and the MEG times.
 
     `simulate_subject` builds each subject from the plant features ({"act": [...], "grad":
@@ -121,13 +161,12 @@ def encoded_scores(plant: dict[str, list[np.ndarray]], features: dict[str, list[
     the analysis `features` (one decomposition per layer, signal and fold); r is averaged per
     ROI (both hemispheres) and per MEG time over sensors, as the encoding stage does.
     """
-    from ..encoding._ridge import ridge_cv
     from ..brain.simulate import simulate_subject
+    from ..encoding._ridge import ridge_cv
 
     Ys, targets = [], None
     for subject in subjects:
-        Y, targets = simulate_subject(plant["act"], plant["grad"], depths, sim_params, seed, dataset, subject,
-                                      sensors)
+        Y, targets = simulate_subject(plant["act"], plant["grad"], depths, sim_params, seed, dataset, subject, sensors)
         Ys.append(Y)
     fmri = (targets["modality"] == "fmri").to_numpy()
     roi_code = pd.Categorical(targets.loc[fmri, "roi"], categories=list(SIM_ROIS)).codes.astype(np.int64)
@@ -142,33 +181,64 @@ def encoded_scores(plant: dict[str, list[np.ndarray]], features: dict[str, list[
             X = X[:, np.ptp(X, axis=0) > 0]
             r_all = ridge_cv(X, Y_all, folds, alphas, backend=backend, device=device, dtype=dtype).r
             for i in range(len(subjects)):
-                r = r_all[i * m:(i + 1) * m]
+                r = r_all[i * m : (i + 1) * m]
                 fmri_r[signal][i, :, k] = _group_means(r[fmri], roi_code, len(SIM_ROIS))
                 meg_r[signal][i, k] = _group_means(r[~fmri], time_code, times.size)
-    scores = [SubjectScores(subject, {s: fmri_r[s][i] for s in features}, {s: meg_r[s][i] for s in features})
-              for i, subject in enumerate(subjects)]
+    scores = [
+        SubjectScores(subject, {s: fmri_r[s][i] for s in features}, {s: meg_r[s][i] for s in features})
+        for i, subject in enumerate(subjects)
+    ]
     return scores, times
 
 
-def scores_table(scores: Sequence[SubjectScores], depths: np.ndarray, times: np.ndarray = DEMO_TIMES,
-                 dataset: str = "sim", atlas: str = "sim") -> pd.DataFrame:
+def scores_table(
+    scores: Sequence[SubjectScores],
+    depths: np.ndarray,
+    times: np.ndarray = DEMO_TIMES,
+    dataset: str = "sim",
+    atlas: str = "sim",
+) -> pd.DataFrame:
     """The encoding-table rows (hemi 'both' and MEG times) of `scores`, for the hierarchy stage."""
     depths = np.asarray(depths, dtype=np.float64)
     n_layers, rois, dist = depths.size, list(SIM_ROIS), _roi_distances()
     frames = []
     for s in scores:
         for signal, r in s.fmri.items():
-            frames.append(pd.DataFrame({
-                "signal": signal, "subject": s.subject, "modality": "fmri", "atlas": atlas,
-                "roi": np.repeat(rois, n_layers), "hemi": "both", "roi_distance_mm": np.repeat(dist, n_layers),
-                "time": np.nan, "layer_index": np.tile(np.arange(n_layers), len(rois)),
-                "depth": np.tile(depths, len(rois)), "r": r.ravel()}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "signal": signal,
+                        "subject": s.subject,
+                        "modality": "fmri",
+                        "atlas": atlas,
+                        "roi": np.repeat(rois, n_layers),
+                        "hemi": "both",
+                        "roi_distance_mm": np.repeat(dist, n_layers),
+                        "time": np.nan,
+                        "layer_index": np.tile(np.arange(n_layers), len(rois)),
+                        "depth": np.tile(depths, len(rois)),
+                        "r": r.ravel(),
+                    }
+                )
+            )
         for signal, r in s.meg.items():
-            frames.append(pd.DataFrame({
-                "signal": signal, "subject": s.subject, "modality": "meg", "atlas": "", "roi": "", "hemi": "",
-                "roi_distance_mm": np.nan, "time": np.tile(times, n_layers),
-                "layer_index": np.repeat(np.arange(n_layers), len(times)),
-                "depth": np.repeat(depths, len(times)), "r": r.ravel()}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "signal": signal,
+                        "subject": s.subject,
+                        "modality": "meg",
+                        "atlas": "",
+                        "roi": "",
+                        "hemi": "",
+                        "roi_distance_mm": np.nan,
+                        "time": np.tile(times, n_layers),
+                        "layer_index": np.repeat(np.arange(n_layers), len(times)),
+                        "depth": np.repeat(depths, len(times)),
+                        "r": r.ravel(),
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True).assign(dataset=dataset, model="m")
 
 
@@ -181,8 +251,9 @@ def _best(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(undefined, -1, best), np.where(undefined, np.nan, best_r)
 
 
-def subject_tests(s: SubjectScores, depths: np.ndarray, times: np.ndarray, params: dict,
-                  rng: np.random.Generator) -> dict[tuple[str, str], tuple[float, float]]:
+def subject_tests(
+    s: SubjectScores, depths: np.ndarray, times: np.ndarray, params: dict, rng: np.random.Generator
+) -> dict[tuple[str, str], tuple[float, float]]:
     """(statistic, permutation p) of one subject per (signal, test), with the group stage's conventions.
 
     The same definitions as `brainprop.group` (exclusions, minimum counts, layer-order
@@ -222,14 +293,19 @@ def subject_tests(s: SubjectScores, depths: np.ndarray, times: np.ndarray, param
             act_layer, act_r = best["act"]
             both = keep & exclusion_mask(act_r, exclude) & (act_layer >= 0)
             _, p = score(layer[both], depths[act_layer[both]], PREDICTIONS["S1b"])
-            value = (pearson(depths[layer[both]], depths[act_layer[both]]) if both.sum() >= min_count
-                     else float("nan"))
+            value = pearson(depths[layer[both]], depths[act_layer[both]]) if both.sum() >= min_count else float("nan")
             out[(signal, "S1b")] = (value, p)
     return out
 
 
-def group_rejections(scores: Sequence[SubjectScores], depths: np.ndarray, times: np.ndarray, params: dict,
-                     n_subjects: Sequence[int], seed: int) -> pd.DataFrame:
+def group_rejections(
+    scores: Sequence[SubjectScores],
+    depths: np.ndarray,
+    times: np.ndarray,
+    params: dict,
+    n_subjects: Sequence[int],
+    seed: int,
+) -> pd.DataFrame:
     """Exact Wilcoxon p, effect and permutation prevalence of every test for the first n subjects.
 
     Columns: n_subjects, test, signal, alternative, p, effect, n_significant_subjects (−1 for
@@ -249,8 +325,9 @@ def group_rejections(scores: Sequence[SubjectScores], depths: np.ndarray, times:
             n_sig = int(np.count_nonzero(values[finite, 1] < params["alpha"])) if test != "T2" else -1
             effect = float(values[finite, 0].mean()) if used else float("nan")
             rows.append((n, test, signal, alternative, p, effect, n_sig, used))
-    return pd.DataFrame(rows, columns=["n_subjects", "test", "signal", "alternative", "p", "effect",
-                                       "n_significant_subjects", "n_used"])
+    return pd.DataFrame(
+        rows, columns=["n_subjects", "test", "signal", "alternative", "p", "effect", "n_significant_subjects", "n_used"]
+    )
 
 
 def rejections(enc: pd.DataFrame, params: dict, n_subjects: Sequence[int]) -> pd.DataFrame:
@@ -258,8 +335,9 @@ def rejections(enc: pd.DataFrame, params: dict, n_subjects: Sequence[int]) -> pd
 
     The first n subjects (sorted) of the encoding table `enc` enter each count n.
     """
-    best, tm, hier = subject_hierarchy(enc, params["atlas"], params["threshold"], params["min_count"],
-                                       params["exclude"])
+    best, tm, hier = subject_hierarchy(
+        enc, params["atlas"], params["threshold"], params["min_count"], params["exclude"]
+    )
     per_subject = subject_statistics(enc, best, tm, hier, params)
     per_subject = per_subject[per_subject["test"].isin(_TESTS)]
     subjects = sorted(set(enc["subject"]))
@@ -270,11 +348,18 @@ def rejections(enc: pd.DataFrame, params: dict, n_subjects: Sequence[int]) -> pd
         group = group_from_subjects(per_subject[per_subject["subject"].isin(subjects[:n])], params)
         rows.append(group.assign(n_subjects_requested=n))
     out = pd.concat(rows, ignore_index=True)
-    return pd.DataFrame({
-        "n_subjects": out["n_subjects_requested"].astype(np.int64), "test": out["test"], "signal": out["signal"],
-        "alternative": out["alternative"], "p": out["p"], "effect": out["effect"],
-        "n_significant_subjects": out["n_significant_subjects"].astype(np.int64),
-        "n_used": out["n_subjects"].astype(np.int64)})
+    return pd.DataFrame(
+        {
+            "n_subjects": out["n_subjects_requested"].astype(np.int64),
+            "test": out["test"],
+            "signal": out["signal"],
+            "alternative": out["alternative"],
+            "p": out["p"],
+            "effect": out["effect"],
+            "n_significant_subjects": out["n_significant_subjects"].astype(np.int64),
+            "n_used": out["n_subjects"].astype(np.int64),
+        }
+    )
 
 
 def rejection_rates(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
@@ -283,8 +368,11 @@ def rejection_rates(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
     keys = ["scenario", "snr_fmri", "n_subjects", "test", "signal"]
     subject_level = table["n_significant_subjects"].where(table["n_significant_subjects"] >= 0)
     out = table.assign(reject=table["p"] < alpha, subject_rate=subject_level / table["n_used"].clip(lower=1))
-    return out.groupby(keys, sort=True).agg(group_rate=("reject", "mean"), subject_rate=("subject_rate", "mean"),
-                                            n_seeds=("seed", "nunique")).reset_index()
+    return (
+        out.groupby(keys, sort=True)
+        .agg(group_rate=("reject", "mean"), subject_rate=("subject_rate", "mean"), n_seeds=("seed", "nunique"))
+        .reset_index()
+    )
 
 
 def power_figure(rates: pd.DataFrame, path: str, alpha: float, title: str) -> None:
@@ -301,8 +389,9 @@ def power_figure(rates: pd.DataFrame, path: str, alpha: float, title: str) -> No
 
     grad = rates[rates["signal"] == "grad"]
     fig, axes = plt.subplots(2, len(_TESTS), figsize=(3.2 * len(_TESTS), 5.6), sharey=True, squeeze=False)
-    for row, (column, label) in enumerate((("group_rate", f"group: Wilcoxon p < {alpha:g}"),
-                                           ("subject_rate", f"subjects: permutation p < {alpha:g}"))):
+    for row, (column, label) in enumerate(
+        (("group_rate", f"group: Wilcoxon p < {alpha:g}"), ("subject_rate", f"subjects: permutation p < {alpha:g}"))
+    ):
         for ax, test in zip(axes[row], _TESTS):
             if grad.loc[grad["test"] == test, column].isna().all():
                 ax.text(0.5, 0.5, "no per-subject test", ha="center", va="center", transform=ax.transAxes)
@@ -339,11 +428,11 @@ def _evenly(sensors: pd.DataFrame, n: int) -> pd.DataFrame:
 
 def run_calibration(inputs, outputs, dataset: str, params: dict) -> None:
     """Entry point of the calibration rule: type I error (shuffled) and power (backprop) over SNRs."""
+    from ..brain.simulate import ctf275_sensors
     from ..config import alphas as alpha_grid
     from ..encoding.encode import folds_from_table
     from ..features.files import load_features, load_layers, load_samples
     from ..io import read_table, write_table
-    from ..brain.simulate import ctf275_sensors
 
     cal, group = params["calibration"], dict(params["group"])
     layers = load_layers(inputs.layers)
@@ -360,20 +449,34 @@ def run_calibration(inputs, outputs, dataset: str, params: dict) -> None:
     rows = []
     for scenario in ("shuffled", "backprop"):
         for snr in cal["snr_fmri"]:
-            sim = dict(params["simulation"], scenario=scenario, snr_fmri=float(snr),
-                       snr_meg=float(snr) * float(cal["snr_meg_ratio"]))
+            sim = dict(
+                params["simulation"],
+                scenario=scenario,
+                snr_fmri=float(snr),
+                snr_meg=float(snr) * float(cal["snr_meg_ratio"]),
+            )
             for seed in range(int(cal["n_seeds"])):
                 run_seed = int(params["seed"]) * 100_003 + seed
-                scores, times = encoded_scores(plant, features, depths, sim, run_seed, subjects, folds, alphas,
-                                               sensors, dataset, **backend)
+                scores, times = encoded_scores(
+                    plant, features, depths, sim, run_seed, subjects, folds, alphas, sensors, dataset, **backend
+                )
                 rej = group_rejections(scores, depths, times, group, cal["n_subjects"], run_seed)
                 rows.append(rej.assign(scenario=scenario, snr_fmri=float(snr), seed=seed))
-                log.info("%s snr %g seed %d: %s", scenario, snr, seed,
-                         rej[rej["signal"] == "grad"][["n_subjects", "test", "p"]].to_dict("records"))
+                log.info(
+                    "%s snr %g seed %d: %s",
+                    scenario,
+                    snr,
+                    seed,
+                    rej[rej["signal"] == "grad"][["n_subjects", "test", "p"]].to_dict("records"),
+                )
     table = pd.concat(rows, ignore_index=True)[CALIBRATION_COLUMNS]
     write_table(outputs.calibration, table.assign(dataset=dataset))
     rates = rejection_rates(table, float(group["alpha"]))
     log.info("rejection rates:\n%s", rates.to_string())
-    power_figure(rates, outputs.figure, float(group["alpha"]),
-                 f"{dataset}: gradient tests, {cal['n_seeds']} seeds per point (solid: backprop = power; "
-                 "dashed: shuffled = type I error)")
+    power_figure(
+        rates,
+        outputs.figure,
+        float(group["alpha"]),
+        f"{dataset}: gradient tests, {cal['n_seeds']} seeds per point (solid: backprop = power; "
+        "dashed: shuffled = type I error)",
+    )

@@ -26,10 +26,24 @@ from .group import PREDICTIONS, bh_fdr, bootstrap_ci, wilcoxon_exact
 __all__ = ["COMPARISON_COLUMNS", "compare_models", "run_compare"]
 
 COMPARISON_COLUMNS = {
-    "dataset": str, "modality": str, "comparison": str, "measure": str, "model_a": str, "signal_a": str,
-    "model_b": str, "signal_b": str, "statistic": np.float64, "effect": np.float64, "ci_low": np.float64,
-    "ci_high": np.float64, "p": np.float64, "p_min": np.float64, "p_fdr": np.float64, "family": str,
-    "n_subjects": np.int64, "rank": np.int64,
+    "dataset": str,
+    "modality": str,
+    "comparison": str,
+    "measure": str,
+    "model_a": str,
+    "signal_a": str,
+    "model_b": str,
+    "signal_b": str,
+    "statistic": np.float64,
+    "effect": np.float64,
+    "ci_low": np.float64,
+    "ci_high": np.float64,
+    "p": np.float64,
+    "p_min": np.float64,
+    "p_fdr": np.float64,
+    "family": str,
+    "n_subjects": np.int64,
+    "rank": np.int64,
 }
 _SIGN = {test: (-1.0 if alternative == "less" else 1.0) for test, alternative in PREDICTIONS.items()}
 _ACT_VS_GRAD = {"T1": "temporal_score", "S1a": "spatial_score"}
@@ -47,8 +61,12 @@ def _paired(a: pd.Series, b: pd.Series, seed: int, tag: str, n_boot: int, alpha:
 
 
 def _series(per_subject: pd.DataFrame, model: str, signal: str, test: str) -> pd.Series:
-    rows = per_subject[(per_subject["model"] == model) & (per_subject["signal"] == signal)
-                       & (per_subject["test"] == test) & (per_subject["level"] == "")]
+    rows = per_subject[
+        (per_subject["model"] == model)
+        & (per_subject["signal"] == signal)
+        & (per_subject["test"] == test)
+        & (per_subject["level"] == "")
+    ]
     return rows.set_index("subject")["statistic"].astype(np.float64)
 
 
@@ -72,8 +90,23 @@ def compare_models(per_subject: pd.DataFrame, seed: int, n_boot: int = 2000, alp
                 if len(act) and len(grad):
                     modality = data.loc[data["test"] == test, "modality"].iloc[0]
                     res = _paired(grad, act, seed, f"{dataset}/{model}/{test}", n_boot, alpha)
-                    rows.append((dataset, modality, "act_vs_grad", measure, model, "grad", model, "act",
-                                 *res[:6], np.nan, f"{dataset}/act_vs_grad", res[6], -1))
+                    rows.append(
+                        (
+                            dataset,
+                            modality,
+                            "act_vs_grad",
+                            measure,
+                            model,
+                            "grad",
+                            model,
+                            "act",
+                            *res[:6],
+                            np.nan,
+                            f"{dataset}/act_vs_grad",
+                            res[6],
+                            -1,
+                        )
+                    )
         for test, sign in _SIGN.items():
             signed = {m: sign * _series(data, m, "grad", test) for m in models}
             signed = {m: s for m, s in signed.items() if s.notna().any()}
@@ -84,13 +117,47 @@ def compare_models(per_subject: pd.DataFrame, seed: int, n_boot: int = 2000, alp
             means = pd.Series({m: float(s.mean()) for m, s in signed.items()})
             ranks = means.rank(ascending=False, method="min")
             for m in sorted(signed):
-                rows.append((dataset, modality, "rank", measure, m, "grad", "", "", np.nan, means[m], np.nan,
-                             np.nan, np.nan, np.nan, np.nan, f"{dataset}/models", int(signed[m].notna().sum()),
-                             int(ranks[m])))
+                rows.append(
+                    (
+                        dataset,
+                        modality,
+                        "rank",
+                        measure,
+                        m,
+                        "grad",
+                        "",
+                        "",
+                        np.nan,
+                        means[m],
+                        np.nan,
+                        np.nan,
+                        np.nan,
+                        np.nan,
+                        np.nan,
+                        f"{dataset}/models",
+                        int(signed[m].notna().sum()),
+                        int(ranks[m]),
+                    )
+                )
             for a, b in itertools.combinations(sorted(signed), 2):
                 res = _paired(signed[a], signed[b], seed, f"{dataset}/{test}/{a}/{b}", n_boot, alpha)
-                rows.append((dataset, modality, "models", measure, a, "grad", b, "grad", *res[:6], np.nan,
-                             f"{dataset}/models", res[6], -1))
+                rows.append(
+                    (
+                        dataset,
+                        modality,
+                        "models",
+                        measure,
+                        a,
+                        "grad",
+                        b,
+                        "grad",
+                        *res[:6],
+                        np.nan,
+                        f"{dataset}/models",
+                        res[6],
+                        -1,
+                    )
+                )
     out = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)).astype(COMPARISON_COLUMNS)
     tested = out["comparison"] != "rank"
     for idx in out[tested].groupby("family").groups.values():

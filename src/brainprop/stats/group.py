@@ -47,15 +47,40 @@ E_MEASURES = ("r_difference", "unique_variance")
 _TOL = 1e-12
 
 TESTS_COLUMNS = {
-    "dataset": str, "modality": str, "model": str, "signal": str, "test": str, "level": str,
-    "measure": str, "method": str, "alternative": str, "statistic": np.float64, "effect": np.float64,
-    "ci_low": np.float64, "ci_high": np.float64, "p": np.float64, "p_min": np.float64,
-    "p_fdr": np.float64, "family": str, "n_subjects": np.int64, "n_significant_subjects": np.int64,
+    "dataset": str,
+    "modality": str,
+    "model": str,
+    "signal": str,
+    "test": str,
+    "level": str,
+    "measure": str,
+    "method": str,
+    "alternative": str,
+    "statistic": np.float64,
+    "effect": np.float64,
+    "ci_low": np.float64,
+    "ci_high": np.float64,
+    "p": np.float64,
+    "p_min": np.float64,
+    "p_fdr": np.float64,
+    "family": str,
+    "n_subjects": np.int64,
+    "n_significant_subjects": np.int64,
     "n_positive": np.int64,
 }
 SUBJECT_COLUMNS = {
-    "dataset": str, "modality": str, "model": str, "signal": str, "test": str, "level": str,
-    "measure": str, "alternative": str, "family": str, "subject": str, "statistic": np.float64, "p_perm": np.float64,
+    "dataset": str,
+    "modality": str,
+    "model": str,
+    "signal": str,
+    "test": str,
+    "level": str,
+    "measure": str,
+    "alternative": str,
+    "family": str,
+    "subject": str,
+    "statistic": np.float64,
+    "p_perm": np.float64,
 }
 
 
@@ -72,7 +97,7 @@ def p_min(n: int, alternative: str) -> float:
     _check_alternative(alternative)
     if n < 1:
         return float("nan")
-    return float(min(1.0, 2.0 ** (1 - n) if alternative == "two-sided" else 2.0 ** -n))
+    return float(min(1.0, 2.0 ** (1 - n) if alternative == "two-sided" else 2.0**-n))
 
 
 def wilcoxon_exact(values: np.ndarray, alternative: str) -> tuple[float, float, float, int]:
@@ -104,8 +129,7 @@ def bh_fdr(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `(n,)` finite values, resampling with replacement."""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0 or n_boot < 1:
@@ -116,9 +140,14 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator,
     return float(low), float(high)
 
 
-def permutation_pvalue(layer_depth: np.ndarray, unit_layer: np.ndarray, y: np.ndarray,
-                       alternative: str, n_permutations: int,
-                       rng: np.random.Generator) -> tuple[float, float]:
+def permutation_pvalue(
+    layer_depth: np.ndarray,
+    unit_layer: np.ndarray,
+    y: np.ndarray,
+    alternative: str,
+    n_permutations: int,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
     """Layer-order permutation test of Pearson(layer_depth[unit_layer], y).
 
     Parameters
@@ -179,8 +208,10 @@ class _Context:
         try:
             return self.hier[(signal, subject, score)]
         except KeyError:
-            raise ValueError(f"hierarchy table lacks the {score} score of {self.dataset}/{self.model}/"
-                             f"{signal}/subject {subject}; expected one row per subject") from None
+            raise ValueError(
+                f"hierarchy table lacks the {score} score of {self.dataset}/{self.model}/"
+                f"{signal}/subject {subject}; expected one row per subject"
+            ) from None
 
 
 def _checked(ctx: _Context, signal: str, subject: str, score: str, recomputed: float) -> float:
@@ -190,7 +221,8 @@ def _checked(ctx: _Context, signal: str, subject: str, score: str, recomputed: f
         raise ValueError(
             f"hierarchy table gives {score} score {value!r} for {ctx.dataset}/{ctx.model}/{signal}/"
             f"subject {subject}, but the best-layer/T_max tables give {recomputed!r}; expected the "
-            "same min_count and exclude in params as in the hierarchy stage")
+            "same min_count and exclude in params as in the hierarchy stage"
+        )
     return value
 
 
@@ -200,12 +232,21 @@ def _layer_table(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return layers["layer_index"].to_numpy(np.int64), layers["depth"].to_numpy(np.float64)
 
 
-def _score_test(ctx: _Context, signal: str, subject: str, test: str, layer_depth: np.ndarray,
-                unit_layer: np.ndarray, y: np.ndarray, alternative: str) -> tuple[float, float]:
+def _score_test(
+    ctx: _Context,
+    signal: str,
+    subject: str,
+    test: str,
+    layer_depth: np.ndarray,
+    unit_layer: np.ndarray,
+    y: np.ndarray,
+    alternative: str,
+) -> tuple[float, float]:
     if unit_layer.size < ctx.params["min_count"]:
         return float("nan"), float("nan")
-    return permutation_pvalue(layer_depth, unit_layer, y, alternative, ctx.params["n_permutations"],
-                              ctx.rng(signal, test, subject))
+    return permutation_pvalue(
+        layer_depth, unit_layer, y, alternative, ctx.params["n_permutations"], ctx.rng(signal, test, subject)
+    )
 
 
 def _t1(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, float]]:
@@ -215,8 +256,9 @@ def _t1(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, 
         tm = tm.sort_values("layer_index")
         t_max = tm["t_max_s"].to_numpy(np.float64)
         keep = ctx.keep(tm["peak_r"].to_numpy(np.float64)) & np.isfinite(t_max)
-        observed, p = _score_test(ctx, signal, subject, "T1", tm["depth"].to_numpy(np.float64),
-                                  np.flatnonzero(keep), t_max[keep], alternative)
+        observed, p = _score_test(
+            ctx, signal, subject, "T1", tm["depth"].to_numpy(np.float64), np.flatnonzero(keep), t_max[keep], alternative
+        )
         out.append((subject, _checked(ctx, signal, subject, "temporal", observed), p))
     return out
 
@@ -243,10 +285,13 @@ def _t2(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, 
 def _best_units(ctx: _Context, best: pd.DataFrame, layer_index: np.ndarray) -> np.ndarray:
     """Positions in `layer_index` of each ROI's best layer."""
     pos = np.searchsorted(layer_index, best["best_layer_index"].to_numpy(np.int64))
-    if (pos >= layer_index.size).any() or (layer_index[np.minimum(pos, layer_index.size - 1)]
-                                           != best["best_layer_index"].to_numpy()).any():
-        raise ValueError(f"best_layers of {ctx.dataset}/{ctx.model} name layers absent from the "
-                         f"encoding table; expected layers among {layer_index.tolist()}")
+    if (pos >= layer_index.size).any() or (
+        layer_index[np.minimum(pos, layer_index.size - 1)] != best["best_layer_index"].to_numpy()
+    ).any():
+        raise ValueError(
+            f"best_layers of {ctx.dataset}/{ctx.model} name layers absent from the "
+            f"encoding table; expected layers among {layer_index.tolist()}"
+        )
     return pos
 
 
@@ -257,11 +302,15 @@ def _s1a(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float,
         enc = ctx.fmri[(ctx.fmri["signal"] == signal) & (ctx.fmri["subject"] == subject)]
         layer_index, layer_depth = _layer_table(enc)
         dist = best["roi_distance_mm"].to_numpy(np.float64)
-        keep = (ctx.keep(best["best_r"].to_numpy(np.float64)) & np.isfinite(dist)
-                & np.isfinite(best["best_depth"].to_numpy(np.float64)))
+        keep = (
+            ctx.keep(best["best_r"].to_numpy(np.float64))
+            & np.isfinite(dist)
+            & np.isfinite(best["best_depth"].to_numpy(np.float64))
+        )
         best = best[keep]
-        observed, p = _score_test(ctx, signal, subject, "S1a", layer_depth,
-                                  _best_units(ctx, best, layer_index), dist[keep], alternative)
+        observed, p = _score_test(
+            ctx, signal, subject, "S1a", layer_depth, _best_units(ctx, best, layer_index), dist[keep], alternative
+        )
         out.append((subject, _checked(ctx, signal, subject, "spatial", observed), p))
     return out
 
@@ -276,15 +325,25 @@ def _s1b(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float,
     act_all = ctx.best[ctx.best["signal"] == "act"]
     for subject, best in ctx.best[ctx.best["signal"] == signal].groupby("subject", sort=True):
         both = best.merge(act_all[act_all["subject"] == subject], on="roi", suffixes=("", "_act"))
-        keep = (ctx.keep(both["best_r"].to_numpy(np.float64))
-                & ctx.keep(both["best_r_act"].to_numpy(np.float64)))
+        keep = ctx.keep(both["best_r"].to_numpy(np.float64)) & ctx.keep(both["best_r_act"].to_numpy(np.float64))
         both = both[keep]
         enc = ctx.fmri[(ctx.fmri["signal"] == signal) & (ctx.fmri["subject"] == subject)]
         layer_index, layer_depth = _layer_table(enc)
-        _, p = _score_test(ctx, signal, subject, "S1b", layer_depth, _best_units(ctx, both, layer_index),
-                           both["best_depth_act"].to_numpy(np.float64), alternative)
-        value = (pearson(both["best_depth"].to_numpy(), both["best_depth_act"].to_numpy())
-                 if len(both) >= ctx.params["min_count"] else float("nan"))
+        _, p = _score_test(
+            ctx,
+            signal,
+            subject,
+            "S1b",
+            layer_depth,
+            _best_units(ctx, both, layer_index),
+            both["best_depth_act"].to_numpy(np.float64),
+            alternative,
+        )
+        value = (
+            pearson(both["best_depth"].to_numpy(), both["best_depth_act"].to_numpy())
+            if len(both) >= ctx.params["min_count"]
+            else float("nan")
+        )
         out.append((subject, value, p))
     return out
 
@@ -317,13 +376,17 @@ def _e_levels(ctx: _Context, signal: str) -> dict[tuple[str, str], list[tuple[st
     r(signal) − r(act) and, where joint models exist, of the signal's unique variance."""
     subjects = sorted(set(ctx.fmri.loc[ctx.fmri["signal"] == signal, "subject"]))
     present = set(ctx.fmri["roi"])
-    measures = {"r_difference": _paired_difference(ctx.fmri, signal, ["subject", "roi", "layer_index"]),
-                "unique_variance": _unique_variance(ctx, "fmri", signal)}
+    measures = {
+        "r_difference": _paired_difference(ctx.fmri, signal, ["subject", "roi", "layer_index"]),
+        "unique_variance": _unique_variance(ctx, "fmri", signal),
+    }
     out = {}
     for level, rois in ctx.params["roi_levels"].items():
         if not present & set(rois):
-            raise ValueError(f"roi_levels[{level!r}] = {list(rois)} names no ROI of atlas "
-                             f"{ctx.params['atlas']!r} in {ctx.dataset}; expected some of {sorted(present)}")
+            raise ValueError(
+                f"roi_levels[{level!r}] = {list(rois)} names no ROI of atlas "
+                f"{ctx.params['atlas']!r} in {ctx.dataset}; expected some of {sorted(present)}"
+            )
         for measure, diff in measures.items():
             if len(diff):
                 out[(level, measure)] = _subject_means(diff, diff["roi"].isin(list(rois)).to_numpy(), subjects)
@@ -334,13 +397,16 @@ def _e_windows(ctx: _Context, signal: str) -> dict[tuple[str, str], list[tuple[s
     """Per MEG window and subject, means over the window's times and all layers of r(signal) − r(act)
     and, where joint models exist, of the signal's unique variance."""
     subjects = sorted(set(ctx.meg.loc[ctx.meg["signal"] == signal, "subject"]))
-    measures = {"r_difference": _paired_difference(ctx.meg, signal, ["subject", "layer_index", "time"]),
-                "unique_variance": _unique_variance(ctx, "meg", signal)}
+    measures = {
+        "r_difference": _paired_difference(ctx.meg, signal, ["subject", "layer_index", "time"]),
+        "unique_variance": _unique_variance(ctx, "meg", signal),
+    }
     out = {}
     for window, bounds in ctx.params["meg_windows"].items():
         if len(bounds) != 2 or not bounds[0] <= bounds[1]:
-            raise ValueError(f"meg_windows[{window!r}] = {bounds!r}; expected [t_start, t_end] in seconds "
-                             "with t_start <= t_end")
+            raise ValueError(
+                f"meg_windows[{window!r}] = {bounds!r}; expected [t_start, t_end] in seconds with t_start <= t_end"
+            )
         for measure, diff in measures.items():
             if len(diff):
                 t = diff["time"].to_numpy(np.float64)
@@ -381,8 +447,10 @@ RULE_PREDICTIONS: dict[str, dict[str, str]] = {
 
 def _subject_rows(ctx: _Context, signal: str) -> list[tuple]:
     """Per-subject rows (SUBJECT_COLUMNS order) of every test that applies to `signal`."""
-    has = {"fmri": signal in set(ctx.fmri["signal"]) or signal in set(ctx.best["signal"]),
-           "meg": signal in set(ctx.tm["signal"])}
+    has = {
+        "fmri": signal in set(ctx.fmri["signal"]) or signal in set(ctx.best["signal"]),
+        "meg": signal in set(ctx.tm["signal"]),
+    }
     has_act = {"fmri": "act" in set(ctx.best["signal"]), "meg": "act" in set(ctx.tm["signal"])}
     forward = signal == "act"
     tests = FORWARD_CHECKS if forward else PREDICTIONS
@@ -407,29 +475,41 @@ def _params(params: dict) -> dict:
     missing = [k for k in _REQUIRED if k not in params]
     unknown = sorted(set(params) - set(_REQUIRED) - set(_OPTIONAL))
     if missing or unknown:
-        raise ValueError(f"group params: missing {missing}, unknown {unknown}; expected keys "
-                         f"{list(_REQUIRED)} and optionally {sorted(_OPTIONAL)}")
+        raise ValueError(
+            f"group params: missing {missing}, unknown {unknown}; expected keys "
+            f"{list(_REQUIRED)} and optionally {sorted(_OPTIONAL)}"
+        )
     out = _OPTIONAL | dict(params)
     out |= {k: v for k, v in _OPTIONAL.items() if out[k] is None}
     for key in ("n_permutations", "n_boot", "min_count"):
         if int(out[key]) != out[key] or out[key] < (2 if key == "min_count" else 1):
-            raise ValueError(f"group params: {key}={out[key]!r}; expected a positive integer"
-                             + (" >= 2" if key == "min_count" else ""))
+            raise ValueError(
+                f"group params: {key}={out[key]!r}; expected a positive integer"
+                + (" >= 2" if key == "min_count" else "")
+            )
     if not 0 < out["alpha"] < 1:
         raise ValueError(f"group params: alpha={out['alpha']!r}; expected a level in (0, 1)")
     exclusion_mask(np.zeros(0), out["exclude"])
     return out
 
 
-def _contexts(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: pd.DataFrame,
-              params: dict, joint: pd.DataFrame | None = None) -> list[_Context]:
+def _contexts(
+    enc: pd.DataFrame,
+    best: pd.DataFrame,
+    tm: pd.DataFrame,
+    hier: pd.DataFrame,
+    params: dict,
+    joint: pd.DataFrame | None = None,
+) -> list[_Context]:
     atlas = params["atlas"]
     joint = pd.DataFrame(columns=["dataset", "model"]) if joint is None else joint
     if len(joint):
         missing = [c for c in _JOINT_REQUIRED if c not in joint.columns]
         if missing:
-            raise ValueError(f"joint table lacks columns {missing}; expected the joint rule's summary "
-                             f"columns {list(_JOINT_REQUIRED)}")
+            raise ValueError(
+                f"joint table lacks columns {missing}; expected the joint rule's summary "
+                f"columns {list(_JOINT_REQUIRED)}"
+            )
         joint = joint[(joint["modality"] == "meg") | ((joint["atlas"] == atlas) & (joint["hemi"] == "both"))]
     fmri = enc[(enc["modality"] == "fmri") & (enc["atlas"] == atlas) & (enc["hemi"] == "both")]
     meg = enc[enc["modality"] == "meg"]
@@ -437,13 +517,13 @@ def _contexts(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: pd.
     hier = hier[(hier["score"] == "temporal") | (hier["atlas"] == atlas)]
     out = []
     for (dataset, model), _ in enc.groupby(["dataset", "model"], sort=True):
+
         def pick(t: pd.DataFrame, dataset: str = dataset, model: str = model) -> pd.DataFrame:
             return t[(t["dataset"] == dataset) & (t["model"] == model)]
 
         h = pick(hier)
         values = dict(zip(zip(h["signal"], h["subject"], h["score"]), h["value"].astype(np.float64)))
-        out.append(_Context(dataset, model, pick(fmri), pick(meg), pick(best), pick(tm), values, params,
-                            pick(joint)))
+        out.append(_Context(dataset, model, pick(fmri), pick(meg), pick(best), pick(tm), values, params, pick(joint)))
     return out
 
 
@@ -451,8 +531,14 @@ def _typed(rows: list[tuple], columns: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(columns)).astype(columns)
 
 
-def subject_statistics(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: pd.DataFrame,
-                       params: dict, joint: pd.DataFrame | None = None) -> pd.DataFrame:
+def subject_statistics(
+    enc: pd.DataFrame,
+    best: pd.DataFrame,
+    tm: pd.DataFrame,
+    hier: pd.DataFrame,
+    params: dict,
+    joint: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Per-subject statistic (and permutation p for T1, S1a, S1b; NaN otherwise) of every test.
 
     Columns: dataset, modality, model, signal, test, level, measure, alternative, family,
@@ -462,8 +548,7 @@ def subject_statistics(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, 
     rows = []
     for ctx in _contexts(enc, best, tm, hier, params, joint):
         for signal in sorted(set(ctx.fmri["signal"]) | set(ctx.meg["signal"])):
-            rows += [(ctx.dataset, r[0], ctx.model, signal, *r[1:])
-                     for r in _subject_rows(ctx, signal)]
+            rows += [(ctx.dataset, r[0], ctx.model, signal, *r[1:]) for r in _subject_rows(ctx, signal)]
     return _typed(rows, SUBJECT_COLUMNS)
 
 
@@ -483,12 +568,38 @@ def _group_row(key: tuple, sub: pd.DataFrame, params: dict) -> tuple:
     # Only T1, S1a and S1b have a per-subject test; the others report -1, not a sign count.
     n_sig = int(np.count_nonzero(p_perm < params["alpha"])) if test in ("T1", "S1a", "S1b") else -1
     effect = float(x.mean()) if n else float("nan")
-    return (dataset, modality, model, signal, test, level, measure, "wilcoxon", alternative, w, effect, low,
-            high, p, pmin, float("nan"), family, n, n_sig, int(np.count_nonzero(x > 0)))
+    return (
+        dataset,
+        modality,
+        model,
+        signal,
+        test,
+        level,
+        measure,
+        "wilcoxon",
+        alternative,
+        w,
+        effect,
+        low,
+        high,
+        p,
+        pmin,
+        float("nan"),
+        family,
+        n,
+        n_sig,
+        int(np.count_nonzero(x > 0)),
+    )
 
 
-def group_tests(enc: pd.DataFrame, best: pd.DataFrame, tm: pd.DataFrame, hier: pd.DataFrame,
-                params: dict, joint: pd.DataFrame | None = None) -> pd.DataFrame:
+def group_tests(
+    enc: pd.DataFrame,
+    best: pd.DataFrame,
+    tm: pd.DataFrame,
+    hier: pd.DataFrame,
+    params: dict,
+    joint: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Group tests T1, T2, S1a, S1b and E of every dataset × model × signal (contract `tests` table).
 
     Parameters
@@ -534,8 +645,9 @@ def group_from_subjects(per_subject: pd.DataFrame, params: dict) -> pd.DataFrame
     for idx in out.groupby("family").groups.values():
         out.loc[idx, "p_fdr"] = bh_fdr(out.loc[idx, "p"].to_numpy())
     order = out["test"].map({t: i for i, t in enumerate(TEST_ORDER)})
-    out = out.assign(_order=order).sort_values(["dataset", "model", "signal", "_order", "level", "measure"],
-                                               kind="mergesort")
+    out = out.assign(_order=order).sort_values(
+        ["dataset", "model", "signal", "_order", "level", "measure"], kind="mergesort"
+    )
     return out.drop(columns="_order").reset_index(drop=True)
 
 
@@ -544,8 +656,10 @@ def run_group(inputs, outputs, params: dict) -> None:
     the tests (`outputs.tests`) and the per-subject statistics (`outputs.subjects`)."""
     from ..io import read_table, write_table
 
-    tables = {key: pd.concat([read_table(p) for p in inputs[key]], ignore_index=True)
-              for key in ("encoding", "best_layers", "tmax", "hierarchy")}
+    tables = {
+        key: pd.concat([read_table(p) for p in inputs[key]], ignore_index=True)
+        for key in ("encoding", "best_layers", "tmax", "hierarchy")
+    }
     try:
         joint_paths = list(inputs["joint"])
     except (KeyError, AttributeError):
@@ -553,11 +667,11 @@ def run_group(inputs, outputs, params: dict) -> None:
     joint = pd.concat([read_table(p) for p in joint_paths], ignore_index=True) if joint_paths else None
     params = dict(params)
     variant = params.pop("variant", {})
-    per_subject = subject_statistics(tables["encoding"], tables["best_layers"], tables["tmax"],
-                                     tables["hierarchy"], params, joint)
+    per_subject = subject_statistics(
+        tables["encoding"], tables["best_layers"], tables["tmax"], tables["hierarchy"], params, joint
+    )
     tests = group_from_subjects(per_subject, params)
     identity = {"base_model": variant.get("base_model", ""), "variant": variant.get("variant", "")}
-    logging.getLogger("brainprop.group").info("%d test rows (%d joint summary files)", len(tests),
-                                              len(joint_paths))
+    logging.getLogger("brainprop.group").info("%d test rows (%d joint summary files)", len(tests), len(joint_paths))
     write_table(outputs.subjects, per_subject.assign(**identity))
     write_table(outputs.tests, tests.assign(**identity))

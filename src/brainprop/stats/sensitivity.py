@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .group import group_tests
 from ..hierarchy.scores import subject_hierarchy
+from .group import group_tests
 
 __all__ = ["SCORE_TESTS", "run_sensitivity", "sensitivity_table"]
 
@@ -27,14 +27,16 @@ _KEYS = ["dataset", "modality", "model", "signal", "test", "level"]
 
 
 def _tests(enc: pd.DataFrame, params: dict) -> pd.DataFrame:
-    best, tm, hier = subject_hierarchy(enc, params["atlas"], params["threshold"], params["min_count"],
-                                       params["exclude"])
+    best, tm, hier = subject_hierarchy(
+        enc, params["atlas"], params["threshold"], params["min_count"], params["exclude"]
+    )
     out = group_tests(enc, best, tm, hier, params)
     return out[out["test"].isin(SCORE_TESTS)]
 
 
-def sensitivity_table(enc: pd.DataFrame, params: dict, choices: dict,
-                      variants: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+def sensitivity_table(
+    enc: pd.DataFrame, params: dict, choices: dict, variants: dict[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
     """Tests T1, T2, S1a, S1b of one dataset × model under each open choice, one at a time.
 
     Parameters
@@ -48,8 +50,9 @@ def sensitivity_table(enc: pd.DataFrame, params: dict, choices: dict,
     rows = [_tests(enc, params).assign(choice="default", value="")]
     for threshold in choices.get("tmax_threshold", []):
         if threshold != params["threshold"]:
-            rows.append(_tests(enc, params | {"threshold": threshold}).assign(
-                choice="tmax_threshold", value=f"{threshold:g}"))
+            rows.append(
+                _tests(enc, params | {"threshold": threshold}).assign(choice="tmax_threshold", value=f"{threshold:g}")
+            )
     for exclude in choices.get("exclude", []):
         if exclude != params["exclude"]:
             rows.append(_tests(enc, params | {"exclude": exclude}).assign(choice="exclude", value=exclude))

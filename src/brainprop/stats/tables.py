@@ -18,8 +18,19 @@ __all__ = ["provenance", "run_tables"]
 
 log = logging.getLogger(__name__)
 
-_PACKAGES = ("brainprop", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "torch", "timm", "mne",
-             "nilearn", "snakemake")
+_PACKAGES = (
+    "brainprop",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "pyarrow",
+    "torch",
+    "timm",
+    "mne",
+    "nilearn",
+    "snakemake",
+)
 
 
 def _git_commit() -> str:

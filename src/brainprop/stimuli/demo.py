@@ -119,9 +119,7 @@ def _colour_mix(fields: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return luminance + chroma + rng.uniform(-0.5, 0.5, size=3)
 
 
-def _spectral_fields(
-    rng: np.random.Generator, size: int, amplitude: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray:
+def _spectral_fields(rng: np.random.Generator, size: int, amplitude: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Return three random fields of shape (3, size, size) whose amplitude spectrum is `amplitude(f)`."""
     cycles = np.fft.fftfreq(size) * size
     freq = np.hypot(*np.meshgrid(cycles, cycles, indexing="ij"))
@@ -137,7 +135,7 @@ def _power_noise(alpha_range: tuple[float, float]) -> _TextureMaker:
 
     def make(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
         alpha = rng.uniform(*alpha_range)
-        fields = _spectral_fields(rng, size, lambda f: f ** -alpha)
+        fields = _spectral_fields(rng, size, lambda f: f**-alpha)
         return _to_uint8(_colour_mix(fields, rng)), f"1/f^{alpha:.2f} coloured noise"
 
     return make
@@ -291,4 +289,3 @@ def make_demo_images(out_dir: Path, n_images: int = 240, size: int = 112, seed: 
         rows.append((image_id, relative, digest, group, source, int(size), int(size)))
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     return manifest.astype({"width": "int64", "height": "int64"})
-

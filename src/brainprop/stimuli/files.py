@@ -85,4 +85,3 @@ def _iter_images(root: Path, manifest: pd.DataFrame) -> Iterator[tuple[str, Imag
     for image_id, relative in zip(manifest["image_id"], manifest["path"]):
         with Image.open(root / relative) as image:
             yield image_id, image.convert("RGB")
-

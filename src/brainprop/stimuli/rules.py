@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+
 from .demo import make_demo_images
 from .files import write_manifest
 
@@ -36,12 +37,9 @@ def build_imageset(out_dir: str | os.PathLike, spec: dict, seed: int) -> Path:
     allowed = set(inspect.signature(builder).parameters) - {"out_dir", "seed"}
     extra = sorted(set(params) - allowed)
     if extra:
-        raise ValueError(
-            f"image set kind {kind!r} does not take {extra}; expected keys among {sorted(allowed)}"
-        )
+        raise ValueError(f"image set kind {kind!r} does not take {extra}; expected keys among {sorted(allowed)}")
     out_dir = Path(out_dir)
     manifest = builder(out_dir, seed, **params)
     manifest_path = out_dir / "manifest.parquet"
     write_manifest(manifest_path, manifest, metadata={"imageset": {"kind": kind, **params}, "seed": seed})
     return manifest_path
-

@@ -29,17 +29,17 @@ from .geometry import roi_distances
 __all__ = [
     "DATASET_KINDS",
     "SHARED_IMAGE_ORDER",
-    "shared_fits",
-    "published_image_count",
     "DatasetError",
     "Finding",
     "build_manifest",
     "check_dataset",
     "format_report",
     "modality",
+    "published_image_count",
     "reader",
     "run_check",
     "run_subject",
+    "shared_fits",
     "write_dataset_imageset",
 ]
 
@@ -64,8 +64,12 @@ def published_image_count(kind: str, n_subjects: int) -> int:
     For planning before the manifest exists: NSD and Algonauts 2023 (NSD's images) 1,000 shared
     plus 9,000 per subject (73,000 at most); THINGS-fMRI 8,640 + 100; THINGS-MEG 22,248 + 200.
     """
-    counts = {"nsd": min(1_000 + 9_000 * n_subjects, 73_000), "nsd_algonauts": min(1_000 + 9_000 * n_subjects, 73_000),
-              "things_fmri": 8_740, "things_meg": 22_448}
+    counts = {
+        "nsd": min(1_000 + 9_000 * n_subjects, 73_000),
+        "nsd_algonauts": min(1_000 + 9_000 * n_subjects, 73_000),
+        "things_fmri": 8_740,
+        "things_meg": 22_448,
+    }
     if kind not in counts:
         raise ValueError(f"dataset kind {kind!r} has no published image count; expected one of {sorted(counts)}")
     return counts[kind]
@@ -75,8 +79,9 @@ def shared_fits(config: dict) -> list[str]:
     """Datasets whose subjects are fitted together, one encode_shared job per model × signal × layer."""
     if not config.get("encoding", {}).get("shared_fits", True):
         return []
-    return [name for name, ds in config["datasets"].items()
-            if ds["kind"] in SHARED_IMAGE_ORDER and len(ds["subjects"]) > 1]
+    return [
+        name for name, ds in config["datasets"].items() if ds["kind"] in SHARED_IMAGE_ORDER and len(ds["subjects"]) > 1
+    ]
 
 
 def reader(kind: str) -> ModuleType:
@@ -107,8 +112,10 @@ def format_report(report: pd.DataFrame) -> str:
     lines = []
     for subject, part in report.groupby("subject", sort=False):
         counts = part["status"].value_counts().to_dict()
-        lines.append(f"{subject}: {counts.get('found', 0)} found, {counts.get('missing', 0)} missing, "
-                     f"{counts.get('mismatch', 0)} not as expected")
+        lines.append(
+            f"{subject}: {counts.get('found', 0)} found, {counts.get('missing', 0)} missing, "
+            f"{counts.get('mismatch', 0)} not as expected"
+        )
         order = part.assign(rank=part["status"].map({"missing": 0, "mismatch": 1, "found": 2}))
         for row in order.sort_values("rank", kind="stable").itertuples():
             detail = f" ({row.detail})" if row.detail else ""
@@ -123,8 +130,9 @@ def run_check(ds: dict, name: str, out_path: str | Path) -> pd.DataFrame:
     log.info("data check of %s (%s) at %s:\n%s", name, ds["kind"], ds["root"], text)
     problems = report[report["status"] != "found"]
     if len(problems):
-        raise DatasetError(f"dataset {name!r} ({ds['kind']}) at {ds['root']}: {len(problems)} problems\n"
-                           + format_report(problems))
+        raise DatasetError(
+            f"dataset {name!r} ({ds['kind']}) at {ds['root']}: {len(problems)} problems\n" + format_report(problems)
+        )
     write_table(out_path, report)
     return report
 
@@ -155,8 +163,9 @@ def _finish_targets(ds: dict, targets: pd.DataFrame, kind_modality: str) -> pd.D
         table["roi_distance_mm"] = roi_distances(table, ds["reference_roi"])
         table = table.assign(modality="fmri", atlas=ds["atlas"], sensor="", time=np.nan)
     else:
-        table = table.assign(modality="meg", atlas="", roi="", hemi="", x=np.nan, y=np.nan, z=np.nan,
-                             roi_distance_mm=np.nan)
+        table = table.assign(
+            modality="meg", atlas="", roi="", hemi="", x=np.nan, y=np.nan, z=np.nan, roi_distance_mm=np.nan
+        )
     table["target"] = np.arange(len(table), dtype=np.int64)
     return table[TARGET_COLUMNS].astype({"x": float, "y": float, "z": float, "time": float, "noise_ceiling": float})
 
@@ -171,21 +180,35 @@ def run_subject(ds: dict, subject: str, manifest_path: str | Path, outputs) -> N
     seen, Y, targets, counts = module.read_subject(Path(ds["root"]), ds, subject, manifest["image_id"].tolist())
     absent = len(manifest) - len(seen)
     if absent:
-        log.info("%s: %d of the %d manifest images were not shown to this subject; its rows cover the %d it saw "
-                 "(encoding selects their feature rows and keeps each image's dataset-wide fold)",
-                 subject, absent, len(manifest), len(seen))
+        log.info(
+            "%s: %d of the %d manifest images were not shown to this subject; its rows cover the %d it saw "
+            "(encoding selects their feature rows and keeps each image's dataset-wide fold)",
+            subject,
+            absent,
+            len(manifest),
+            len(seen),
+        )
     finite = np.isfinite(Y).all(axis=0)
     if not finite.all():
-        log.warning("%s: %d of %d targets excluded (NaN or constant within a session)", subject,
-                    int((~finite).sum()), len(finite))
+        log.warning(
+            "%s: %d of %d targets excluded (NaN or constant within a session)",
+            subject,
+            int((~finite).sum()),
+            len(finite),
+        )
     Y, targets = Y[:, finite], targets.loc[finite].reset_index(drop=True)
     if Y.shape[1] == 0:
         raise DatasetError(f"{subject}: no target left with finite responses")
     table = _finish_targets(ds, targets, module.MODALITY)
     samples = manifest.set_index("image_id").loc[seen, ["group"]].reset_index()
     samples["n_trials"] = np.asarray(counts, dtype=np.int64)
-    log.info("%s %s: %d images x %d targets; trials per image %s", ds["kind"], subject, *Y.shape,
-             dict(zip(*[v.tolist() for v in np.unique(counts, return_counts=True)])))
+    log.info(
+        "%s %s: %d images x %d targets; trials per image %s",
+        ds["kind"],
+        subject,
+        *Y.shape,
+        dict(zip(*[v.tolist() for v in np.unique(counts, return_counts=True)])),
+    )
     save_array(outputs.Y, np.ascontiguousarray(Y, dtype=np.float32))
     write_table(outputs.targets, table)
     write_table(outputs.samples, samples)

@@ -1,4 +1,4 @@
-"""Pieces every real-dataset reader shares: errors, findings, session z-scoring, repetition averaging, noise ceilings."""
+"""What every real-dataset reader shares: errors, findings, session z-scores, repetition means, noise ceilings."""
 
 from __future__ import annotations
 
@@ -25,8 +25,20 @@ __all__ = [
 
 log = logging.getLogger("brainprop.datasets")
 
-TARGET_COLUMNS = ["target", "modality", "atlas", "roi", "hemi", "x", "y", "z", "roi_distance_mm",
-                  "sensor", "time", "noise_ceiling"]
+TARGET_COLUMNS = [
+    "target",
+    "modality",
+    "atlas",
+    "roi",
+    "hemi",
+    "x",
+    "y",
+    "z",
+    "roi_distance_mm",
+    "sensor",
+    "time",
+    "noise_ceiling",
+]
 
 
 class DatasetError(ValueError):
@@ -52,7 +64,6 @@ def short(value: object) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-
 class Probe:
     """A subject's file checks, collected as findings: missing, mismatch (with the reason) or found."""
 
@@ -72,8 +83,11 @@ class Probe:
         except self.ERRORS as err:
             self.found.append(Finding(self.subject, item, str(path), "mismatch", str(err)))
             return None
-        self.found.append(Finding(self.subject, item, str(path), "found", short(describe(value) if describe else value)))
+        self.found.append(
+            Finding(self.subject, item, str(path), "found", short(describe(value) if describe else value))
+        )
         return value
+
 
 def resolve(root: str | Path, path: str | Path) -> Path:
     """`path` itself when absolute, else relative to the dataset root."""

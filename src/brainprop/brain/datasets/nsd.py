@@ -20,7 +20,16 @@ import pandas as pd
 from ._common import DatasetError, Finding, Probe, RepetitionMean, nc_from_ncsnr, require_file, zscore_columns
 from .geometry import fsaverage_coordinates, table_coordinates
 
-__all__ = ["NSD_SESSIONS", "check", "expdesign", "images", "read_ctab", "read_subject", "subject_number", "trial_images"]
+__all__ = [
+    "NSD_SESSIONS",
+    "check",
+    "expdesign",
+    "images",
+    "read_ctab",
+    "read_subject",
+    "subject_number",
+    "trial_images",
+]
 
 log = logging.getLogger("brainprop.datasets")
 
@@ -84,7 +93,7 @@ def trial_images(design: dict[str, np.ndarray], subject: int, session: int, n_tr
             f"session {session} with {n_trials} trials ends at trial {start + n_trials}; "
             f"nsd_expdesign.mat masterordering has {len(order)}"
         )
-    ten_k = order[start:start + n_trials] - 1
+    ten_k = order[start : start + n_trials] - 1
     return design["subjectim"][subject - 1, ten_k] - 1
 
 
@@ -211,7 +220,10 @@ def _read_volume(path: Path, voxels: np.ndarray) -> np.ndarray:
 
         f = h5py.File(path, "r")
         data = f["betas"]  # (T, Z, Y, X): MATLAB's X×Y×Z×T reversed by h5py
-        get = lambda z0, z1: np.asarray(data[:, z0:z1]).transpose(0, 3, 2, 1)
+
+        def get(z0, z1):
+            return np.asarray(data[:, z0:z1]).transpose(0, 3, 2, 1)
+
     else:
         import nibabel as nib
 
@@ -222,7 +234,10 @@ def _read_volume(path: Path, voxels: np.ndarray) -> np.ndarray:
             raise DatasetError(
                 f"{path}: header scl_slope={slope}, scl_inter={inter}; expected unscaled int16 (÷ 300 is applied here)"
             )
-        get = lambda z0, z1: np.moveaxis(np.asarray(img.dataobj[:, :, z0:z1, :]), 3, 0)
+
+        def get(z0, z1):
+            return np.moveaxis(np.asarray(img.dataobj[:, :, z0:z1, :]), 3, 0)
+
     try:
         for z0 in range(int(zs.min()), int(zs.max()) + 1, _SLAB):
             sel = np.flatnonzero((zs >= z0) & (zs < z0 + _SLAB))
@@ -338,8 +353,12 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
         number = subject_number(subject)
     except DatasetError as err:
         return [Finding(subject, "subject", str(root), "mismatch", str(err))]
-    design = probe("expdesign", _expdesign_path(root), lambda p: expdesign(root),
-                   lambda d: f"{len(d['masterordering'])} trials in masterordering")
+    design = probe(
+        "expdesign",
+        _expdesign_path(root),
+        lambda p: expdesign(root),
+        lambda d: f"{len(d['masterordering'])} trials in masterordering",
+    )
     n_bricks = probe("stimuli", _stimuli_path(root), _brick_rows)
     shapes: dict = {}
     seen = []
@@ -350,8 +369,15 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
                 continue
             key = path.name.split(".")[0] if _is_surface(opts) else "vol"
             if key in shapes and shapes[key] != shape[1]:
-                found.append(Finding(subject, f"session {session:02d}", str(path), "mismatch",
-                                     f"spatial shape {shape[1]} differs from the first session's {shapes[key]}"))
+                found.append(
+                    Finding(
+                        subject,
+                        f"session {session:02d}",
+                        str(path),
+                        "mismatch",
+                        f"spatial shape {shape[1]} differs from the first session's {shapes[key]}",
+                    )
+                )
             shapes.setdefault(key, shape[1])
             if design is not None and key in ("lh", "vol"):
                 try:
@@ -362,8 +388,15 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
         ids = np.unique(np.concatenate(seen))
         bad = ids[ids >= n_bricks]
         if bad.size:
-            found.append(Finding(subject, "images", str(_stimuli_path(root)), "mismatch",
-                                 f"{bad.size} image ids without an image (imgBrick has {n_bricks} rows), e.g. {bad[:5].tolist()}"))
+            found.append(
+                Finding(
+                    subject,
+                    "images",
+                    str(_stimuli_path(root)),
+                    "mismatch",
+                    f"{bad.size} image ids without an image (imgBrick has {n_bricks} rows), e.g. {bad[:5].tolist()}",
+                )
+            )
     for family in _rois(opts):
         files, ctab = _roi_files(root, opts, subject, family)
         probe(f"roi names {family}", ctab, lambda p: len(read_ctab(p)))
@@ -426,8 +459,9 @@ def images(root: Path, ds: dict, out_dir: Path) -> pd.DataFrame:
             pixels = np.asarray(brick[int(nsd_id)])  # one image at a time
             with atomic_path(out_dir / relative) as tmp:
                 Image.fromarray(pixels, "RGB").save(tmp, format="PNG")
-            rows.append((image_id, relative, image_id, f"nsd_stimuli.hdf5 imgBrick[{nsd_id}]",
-                         pixels.shape[1], pixels.shape[0]))
+            rows.append(
+                (image_id, relative, image_id, f"nsd_stimuli.hdf5 imgBrick[{nsd_id}]", pixels.shape[1], pixels.shape[0])
+            )
     return pd.DataFrame(rows, columns=["image_id", "path", "group", "source", "width", "height"])
 
 
@@ -442,7 +476,8 @@ def read_subject(
     shapes = {}
     for path in _session_files(root, opts, subject, sessions[0]):
         shapes[path.name.split(".")[0] if _is_surface(opts) else "vol"] = _session_shape(
-            require_file(path, f"betas of session {sessions[0]}"), opts)[1]
+            require_file(path, f"betas of session {sessions[0]}"), opts
+        )[1]
     targets = _targets(root, opts, subject, shapes)
     wanted = set(image_ids)
     mean = RepetitionMean(image_ids, len(targets))
@@ -454,7 +489,9 @@ def read_subject(
             n_trials, shape = _session_shape(path, opts)
             key = path.name.split(".")[0] if _is_surface(opts) else "vol"
             if shape != shapes[key]:
-                raise DatasetError(f"{path}: spatial shape {shape}; expected {shapes[key]} as session {sessions[0]:02d}")
+                raise DatasetError(
+                    f"{path}: spatial shape {shape}; expected {shapes[key]} as session {sessions[0]:02d}"
+                )
             if _is_surface(opts):
                 sel = targets["hemi"].to_numpy() == key
                 parts.append((sel, _read_surface(path, targets.loc[sel, "index"].to_numpy())))

@@ -69,7 +69,9 @@ def _image_files(root: Path, subject: str) -> list[tuple[int, str, Path]]:
     for row, path in enumerate(files):
         match = _IMAGE_NAME.fullmatch(path.name)
         if not match or int(match.group(1)) != row + 1:
-            raise DatasetError(f"{path}: expected the name train-{row + 1:04d}_nsd-NNNNN.png (row {row} sorted by name)")
+            raise DatasetError(
+                f"{path}: expected the name train-{row + 1:04d}_nsd-NNNNN.png (row {row} sorted by name)"
+            )
         out.append((row, f"nsd{int(match.group(2)):05d}", path))
     return out
 
@@ -107,13 +109,21 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
         fmri = _fmri_path(root, subject, hemi)
         shape = probe(f"{hemi} fmri", fmri, _n_columns)
         if shape is not None and files is not None and shape[0] != files:
-            found.append(Finding(subject, f"{hemi} fmri", str(fmri), "mismatch",
-                                 f"{shape[0]} rows but {files} training images"))
+            found.append(
+                Finding(subject, f"{hemi} fmri", str(fmri), "mismatch", f"{shape[0]} rows but {files} training images")
+            )
         mask_path = _masks(root, subject) / f"{hemi}.all-vertices_fsaverage_space.npy"
         verts = probe(f"{hemi} vertex mask", mask_path, lambda p, h=hemi: len(_vertices(root, subject, h)))
         if verts is not None and shape is not None and verts != shape[1]:
-            found.append(Finding(subject, f"{hemi} vertex mask", str(mask_path), "mismatch",
-                                 f"{verts} challenge vertices but {shape[1]} fmri columns"))
+            found.append(
+                Finding(
+                    subject,
+                    f"{hemi} vertex mask",
+                    str(mask_path),
+                    "mismatch",
+                    f"{verts} challenge vertices but {shape[1]} fmri columns",
+                )
+            )
         n_columns = shape[1] if shape else verts
         for family in _opts(ds)["rois"]:
             path = _masks(root, subject) / f"{hemi}.{family}_challenge_space.npy"
@@ -142,7 +152,7 @@ def images(root: Path, ds: dict, out_dir: Path) -> pd.DataFrame:
 def read_subject(
     root: Path, ds: dict, subject: str, image_ids: list[str]
 ) -> tuple[list[str], np.ndarray, pd.DataFrame, np.ndarray]:
-    """The subject's images among `image_ids` in that order, their responses, the ROI targets, trial counts (0: unknown)."""
+    """The subject's images among `image_ids` in that order, responses, ROI targets, trial counts (0: unknown)."""
     files = _image_files(root, subject)
     row_of = {image_id: row for row, image_id, _ in files}
     seen = [i for i in image_ids if i in row_of]

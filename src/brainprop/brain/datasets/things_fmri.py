@@ -106,8 +106,10 @@ def _roi_columns(voxels: pd.DataFrame, rois: list[str], path: Path) -> list[tupl
         elif f"l{roi}" in voxels.columns and f"r{roi}" in voxels.columns:
             out += [(f"l{roi}", roi, "lh"), (f"r{roi}", roi, "rh")]
         else:
-            raise DatasetError(f"{path}: no ROI column {roi!r} (nor l{roi}/r{roi}); columns include "
-                               f"{[c for c in voxels.columns if not c.startswith('glasser')][13:40]}")
+            raise DatasetError(
+                f"{path}: no ROI column {roi!r} (nor l{roi}/r{roi}); columns include "
+                f"{[c for c in voxels.columns if not c.startswith('glasser')][13:40]}"
+            )
     return out
 
 
@@ -125,15 +127,29 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
     if voxels is not None:
         probe("roi columns", vox_path, lambda _: len(_roi_columns(voxels, _opts(ds)["rois"], vox_path)))
     if layout is not None and stimuli is not None and len(layout[2]) != len(stimuli):
-        found.append(Finding(subject, "responses", str(resp_path), "mismatch",
-                             f"{len(layout[2])} trial columns but {len(stimuli)} rows in {stim_path.name}"))
-    probe("brainmask", _brainmask(root, ds, subject), lambda _: __import__("nibabel").load(_brainmask(root, ds, subject)).shape)
+        found.append(
+            Finding(
+                subject,
+                "responses",
+                str(resp_path),
+                "mismatch",
+                f"{len(layout[2])} trial columns but {len(stimuli)} rows in {stim_path.name}",
+            )
+        )
+    probe(
+        "brainmask",
+        _brainmask(root, ds, subject),
+        lambda _: __import__("nibabel").load(_brainmask(root, ds, subject)).shape,
+    )
     if stimuli is not None:
         folder = resolve(root, _opts(ds)["images"])
         missing = [s for s, c in zip(stimuli["stimulus"], stimuli["concept"]) if not (folder / c / s).is_file()]
         status = "mismatch" if missing else "found"
-        detail = (f"{len(set(missing))} image ids without an image, e.g. {sorted(set(missing))[:5]}" if missing
-                  else f"{stimuli['stimulus'].nunique()} images")
+        detail = (
+            f"{len(set(missing))} image ids without an image, e.g. {sorted(set(missing))[:5]}"
+            if missing
+            else f"{stimuli['stimulus'].nunique()} images"
+        )
         found.append(Finding(subject, "images", str(folder), status if folder.is_dir() else "missing", detail))
     return found
 
@@ -188,12 +204,16 @@ def read_subject(
     name, block, items, id_block = response_layout(resp_path)
     labels = [int(_text(i)) for i in items]
     if sorted(labels) != list(range(len(stim))):
-        raise DatasetError(f"{resp_path}: trial columns {labels[:5]}…; expected 0..{len(stim) - 1} as StimulusMetadata rows")
+        raise DatasetError(
+            f"{resp_path}: trial columns {labels[:5]}…; expected 0..{len(stim) - 1} as StimulusMetadata rows"
+        )
     order = np.argsort(labels)  # block column holding trial k
     voxels = pd.read_csv(vox_path)
     ids = _voxel_ids(resp_path, name, id_block)
     if len(ids) != len(voxels) or not np.array_equal(ids, voxels["voxel_id"].to_numpy()):
-        raise DatasetError(f"{resp_path}: voxel_id column differs from {vox_path.name}'s; expected the same voxels in order")
+        raise DatasetError(
+            f"{resp_path}: voxel_id column differs from {vox_path.name}'s; expected the same voxels in order"
+        )
     targets = _targets(root, ds, subject, voxels, vox_path)
     trial_ids = stim["stimulus"].map(lambda s: Path(s).stem).to_numpy()
     wanted = np.isin(trial_ids, image_ids)
@@ -212,7 +232,7 @@ def read_subject(
         if values.shape != (len(voxels), len(stim)):
             raise DatasetError(f"{resp_path}: block {values.shape}; expected ({len(voxels)}, {len(stim)})")
         for start in range(0, len(unique_rows), _CHUNK):
-            rows = unique_rows[start:start + _CHUNK]
+            rows = unique_rows[start : start + _CHUNK]
             try:
                 data = np.asarray(values[rows, :], dtype=np.float32)[:, order].T  # (trials, voxels)
             except OSError as err:
@@ -241,8 +261,12 @@ def _repetition_index(trial_ids: np.ndarray, test: np.ndarray):
     names, counts = np.unique(ids, return_counts=True)
     n_reps = int(counts.min())
     if counts.max() != n_reps:
-        log.warning("test images have %d to %d repetitions; the noise ceiling uses the first %d of each",
-                    n_reps, counts.max(), n_reps)
+        log.warning(
+            "test images have %d to %d repetitions; the noise ceiling uses the first %d of each",
+            n_reps,
+            counts.max(),
+            n_reps,
+        )
     positions = np.flatnonzero(test)
     index = np.stack([positions[ids == name][:n_reps] for name in names], axis=1)  # (reps, images)
     return lambda data: data[index]

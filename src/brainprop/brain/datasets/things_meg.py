@@ -66,8 +66,10 @@ def _read_epochs(path: Path):
     try:
         return mne.read_epochs(path, preload=False, verbose="error")
     except Exception as err:  # MNE raises several types for truncated or missing split parts
-        raise DatasetError(f"{path}: not readable by mne.read_epochs ({err}); expected the epochs and "
-                           "every split part (-epo-1.fif, …) in the same folder") from err
+        raise DatasetError(
+            f"{path}: not readable by mne.read_epochs ({err}); expected the epochs and "
+            "every split part (-epo-1.fif, …) in the same folder"
+        ) from err
 
 
 def _image_id(path: str) -> str:
@@ -80,8 +82,10 @@ def _kept(attributes: pd.DataFrame, events: np.ndarray, path: Path) -> np.ndarra
     catch_event = events[:, 2] == CATCH_VALUE
     disagree = int((catch_type != catch_event).sum())
     if disagree:
-        raise DatasetError(f"{path}: {disagree} epochs are catch by trial_type but not by event value {CATCH_VALUE} "
-                           "(or the reverse); expected sample_attributes in the epochs' order")
+        raise DatasetError(
+            f"{path}: {disagree} epochs are catch by trial_type but not by event value {CATCH_VALUE} "
+            "(or the reverse); expected sample_attributes in the epochs' order"
+        )
     log.info("%s: %d catch trials dropped of %d epochs", path.name, int(catch_type.sum()), len(catch_type))
     return np.flatnonzero(~catch_type)
 
@@ -117,8 +121,15 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
         found.append(Finding(subject, item, str(path), "found", detail))
     if epochs is not None and attributes is not None:
         if len(epochs) != len(attributes):
-            found.append(Finding(subject, "sample attributes", str(att), "mismatch",
-                                 f"{len(attributes)} rows but {len(epochs)} epochs"))
+            found.append(
+                Finding(
+                    subject,
+                    "sample attributes",
+                    str(att),
+                    "mismatch",
+                    f"{len(attributes)} rows but {len(epochs)} epochs",
+                )
+            )
         else:
             try:
                 _kept(attributes, epochs.events, att)
@@ -128,9 +139,15 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
         folder = resolve(root, _opts(ds)["images"])
         ids = {_image_id(p) for p in attributes.loc[attributes["trial_type"] != "catch", "image_path"]}
         missing = sorted(i for i in ids if not (folder / concept_of(i) / f"{i}.jpg").is_file())
-        found.append(Finding(subject, "images", str(folder), "mismatch" if missing else "found",
-                             f"{len(missing)} image ids without an image, e.g. {missing[:5]}" if missing
-                             else f"{len(ids)} images"))
+        found.append(
+            Finding(
+                subject,
+                "images",
+                str(folder),
+                "mismatch" if missing else "found",
+                f"{len(missing)} image ids without an image, e.g. {missing[:5]}" if missing else f"{len(ids)} images",
+            )
+        )
     return found
 
 
@@ -139,13 +156,22 @@ def _check_bids(root: Path, subject: str, bids: dict) -> list[Finding]:
     try:
         runs = _bids_runs(root, subject, bids)
     except DatasetError as err:
-        return [Finding(subject, "bids recordings", str(root / f"sub-BIGMEG{participant(subject)}"), "missing", str(err))]
+        return [
+            Finding(subject, "bids recordings", str(root / f"sub-BIGMEG{participant(subject)}"), "missing", str(err))
+        ]
     found = []
     for session, run, events in runs:
         data = events.with_name(events.name.replace("_events.tsv", f"_meg{bids['extension']}"))
         status = "found" if data.exists() else "missing"
-        found.append(Finding(subject, f"session {session} run {run}", str(data), status,
-                             f"events {events.name}" if status == "found" else ""))
+        found.append(
+            Finding(
+                subject,
+                f"session {session} run {run}",
+                str(data),
+                status,
+                f"events {events.name}" if status == "found" else "",
+            )
+        )
     return found
 
 
@@ -163,8 +189,16 @@ def images(root: Path, ds: dict, out_dir: Path) -> pd.DataFrame:
         path = require_file(folder / concept_of(image_id) / f"{image_id}.jpg", f"the THINGS image of {image_id}")
         with Image.open(path) as img:
             width, height = img.size
-        rows.append((image_id, str(path.resolve()), concept_of(image_id), f"THINGS {concept_of(image_id)}/{path.name}",
-                     width, height))
+        rows.append(
+            (
+                image_id,
+                str(path.resolve()),
+                concept_of(image_id),
+                f"THINGS {concept_of(image_id)}/{path.name}",
+                width,
+                height,
+            )
+        )
     return pd.DataFrame(rows, columns=["image_id", "path", "group", "source", "width", "height"])
 
 
@@ -189,9 +223,13 @@ def _epochs_source(root: Path, subject: str):
         raise DatasetError(f"{att_path}: {len(attributes)} rows; expected one per epoch ({len(epochs)})")
     kept = _kept(attributes, epochs.events, att_path)
     sensors = [epochs.ch_names[k] for k in mne.pick_types(epochs.info, meg=True, ref_meg=False)]
-    trials = pd.DataFrame({"image_id": attributes["image_path"].map(_image_id).to_numpy()[kept],
-                           "trial_type": attributes["trial_type"].to_numpy()[kept],
-                           "session": attributes["session_nr"].to_numpy()[kept]})
+    trials = pd.DataFrame(
+        {
+            "image_id": attributes["image_path"].map(_image_id).to_numpy()[kept],
+            "trial_type": attributes["trial_type"].to_numpy()[kept],
+            "session": attributes["session_nr"].to_numpy()[kept],
+        }
+    )
     yield str(_epochs_path(root, subject)), epochs[kept], trials, sensors
 
 
@@ -199,8 +237,9 @@ def _bids_runs(root: Path, subject: str, opts: dict) -> list[tuple[str, str, Pat
     """(session, run, events.tsv) of the participant's raw recordings, in session and run order."""
     folder = root / f"sub-BIGMEG{participant(subject)}"
     pattern = re.compile(rf"sub-BIGMEG{participant(subject)}_ses-(\w+)_task-{opts['task']}_run-(\w+)_events\.tsv")
-    runs = sorted((m.group(1), m.group(2), p) for p in folder.glob("ses-*/meg/*_events.tsv")
-                  if (m := pattern.fullmatch(p.name)))
+    runs = sorted(
+        (m.group(1), m.group(2), p) for p in folder.glob("ses-*/meg/*_events.tsv") if (m := pattern.fullmatch(p.name))
+    )
     if opts["sessions"]:
         wanted = {f"{int(s):02d}" for s in opts["sessions"]}
         missing = sorted(wanted - {r[0] for r in runs})
@@ -208,7 +247,9 @@ def _bids_runs(root: Path, subject: str, opts: dict) -> list[tuple[str, str, Pat
             raise DatasetError(f"{folder}: sessions {missing} have no *_events.tsv; expected ses-NN/meg/ recordings")
         runs = [r for r in runs if r[0] in wanted]
     if not runs:
-        raise DatasetError(f"{folder}: no ses-*/meg/*_task-{opts['task']}_run-*_events.tsv; expected the BIDS recordings")
+        raise DatasetError(
+            f"{folder}: no ses-*/meg/*_task-{opts['task']}_run-*_events.tsv; expected the BIDS recordings"
+        )
     return runs
 
 
@@ -235,8 +276,16 @@ def _bids_source(root: Path, subject: str, opts: dict):
         unknown = sorted(set(table.loc[keep, "value"].astype(int)) - set(numbers))
         if unknown:
             raise DatasetError(f"{events_path}: image numbers {unknown[:5]} are not in {att_path.name}")
-        bids_path = BIDSPath(root=root, subject=f"BIGMEG{participant(subject)}", session=session, task=opts["task"],
-                             run=run, datatype="meg", suffix="meg", extension=opts["extension"])
+        bids_path = BIDSPath(
+            root=root,
+            subject=f"BIGMEG{participant(subject)}",
+            session=session,
+            task=opts["task"],
+            run=run,
+            datatype="meg",
+            suffix="meg",
+            extension=opts["extension"],
+        )
         try:
             raw = read_raw_bids(bids_path, verbose="error")
         except Exception as err:
@@ -244,18 +293,39 @@ def _bids_source(root: Path, subject: str, opts: dict):
         raw.pick(mne.pick_types(raw.info, meg=True, ref_meg=False)).load_data()
         raw.filter(opts["highpass"], opts["lowpass"], verbose="error")
         onsets = table.loc[keep, "onset"].to_numpy()
-        events = np.c_[raw.first_samp + np.round(onsets * raw.info["sfreq"]).astype(int), np.zeros(len(onsets), int),
-                       np.arange(len(onsets)) + 1]
-        epochs = mne.Epochs(raw, events, tmin=opts["tmin"], tmax=opts["tmax"], baseline=None, preload=False,
-                            reject=None, flat=None, verbose="error")
+        events = np.c_[
+            raw.first_samp + np.round(onsets * raw.info["sfreq"]).astype(int),
+            np.zeros(len(onsets), int),
+            np.arange(len(onsets)) + 1,
+        ]
+        epochs = mne.Epochs(
+            raw,
+            events,
+            tmin=opts["tmin"],
+            tmax=opts["tmax"],
+            baseline=None,
+            preload=False,
+            reject=None,
+            flat=None,
+            verbose="error",
+        )
         epochs.drop_bad(verbose="error")
         if len(epochs) < len(onsets):
-            log.warning("%s: %d of %d epochs dropped (window beyond the recording)", events_path.name,
-                        len(onsets) - len(epochs), len(onsets))
+            log.warning(
+                "%s: %d of %d epochs dropped (window beyond the recording)",
+                events_path.name,
+                len(onsets) - len(epochs),
+                len(onsets),
+            )
         kept = table.loc[keep].iloc[epochs.events[:, 2] - 1]
         log.info("%s: %d catch trials dropped, %d epochs", events_path.name, int((~keep).sum()), len(epochs))
-        trials = pd.DataFrame({"image_id": kept["value"].astype(int).map(numbers).to_numpy(),
-                               "trial_type": kept["trial_type"].to_numpy(), "session": int(session)})
+        trials = pd.DataFrame(
+            {
+                "image_id": kept["value"].astype(int).map(numbers).to_numpy(),
+                "trial_type": kept["trial_type"].to_numpy(),
+                "session": int(session),
+            }
+        )
         yield str(bids_path.fpath), epochs, trials, raw.ch_names
 
 
@@ -274,7 +344,7 @@ def read_subject(
     for label, epochs, trials, names in sources:
         select = np.flatnonzero(trials["image_id"].isin(wanted).to_numpy())
         for start in range(0, len(select), _CHUNK):
-            idx = select[start:start + _CHUNK]
+            idx = select[start : start + _CHUNK]
             try:
                 cube = _preprocess(epochs[idx], names, chunk_lowpass, opts["sfreq"])
             except (OSError, ValueError) as err:
@@ -286,18 +356,31 @@ def read_subject(
                 mean = RepetitionMean(image_ids, data.shape[1])
                 total, total_sq = np.zeros(data.shape[1]), np.zeros(data.shape[1])
             elif list(names) != sensors or cube.shape[2] != len(times):
-                raise DatasetError(f"{label}: {len(names)} sensors x {cube.shape[2]} times; expected the "
-                                   f"first recording's {len(sensors)} x {len(times)}")
+                raise DatasetError(
+                    f"{label}: {len(names)} sensors x {cube.shape[2]} times; expected the "
+                    f"first recording's {len(sensors)} x {len(times)}"
+                )
             part = trials.iloc[idx]
             mean.add(part["image_id"].to_numpy(), data)
             total += data.sum(0)
             total_sq += (data.astype(np.float64) ** 2).sum(0)
-            tests += [(s, i, d.astype(np.float32)) for s, i, t, d in
-                      zip(part["session"], part["image_id"], part["trial_type"], data) if t == "test"]
+            tests += [
+                (s, i, d.astype(np.float32))
+                for s, i, t, d in zip(part["session"], part["image_id"], part["trial_type"], data)
+                if t == "test"
+            ]
     if mean is None:
         raise DatasetError(f"{subject}: no epoch of the manifest's images")
-    log.info("%s: %d sensors x %d times (%.3f…%.3f s at %g Hz, low-pass %s Hz); the window is the epochs' own",
-             subject, len(sensors), len(times), times[0], times[-1], opts["sfreq"] or 0, opts["lowpass"])
+    log.info(
+        "%s: %d sensors x %d times (%.3f…%.3f s at %g Hz, low-pass %s Hz); the window is the epochs' own",
+        subject,
+        len(sensors),
+        len(times),
+        times[0],
+        times[-1],
+        opts["sfreq"] or 0,
+        opts["lowpass"],
+    )
     seen, Y, counts = mean.result()
     if opts["zscore"]:
         n = counts.sum()
@@ -319,7 +402,9 @@ def _noise_ceiling(tests: list, counts: np.ndarray, n_targets: int) -> np.ndarra
     names, reps = np.unique(ids, return_counts=True)
     n_reps = int(reps.min())
     if reps.max() != n_reps:
-        log.warning("test images have %d to %d repetitions; the noise ceiling uses the first %d", n_reps, reps.max(), n_reps)
+        log.warning(
+            "test images have %d to %d repetitions; the noise ceiling uses the first %d", n_reps, reps.max(), n_reps
+        )
     index = np.stack([np.flatnonzero(ids == name)[:n_reps] for name in names], axis=1)  # (reps, images)
     data = np.stack([[tests[k][2] for k in row] for row in index])  # (reps, images, targets)
     return nc_from_ncsnr(kknc_ncsnr(data.transpose(2, 0, 1)), counts)
