@@ -2,6 +2,8 @@
 # Stages in pipeline order; each rule file holds one stage. See README.md and docs/.
 from snakemake.utils import min_version
 
+from brainprop.workflow import speed_up_planning
+
 min_version("9.0")
 
 
@@ -15,14 +17,12 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/prefetch.smk"
 include: "workflow/rules/stimuli.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/brain.smk"
 include: "workflow/rules/encoding.smk"
-include: "workflow/rules/joint.smk"
-include: "workflow/rules/stats.smk"
 include: "workflow/rules/hierarchy.smk"
+include: "workflow/rules/stats.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -32,6 +32,5 @@ rule all:
         final_outputs(),
 
 
-# Planning speed at scale (README, "Scale"): Snakemake calls these functions once per job.
-precompute_signatures(workflow.rules)
-tune_gc()
+# Planning speed at scale (brainprop.workflow.speed_up_planning; README, "Scale").
+speed_up_planning(workflow.rules)

@@ -150,7 +150,8 @@ import time
 start = time.perf_counter()
 import sys
 from types import SimpleNamespace
-import brainprop.encoding as enc
+import brainprop.encoding.encode as enc
+from brainprop.encoding.rules import run_encode
 arithmetic = 0.0
 fit = enc.ridge_cv
 def timed_fit(*args, **kwargs):
@@ -164,9 +165,9 @@ d = sys.argv[1]
 inputs = SimpleNamespace(features=f"{d}/features", layers=f"{d}/layers.parquet", Y=f"{d}/Y.npy",
                          targets=f"{d}/targets.parquet", samples=f"{d}/samples.parquet", folds=f"{d}/folds.parquet")
 outputs = SimpleNamespace(scores=f"{d}/scores.parquet", summary=f"{d}/summary.parquet")
-params = {"folds": 5, "alphas": {"log10_min": 0, "log10_max": 8, "n": 10}, "backend": "numpy"}
 identity = {"dataset": "bench", "model": "m", "timm_name": "m", "signal": "activation", "subject": "01"}
-enc.run_encode(inputs, outputs, identity, 0, params)
+encoding = {"alphas": {"log10_min": 0, "log10_max": 8, "n": 10}, "backend": "numpy", "dtype": None}
+run_encode(inputs=inputs, outputs=outputs, params=SimpleNamespace(identity=identity, layer=0, encoding=encoding))
 print(arithmetic, time.perf_counter() - start)
 """
 
@@ -175,7 +176,7 @@ def job_overhead(n: int, d: int, m: int) -> dict:
     """Seconds of one `encode` job (fresh interpreter, real files) beyond its ridge arithmetic."""
     import pandas as pd
 
-    from brainprop.encoding.encode import folds_table
+    from brainprop.encoding.folds import folds_table
     from brainprop.features.files import feature_path
     from brainprop.io import save_array, write_table
 
@@ -190,7 +191,11 @@ def job_overhead(n: int, d: int, m: int) -> dict:
             "atlas": "bench",
             "roi": np.array(["V1", "V2", "V4", "LO"])[np.arange(m) % 4],
             "hemi": hemi,
+            "x": 0.0,
+            "y": 0.0,
+            "z": 0.0,
             "roi_distance_mm": np.arange(m) % 4 * 10.0,
+            "sensor": "",
             "time": np.nan,
             "noise_ceiling": 0.5,
         }
@@ -199,7 +204,10 @@ def job_overhead(n: int, d: int, m: int) -> dict:
         save_array(feature_path(f"{tmp}/features", "activation", 0), X)
         write_table(f"{tmp}/features/samples.parquet", samples)
         write_table(f"{tmp}/samples.parquet", samples)
-        write_table(f"{tmp}/layers.parquet", pd.DataFrame({"layer_index": [0], "layer": ["l0"], "depth": [0.0]}))
+        write_table(
+            f"{tmp}/layers.parquet",
+            pd.DataFrame({"layer": ["l0"], "layer_index": [0], "ordinal": [0], "depth": [0.0], "dim": [d]}),
+        )
         save_array(f"{tmp}/Y.npy", Y)
         write_table(f"{tmp}/targets.parquet", targets)
         write_table(f"{tmp}/folds.parquet", folds_table(samples, 5, 0, grouped=False))

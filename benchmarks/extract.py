@@ -197,7 +197,7 @@ def run_pipeline(device: torch.device, sizes: tuple[int, int], size: int, worker
     from brainprop.features.extract import ImageDataset
     from brainprop.features.layers import resolve_layers
     from brainprop.features.models import image_transform
-    from brainprop.features.rules import run_extract
+    from brainprop.features.rules import extract_to_folder
     from brainprop.io import write_table
     from brainprop.stimuli.demo import make_demo_images
     from brainprop.stimuli.files import write_manifest
@@ -226,7 +226,7 @@ def run_pipeline(device: torch.device, sizes: tuple[int, int], size: int, worker
         timings = {}
         for n in sizes:
             start = time.perf_counter()
-            run_extract(
+            extract_to_folder(
                 _write(root, unique, n, write_manifest),
                 root / "layers.parquet",
                 root / f"out-{n}",

@@ -12,14 +12,14 @@ from scipy import stats
 
 from brainprop.brain import simulate as S
 from brainprop.config import load_config
-from brainprop.encoding.encode import make_folds
+from brainprop.encoding.folds import make_folds
+from brainprop.figures.calibration import power_figure
 from brainprop.hierarchy.scores import subject_hierarchy
 from brainprop.stats.calibration import (
     DEMO_TIMES,
     encoded_scores,
     group_rejections,
     planted_scores,
-    power_figure,
     rejection_rates,
     rejections,
     scores_table,

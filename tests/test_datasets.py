@@ -2,6 +2,7 @@
 
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,9 @@ from brainprop.brain import datasets as D
 from brainprop.brain.datasets import nsd as nsd_reader
 from brainprop.brain.datasets._common import kknc_ncsnr, nc_from_ncsnr
 from brainprop.brain.datasets.geometry import fsaverage_coordinates, roi_distances
+from brainprop.brain.rules import run_brain, run_check
 from brainprop.config import ConfigError, validate_config
+from brainprop.stimuli.rules import build_imageset
 
 entry = dataset_entry
 
@@ -142,22 +145,23 @@ def test_nsd_nan_vertex_is_excluded_and_counted(tmp_path, caplog):
     root = tmp_path / "root"
     write_nsd(root, nan_vertex=5)
     ds = entry("nsd", root, ["subj01"], sessions=[1, 2])
-    D.write_dataset_imageset(tmp_path / "img", ds, "d")
-    outputs = type(
-        "O",
-        (),
-        {
-            k: str(tmp_path / "s" / f)
-            for k, f in (("Y", "Y.npy"), ("targets", "targets.parquet"), ("samples", "samples.parquet"))
-        },
+    build_imageset(tmp_path / "img", {"kind": "dataset", "dataset": "d", "entry": ds}, seed=0)
+    names = {k: str(tmp_path / "s" / f) for k, f in (("Y", "Y.npy"), ("targets", "targets.parquet"))}
+    outputs = SimpleNamespace(**names, samples=str(tmp_path / "s" / "samples.parquet"))
+    inputs = SimpleNamespace(manifest=str(tmp_path / "img" / "manifest.parquet"), check=str(tmp_path / "check.parquet"))
+    run_check(
+        inputs=SimpleNamespace(),
+        outputs=SimpleNamespace(report=inputs.check),
+        params=SimpleNamespace(entry=ds, dataset="d"),
     )
+    params = SimpleNamespace(spec={"entry": ds}, seed=0, dataset="d", subject="subj01")
     with caplog.at_level("WARNING"):
-        D.run_subject(ds, "subj01", tmp_path / "img" / "manifest.parquet", outputs)
+        run_brain(inputs=inputs, outputs=outputs, params=params)
     assert "1 of 340 targets excluded" in caplog.text
     Y = np.load(outputs.Y)
     assert Y.shape == (12, 339) and np.isfinite(Y).all()
     table = pd.read_parquet(outputs.targets)
-    assert list(table.columns) == D.TARGET_COLUMNS and table["atlas"].eq("nsd").all()
+    assert list(table.columns) == list(D.TARGET_COLUMNS) and table["atlas"].eq("nsd").all()
     assert table["roi_distance_mm"].notna().all() and table.groupby("roi")["roi_distance_mm"].nunique().eq(1).all()
 
 
@@ -173,7 +177,8 @@ def test_nsd_check_reports_missing_session_and_truncated_file(tmp_path):
     assert status["session 01"] == "found"
     assert status["session 02"] == "mismatch" and status["session 03"] == "missing"
     with pytest.raises(D.DatasetError, match="betas_session03.hdf5"):
-        D.run_check(ds, "d", tmp_path / "check.parquet")
+        outputs = SimpleNamespace(report=str(tmp_path / "check.parquet"))
+        run_check(inputs=SimpleNamespace(), outputs=outputs, params=SimpleNamespace(entry=ds, dataset="d"))
     assert not (tmp_path / "check.parquet").exists()
 
 

@@ -13,7 +13,9 @@ from fixtures.planting import demo_images, planted_responses, save_pngs
 
 from brainprop.config import alphas, load_config
 from brainprop.contract import validate_results
-from brainprop.encoding.encode import encode, folds_from_table, load_target_scores, subject_rows
+from brainprop.encoding.encode import encode
+from brainprop.encoding.files import load_target_scores
+from brainprop.encoding.folds import folds_from_table, subject_rows
 from brainprop.features.files import load_features, load_samples
 from brainprop.plan import plan_run
 

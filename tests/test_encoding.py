@@ -17,15 +17,9 @@ from sklearn.preprocessing import StandardScaler
 
 from brainprop import contract
 from brainprop.encoding._ridge import ridge_cv, ridge_cv_shared
-from brainprop.encoding.encode import (
-    DEFAULT_ALPHAS,
-    SUMMARY_COLUMNS,
-    RidgeEncoder,
-    encode,
-    encode_shared,
-    load_target_scores,
-    make_folds,
-)
+from brainprop.encoding.encode import DEFAULT_ALPHAS, RidgeEncoder, encode, encode_shared
+from brainprop.encoding.files import SUMMARY_COLUMNS, load_target_scores
+from brainprop.encoding.folds import make_folds
 from brainprop.io import CorruptFileError, write_table
 
 ALPHAS = np.asarray(DEFAULT_ALPHAS)
@@ -502,7 +496,7 @@ def test_encode_target_constant_in_one_split_is_excluded(fmri_job):
 
 
 def test_folds_of_a_subset_keep_each_images_dataset_fold():
-    from brainprop.encoding.encode import folds_from_table, folds_table
+    from brainprop.encoding.folds import folds_from_table, folds_table
 
     samples = pd.DataFrame({"image_id": [f"i{k:02d}" for k in range(30)], "group": [f"g{k // 2}" for k in range(30)]})
     table = folds_table(samples, 5, seed=0, grouped=True)
@@ -522,7 +516,7 @@ def test_folds_of_a_subset_keep_each_images_dataset_fold():
 
 
 def test_subject_rows_select_and_order_features():
-    from brainprop.encoding.encode import subject_rows
+    from brainprop.encoding.folds import subject_rows
 
     ids = np.array(["a", "b", "c", "d"])
     np.testing.assert_array_equal(subject_rows(ids, np.array(["d", "b"]), "F", "S"), [3, 1])

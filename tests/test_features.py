@@ -29,7 +29,7 @@ from brainprop.features.losses import LOSS_PREPARERS, LOSSES, _crop_box, image_s
 from brainprop.features.models import create_model
 from brainprop.features.pooling import TokenContext, pool, token_context
 from brainprop.features.projection import project, projected_dim, projection_matrix
-from brainprop.features.rules import run_extract
+from brainprop.features.rules import extract_to_folder
 from brainprop.io import CorruptFileError, save_array, write_table
 
 CNN = ("resnet18", {"zero_init_last": False})
@@ -422,7 +422,7 @@ def test_vit_class_token_head_gives_finite_zero_patch_gradients(vit_case):
     assert np.abs(mean["grad"][0]).max() > 0  # earlier blocks reach the class token through attention
 
 
-# ---------------------------------------------------------------- 8: run_extract and loaders
+# ---------------------------------------------------------------- 8: extract_to_folder and loaders
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "self_distillation"])
@@ -436,7 +436,9 @@ def test_run_extract_end_to_end(demo_manifest, tmp_path, loss):
     layers = resolve_layers(CNN[0], {"n": 3}, pooling, 32, CNN[1])
     write_table(tmp_path / "layers.parquet", layers)
     out = tmp_path / "extract"
-    run_extract(manifest_path, tmp_path / "layers.parquet", out, spec, pooling, seed=0, device="cpu", batch_size=5)
+    extract_to_folder(
+        manifest_path, tmp_path / "layers.parquet", out, spec, pooling, seed=0, device="cpu", batch_size=5
+    )
 
     assert load_layers(tmp_path / "layers.parquet").equals(layers)
     for signal in ("act", "grad"):
@@ -454,7 +456,7 @@ def test_run_extract_end_to_end(demo_manifest, tmp_path, loss):
     config = timm.data.resolve_data_config({"input_size": (3, 32, 32), "crop_pct": 1.0}, model=model)
     with Image.open(manifest_path.parent / manifest["path"].iloc[7]) as img:
         x = timm.data.create_transform(**config)(img.convert("RGB"))[None]
-    # The image id (not the row) seeds the teacher view: run_extract passed the manifest's ids.
+    # The image id (not the row) seeds the teacher view: extract_to_folder passed the manifest's ids.
     one = extract_features(model, x, list(layers["layer"]), pooling, loss, image_ids=[manifest["image_id"].iloc[7]])
     for signal in ("act", "grad"):
         for k in range(len(layers)):
@@ -526,7 +528,9 @@ def test_cka_table(tmp_path):
             {
                 "layer": names,
                 "layer_index": np.arange(3, dtype=np.int64),
+                "ordinal": np.arange(3, dtype=np.int64),
                 "depth": [0.0, 0.5, 1.0],
+                "dim": [6, 9, 4],
             }
         ),
     )

@@ -28,7 +28,7 @@ from brainprop.features.extract import (
 from brainprop.features.files import feature_path, load_features
 from brainprop.features.layers import resolve_layers
 from brainprop.features.models import create_model, image_transform
-from brainprop.features.rules import run_extract
+from brainprop.features.rules import extract_to_folder
 from brainprop.io import read_provenance, write_table
 
 CNN = ("resnet18", {"zero_init_last": False})
@@ -50,7 +50,7 @@ def _extract(manifest_path, layers_path, out, **kwargs):
     options = {"seed": 0, "device": "cpu", "batch_size": 5, "cache_dir": out.parent / "cache", "shard_size": 4}
     options.update(kwargs)
     spec = {**SPEC, **options.pop("spec", {})}
-    return run_extract(manifest_path, layers_path, out, spec, POOLING, **options)
+    return extract_to_folder(manifest_path, layers_path, out, spec, POOLING, **options)
 
 
 def _arrays(out, n_layers=3) -> dict:
@@ -181,7 +181,7 @@ def test_identity_clash_in_one_folder_is_an_error(tmp_path):
         pass
 
 
-# ---------------------------------------------------------------- run_extract with the cache
+# ---------------------------------------------------------------- extract_to_folder with the cache
 
 
 def test_resume_trusts_verified_shards_and_redoes_the_rest(demo_manifest, layers_path, tmp_path, caplog):

@@ -21,7 +21,7 @@ from brainprop.features.extract import Feedback, auto_batch_size, extract_batch,
 from brainprop.features.files import load_features
 from brainprop.features.layers import resolve_layers
 from brainprop.features.models import create_model
-from brainprop.features.rules import run_extract
+from brainprop.features.rules import extract_to_folder
 from brainprop.io import write_table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -101,7 +101,7 @@ def test_run_extract_on_cuda_with_workers_and_pinned_memory(demo_manifest, tmp_p
     outs = {}
     for device, workers in (("cpu", 0), ("cuda", 2)):
         outs[device] = tmp_path / device
-        run_extract(
+        extract_to_folder(
             manifest_path,
             tmp_path / "layers.parquet",
             outs[device],

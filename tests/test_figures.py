@@ -18,8 +18,15 @@ from matplotlib.image import imread
 from matplotlib.text import Text
 
 from brainprop.contract import validate_table
-from brainprop.figures import plots as figures
-from brainprop.io import write_table
+from brainprop.figures.catalog import FIGURE_TABLES, figure_names
+from brainprop.figures.cka import plot_cka_grid
+from brainprop.figures.comparison import plot_model_comparison, plot_rule_signatures, prediction_matched
+from brainprop.figures.encoding import plot_encoding_by_layer, plot_meg_timecourses
+from brainprop.figures.hierarchy import plot_spatial_hierarchy, plot_tmax
+from brainprop.figures.report import write_tests_html
+from brainprop.figures.rules import _plotters, make_figures
+from brainprop.figures.simulation import plot_simulation_recovery
+from brainprop.figures.style import depth_colors, save_figure
 
 MODELS = ("vit_small", "resnet50")
 SUBJECTS = ("s01", "s02", "s03")
@@ -284,7 +291,7 @@ def _line(ax, signal: str):
 
 def test_encoding_fmri_levels_series_and_values(tables):
     enc = tables["encoding"]
-    fig = figures.plot_encoding_by_layer(enc, "nsd_sim")  # 6 ROIs -> distance thirds
+    fig = plot_encoding_by_layer(enc, "nsd_sim")  # 6 ROIs -> distance thirds
     values = ("r", "r_normalized")
     assert len(fig.axes) == len(MODELS) * len(values) * 3
     titles = [ax.get_title() for ax in fig.axes[:3]]
@@ -315,7 +322,7 @@ def test_encoding_fmri_levels_series_and_values(tables):
 
 def test_encoding_meg_is_peak_over_time(tables):
     enc = tables["encoding"]
-    fig = figures.plot_encoding_by_layer(enc, "things_meg_sim", values=("r",))
+    fig = plot_encoding_by_layer(enc, "things_meg_sim", values=("r",))
     assert len(fig.axes) == len(MODELS)
     for ax in fig.axes:
         assert all(_series(ax, s) == (1, 1) for s in SIGNALS)
@@ -326,29 +333,29 @@ def test_encoding_meg_is_peak_over_time(tables):
 
 def test_encoding_without_noise_ceiling_drops_the_normalised_row(tables):
     enc = tables["encoding"].assign(r_normalized=np.nan)
-    fig = figures.plot_encoding_by_layer(enc, "things_meg_sim")
+    fig = plot_encoding_by_layer(enc, "things_meg_sim")
     assert len(fig.axes) == len(MODELS)
     with pytest.raises(ValueError, match="no finite value"):
-        figures.plot_encoding_by_layer(enc, "things_meg_sim", values=("r_normalized",))
+        plot_encoding_by_layer(enc, "things_meg_sim", values=("r_normalized",))
 
 
 def test_encoding_roi_levels_from_config(tables):
     enc = tables["encoding"]
     levels = {"early": ["V1", "V2"], "late": ["FFA", "LO"], "absent": ["MT"]}
-    fig = figures.plot_encoding_by_layer(enc, "nsd_sim", roi_levels=levels, values=("r",))
+    fig = plot_encoding_by_layer(enc, "nsd_sim", roi_levels=levels, values=("r",))
     assert [ax.get_title().split(":")[0] for ax in fig.axes[:2]] == ["fMRI early", "fMRI late"]
     assert len(fig.axes) == len(MODELS) * 2
     rows = enc[(enc.model == "resnet50") & (enc.signal == "act") & enc.roi.isin(levels["late"]) & (enc.hemi == "both")]
     per_subject = rows.groupby(["layer_index", "subject"])["r"].mean().unstack().to_numpy()
     np.testing.assert_allclose(_line(fig.axes[1], "act").get_ydata(), per_subject.mean(axis=1), rtol=1e-12)
     with pytest.raises(ValueError, match="name none of the ROIs"):
-        figures.plot_encoding_by_layer(enc, "nsd_sim", roi_levels={"x": ["MT"]})
+        plot_encoding_by_layer(enc, "nsd_sim", roi_levels={"x": ["MT"]})
 
 
 def test_extra_signal_gets_its_own_style(tables):
     enc = tables["encoding"]
     fa = enc[(enc.dataset == "things_meg_sim") & (enc.signal == "grad")].assign(signal="feedback_alignment")
-    fig = figures.plot_encoding_by_layer(pd.concat([enc, fa]), "things_meg_sim")
+    fig = plot_encoding_by_layer(pd.concat([enc, fa]), "things_meg_sim")
     colors = {s: _line(fig.axes[0], s).get_color() for s in (*SIGNALS, "feedback_alignment")}
     assert colors["act"] == "#1b6ca8" and colors["grad"] == "#d1495b"
     assert len(set(colors.values())) == 3
@@ -358,7 +365,7 @@ def test_extra_signal_gets_its_own_style(tables):
 
 
 def test_spatial_panels_series_labels_and_scores(tables):
-    fig = figures.plot_spatial_hierarchy(tables["best_layers"], tables["hierarchy"], "nsd_sim")
+    fig = plot_spatial_hierarchy(tables["best_layers"], tables["hierarchy"], "nsd_sim")
     assert len(fig.axes) == len(MODELS)
     renderer = fig.canvas.get_renderer()
     hier = tables["hierarchy"]
@@ -400,7 +407,7 @@ def test_spatial_labels_stay_apart_when_rois_crowd(tables):
         for i, (roi, dist) in enumerate(crowded.items())
     ]
     hier = tables["hierarchy"].assign(dataset="d", model="m")
-    fig = figures.plot_spatial_hierarchy(pd.DataFrame(rows), hier, "d")
+    fig = plot_spatial_hierarchy(pd.DataFrame(rows), hier, "d")
     renderer = fig.canvas.get_renderer()
     (ax,) = fig.axes
     boxes = [Text.get_window_extent(t, renderer) for t in ax.texts if str(t.get_gid()).startswith("roi:")]
@@ -412,7 +419,7 @@ def test_spatial_labels_stay_apart_when_rois_crowd(tables):
 
 def test_spatial_points_are_subject_means_by_distance(tables):
     best = tables["best_layers"]
-    fig = figures.plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim", min_best_r=None)
+    fig = plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim", min_best_r=None)
     line = _line(fig.axes[1], "act")  # vit_small, sorted second
     rows = best[(best.model == "vit_small") & (best.signal == "act") & (best.hemi == "both")]
     expected = rows.groupby("roi")["best_depth"].mean().loc[list(ROIS)].to_numpy()
@@ -424,12 +431,12 @@ def test_spatial_points_are_subject_means_by_distance(tables):
 def test_spatial_distances_from_mapping(tables):
     best = tables["best_layers"].drop(columns="roi_distance_mm")
     with pytest.raises(ValueError, match="roi_distance_mm"):
-        figures.plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim")
+        plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim")
     with pytest.raises(ValueError, match=r"no roi_distance_mm for ROI\(s\) \['FFA'\]"):
-        figures.plot_spatial_hierarchy(
+        plot_spatial_hierarchy(
             best, tables["hierarchy"], "nsd_sim", roi_distance_mm={k: v for k, v in ROIS.items() if k != "FFA"}
         )
-    fig = figures.plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim", roi_distance_mm=ROIS)
+    fig = plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim", roi_distance_mm=ROIS)
     assert len(fig.axes) == len(MODELS)
 
 
@@ -438,7 +445,7 @@ def test_spatial_distances_from_mapping(tables):
 
 def test_tmax_panels_series_and_values(tables):
     tm = tables["tmax"]
-    fig = figures.plot_tmax(tm, tables["hierarchy"], "things_meg_sim")
+    fig = plot_tmax(tm, tables["hierarchy"], "things_meg_sim")
     assert len(fig.axes) == len(MODELS)
     for ax in fig.axes:
         assert all(_series(ax, s) == (1, 1) for s in SIGNALS)
@@ -456,11 +463,11 @@ def test_tmax_leaves_out_layers_without_positive_peak(tables):
     tm = tables["tmax"].copy()
     drop = (tm.model == "resnet50") & (tm.signal == "grad") & (tm.layer_index == 2)
     tm.loc[drop, "peak_r"] = -0.01
-    fig = figures.plot_tmax(tm, tables["hierarchy"], "things_meg_sim")
+    fig = plot_tmax(tm, tables["hierarchy"], "things_meg_sim")
     assert len(_line(fig.axes[0], "grad").get_xdata()) == N_LAYERS - 1
     assert len(_line(fig.axes[0], "act").get_xdata()) == N_LAYERS
     tm.loc[tm.model == "resnet50", "peak_r"] = -0.01  # a model with no usable layer keeps its panel
-    fig = figures.plot_tmax(tm, tables["hierarchy"], "things_meg_sim")
+    fig = plot_tmax(tm, tables["hierarchy"], "things_meg_sim")
     assert len(fig.axes) == len(MODELS) and fig.axes[0].get_lines() == []
     assert [t.get_text() for t in fig.axes[0].texts] == ["no layer with peak r > 0.0"]
 
@@ -468,7 +475,7 @@ def test_tmax_leaves_out_layers_without_positive_peak(tables):
 def test_spatial_model_without_positive_roi_keeps_its_panel(tables):
     best = tables["best_layers"].copy()
     best.loc[best.model == "resnet50", "best_r"] = -0.1
-    fig = figures.plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim")
+    fig = plot_spatial_hierarchy(best, tables["hierarchy"], "nsd_sim")
     assert len(fig.axes) == len(MODELS)
     assert [t.get_text() for t in fig.axes[0].texts] == ["no ROI with best r > 0.0"]
     assert len([t for t in fig.axes[1].texts if str(t.get_gid()).startswith("roi:")]) == len(ROIS)
@@ -480,19 +487,19 @@ def test_spatial_model_without_positive_roi_keeps_its_panel(tables):
 @pytest.mark.parametrize(
     "call, table, column",
     [
-        (lambda t: figures.plot_encoding_by_layer(t["encoding"], "nsd_sim"), "encoding", "roi_distance_mm"),
+        (lambda t: plot_encoding_by_layer(t["encoding"], "nsd_sim"), "encoding", "roi_distance_mm"),
         (
-            lambda t: figures.plot_spatial_hierarchy(t["best_layers"], t["hierarchy"], "nsd_sim"),
+            lambda t: plot_spatial_hierarchy(t["best_layers"], t["hierarchy"], "nsd_sim"),
             "best_layers",
             "best_depth",
         ),
-        (lambda t: figures.plot_spatial_hierarchy(t["best_layers"], t["hierarchy"], "nsd_sim"), "hierarchy", "value"),
-        (lambda t: figures.plot_tmax(t["tmax"], t["hierarchy"], "things_meg_sim"), "tmax", "t_max_s"),
-        (lambda t: figures.plot_meg_timecourses(t["encoding"], "things_meg_sim"), "encoding", "time"),
-        (lambda t: figures.plot_model_comparison(t["tests"], "nsd_sim"), "tests", "ci_low"),
-        (lambda t: figures.plot_cka_grid(t["cka"]), "cka", "layer_b"),
+        (lambda t: plot_spatial_hierarchy(t["best_layers"], t["hierarchy"], "nsd_sim"), "hierarchy", "value"),
+        (lambda t: plot_tmax(t["tmax"], t["hierarchy"], "things_meg_sim"), "tmax", "t_max_s"),
+        (lambda t: plot_meg_timecourses(t["encoding"], "things_meg_sim"), "encoding", "time"),
+        (lambda t: plot_model_comparison(t["tests"], "nsd_sim"), "tests", "ci_low"),
+        (lambda t: plot_cka_grid(t["cka"]), "cka", "layer_b"),
         (
-            lambda t: figures.plot_simulation_recovery(t["truth"], t["best_layers"], t["tmax"], "nsd_sim"),
+            lambda t: plot_simulation_recovery(t["truth"], t["best_layers"], t["tmax"], "nsd_sim"),
             "best_layers",
             "best_depth",
         ),
@@ -509,12 +516,12 @@ def test_missing_column_and_empty_table_raise(tables, call, table, column):
 
 def test_unknown_dataset_and_missing_hemi_raise(tables):
     with pytest.raises(ValueError, match=r"no rows for dataset 'nope'.*nsd_sim"):
-        figures.plot_encoding_by_layer(tables["encoding"], "nope")
+        plot_encoding_by_layer(tables["encoding"], "nope")
     lh_only = tables["encoding"][tables["encoding"].hemi != "both"]
     with pytest.raises(ValueError, match="hemi == 'both'"):
-        figures.plot_encoding_by_layer(lh_only, "nsd_sim")
+        plot_encoding_by_layer(lh_only, "nsd_sim")
     with pytest.raises(ValueError, match="no rows for dataset 'nsd_sim'"):
-        figures.plot_tmax(tables["tmax"], tables["hierarchy"], "nsd_sim")
+        plot_tmax(tables["tmax"], tables["hierarchy"], "nsd_sim")
 
 
 # ---------------------------------------------------------------- files
@@ -523,7 +530,7 @@ def test_unknown_dataset_and_missing_hemi_raise(tables):
 def test_save_figure_writes_atomically_and_closes(tmp_path):
     fig, ax = plt.subplots(figsize=(2.0, 1.0))
     ax.plot([0, 1], [0, 1])
-    paths = figures.save_figure(fig, tmp_path / "sub" / "plot.v1")
+    paths = save_figure(fig, tmp_path / "sub" / "plot.v1")
     assert paths == [tmp_path / "sub" / "plot.v1.png", tmp_path / "sub" / "plot.v1.svg"]
     assert imread(paths[0]).shape[:2] == (150, 300)  # 150 dpi
     assert paths[1].read_text().lstrip().startswith("<?xml")
@@ -531,16 +538,16 @@ def test_save_figure_writes_atomically_and_closes(tmp_path):
     assert not plt.fignum_exists(fig.number)
     fig_pdf, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
-    (pdf,) = figures.save_figure(fig_pdf, tmp_path / "plot", ("pdf",))
+    (pdf,) = save_figure(fig_pdf, tmp_path / "plot", ("pdf",))
     assert pdf.read_bytes().startswith(b"%PDF") and b"CreationDate" not in pdf.read_bytes()  # reproducible
     fig2 = plt.figure()
     with pytest.raises(ValueError, match=r"unknown figure format\(s\) \['jpeg'\]"):
-        figures.save_figure(fig2, tmp_path / "x", ("png", "jpeg"))
+        save_figure(fig2, tmp_path / "x", ("png", "jpeg"))
     assert not plt.fignum_exists(fig2.number) and not list(tmp_path.glob("x*"))
 
 
 def test_figure_names():
-    names = figures.figure_names(
+    names = figure_names(
         {"things_meg_sim": {"meg"}, "nsd_sim": {"fmri"}},
         formats=("png",),
         models=["m2", "m1"],
@@ -566,22 +573,18 @@ def test_figure_names():
         "cka.png",
     ]
     # A run of activations only has no learning rule to draw.
-    only_act = figures.figure_names({"nsd_sim": {"fmri"}}, formats=("png",), models=["m1"], signals=["act"])
+    only_act = figure_names({"nsd_sim": {"fmri"}}, formats=("png",), models=["m1"], signals=["act"])
     assert not any(n.startswith("rule_signatures") for n in only_act) and "model_comparison_nsd_sim.png" in only_act
     with pytest.raises(ValueError, match=r"modality \['eeg'\]"):
-        figures.figure_names({"x": {"eeg"}})
+        figure_names({"x": {"eeg"}})
 
 
 def test_make_figures_writes_the_announced_files(tables, tmp_path):
-    for name in figures.TABLES_READ:
-        write_table(tmp_path / "tables" / f"{name}.parquet", tables[name])
     truth = tables["truth"]
-    paths = {}
-    for dataset in ("nsd_sim", "things_meg_sim"):
-        paths[dataset] = tmp_path / "truth" / f"{dataset}.parquet"
-        write_table(paths[dataset], truth[truth.dataset == dataset])
-    written = figures.make_figures(tmp_path / "tables", tmp_path / "figures", formats=("png", "svg"), truth=paths)
-    expected = figures.figure_names(
+    paths = {dataset: truth[truth.dataset == dataset] for dataset in ("nsd_sim", "things_meg_sim")}
+    read = {name: tables[name] for name in FIGURE_TABLES}
+    written = make_figures(read, tmp_path / "figures", formats=("png", "svg"), truth=paths)
+    expected = figure_names(
         {"nsd_sim": {"fmri"}, "things_meg_sim": {"meg"}},
         formats=("png", "svg"),
         models=MODELS,
@@ -594,14 +597,13 @@ def test_make_figures_writes_the_announced_files(tables, tmp_path):
     assert all(p.read_text().lstrip().startswith("<?xml") for p in written if p.suffix == ".svg")
     assert plt.get_fignums() == []  # every figure closed once written
     # Per-model figures draw only their model: the T_max figure of resnet50 has one panel.
-    plot = figures._plotters(tables, None, 0.05)
+    plot = _plotters(tables, None, 0.05)
     assert [ax.get_title() for ax in plot["tmax"]("things_meg_sim", "resnet50").axes] == ["things_meg_sim · resnet50"]
     assert len(plot["encoding_by_layer"]("nsd_sim", "vit_small").axes) == 2 * 3  # r, r_normalized x 3 levels
 
 
 def test_tests_html_lists_every_row(tables, tmp_path):
-    write_table(tmp_path / "tests.parquet", tables["tests"])
-    figures.write_tests_html(tmp_path, tmp_path / "report" / "tests.html")
+    write_tests_html(tables["tests"], tmp_path / "report" / "tests.html")
     html = (tmp_path / "report" / "tests.html").read_text()
     assert html.count("<tr") == len(tables["tests"]) + 1  # header + rows
     first = tables["tests"].sort_values(["dataset", "model", "signal"]).iloc[0]
@@ -613,7 +615,7 @@ def test_tests_html_lists_every_row(tables, tmp_path):
 
 def test_meg_timecourses_one_line_per_layer_coloured_by_depth(tables):
     enc = tables["encoding"]
-    fig = figures.plot_meg_timecourses(enc, "things_meg_sim")
+    fig = plot_meg_timecourses(enc, "things_meg_sim")
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert len(panels) == len(MODELS) * len(SIGNALS)
     ax = next(a for a in panels if a.get_title() == "vit_small · grad")
@@ -626,11 +628,9 @@ def test_meg_timecourses_one_line_per_layer_coloured_by_depth(tables):
     line = next(ln for ln in lines if ln.get_gid() == "grad:layer4")
     np.testing.assert_allclose(line.get_xdata(), expected.index.to_numpy())
     np.testing.assert_allclose(line.get_ydata(), expected.to_numpy(), rtol=1e-12)
-    np.testing.assert_allclose(
-        matplotlib.colors.to_rgba(line.get_color()), figures.depth_colors([4 / (N_LAYERS - 1)])[0]
-    )
+    np.testing.assert_allclose(matplotlib.colors.to_rgba(line.get_color()), depth_colors([4 / (N_LAYERS - 1)])[0])
     with pytest.raises(ValueError, match="no MEG rows"):
-        figures.plot_meg_timecourses(enc, "nsd_sim")
+        plot_meg_timecourses(enc, "nsd_sim")
 
 
 # ---------------------------------------------------------------- T_max prediction, model comparison
@@ -638,7 +638,7 @@ def test_meg_timecourses_one_line_per_layer_coloured_by_depth(tables):
 
 def test_tmax_draws_the_backprop_prediction(tables):
     tm = tables["tmax"]
-    fig = figures.plot_tmax(tm, tables["hierarchy"], "things_meg_sim", tests=tables["tests"])
+    fig = plot_tmax(tm, tables["hierarchy"], "things_meg_sim", tests=tables["tests"])
     ax = fig.axes[0]  # resnet50
     act = tm[(tm.model == "resnet50") & (tm.signal == "act")].groupby("depth")["t_max_s"].mean()
     predicted = next(ln for ln in ax.get_lines() if ln.get_gid() == "backprop_prediction")
@@ -646,7 +646,7 @@ def test_tmax_draws_the_backprop_prediction(tables):
     row = tables["tests"].query("model == 'resnet50' and signal == 'grad' and test == 'T1'").iloc[0]
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any(f"95% CI [{row.ci_low:+.2f}, {row.ci_high:+.2f}]" in t for t in texts)
-    fig = figures.plot_tmax(tm, tables["hierarchy"], "things_meg_sim", tests=tables["tests"], alpha=0.1)
+    fig = plot_tmax(tm, tables["hierarchy"], "things_meg_sim", tests=tables["tests"], alpha=0.1)
     assert any("90% CI [" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
 
 
@@ -659,7 +659,7 @@ def test_model_comparison_values_order_and_fill(tables):
         ci_high=lambda t: t.ci_high - 0.5,
     )
     both = pd.concat([tests, extra], ignore_index=True)
-    fig = figures.plot_model_comparison(both, "nsd_sim")
+    fig = plot_model_comparison(both, "nsd_sim")
     (ax,) = [a for a in fig.axes if a.get_title()]  # fMRI only: the spatial panel
     rows = both[(both.dataset == "nsd_sim") & (both.test == "S1a")]
     # Every model x signal is its own labelled row: models by the activations' score, act above grad.
@@ -675,7 +675,7 @@ def test_model_comparison_values_order_and_fill(tables):
     filled = next(ln for ln in ax.get_lines() if ln.get_gid() == "act:significant")
     assert len(filled.get_xdata()) == len(act)  # act rows have p_fdr 0.01
     assert len(next(ln for ln in ax.get_lines() if ln.get_gid() == "grad:significant").get_xdata()) == 0
-    fig = figures.plot_model_comparison(both, "things_meg_sim")
+    fig = plot_model_comparison(both, "things_meg_sim")
     assert [a.get_title().split(" ")[0] for a in fig.axes if a.get_title()] == ["temporal"]
 
 
@@ -717,7 +717,7 @@ def _by_gid(ax, gid: str):
 
 def test_rule_signatures_regions_markers_and_verdicts():
     tests = _rule_tests()
-    fig = figures.plot_rule_signatures(tests, "ds")
+    fig = plot_rule_signatures(tests, "ds")
     grid = fig.axes[0].get_gridspec().get_geometry()
     assert grid == (3, 4) and len(fig.axes) == 12  # rows grad, fa, dfa (no act, no sign); columns T1 T2 S1a S1b
     axes = {
@@ -755,22 +755,22 @@ def test_rule_signatures_regions_markers_and_verdicts():
     assert verdict["fa", "T2"] == ["predicts > 0", "2/2 CI in region"]
     # A missing effect (too few ROIs for S1b) is drawn as nothing and said so.
     nan = tests.assign(ci_low=np.where((tests.signal == "grad") & (tests.test == "S1b"), np.nan, tests.ci_low))
-    note = _by_gid(figures.plot_rule_signatures(nan, "ds").axes[3], "verdict:grad:S1b").get_text()
+    note = _by_gid(plot_rule_signatures(nan, "ds").axes[3], "verdict:grad:S1b").get_text()
     assert note.split("\n")[1] == "no finite CI"
     # A dataset with MEG only has the T columns; a signal without a prediction is refused by name.
-    fig = figures.plot_rule_signatures(tests[tests.test.isin(["T1", "T2"])], "ds")
+    fig = plot_rule_signatures(tests[tests.test.isin(["T1", "T2"])], "ds")
     assert [ax.get_title() for ax in fig.axes[:2]] == ["T1", "T2"] and len(fig.axes) == 6
     with pytest.raises(ValueError, match=r"signal\(s\) \['hebb'\].*known: \['dfa', 'fa', 'grad', 'sign'\]"):
-        figures.plot_rule_signatures(pd.concat([tests, tests.assign(signal="hebb")]), "ds")
+        plot_rule_signatures(pd.concat([tests, tests.assign(signal="hebb")]), "ds")
     with pytest.raises(ValueError, match="no .* rows of a learning signal"):
-        figures.plot_rule_signatures(tests[tests.signal == "act"], "ds")
+        plot_rule_signatures(tests[tests.signal == "act"], "ds")
 
 
 def test_prediction_matched():
-    assert figures.prediction_matched("greater", 0.1, 0.5) and not figures.prediction_matched("greater", -0.1, 0.5)
-    assert figures.prediction_matched("less", -0.5, -0.1) and not figures.prediction_matched("less", -0.5, 0.0)
-    assert figures.prediction_matched("zero", -0.2, 0.3) and not figures.prediction_matched("zero", 0.1, 0.3)
-    assert not figures.prediction_matched("zero", np.nan, 0.3)
+    assert prediction_matched("greater", 0.1, 0.5) and not prediction_matched("greater", -0.1, 0.5)
+    assert prediction_matched("less", -0.5, -0.1) and not prediction_matched("less", -0.5, 0.0)
+    assert prediction_matched("zero", -0.2, 0.3) and not prediction_matched("zero", 0.1, 0.3)
+    assert not prediction_matched("zero", np.nan, 0.3)
 
 
 # ---------------------------------------------------------------- CKA and simulation recovery
@@ -779,7 +779,7 @@ def test_prediction_matched():
 def test_cka_grid_matrices_in_depth_order(tables):
     cka = tables["cka"]
     shuffled = cka.sample(frac=1.0, random_state=0)  # layer order must come from the encoding table
-    fig = figures.plot_cka_grid(shuffled, tables["encoding"])
+    fig = plot_cka_grid(shuffled, tables["encoding"])
     images = {ax.get_images()[0].get_gid(): ax.get_images()[0] for ax in fig.axes if ax.get_images()}
     assert sorted(images) == sorted(f"cka:{m}:{s}" for m in MODELS for s in SIGNALS)
     matrix = images["cka:vit_small:grad"].get_array()
@@ -789,15 +789,15 @@ def test_cka_grid_matrices_in_depth_order(tables):
     assert matrix[1, 4] == matrix[4, 1] == row
     np.testing.assert_array_equal(np.diag(matrix), 1.0)
     many = pd.concat([cka.assign(model=f"m{i}") for i in range(7)], ignore_index=True)
-    fig = figures.plot_cka_grid(many)  # 7 models x 2 signals: 3 models a row, 3 rows
+    fig = plot_cka_grid(many)  # 7 models x 2 signals: 3 models a row, 3 rows
     assert sum(bool(ax.get_images()) for ax in fig.axes) == 14
     assert fig.axes[0].get_gridspec().get_geometry() == (3, 6)
     with pytest.raises(ValueError, match=r"cka table lacks column\(s\) \['cka'\]"):
-        figures.plot_cka_grid(cka.drop(columns="cka"))
+        plot_cka_grid(cka.drop(columns="cka"))
 
 
 def test_simulation_recovery_points(tables):
-    fig = figures.plot_simulation_recovery(tables["truth"], tables["best_layers"], tables["tmax"], "nsd_sim")
+    fig = plot_simulation_recovery(tables["truth"], tables["best_layers"], tables["tmax"], "nsd_sim")
     ax_roi = fig.axes[0]
     best = tables["best_layers"]
     rows = best[(best.model == "resnet50") & (best.signal == "act") & (best.hemi == "both")]
@@ -805,16 +805,16 @@ def test_simulation_recovery_points(tables):
     line = _line(ax_roi, "act")
     np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), expected, rtol=1e-12)
     assert any(ln.get_gid() == "identity" for ln in ax_roi.get_lines())
-    fig = figures.plot_simulation_recovery(tables["truth"], tables["best_layers"], tables["tmax"], "things_meg_sim")
+    fig = plot_simulation_recovery(tables["truth"], tables["best_layers"], tables["tmax"], "things_meg_sim")
     tm = tables["tmax"]
     grad = tm[(tm.model == "resnet50") & (tm.signal == "grad")].groupby("depth")["t_max_s"].mean()
     line = _line(fig.axes[1], "grad")
     np.testing.assert_allclose(np.sort(np.asarray(line.get_ydata(), dtype=float)), np.sort(grad.to_numpy()), rtol=1e-12)
     with pytest.raises(ValueError, match="no recovered row"):
-        figures.plot_simulation_recovery(
+        plot_simulation_recovery(
             tables["truth"].assign(source_model="nope"), tables["best_layers"], tables["tmax"], "nsd_sim"
         )
     with pytest.raises(ValueError, match=r"truth table lacks column\(s\) \['latency_s'\]"):
-        figures.plot_simulation_recovery(
+        plot_simulation_recovery(
             tables["truth"].drop(columns="latency_s"), tables["best_layers"], tables["tmax"], "nsd_sim"
         )

@@ -11,15 +11,8 @@ from scipy import stats
 
 from brainprop.contract import validate_table
 from brainprop.hierarchy.scores import subject_hierarchy
-from brainprop.stats.group import (
-    bh_fdr,
-    bootstrap_ci,
-    group_tests,
-    p_min,
-    permutation_pvalue,
-    subject_statistics,
-    wilcoxon_exact,
-)
+from brainprop.stats.group import group_tests, subject_statistics
+from brainprop.stats.inference import bh_fdr, bootstrap_ci, p_min, permutation_pvalue, wilcoxon_exact
 
 N_LAYERS = 8
 DEPTHS = np.arange(N_LAYERS) / (N_LAYERS - 1)

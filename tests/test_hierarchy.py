@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
 from brainprop.contract import validate_table
+from brainprop.encoding.files import save_target_scores
+from brainprop.hierarchy.files import TARGET_DEPTH_COLUMNS, load_target_depths
+from brainprop.hierarchy.rules import run_hierarchy
 from brainprop.hierarchy.scores import (
-    TARGET_DEPTH_COLUMNS,
     best_layers,
     exclusion_mask,
-    load_target_depths,
     pearson,
-    run_hierarchy,
     spatial_score,
     subject_hierarchy,
     subject_target_depths,
@@ -306,7 +308,7 @@ def test_subject_target_depths_keeps_and_marks_excluded_targets(exclude, exclude
     table = subject_target_depths(
         scores.sample(frac=1.0, random_state=0), {"dataset": "d", "model": "m", "subject": "01"}, exclude
     )
-    assert list(table.columns) == TARGET_DEPTH_COLUMNS and len(table) == 8
+    assert list(table.columns) == list(TARGET_DEPTH_COLUMNS) and len(table) == 8
     act = table[table["signal"] == "act"].set_index("target").loc[targets]
     for key, expected in EXPECTED_TARGET.items():
         np.testing.assert_allclose(act[key].to_numpy(), expected, rtol=1e-12, err_msg=key)
@@ -320,39 +322,49 @@ def test_subject_target_depths_keeps_and_marks_excluded_targets(exclude, exclude
 def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path):
     # One subject's encode outputs on disk: per layer a summary and per-target scores; target 99 is MEG.
     fmri, meg = np.array([10, 11, 12, 13]), 99
-    write_table(
-        tmp_path / "targets.parquet", pd.DataFrame({"target": [*fmri, meg], "modality": ["fmri"] * 4 + ["meg"]})
-    )
+    n = len(fmri) + 1
+    targets = pd.DataFrame(
+        {
+            "target": [*fmri, meg], "modality": ["fmri"] * 4 + ["meg"], "atlas": ["glasser"] * 4 + [""],
+            "roi": ["V1"] * 4 + [""], "hemi": ["lh"] * 4 + [""], "x": 0.0, "y": 0.0, "z": 0.0,
+            "roi_distance_mm": 0.0, "sensor": [""] * 4 + ["MLO11"], "time": [np.nan] * 4 + [0.1],
+            "noise_ceiling": [np.nan] * n,
+        }
+    )  # fmt: skip
+    write_table(tmp_path / "targets.parquet", targets)
     enc = fmri_rows(R_ROI, DIST)
     summaries, scores = [], []
     for k in range(len(DEPTHS)):
         summaries.append(tmp_path / f"{k}.summary.parquet")
         scores.append(tmp_path / f"{k}.targets.parquet")
         write_table(summaries[-1], enc[enc["layer_index"] == k])
-        write_table(
-            scores[-1],
-            pd.DataFrame(
-                {
-                    "target": [*fmri[::-1], meg],
-                    "r": [*R_TARGET[k, ::-1], 0.9],
-                    "r2": 0.0,
-                    "alpha": 1.0,
-                    "r_normalized": np.nan,
-                    "excluded": False,
-                }
-            ),
+        per_target = pd.DataFrame(
+            {
+                "target": [*fmri[::-1], meg],
+                "r": [*R_TARGET[k, ::-1], 0.9],
+                "r2": 0.0,
+                "alpha": 1.0,
+                "r_normalized": np.nan,
+                "excluded": False,
+            }
         )
-    outputs = type(
-        "Out",
-        (),
-        {k: tmp_path / f"{k}.parquet" for k in ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")},
+        identity = {"dataset": "sim", "model": "m", "signal": "act", "layer_index": k, "subject": "01"}
+        save_target_scores(scores[-1], per_target, identity, {})
+    outputs = SimpleNamespace(
+        **{k: tmp_path / f"{k}.parquet" for k in ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")}
     )
-    params = {"atlas": "glasser", "threshold": 0.95, "min_count": 3, "exclude": "nonpositive"}
-    run_hierarchy(summaries, outputs, params, scores, tmp_path / "targets.parquet")
+    params = SimpleNamespace(
+        hierarchy={"atlas": "glasser", "threshold": 0.95, "min_count": 3, "exclude": "nonpositive"}
+    )
+    inputs = SimpleNamespace(summaries=summaries, scores=scores, targets=tmp_path / "targets.parquet")
+    run_hierarchy(inputs=inputs, outputs=outputs, params=params)
     table = load_target_depths(outputs.target_depths)
     assert table["target"].tolist() == fmri.tolist() and set(table["subject"]) == {"01"}
     np.testing.assert_allclose(table["weighted_depth"], EXPECTED_TARGET["weighted_depth"], rtol=1e-12)
     with pytest.raises(ValueError, match="one per signal × layer"):
-        run_hierarchy(summaries, outputs, params, scores[:2], tmp_path / "targets.parquet")
+        run_hierarchy(inputs=SimpleNamespace(**{**vars(inputs), "scores": scores[:2]}), outputs=outputs, params=params)
+    with pytest.raises(ValueError, match="holds the scores of act layer 1"):
+        swapped = [scores[1], scores[0], *scores[2:]]
+        run_hierarchy(inputs=SimpleNamespace(**{**vars(inputs), "scores": swapped}), outputs=outputs, params=params)
     with pytest.raises(ValueError, match="lacks columns"):
         load_target_depths(outputs.best_layers)

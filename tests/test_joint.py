@@ -8,7 +8,7 @@ import pytest
 from test_group import PARAMS, simulate
 
 from brainprop.encoding._banded import banded_ridge_cv
-from brainprop.encoding.encode import make_folds
+from brainprop.encoding.folds import make_folds
 from brainprop.encoding.joint import joint_encode, summarize_joint
 from brainprop.hierarchy.scores import subject_hierarchy
 from brainprop.stats.group import group_tests

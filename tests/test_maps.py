@@ -12,8 +12,12 @@ import pandas as pd
 import pytest
 import scipy.stats
 
+from brainprop.brain.files import load_targets
 from brainprop.brain.simulate import SIM_ROIS, ctf275_sensors
+from brainprop.encoding.files import save_target_scores
 from brainprop.figures import maps
+from brainprop.hierarchy.files import load_target_depths, save_subject_table
+from brainprop.hierarchy.scores import subject_target_depths
 from brainprop.io import save_array, write_table
 
 SUBJECTS = ("sub-01", "sub-02", "sub-03", "sub-04")
@@ -156,6 +160,7 @@ def _write_subject_folders(tmp_path, modality: str) -> tuple[list[str], dict, pd
     times = np.round(np.arange(-0.1, 0.7, 0.05), 3)
     scores, dirs, tmax_rows = [], {}, []
     for subject in SUBJECTS:
+        long = []
         folder = tmp_path / "brain" / subject
         if modality == "fmri":
             rows = [
@@ -216,26 +221,35 @@ def _write_subject_folders(tmp_path, modality: str) -> tuple[list[str], dict, pd
                         }
                     )
                 path = tmp_path / "encoding" / signal / f"{k:02d}" / f"{subject}.targets.parquet"
-                write_table(
-                    path,
-                    pd.DataFrame(
-                        {
-                            "target": targets["target"],
-                            "r": r,
-                            "r2": r**2,
-                            "alpha": 1.0,
-                            "r_normalized": r,
-                            "excluded": False,
-                        }
-                    ),
+                per_target = pd.DataFrame(
+                    {
+                        "target": targets["target"],
+                        "r": r,
+                        "r2": r**2,
+                        "alpha": 1.0,
+                        "r_normalized": r,
+                        "excluded": False,
+                    }
                 )
+                identity = {"dataset": "d", "model": "m", "signal": signal, "layer_index": k, "subject": subject}
+                save_target_scores(path, per_target, identity, {})
                 scores.append(str(path))
+                long.append(per_target.assign(signal=signal, layer_index=k, depth=depth)[targets["modality"] == "fmri"])
+        identity = {"dataset": "d", "model": "m", "subject": subject}
+        depths = subject_target_depths(pd.concat(long, ignore_index=True), identity)
+        save_subject_table(folder / "target_depths.parquet", depths)
     enc = pd.DataFrame(
         [{"dataset": "d", "model": "m", "modality": modality, "layer_index": k, "depth": d} for k, d in DEPTHS.items()]
     )
     write_table(tmp_path / "tables" / "encoding.parquet", enc)
-    write_table(tmp_path / "tables" / "tmax.parquet", pd.DataFrame(tmax_rows or [{"dataset": "x"}]))
     return scores, dirs, pd.DataFrame(tmax_rows)
+
+
+def _subject_files(dirs: dict) -> tuple[dict, dict]:
+    """Each subject's target table and per-target depth table, read through their stages' loaders."""
+    targets = {s: load_targets(folder / "targets.parquet") for s, folder in dirs.items()}
+    depths = {s: load_target_depths(folder / "target_depths.parquet") for s, folder in dirs.items()}
+    return targets, depths
 
 
 def _weighted_at(targets: pd.DataFrame, r: dict, signal: str, subject: str, hemi: str, xyz: np.ndarray) -> float:
@@ -249,9 +263,10 @@ def _weighted_at(targets: pd.DataFrame, r: dict, signal: str, subject: str, hemi
 
 def test_brain_map_recovers_the_planted_depths(tmp_path):
     scores, dirs, _ = _write_subject_folders(tmp_path, "fmri")
-    targets, r = maps._subject_scores(scores, dirs)
+    targets, depths = _subject_files(dirs)
+    r = maps._subject_scores(scores, targets)
     mesh = maps.fsaverage5()
-    out = maps._brain_maps(targets, r, DEPTHS, 0.01, 10.0, mesh)
+    out = maps._brain_maps(targets, r, DEPTHS, 0.01, 10.0, mesh, maps._weighted_depths(depths, targets))
     for hemi, sign in (("lh", -1), ("rh", 1)):
         pial = np.asarray(mesh[hemi]["pial"].coordinates)
         for roi, act_depth in (("V1", 0.0), ("FFA", 1.0)):
@@ -267,9 +282,8 @@ def test_brain_map_recovers_the_planted_depths(tmp_path):
     far = np.argmax(np.asarray(mesh["lh"]["pial"].coordinates)[:, 1])  # frontal pole: no target in reach
     assert np.isnan(out["act"]["lh"]["r"][far])
     # SVG only: the PNG path of save_figure is tested in test_figures (a PNG of 24 surfaces takes ~8 s).
-    paths = maps.make_brain_map(
-        scores, dirs, tmp_path / "tables" / "encoding.parquet", tmp_path / "figures", "d", "m", ("svg",), fdr=0.01
-    )
+    enc = pd.read_parquet(tmp_path / "tables" / "encoding.parquet")
+    paths = maps.make_brain_map(scores, targets, depths, enc, tmp_path / "figures", "d", "m", ("svg",), fdr=0.01)
     assert [p.name for p in paths] == ["brain_map_d_m.svg"]
     assert 20_000 < paths[0].stat().st_size < 3_000_000  # surfaces are rasterised in the SVG
     assert "<image" in paths[0].read_text()
@@ -278,7 +292,7 @@ def test_brain_map_recovers_the_planted_depths(tmp_path):
 
 def test_glass_brain_markers_are_subject_means(tmp_path):
     scores, dirs, _ = _write_subject_folders(tmp_path, "fmri")
-    targets, _ = maps._subject_scores(scores, dirs)
+    targets, _ = _subject_files(dirs)
     best = pd.DataFrame(
         [
             {
@@ -311,18 +325,7 @@ def test_glass_brain_markers_are_subject_means(tmp_path):
         "glass:act:2",
         "glass:grad:2",
     ]
-    write_table(tmp_path / "tables" / "best_layers.parquet", best)
-    tables = tmp_path / "tables"
-    paths = maps.make_glass_brain(
-        scores,
-        dirs,
-        tables / "encoding.parquet",
-        tmp_path / "figures",
-        "d",
-        "m",
-        ("png", "svg"),
-        best_layers=tables / "best_layers.parquet",
-    )
+    paths = maps.make_glass_brain(targets, best, tmp_path / "figures", "d", "m", ("png", "svg"))
     assert [p.name for p in paths] == ["glass_brain_d_m.png", "glass_brain_d_m.svg"]
     with pytest.raises(ValueError, match="no ROI with a positive best r"):
         maps.plot_glass_brain(markers.iloc[:0], title="t")
@@ -351,8 +354,8 @@ def test_meg_topomaps_at_each_layers_tmax(tmp_path):
     scores, dirs, tm = _write_subject_folders(tmp_path, "meg")
     picked = maps.topomap_layers(tm)
     assert sorted(picked["layer_index"]) == [0, 0, 1, 1, 2, 2]
-    targets, r = maps._subject_scores(scores, dirs)
-    values = maps._topomap_values(targets, r, tm)
+    targets, _ = _subject_files(dirs)
+    values = maps._topomap_values(targets, maps._subject_scores(scores, targets), tm)
     row = values[(values.signal == "grad") & (values.depth == 0.0)].iloc[0]
     assert row["time"] == pytest.approx(0.6)
     sensors = ctf275_sensors().set_index("sensor").loc[row["sensors"]]
@@ -360,17 +363,7 @@ def test_meg_topomaps_at_each_layers_tmax(tmp_path):
     fig = maps.plot_meg_topomaps(values, title="t")
     images = [im.get_gid() for ax in fig.axes for im in ax.get_images()]
     assert sorted(images) == sorted(f"topo:{s}:{d:.3f}" for s in SIGNALS for d in DEPTHS.values())
-    tables = tmp_path / "tables"
-    paths = maps.make_meg_topomaps(
-        scores,
-        dirs,
-        tables / "encoding.parquet",
-        tmp_path / "figures",
-        "d",
-        "m",
-        ("png", "svg"),
-        tmax=tables / "tmax.parquet",
-    )
+    paths = maps.make_meg_topomaps(scores, targets, tm, tmp_path / "figures", "d", "m", ("png", "svg"))
     assert [p.name for p in paths] == ["meg_topomaps_d_m.png", "meg_topomaps_d_m.svg"]
     with pytest.raises(ValueError, match="no layer with a positive peak"):
         maps.topomap_layers(tm.assign(peak_r=-1.0))

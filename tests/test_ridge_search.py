@@ -34,7 +34,8 @@ from brainprop.encoding._ridge import (
     _standardize,
     ridge_cv,
 )
-from brainprop.encoding.encode import DEFAULT_ALPHAS, make_folds
+from brainprop.encoding.encode import DEFAULT_ALPHAS
+from brainprop.encoding.folds import make_folds
 
 ALPHAS = np.asarray(DEFAULT_ALPHAS)
 ROOT = Path(__file__).resolve().parents[1]

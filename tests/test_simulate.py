@@ -123,7 +123,7 @@ def _cv_r(X: np.ndarray, Y: np.ndarray, folds) -> np.ndarray:
 def resnet_features(tmp_path_factory):
     """The demo's source model and image set, as the demo config gives them."""
     torch = pytest.importorskip("torch")
-    from brainprop.encoding.encode import make_folds
+    from brainprop.encoding.folds import make_folds
     from brainprop.features.extract import extract_features
     from brainprop.features.layers import find_blocks, select_layers
     from brainprop.features.models import build_model, image_transform

@@ -155,7 +155,7 @@ def test_manifest_is_written_after_the_images(demo):
 
 
 def test_unknown_kind_lists_valid_kinds(tmp_path):
-    with pytest.raises(ValueError, match=r"'nsd_images'.*\['demo'\]"):
+    with pytest.raises(ValueError, match=r"'nsd_images'.*\['dataset', 'demo'\]"):
         build_imageset(tmp_path, {"kind": "nsd_images"}, seed=0)
     assert not (tmp_path / "manifest.parquet").exists()
 

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-class CorruptFileError(RuntimeError):
+class CorruptFileError(ValueError):
     """A cached file exists but cannot be trusted (truncated, wrong shape or dtype)."""
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from .run import Run
+from .stimuli.files import MANIFEST, count_images
 
 __all__ = [
     "RunPlan",
@@ -18,6 +20,7 @@ __all__ = [
     "feature_bytes",
     "format_plan",
     "plan_run",
+    "planned_layer_count",
 ]
 
 FLOAT_BYTES = 4  # features are stored as float32 .npy
@@ -71,31 +74,21 @@ def extract_runtime_min(n_images: int, n_signals: int, cuda: bool, attempt: int)
     return int(minutes * attempt)
 
 
-def _imagesets_of_models(config: dict) -> dict[str, set[str]]:
-    """Image sets each model extracts features on (datasets' image sets, and plants' sources)."""
-    used: dict[str, set[str]] = {m: set() for m in config["models"]}
-    for ds in config["datasets"].values():
-        for model in config["models"]:
-            used[model].add(ds["imageset"])
-    return used
+def planned_layer_count(model: dict) -> int:
+    """Layers a model entry selects: its named layers, else `layers.n` (a model may have fewer blocks)."""
+    layers = model["layers"]
+    return len(layers["names"]) if layers.get("names") else int(layers["n"])
 
 
-def _resolve_layers(config: dict) -> dict[str, pd.DataFrame]:
-    """Selected layers and pooled dims of every model (meta device: no weights, no compute)."""
+def _resolve_layers(run: Run) -> dict[str, pd.DataFrame]:
+    """Selected layers and pooled dims of every configured model (meta device: no weights, no compute)."""
     from .features.layers import resolve_layers
 
     return {
         alias: resolve_layers(m["timm_name"], m["layers"], m["pooling"], m.get("input_size"), m.get("timm_kwargs"))
-        for alias, m in config["models"].items()
-        if not m.get("variant")
+        for alias, m in run.models.items()
+        if not m["variant"]
     }
-
-
-def _modalities(dataset: dict) -> set[str]:
-    """Modalities of a dataset's targets (as dataset_modalities in workflow/rules/common.smk)."""
-    from .brain.datasets import modality
-
-    return {"fmri", "meg"} if dataset["kind"] == "simulated" else {modality(dataset["kind"])}
 
 
 def image_count(config: dict, imageset: str, manifest: str | Path | None = None) -> int:
@@ -106,81 +99,34 @@ def image_count(config: dict, imageset: str, manifest: str | Path | None = None)
     if spec.get("kind", "demo") == "demo":
         return int(spec.get("n_images", 240))
     if manifest is not None and Path(manifest).exists():
-        return len(pd.read_parquet(manifest, columns=["image_id"]))
+        return count_images(manifest)
     dataset = config["datasets"][spec["dataset"]]
     return published_image_count(dataset["kind"], len(dataset["subjects"]))
 
 
 def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> RunPlan:
-    """Jobs per rule and feature bytes of a validated config (layers resolved on the meta device)."""
-    from .run import model_variants
+    """Jobs per rule and feature bytes of a validated config (layers resolved on the meta device).
 
-    # Controls and sensitivity variants run as models of their own, with their base model's layers.
-    config = {**config, "models": model_variants(config["models"], config.get("sensitivity"))}
-    layers = dict(layers) if layers is not None else _resolve_layers(config)
-    models, datasets = config["models"], config["datasets"]
-    for alias, m in models.items():
-        if alias not in layers and m.get("base_model") in layers:
+    The jobs are those of the run model (`brainprop.run.Run.jobs`), the same lists the Snakefile's
+    input functions are built from. Controls and sensitivity variants run as models of their own,
+    with their base model's layers.
+    """
+    run = Run(config)
+    layers = dict(layers) if layers is not None else _resolve_layers(run)
+    for alias, m in run.models.items():
+        if alias not in layers and m["base_model"] in layers:
             layers[alias] = layers[m["base_model"]]
-    imagesets = _imagesets_of_models(config)
-    simulated = [name for name, ds in datasets.items() if ds["kind"] == "simulated"]
-    jobs: Counter[str] = Counter()
-    jobs["stimuli"] = len({ds["imageset"] for ds in datasets.values()})
-    jobs["layers"] = len(models)
-    jobs["extract"] = sum(len(v) for v in imagesets.values())
-    jobs["cka"] = jobs["extract"]
-    jobs["plant"] = len(simulated)
-    jobs["truth"] = len(simulated)
-    jobs["brain"] = sum(len(datasets[name]["subjects"]) for name in simulated)
-    jobs["folds"] = len(datasets)
-    from .brain.datasets import shared_fits
-
-    shared = shared_fits(config)
-    for name, ds in datasets.items():
-        for alias, m in models.items():
-            n_subjects = len(ds["subjects"])
-            if name in shared:
-                jobs[f"encode_shared_{name}"] += len(m["signals"]) * len(layers[alias])
-            else:
-                jobs["encode"] += n_subjects * len(m["signals"]) * len(layers[alias])
-            jobs["hierarchy"] += n_subjects
-            jobs["group"] += 1
-    # Rules added by the statistics, figures and datasets stages; these counts mirror the input
-    # functions of workflow/rules/common.smk and tests/test_plan.py checks them against Snakemake.
-    joint = config.get("joint", {})
-    base = [alias for alias, m in models.items() if not m.get("variant")]
-    for ds in datasets.values():
-        for alias, m in models.items():
-            chosen = joint.get("models")
-            if (
-                joint.get("enabled", True)
-                and {"act", "grad"} <= set(m["signals"])
-                and (chosen is None or alias in chosen or m.get("base_model") in chosen)
-            ):
-                jobs["joint"] += len(ds["subjects"]) * len(layers[alias])
-        modalities = _modalities(ds)
-        jobs["brain_map"] += len(models) if "fmri" in modalities else 0
-        jobs["meg_topomaps"] += len(models) if "meg" in modalities else 0
-        jobs["sensitivity"] += len(base)
-        jobs["compare"] += 1
-        jobs["check"] += ds["kind"] != "simulated"
-    jobs["brain"] += sum(len(ds["subjects"]) for ds in datasets.values() if ds["kind"] != "simulated")
-    if config.get("calibration", {}).get("enabled"):
-        jobs["calibration"] = len(simulated)
-    jobs["tables"] = 1
-    jobs["figures"] = 1
-    jobs["all"] = 1
-    jobs = Counter({rule: n for rule, n in jobs.items() if n})
+    run = Run(config, layers=lambda model: list(layers[model]["layer_index"]))
+    manifest = run.path(MANIFEST)
     sizes = {
-        (alias, imageset): feature_bytes(
-            list(layers[alias]["dim"]),
-            image_count(config, imageset, f"results/{config['run']}/stimuli/{imageset}/manifest.parquet"),
-            len(models[alias]["signals"]),
+        (key["model"], key["imageset"]): feature_bytes(
+            list(layers[key["model"]]["dim"]),
+            image_count(config, key["imageset"], manifest.format(imageset=key["imageset"])),
+            len(run.models[key["model"]]["signals"]),
         )
-        for alias, sets in imagesets.items()
-        for imageset in sorted(sets)
+        for key in run.extract_keys()
     }
-    return RunPlan(jobs=dict(jobs), feature_bytes=sizes, layers=layers)
+    return RunPlan(jobs=dict(run.job_counts()), feature_bytes=sizes, layers=layers)
 
 
 def check_disk(needed_bytes: int, path: str | Path) -> tuple[bool, int]:

@@ -6,92 +6,100 @@
 
 rule check:
     output:
-        report=f"{OUT}/brain/{{dataset}}/check.parquet",
-    params:
-        entry=lambda wc: real_dataset_entry(wc.dataset),
+        report=RUN.path(brain_files.CHECK),
     log:
         f"{LOGS}/check/{{dataset}}.log",
     benchmark:
         f"{BENCH}/check/{{dataset}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
-    conda:
-        "../../envs/brainprop.yaml"
+    params:
+        entry=lambda wc: dict(DATASETS[wc.dataset]),
+        dataset=lambda wc: wc.dataset,
     script:
-        "../scripts/check.py"
+        "../scripts/run.py"
 
 
 rule plant:
     input:
-        manifest=lambda wc: manifest_of(DATASETS[wc.dataset]["imageset"]),
-        layers=lambda wc: rules.layers.output.layers.format(model=source_model(wc.dataset)),
+        manifest=lambda wc: rules.stimuli.output.manifest.format(
+            imageset=RUN.imageset_of(wc.dataset)
+        ),
+        layers=source_layers,
     output:
-        features=directory(f"{OUT}/brain/{{dataset}}/plant"),
+        features=directory(RUN.path(brain_files.PLANT)),
+    log:
+        f"{LOGS}/plant/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/plant/{{dataset}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
+    threads: 2
+    resources:
+        **gpu_resources(2),
+        mem_mb=mem_mb(4000),
+        runtime=runtime(60),
+        extract_batch=lambda wc, attempt: extract_batch_size(
+            RUN.source_model(wc.dataset), attempt
+        ),
     params:
         model=lambda wc: plant_spec(wc.dataset),
         pooling=lambda wc: DATASETS[wc.dataset]["simulation"]["plant_pooling"],
         seed=config["seed"],
         storage_dtype="float32",
-    log:
-        f"{LOGS}/plant/{{dataset}}.log",
-    benchmark:
-        f"{BENCH}/plant/{{dataset}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=mem_mb(4000),
-        runtime=runtime(60),
-        extract_batch=lambda wc, attempt: extract_batch_size(source_model(wc.dataset), attempt),
-        **gpu_resources(2),
-    conda:
-        "../../envs/brainprop.yaml"
     script:
-        "../scripts/extract.py"
+        "../scripts/run.py"
 
 
 rule brain:
     input:
         unpack(brain_inputs),
     output:
-        Y=f"{OUT}/brain/{{dataset}}/{{subject}}/Y.npy",
-        targets=f"{OUT}/brain/{{dataset}}/{{subject}}/targets.parquet",
-        samples=f"{OUT}/brain/{{dataset}}/{{subject}}/samples.parquet",
-    params:
-        spec=lambda wc: brain_params(wc.dataset),
-        seed=config["seed"],
+        Y=RUN.path(brain_files.Y),
+        targets=RUN.path(brain_files.TARGETS),
+        samples=RUN.path(brain_files.SAMPLES),
     log:
         f"{LOGS}/brain/{{dataset}}/{{subject}}.log",
     benchmark:
         f"{BENCH}/brain/{{dataset}}/{{subject}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
     threads: 1
     resources:
         mem_mb=brain_mem_mb,
         runtime=brain_runtime,
-    conda:
-        "../../envs/brainprop.yaml"
+    params:
+        spec=lambda wc: brain_params(wc.dataset),
+        seed=config["seed"],
+        dataset=lambda wc: wc.dataset,
+        subject=lambda wc: wc.subject,
     script:
-        "../scripts/brain.py"
+        "../scripts/run.py"
 
 
 rule truth:
     input:
-        layers=lambda wc: rules.layers.output.layers.format(model=source_model(wc.dataset)),
+        layers=source_layers,
     output:
-        truth=f"{OUT}/truth/{{dataset}}.parquet",
-    params:
-        simulation=lambda wc: simulation_params(wc.dataset),
-        subjects=lambda wc: DATASETS[wc.dataset]["subjects"],
-        seed=config["seed"],
+        truth=RUN.path(brain_files.TRUTH),
     log:
         f"{LOGS}/truth/{{dataset}}.log",
     benchmark:
         f"{BENCH}/truth/{{dataset}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(1000),
         runtime=runtime(5),
-    conda:
-        "../../envs/brainprop.yaml"
+    params:
+        simulation=lambda wc: simulation_params(wc.dataset),
+        subjects=lambda wc: DATASETS[wc.dataset]["subjects"],
+        seed=config["seed"],
+        dataset=lambda wc: wc.dataset,
     script:
-        "../scripts/truth.py"
+        "../scripts/run.py"

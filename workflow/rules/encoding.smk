@@ -1,97 +1,143 @@
-# Encoding: the dataset's outer folds (identical for every layer, signal and subject), then
-# cross-validated ridge from one layer's features to one subject's targets.
+# The encoding stage: the dataset's outer folds (identical for every layer, signal and subject), then
+# cross-validated ridge from one layer's features to one subject's targets, and the joint
+# models: activations and gradients of one layer fitted together by banded ridge (one penalty
+# per signal), giving each signal's unique variance for the E test.
 
 
 rule folds:
     input:
-        manifest=lambda wc: manifest_of(DATASETS[wc.dataset]["imageset"]),
+        manifest=lambda wc: rules.stimuli.output.manifest.format(
+            imageset=RUN.imageset_of(wc.dataset)
+        ),
     output:
-        folds=f"{OUT}/encoding/{{dataset}}/folds.parquet",
-    params:
-        folds=config["encoding"]["folds"],
-        group_folds=config["encoding"]["group_folds"],
-        seed=config["seed"],
+        folds=RUN.path(encoding_files.FOLDS),
     log:
         f"{LOGS}/folds/{{dataset}}.log",
     benchmark:
         f"{BENCH}/folds/{{dataset}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(1000),
         runtime=runtime(5),
-    conda:
-        "../../envs/brainprop.yaml"
+    params:
+        folds=config["encoding"]["folds"],
+        group_folds=config["encoding"]["group_folds"],
+        seed=config["seed"],
     script:
-        "../scripts/folds.py"
+        "../scripts/run.py"
 
 
 rule encode:
-    wildcard_constraints:
-        dataset=_choice(set(DATASETS) - set(SHARED_FITS)),
     input:
-        features=lambda wc: rules.extract.output.features.format(
-            model=wc.model, imageset=DATASETS[wc.dataset]["imageset"]
-        ),
+        features=dataset_features,
         layers=rules.layers.output.layers,
         folds=rules.folds.output.folds,
         Y=rules.brain.output.Y,
         targets=rules.brain.output.targets,
         samples=rules.brain.output.samples,
     output:
-        scores=f"{OUT}/encoding/{{dataset}}/{{model}}/{{signal}}/{{layer}}/{{subject}}.targets.parquet",
-        summary=f"{OUT}/encoding/{{dataset}}/{{model}}/{{signal}}/{{layer}}/{{subject}}.summary.parquet",
-    params:
-        encoding=encode_params(),
-        timm_name=lambda wc: MODELS[wc.model]["timm_name"],
+        scores=RUN.path(encoding_files.SCORES),
+        summary=RUN.path(encoding_files.SUMMARY),
     log:
         f"{LOGS}/encode/{{dataset}}/{{model}}/{{signal}}/{{layer}}/{{subject}}.log",
     benchmark:
         f"{BENCH}/encode/{{dataset}}/{{model}}/{{signal}}/{{layer}}/{{subject}}.tsv"
+    wildcard_constraints:
+        dataset=_choice(set(DATASETS) - set(RUN.shared)),
+    conda:
+        "../../envs/brainprop.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
         gpu=encode_gpu(),
-    conda:
-        "../../envs/brainprop.yaml"
+    params:
+        identity=lambda wc: {
+            "dataset": wc.dataset,
+            "model": wc.model,
+            "timm_name": MODELS[wc.model]["timm_name"],
+            "signal": wc.signal,
+            "subject": wc.subject,
+        },
+        layer=lambda wc: int(wc.layer),
+        encoding=encode_params(),
     script:
-        "../scripts/encode.py"
+        "../scripts/run.py"
 
 
 # Subjects who saw the same images in one order (THINGS-MEG): one job per layer fits them all,
 # one decomposition per fold, and writes the same per-subject files as `encode`.
-for _dataset in SHARED_FITS:
+for shared_dataset in RUN.shared:
 
     rule:
         name:
-            f"encode_shared_{_dataset}"
+            f"encode_shared_{shared_dataset}"
         input:
             features=rules.extract.output.features.format(
-                model="{model}", imageset=DATASETS[_dataset]["imageset"]
+                model="{model}", imageset=RUN.imageset_of(shared_dataset)
             ),
             layers=rules.layers.output.layers,
-            folds=rules.folds.output.folds.format(dataset=_dataset),
-            Y=subject_files(_dataset, rules.brain.output.Y),
-            targets=subject_files(_dataset, rules.brain.output.targets),
-            samples=subject_files(_dataset, rules.brain.output.samples),
+            folds=rules.folds.output.folds.format(dataset=shared_dataset),
+            Y=subject_files(shared_dataset, rules.brain.output.Y),
+            targets=subject_files(shared_dataset, rules.brain.output.targets),
+            samples=subject_files(shared_dataset, rules.brain.output.samples),
         output:
-            scores=subject_files(_dataset, rules.encode.output.scores),
-            summary=subject_files(_dataset, rules.encode.output.summary),
-        params:
-            encoding=encode_params(),
-            timm_name=lambda wc: MODELS[wc.model]["timm_name"],
-            dataset=_dataset,
-            subjects=DATASETS[_dataset]["subjects"],
+            scores=subject_files(shared_dataset, rules.encode.output.scores),
+            summary=subject_files(shared_dataset, rules.encode.output.summary),
         log:
-            f"{LOGS}/encode/{_dataset}/{{model}}/{{signal}}/{{layer}}/shared.log",
+            f"{LOGS}/encode/{shared_dataset}/{{model}}/{{signal}}/{{layer}}/shared.log",
         benchmark:
-            f"{BENCH}/encode/{_dataset}/{{model}}/{{signal}}/{{layer}}/shared.tsv"
-        threads: 1
-        resources:
-            mem_mb=mem_mb(2000 * len(DATASETS[_dataset]["subjects"])),
-            runtime=runtime(10 * len(DATASETS[_dataset]["subjects"])),
-            gpu=encode_gpu(),
+            f"{BENCH}/encode/{shared_dataset}/{{model}}/{{signal}}/{{layer}}/shared.tsv"
         conda:
             "../../envs/brainprop.yaml"
+        threads: 1
+        resources:
+            mem_mb=mem_mb(2000 * len(DATASETS[shared_dataset]["subjects"])),
+            runtime=runtime(10 * len(DATASETS[shared_dataset]["subjects"])),
+            gpu=encode_gpu(),
+        params:
+            identity=lambda wc, ds=shared_dataset: {
+                "dataset": ds,
+                "model": wc.model,
+                "timm_name": MODELS[wc.model]["timm_name"],
+                "signal": wc.signal,
+            },
+            layer=lambda wc: int(wc.layer),
+            encoding=encode_params(),
+            subjects=DATASETS[shared_dataset]["subjects"],
         script:
-            "../scripts/encode_shared.py"
+            "../scripts/run.py"
+
+
+rule joint:
+    input:
+        features=dataset_features,
+        layers=rules.layers.output.layers,
+        folds=rules.folds.output.folds,
+        Y=rules.brain.output.Y,
+        targets=rules.brain.output.targets,
+        samples=rules.brain.output.samples,
+    output:
+        summary=RUN.path(encoding_files.JOINT),
+    log:
+        f"{LOGS}/joint/{{dataset}}/{{model}}/{{layer}}/{{subject}}.log",
+    benchmark:
+        f"{BENCH}/joint/{{dataset}}/{{model}}/{{layer}}/{{subject}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(3000),
+        runtime=runtime(20),
+    params:
+        identity=lambda wc: {
+            "dataset": wc.dataset,
+            "model": wc.model,
+            "subject": wc.subject,
+        },
+        layer=lambda wc: int(wc.layer),
+        joint={"alphas": config["joint"]["alphas"]},
+    script:
+        "../scripts/run.py"

@@ -1,98 +1,178 @@
-# Statistics beyond the per-model tests: model comparisons per dataset, the sensitivity of the
-# tests to the open choices per dataset x model, and (off by default) the calibration of the
-# tests on simulated subjects.
+# Statistics: the tests per dataset x model (T1, T2, S1a, S1b, E; per subject and across
+# subjects), the model comparisons per dataset, the sensitivity of the tests to the open choices,
+# (off by default) their calibration on simulated subjects, and the run's tables.
+
+
+rule group:
+    input:
+        unpack(group_inputs),
+    output:
+        tests=RUN.path(stats_files.TESTS),
+        subjects=RUN.path(stats_files.SUBJECT_STATS),
+    log:
+        f"{LOGS}/group/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{BENCH}/group/{{dataset}}/{{model}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime(20),
+    params:
+        group=lambda wc: {
+            **group_params(
+                wc.dataset,
+                config["stats"]["n_boot"],
+                config["stats"]["n_permutations"],
+            ),
+            "roi_levels": DATASETS[wc.dataset]["roi_levels"],
+            "meg_windows": DATASETS[wc.dataset]["meg_windows"],
+            "variant": variant_of(MODELS, wc.model),
+        },
+    script:
+        "../scripts/run.py"
 
 
 rule compare:
     input:
         subjects=lambda wc: expand(
-            f"{OUT}/group/{wc.dataset}/{{model}}/subjects.parquet", model=list(MODELS)
+            rules.group.output.subjects, dataset=wc.dataset, model=list(MODELS)
         ),
     output:
-        comparisons=f"{OUT}/compare/{{dataset}}/comparisons.parquet",
-    params:
-        compare={"seed": config["seed"], "n_boot": config["stats"]["n_boot"], "alpha": config["stats"]["alpha"]},
+        comparisons=RUN.path(stats_files.COMPARISONS),
     log:
         f"{LOGS}/compare/{{dataset}}.log",
     benchmark:
         f"{BENCH}/compare/{{dataset}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
-    conda:
-        "../../envs/brainprop.yaml"
+    params:
+        compare={
+            "seed": config["seed"],
+            "n_boot": config["stats"]["n_boot"],
+            "alpha": config["stats"]["alpha"],
+        },
     script:
-        "../scripts/compare.py"
+        "../scripts/run.py"
 
 
 rule sensitivity:
     input:
-        encoding=lambda wc: subject_outputs(wc.dataset, wc.model, "encoding"),
+        encoding=lambda wc: subject_tables(wc.dataset, wc.model, "encoding"),
         variants=lambda wc: [
-            f"{OUT}/group/{wc.dataset}/{alias}/tests.parquet" for _, alias in sensitivity_variants(wc.model)
+            rules.group.output.tests.format(dataset=wc.dataset, model=alias)
+            for _, alias in RUN.sensitivity_variants(wc.model)
         ],
     output:
-        sensitivity=f"{OUT}/sensitivity/{{dataset}}/{{model}}.parquet",
-    params:
-        sensitivity=lambda wc: {
-            "model": wc.model,
-            "variant_labels": [label for label, _ in sensitivity_variants(wc.model)],
-            "choices": {k: config["sensitivity"][k] for k in ("tmax_threshold", "exclude")},
-            "group": {
-                **hierarchy_params(wc.dataset),
-                "seed": config["seed"],
-                "n_permutations": config["stats"]["n_permutations"],
-                "n_boot": config["stats"]["n_boot"],
-                "alpha": config["stats"]["alpha"],
-            },
-        },
+        sensitivity=RUN.path(stats_files.SENSITIVITY),
     log:
         f"{LOGS}/sensitivity/{{dataset}}/{{model}}.log",
     benchmark:
         f"{BENCH}/sensitivity/{{dataset}}/{{model}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(20),
-    conda:
-        "../../envs/brainprop.yaml"
+    params:
+        sensitivity=lambda wc: {
+            "model": wc.model,
+            "variant_labels": [
+                label for label, _ in RUN.sensitivity_variants(wc.model)
+            ],
+            "choices": {
+                k: config["sensitivity"][k] for k in ("tmax_threshold", "exclude")
+            },
+            "group": group_params(
+                wc.dataset,
+                config["stats"]["n_boot"],
+                config["stats"]["n_permutations"],
+            ),
+        },
     script:
-        "../scripts/sensitivity.py"
+        "../scripts/run.py"
 
 
 rule calibration:
     input:
         plant=rules.plant.output.features,
         features=lambda wc: rules.extract.output.features.format(
-            model=source_model(wc.dataset), imageset=DATASETS[wc.dataset]["imageset"]
+            model=RUN.source_model(wc.dataset), imageset=RUN.imageset_of(wc.dataset)
         ),
-        layers=lambda wc: rules.layers.output.layers.format(model=source_model(wc.dataset)),
+        layers=source_layers,
         folds=rules.folds.output.folds,
     output:
-        calibration=f"{OUT}/calibration/{{dataset}}/calibration.parquet",
-        figure=f"{OUT}/figures/power_{{dataset}}.png",
-    params:
-        simulation=lambda wc: simulation_params(wc.dataset),
-        calibration=config["calibration"],
-        group=lambda wc: {
-            **hierarchy_params(wc.dataset),
-            "seed": config["seed"],
-            "n_boot": 100,
-            "alpha": config["stats"]["alpha"],
-            "n_permutations": config["calibration"]["n_permutations"],
-        },
-        encoding=encode_params(),
-        seed=config["seed"],
+        calibration=RUN.path(stats_files.CALIBRATION),
+        figure=RUN.path(catalog.POWER),
     log:
         f"{LOGS}/calibration/{{dataset}}.log",
     benchmark:
         f"{BENCH}/calibration/{{dataset}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
     threads: 2
     resources:
         mem_mb=mem_mb(8000),
         runtime=runtime(240),
+    params:
+        simulation=lambda wc: simulation_params(wc.dataset),
+        calibration=config["calibration"],
+        group=lambda wc: group_params(
+            wc.dataset,
+            config["calibration"]["n_boot"],
+            config["calibration"]["n_permutations"],
+        ),
+        encoding=encode_params(),
+        seed=config["seed"],
+        dataset=lambda wc: wc.dataset,
+    script:
+        "../scripts/run.py"
+
+
+rule tables:
+    input:
+        **{
+            kind: [
+                p
+                for ds in DATASETS
+                for m in MODELS
+                for p in subject_tables(ds, m, kind)
+            ]
+            for kind in ("encoding", "best_layers", "tmax", "hierarchy")
+        },
+        tests=expand(rules.group.output.tests, dataset=DATASETS, model=MODELS),
+        cka=sorted(set(paths(rules.cka.output.cka, RUN.extract_keys()))),
+        comparisons=expand(rules.compare.output.comparisons, dataset=DATASETS),
+        sensitivity=expand(
+            rules.sensitivity.output.sensitivity,
+            dataset=DATASETS,
+            model=RUN.base_models,
+        ),
+    output:
+        **{name: RUN.path(stats_files.TABLE.format(name=name)) for name in TABLE_NAMES},
+    log:
+        f"{LOGS}/tables/tables.log",
+    benchmark:
+        f"{BENCH}/tables/tables.tsv"
     conda:
         "../../envs/brainprop.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=runtime(10),
+    params:
+        provenance={
+            "seed": config["seed"],
+            "models": {
+                a: {"timm_name": m["timm_name"], "weights": m["weights"]}
+                for a, m in MODELS.items()
+            },
+        },
     script:
-        "../scripts/calibration.py"
+        "../scripts/run.py"

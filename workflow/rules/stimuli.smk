@@ -5,19 +5,19 @@ rule stimuli:
     input:
         unpack(imageset_inputs),
     output:
-        manifest=f"{OUT}/stimuli/{{imageset}}/manifest.parquet",
-    params:
-        spec=lambda wc: imageset_spec(wc.imageset),
-        seed=config["seed"],
+        manifest=RUN.path(stimuli_files.MANIFEST),
     log:
         f"{LOGS}/stimuli/{{imageset}}.log",
     benchmark:
         f"{BENCH}/stimuli/{{imageset}}.tsv"
+    conda:
+        "../../envs/brainprop.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
-    conda:
-        "../../envs/brainprop.yaml"
+    params:
+        spec=lambda wc: imageset_spec(wc.imageset),
+        seed=config["seed"],
     script:
-        "../scripts/stimuli.py"
+        "../scripts/run.py"

@@ -1,101 +1,31 @@
-"""Encoding stage: cross-validated ridge from one layer's features to one subject's brain targets."""
+"""Encoding: cross-validated ridge from one layer's features to one subject's targets, summarised per ROI or time."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..io import CorruptFileError, read_table
-from ._backends import BACKENDS, DEVICES
-from ._banded import BANDED_ALPHAS, BandedResult, banded_ridge_cv, joint_ridge_cv
 from ._ridge import Fold, RidgeCVResult, check_folds, ridge_cv, ridge_cv_shared
+from .files import SUMMARY_COLUMNS
+from .folds import make_folds
 
-__all__ = [
-    "BACKENDS",
-    "BANDED_ALPHAS",
-    "DEFAULT_ALPHAS",
-    "DEVICES",
-    "SCORE_COLUMNS",
-    "SUMMARY_COLUMNS",
-    "TARGET_COLUMNS",
-    "BandedResult",
-    "RidgeCVResult",
-    "RidgeEncoder",
-    "banded_ridge_cv",
-    "encode",
-    "encode_shared",
-    "folds_from_table",
-    "folds_table",
-    "joint_ridge_cv",
-    "load_target_scores",
-    "make_folds",
-    "ridge_cv",
-    "ridge_cv_shared",
-    "run_encode",
-    "run_encode_shared",
-]
+__all__ = ["DEFAULT_ALPHAS", "RidgeEncoder", "TARGET_COLUMNS", "encode", "encode_shared"]
+
+log = logging.getLogger(__name__)
+
 
 # METHOD.md §4: 10 penalties log-spaced from 1e0 to 1e8.
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(np.logspace(0, 8, 10).tolist())
 
+
 # Columns of the brain stage's target table that encoding reads, one row per column of Y.
 TARGET_COLUMNS = ("target", "modality", "atlas", "roi", "hemi", "roi_distance_mm", "time", "noise_ceiling")
 
-# Columns of the per-target table (`encode`'s first output, read back by `load_target_scores`).
-SCORE_COLUMNS = ("target", "r", "r2", "alpha", "r_normalized", "excluded")
-
-# Columns of the summary table: the results contract's encoding table minus identity columns.
-SUMMARY_COLUMNS = (
-    "modality",
-    "atlas",
-    "roi",
-    "hemi",
-    "roi_distance_mm",
-    "time",
-    "r",
-    "r_normalized",
-    "noise_ceiling",
-    "n_targets",
-    "n_excluded",
-)
 
 _FMRI_HEMIS = ("lh", "rh")
-
-
-def make_folds(n_samples: int, groups: np.ndarray | None, n_folds: int, seed: int) -> list[Fold]:
-    """Outer cross-validation folds: shuffled KFold, or shuffled GroupKFold when groups are given.
-
-    Parameters
-    ----------
-    n_samples : number of images, in manifest order.
-    groups : (n_samples,) group key per image (e.g. source photograph), or None.
-    n_folds : number of folds (>= 2).
-    seed : random state of the shuffle.
-
-    Returns
-    -------
-    list of (train, test) index arrays, identical to scikit-learn's `split` output.
-    """
-    if n_folds < 2:
-        raise ValueError(f"n_folds={n_folds}; expected at least 2")
-    if n_samples < n_folds:
-        raise ValueError(f"{n_samples} samples cannot be split into n_folds={n_folds} folds")
-    from sklearn.model_selection import GroupKFold, KFold
-
-    X = np.zeros((n_samples, 1))
-    if groups is None:
-        return list(KFold(n_folds, shuffle=True, random_state=seed).split(X))
-    groups = np.asarray(groups)
-    if groups.shape != (n_samples,):
-        raise ValueError(f"groups has shape {groups.shape}, expected ({n_samples},) (one key per image)")
-    n_groups = np.unique(groups).size
-    if n_groups < n_folds:
-        raise ValueError(f"{n_groups} groups cannot be split into n_folds={n_folds} folds")
-    return list(GroupKFold(n_folds, shuffle=True, random_state=seed).split(X, groups=groups))
 
 
 class RidgeEncoder:
@@ -409,181 +339,3 @@ def _encoding_tables(
         "n_targets_degenerate_split": int((excluded & used).sum()),
     }
     return per_target, _summary_table(rows), counts
-
-
-def load_target_scores(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a per-target score table written by the encode rule (columns `SCORE_COLUMNS`)."""
-    table = read_table(path)
-    missing = [c for c in SCORE_COLUMNS if c not in table.columns]
-    if missing:
-        raise CorruptFileError(
-            f"{path}: per-target scores lack columns {missing}; expected {list(SCORE_COLUMNS)}. "
-            "Delete the file and rerun snakemake to recompute it."
-        )
-    return table
-
-
-def folds_table(samples: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> pd.DataFrame:
-    """The outer folds of a dataset as a table: image_id, group, fold (the test fold of the image)."""
-    groups = samples["group"].to_numpy() if grouped else None
-    fold = np.full(len(samples), -1, dtype=np.int64)
-    for k, (_, test) in enumerate(make_folds(len(samples), groups, n_folds, seed)):
-        fold[test] = k
-    return pd.DataFrame(
-        {"image_id": samples["image_id"].to_numpy(), "group": samples["group"].to_numpy(), "fold": fold}
-    )
-
-
-def folds_from_table(table: pd.DataFrame, image_ids: np.ndarray) -> list[Fold]:
-    """(train, test) index pairs for images in `image_ids` order from a `folds_table`.
-
-    `image_ids` may be a subset of the table's images (a subject who saw only some of the image
-    set): each image keeps its dataset-wide fold, so shared images fall in the same fold for every
-    subject and groups never straddle train and test.
-    """
-    fold_of = pd.Series(table["fold"].to_numpy(), index=table["image_id"].to_numpy())
-    ids = np.asarray(image_ids)
-    unknown = ids[~np.isin(ids, fold_of.index)]
-    if len(unknown):
-        raise ValueError(
-            f"the folds table has no fold for images {unknown[:5].tolist()} "
-            f"({len(unknown)} in all); targets and folds must come from the same image set"
-        )
-    fold = fold_of.loc[ids].to_numpy()
-    every = np.arange(len(fold))
-    folds = [(every[fold != k], every[fold == k]) for k in np.unique(fold)]
-    if len(folds) < 2:
-        raise ValueError(f"{len(ids)} images fall in {len(folds)} fold(s); cross-validation needs at least 2")
-    return folds
-
-
-def subject_rows(feature_ids: np.ndarray, sample_ids: np.ndarray, features: str, samples: str) -> np.ndarray:
-    """Rows of the feature matrices holding a subject's images, in the subject's order."""
-    position = pd.Series(np.arange(len(feature_ids)), index=np.asarray(feature_ids))
-    if not position.index.is_unique:
-        raise ValueError(f"{features}: image ids repeat in the feature rows")
-    missing = ~np.isin(sample_ids, position.index)
-    if missing.any():
-        raise ValueError(
-            f"{samples}: {int(missing.sum())} image(s) have no features in {features} (e.g. "
-            f"{np.asarray(sample_ids)[missing][:5].tolist()}); features and targets must follow the same manifest"
-        )
-    return position.loc[np.asarray(sample_ids)].to_numpy()
-
-
-def _backend(params: dict) -> dict:
-    """The array backend of the fits from the `encoding` config entry."""
-    return {
-        "backend": params.get("backend", "numpy"),
-        "device": params.get("device", "auto"),
-        "dtype": params.get("dtype"),
-    }
-
-
-def _subject_features(
-    features: str, samples_path: str, signal: str, layer_index: int, log: logging.Logger
-) -> tuple[np.ndarray, np.ndarray]:
-    """One layer's features in a subject's image order, and that order (image ids)."""
-    from ..features.files import load_features, load_samples
-    from ..io import read_table
-
-    feature_ids = load_samples(features)["image_id"].to_numpy()
-    image_ids = read_table(samples_path)["image_id"].to_numpy()
-    rows = subject_rows(feature_ids, image_ids, features, samples_path)
-    if len(rows) < len(feature_ids):
-        log.info("subject saw %d of the %d images with features", len(rows), len(feature_ids))
-    return np.asarray(load_features(features, signal, layer_index))[rows], image_ids
-
-
-def _write_encoding(
-    scores: str,
-    summary_path: str,
-    fit: tuple[pd.DataFrame, pd.DataFrame, dict],
-    identity: dict,
-    layers: str,
-    layer_index: int,
-) -> None:
-    """Write one subject's per-target scores and summary rows (with identity and layer columns)."""
-    from ..features.files import load_layers
-    from ..io import write_table
-
-    per_target, summary, counts = fit
-    layer = load_layers(layers).set_index("layer_index").loc[layer_index]
-    summary = summary.assign(
-        **identity, layer=str(layer["layer"]), layer_index=np.int64(layer_index), depth=float(layer["depth"])
-    )
-    write_table(scores, per_target, {"counts": counts})
-    write_table(summary_path, summary)
-
-
-def run_encode(inputs, outputs, identity: dict, layer_index: int, params: dict) -> None:
-    """Entry point of the encode rule: one layer's features against one subject's targets.
-
-    `inputs` has features (extract folder), layers, Y, targets and samples; `outputs` has
-    scores (per target) and summary (rows of the contract's encoding table). `params` is the
-    `encoding` config entry; its optional `backend` ("numpy" default, or "torch"), `device`
-    ("auto" default) and `dtype` (backend default) choose the array backend.
-    """
-    from ..config import alphas as alpha_grid
-    from ..io import load_array, read_table
-
-    log = logging.getLogger("brainprop.encode")
-    X, image_ids = _subject_features(inputs.features, inputs.samples, identity["signal"], layer_index, log)
-    Y = load_array(inputs.Y, mmap=True)
-    folds = folds_from_table(read_table(inputs.folds), image_ids)
-    fit = encode(X, Y, read_table(inputs.targets), folds, alpha_grid(params), **_backend(params))
-    log.info("backend: %s; counts: %s", _backend(params), fit[2])
-    _write_encoding(outputs.scores, outputs.summary, fit, identity, inputs.layers, layer_index)
-
-
-def run_encode_shared(inputs, outputs, identity: dict, layer_index: int, params: dict, subjects: Sequence[str]) -> None:
-    """Entry point of the encode_shared rule: one layer's features against every subject of a dataset.
-
-    `inputs.Y`, `.targets`, `.samples` and `outputs.scores`, `.summary` are lists in `subjects`
-    order. Subjects who saw the same images in the same order share one decomposition per fold
-    (`encode_shared`, the same numbers as separate fits); otherwise each is fitted on its own
-    (logged).
-    """
-    from ..config import alphas as alpha_grid
-    from ..io import load_array, read_table
-
-    log = logging.getLogger("brainprop.encode")
-    orders = [read_table(path)["image_id"].to_numpy() for path in inputs.samples]
-    table = read_table(inputs.folds)
-    if all(np.array_equal(orders[0], order) for order in orders[1:]):
-        X, image_ids = _subject_features(inputs.features, inputs.samples[0], identity["signal"], layer_index, log)
-        Ys = [load_array(path, mmap=True) for path in inputs.Y]
-        fits = encode_shared(
-            X,
-            Ys,
-            [read_table(path) for path in inputs.targets],
-            folds_from_table(table, image_ids),
-            alpha_grid(params),
-            **_backend(params),
-        )
-        log.info(
-            "%d subjects share one decomposition per fold (%d images in the same order)", len(subjects), len(image_ids)
-        )
-    else:
-        differ = [s for s, order in zip(subjects, orders) if not np.array_equal(orders[0], order)]
-        log.warning(
-            "subjects %s saw other images or another order than %s: each subject is fitted on its own",
-            differ,
-            subjects[0],
-        )
-        fits = []
-        for samples, Y, targets in zip(inputs.samples, inputs.Y, inputs.targets):
-            X, image_ids = _subject_features(inputs.features, samples, identity["signal"], layer_index, log)
-            fits.append(
-                encode(
-                    X,
-                    load_array(Y, mmap=True),
-                    read_table(targets),
-                    folds_from_table(table, image_ids),
-                    alpha_grid(params),
-                    **_backend(params),
-                )
-            )
-    for subject, fit, scores, summary in zip(subjects, fits, outputs.scores, outputs.summary):
-        log.info("%s: backend: %s; counts: %s", subject, _backend(params), fit[2])
-        _write_encoding(scores, summary, fit, {**identity, "subject": subject}, inputs.layers, layer_index)

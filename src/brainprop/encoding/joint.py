@@ -9,24 +9,20 @@ hemisphere (plus `both`) or MEG time point, like the encoding stage's, and feeds
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..io import CorruptFileError, read_table
 from ._banded import banded_ridge_cv
 from ._ridge import Fold, check_folds, ridge_cv
+from .files import JOINT_SUMMARY_COLUMNS
 
 __all__ = [
     "JOINT_ALPHAS",
     "JOINT_SIGNALS",
-    "JOINT_SUMMARY_COLUMNS",
     "JOINT_TARGET_COLUMNS",
     "joint_encode",
-    "load_joint_targets",
-    "run_joint",
     "summarize_joint",
 ]
 
@@ -37,22 +33,6 @@ JOINT_SIGNALS = ("act", "grad")
 
 # Per-target table: joint R², each signal's R² alone and unique variance; `excluded` targets NaN.
 JOINT_TARGET_COLUMNS = ("target", "r_joint", "r2_joint", "r2_act", "r2_grad", "unique_act", "unique_grad", "excluded")
-# Summary table (beside the identity columns dataset, model, layer, layer_index, depth, subject).
-JOINT_SUMMARY_COLUMNS = (
-    "modality",
-    "atlas",
-    "roi",
-    "hemi",
-    "roi_distance_mm",
-    "time",
-    "r2_joint",
-    "r2_act",
-    "r2_grad",
-    "unique_act",
-    "unique_grad",
-    "n_targets",
-    "n_excluded",
-)
 _MEASURES = ("r2_joint", "r2_act", "r2_grad", "unique_act", "unique_grad")
 _TARGET_INFO = ("target", "modality", "atlas", "roi", "hemi", "roi_distance_mm", "time")
 
@@ -206,48 +186,3 @@ def summarize_joint(per_target: pd.DataFrame, targets: pd.DataFrame) -> pd.DataF
         | {c: np.float64 for c in ("roi_distance_mm", "time", *_MEASURES)}
         | {"n_targets": np.int64, "n_excluded": np.int64}
     )
-
-
-def load_joint_targets(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a per-target joint table written by the joint rule (columns `JOINT_TARGET_COLUMNS`)."""
-    table = read_table(path)
-    missing = [c for c in JOINT_TARGET_COLUMNS if c not in table.columns]
-    if missing:
-        raise CorruptFileError(
-            f"{path}: per-target joint scores lack columns {missing}; expected "
-            f"{list(JOINT_TARGET_COLUMNS)}. Delete the file and rerun snakemake."
-        )
-    return table
-
-
-def run_joint(inputs, outputs, identity: dict, layer_index: int, params: dict) -> None:
-    """Entry point of the joint rule: one layer's activations and gradients against one subject's targets.
-
-    `inputs` has features (extract folder), layers, folds, Y, targets and samples; `outputs`
-    has scores (per target) and summary; `params` has `alphas` (the per-band grid spec
-    `{log10_min, log10_max, n}`).
-    """
-    from ..features.files import load_features, load_layers, load_samples
-    from ..io import load_array, write_table
-    from .encode import folds_from_table, subject_rows
-
-    feature_ids = load_samples(inputs.features)["image_id"].to_numpy()
-    samples = read_table(inputs.samples)
-    rows = subject_rows(feature_ids, samples["image_id"].to_numpy(), inputs.features, inputs.samples)
-    X_act, X_grad = (np.asarray(load_features(inputs.features, s, layer_index))[rows] for s in JOINT_SIGNALS)
-    Y = load_array(inputs.Y, mmap=True)
-    targets = read_table(inputs.targets)
-    if len(targets) != Y.shape[1]:
-        raise ValueError(f"{inputs.targets} has {len(targets)} rows but {inputs.Y} has {Y.shape[1]} columns")
-    folds = folds_from_table(read_table(inputs.folds), samples["image_id"].to_numpy())
-    spec = params["alphas"]
-    alphas = np.logspace(spec["log10_min"], spec["log10_max"], spec["n"])
-    per_target, counts = joint_encode(X_act, X_grad, Y, folds, alphas)
-    log.info("joint fit of %s: %s", identity, counts)
-    per_target.insert(0, "target", targets["target"].to_numpy(dtype=np.int64))
-    layer = load_layers(inputs.layers).set_index("layer_index").loc[layer_index]
-    summary = summarize_joint(per_target, targets).assign(
-        **identity, layer=str(layer["layer"]), layer_index=np.int64(layer_index), depth=float(layer["depth"])
-    )
-    write_table(outputs.scores, per_target, {"counts": counts})
-    write_table(outputs.summary, summary)

@@ -10,6 +10,8 @@ import pandas as pd
 
 from .files import load_features, load_layers
 
+__all__ = ["cka_table", "linear_cka"]
+
 
 def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
     """Linear CKA between two (n_images, d) feature matrices (Kornblith et al. 2019), in float64."""

@@ -23,6 +23,23 @@ from .losses import LOSS_PREPARERS, LOSSES, LossBatch
 from .pooling import pool, token_context
 from .projection import project
 
+__all__ = [
+    "BatchRunner",
+    "FLOAT16_LOSS_SCALES",
+    "Feedback",
+    "ImageDataset",
+    "PRECISIONS",
+    "Progress",
+    "SIGNALS",
+    "auto_batch_size",
+    "batch_size_from_memory",
+    "collect_batches",
+    "extract_batch",
+    "extract_features",
+    "image_loader",
+    "prepared_loss_params",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -1,8 +1,9 @@
 """The features stage's files: layer tables, extract folders of feature matrices, CKA tables.
 
+Paths are templates relative to the run folder `results/{run}` (`brainprop.run.Run.path`).
 An extract folder holds `{signal}/{layer_index:02d}.npy` float32 (or float16) matrices of shape
-(n_images, dim) in manifest order, and `samples.parquet` with the image ids of the rows.
-Every other stage reads them through the functions here.
+(n_images, dim) in manifest order, and `samples.parquet` with the image ids of the rows. Every
+other stage reads these files through the functions here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,34 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import load_array, read_table
+from ..io import CorruptFileError, load_array, read_table, write_table
+
+__all__ = [
+    "CKA",
+    "EXTRACT",
+    "LAYERS",
+    "LAYER_COLUMNS",
+    "PREFETCH",
+    "feature_path",
+    "layer_row",
+    "load_cka",
+    "load_features",
+    "load_layers",
+    "load_samples",
+    "save_cka",
+    "save_layers",
+    "save_prefetch",
+    "save_samples",
+]
+
+LAYERS = "features/{model}/layers.parquet"
+EXTRACT = "features/{model}/{imageset}/extract"
+CKA = "features/{model}/{imageset}/cka.parquet"
+PREFETCH = "prefetch.parquet"
+
+# Columns of a layer table: one row per selected layer, in depth order.
+LAYER_COLUMNS = ("layer", "layer_index", "ordinal", "depth", "dim")
+_SAMPLES = "samples.parquet"
 
 
 def feature_path(out_dir: str | Path, signal: str, layer_index: int) -> Path:
@@ -28,11 +56,51 @@ def load_features(out_dir: str | Path, signal: str, layer_index: int, mmap: bool
     return array
 
 
+def save_samples(out_dir: str | Path, samples: pd.DataFrame, metadata: dict | None = None) -> None:
+    """Write the image ids (and groups) of the feature rows of an extract folder."""
+    write_table(Path(out_dir) / _SAMPLES, samples, metadata=metadata)
+
+
 def load_samples(out_dir: str | Path) -> pd.DataFrame:
     """Image ids (and groups) in the row order of the feature matrices."""
-    return read_table(Path(out_dir) / "samples.parquet")
+    return read_table(Path(out_dir) / _SAMPLES)
+
+
+def save_layers(path: str | Path, layers: pd.DataFrame, metadata: dict | None = None) -> None:
+    """Write a layer table (columns `LAYER_COLUMNS`)."""
+    write_table(path, layers, metadata)
 
 
 def load_layers(path: str | Path) -> pd.DataFrame:
     """Read a `layers.parquet` written by the layers rule."""
+    table = read_table(path)
+    missing = [c for c in LAYER_COLUMNS if c not in table.columns]
+    if missing:
+        raise CorruptFileError(
+            f"{path}: layer table lacks columns {missing}; expected {list(LAYER_COLUMNS)}. "
+            "Delete it and rerun snakemake."
+        )
+    return table
+
+
+def layer_row(layers: pd.DataFrame, layer_index: int) -> pd.Series:
+    """The row of one selected layer (its module name and depth) by its index."""
+    rows = layers.set_index("layer_index")
+    if layer_index not in rows.index:
+        raise ValueError(f"layer index {layer_index} is not among the selected layers {rows.index.tolist()}")
+    return rows.loc[layer_index]
+
+
+def save_prefetch(path: str | Path, table: pd.DataFrame) -> None:
+    """Write the prefetch rule's table: where each pretrained model's weights were found or fetched."""
+    write_table(path, table)
+
+
+def save_cka(path: str | Path, table: pd.DataFrame) -> None:
+    """Write a CKA table (columns model, imageset, signal, layer_a, layer_b, cka)."""
+    write_table(path, table)
+
+
+def load_cka(path: str | Path) -> pd.DataFrame:
+    """Read a CKA table written by the cka rule."""
     return read_table(path)

@@ -13,6 +13,8 @@ from .models import build_model, input_shape
 from .pooling import pool, token_context
 from .projection import projected_dim
 
+__all__ = ["BLOCK_PATTERNS", "find_blocks", "resolve_layers", "select_layers"]
+
 # Module-name patterns of a model's blocks, finest level first: the first pattern with at
 # least two matches defines the block list (ordered as the model defines its modules).
 BLOCK_PATTERNS: dict[str, str] = {
@@ -73,7 +75,7 @@ def resolve_layers(
                 raise ValueError(f"model {timm_name!r}: {name!r} is not a block; blocks are {blocks}")
             chosen.append((name, ordinal))
     else:
-        chosen = select_layers(blocks, int(layers.get("n", 22)))
+        chosen = select_layers(blocks, int(layers["n"]))
     shapes = _output_shapes(model, [c[0] for c in chosen], input_shape(model, input_size))
     ctx = token_context(model)
     dims = [

@@ -12,6 +12,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "LOSSES",
+    "LOSS_PREPARERS",
+    "LossBatch",
+    "SELF_DISTILLATION_DEFAULTS",
+    "image_seed",
+    "prototypes",
+    "teacher_view",
+]
+
 log = logging.getLogger(__name__)
 
 

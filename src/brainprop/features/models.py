@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+__all__ = ["build_model", "create_model", "image_transform", "input_shape", "preprocessing_config", "resolve_device"]
+
 
 def input_shape(model: torch.nn.Module, input_size: int | None) -> tuple[int, int, int]:
     from timm.data import resolve_data_config

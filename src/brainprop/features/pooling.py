@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+__all__ = ["POOLINGS", "TokenContext", "pool", "token_context"]
+
 
 @dataclass(frozen=True)
 class TokenContext:

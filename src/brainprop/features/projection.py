@@ -7,6 +7,8 @@ import functools
 import numpy as np
 import torch
 
+__all__ = ["PROJECTION_DEFAULTS", "project", "projected_dim", "projection_matrix"]
+
 PROJECTION_DEFAULTS: dict = {"dim": 4096, "above": 16384, "seed": 0}
 
 

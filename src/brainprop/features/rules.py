@@ -1,4 +1,10 @@
-"""Entry points of the features stage's rules: layers, extract (and plant) and cka."""
+"""Entry points of the features stage's rules: layers, extract (and plant), cka and prefetch.
+
+Each `run_<rule>(*, inputs, outputs, params)` reads the rule's declared inputs and writes its
+declared outputs through `brainprop.features.files`; `runtime` carries what changes how, not
+what, is computed (device, batch size, threads, loader and cache settings), so that changing it
+reruns nothing. Torch is imported only by the rules that extract.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +12,77 @@ import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ..io import read_table, write_table
-from .extract import (
-    BatchRunner,
-    ImageDataset,
-    Progress,
-    auto_batch_size,
-    collect_batches,
-    image_loader,
-    prepared_loss_params,
-)
-from .models import create_model, image_transform, preprocessing_config, resolve_device
+from ..stimuli.files import load_manifest
+from .files import load_layers, save_cka, save_layers, save_samples
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["extract_to_folder", "run_cka", "run_extract", "run_layers", "run_prefetch"]
 
 log = logging.getLogger(__name__)
+
+
+def run_layers(*, inputs, outputs, params) -> None:
+    """The layers rule: the selected layers of a model and their pooled sizes (meta device, no weights)."""
+    from .layers import resolve_layers
+
+    layers = resolve_layers(params.timm_name, params.layers, params.pooling, params.input_size, params.timm_kwargs)
+    log.info("%s: %d layers selected\n%s", params.timm_name, len(layers), layers.to_string())
+    save_layers(outputs.layers, layers, {"timm_name": params.timm_name})
+
+
+def run_extract(*, inputs, outputs, params, runtime: dict) -> None:
+    """The extract (and plant) rule: features of every selected layer into the rule's output folder.
+
+    A retry (e.g. after running out of memory) has half the batch and twice the memory (the
+    `extract_batch` resource; 0 means auto).
+    """
+    resources, options = runtime["resources"], runtime["extraction"]
+    batch_size = int(resources.get("extract_batch", 0))
+    log.info("batch size %s, mem_mb %s", batch_size or "auto", resources.get("mem_mb"))
+    extract_to_folder(
+        inputs.manifest,
+        inputs.layers,
+        outputs.features,
+        params.model,
+        params.pooling,
+        seed=params.seed,
+        device=runtime["device"],
+        batch_size=batch_size or "auto",
+        signals=params.model["signals"],
+        threads=runtime["threads"],
+        cache_dir=options["cache_dir"],
+        shard_size=options["shard_size"],
+        workers=options["workers"],
+        storage_dtype=params.storage_dtype,
+        progress_every_s=options["progress_every_s"],
+    )
+
+
+def run_cka(*, inputs, outputs, params) -> None:
+    """The cka rule: layer × layer linear CKA of each signal of one model on one image set."""
+    from .cka import cka_table
+
+    table = cka_table(inputs.features, inputs.layers, params.signals)
+    table.insert(0, "model", params.model)
+    table.insert(1, "imageset", params.imageset)
+    save_cka(outputs.cka, table)
+
+
+def run_prefetch(*, inputs, outputs, params) -> None:
+    """The prefetch rule: pretrained weights of every `pretrained` model into the hub cache."""
+    from .files import save_prefetch
+    from .prefetch import prefetch_models
+
+    table = prefetch_models(params.models)
+    for row in table.itertuples():
+        log.info("prefetch: %s (%s) %s %s", row.model, row.timm_name, row.status, row.path)
+    save_prefetch(outputs.table, table)
 
 
 def _workers(workers: int | str, device: torch.device, threads: int | None) -> int:
@@ -34,7 +94,7 @@ def _workers(workers: int | str, device: torch.device, threads: int | None) -> i
     return max(1, min(4, (threads or 2) - 1))
 
 
-def run_extract(
+def extract_to_folder(
     manifest_path: Path,
     layers_path: Path,
     out_dir: Path,
@@ -51,20 +111,21 @@ def run_extract(
     storage_dtype: str = "float32",
     progress_every_s: float = 30.0,
 ) -> str:
-    """Entry point of the extract rule: features of every selected layer into `out_dir`; returns the cache key.
+    """Features of every selected layer into the extract folder `out_dir`; returns the cache key.
 
     Images are extracted in shards cached under `cache_dir` (default: beside `out_dir`) by the
     extraction's identity, so a killed job resumes at the first unverified shard.
     """
-    from ..stimuli.files import load_manifest
+    import torch
+
     from .cache import ShardCache, feature_identity
+    from .models import preprocessing_config
 
     if threads:
         torch.set_num_threads(threads)  # the rule's share of the CPU, not every core
     spec = dict(model_spec)
     spec["signals"] = list(signals or model_spec.get("signals") or ("act", "grad"))
-    layers = read_table(layers_path)
-    names = list(layers["layer"])
+    names = list(load_layers(layers_path)["layer"])
     manifest = load_manifest(manifest_path)
     identity = feature_identity(spec, seed, preprocessing_config(spec), names, pooling, manifest, storage_dtype)
     cache_dir = Path(cache_dir) if cache_dir else Path(out_dir).parent / ".cache"
@@ -98,11 +159,7 @@ def run_extract(
             cache.assemble()
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         cache.link_into(out_dir)
-    write_table(
-        Path(out_dir) / "samples.parquet",
-        manifest[["image_id", "group"]],
-        metadata={"cache_key": cache.key, "identity": identity},
-    )
+    save_samples(out_dir, manifest[["image_id", "group"]], metadata={"cache_key": cache.key, "identity": identity})
     return cache.key
 
 
@@ -124,6 +181,19 @@ def _extract_shards(
     cache, manifest_path, manifest, spec, names, pooling, seed, device, batch_size, threads, workers, progress_every_s
 ) -> None:
     """Extract the cache's pending shards and store each one with its checksums."""
+    import torch
+
+    from .extract import (
+        BatchRunner,
+        ImageDataset,
+        Progress,
+        auto_batch_size,
+        collect_batches,
+        image_loader,
+        prepared_loss_params,
+    )
+    from .models import create_model, image_transform, resolve_device
+
     pending = cache.pending()
     if not pending:
         return

@@ -1,22 +1,41 @@
-"""The figure files a run writes, known before anything runs.
+"""The figures stage's files: every figure a run writes, named before anything runs, and the report page.
 
+Paths are templates relative to the run folder `results/{run}` (`brainprop.run.Run.path`).
 The Snakefile names every figure output when it is parsed, at each Snakemake start (and in each
-cluster job); this module answers without importing matplotlib or scipy, which
-`brainprop.figures` and `brainprop.maps` need for drawing.
+cluster job); this module answers without importing matplotlib or scipy, which the drawing
+modules of `brainprop.figures` need.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["FIGURES", "MAP_FIGURES", "MODALITIES", "figure_entries", "figure_names", "map_names"]
+__all__ = [
+    "FIGURE",
+    "FIGURE_TABLES",
+    "FIGURES",
+    "FIGURE_TITLES",
+    "MAP_FIGURES",
+    "MODALITIES",
+    "POWER",
+    "TESTS_PAGE",
+    "figure_entries",
+    "figure_names",
+    "map_names",
+]
+
+FIGURE = "figures/{name}"
+# The run tables (brainprop.contract.TABLES) the figures are drawn from.
+FIGURE_TABLES = ("encoding", "best_layers", "tmax", "hierarchy", "tests", "cka")
+POWER = "figures/power_{dataset}.png"
+TESTS_PAGE = "report/tests.html"
 
 # Figure kind -> (modalities whose rows it draws, scope). Scope "model": one file per dataset ×
 # model (so that a run of many models gives figures of a readable size, grouped by model in the
 # report); "dataset": one per dataset, all models in it; "simulated": per simulated dataset;
 # "run": one file per run. Kinds in `_NEED_ERROR_SIGNAL` are drawn only when the run has a learning
 # signal: any signal but act (grad, fa, sign, dfa; each has its prediction in
-# `brainprop.group.RULE_PREDICTIONS`).
+# `brainprop.stats.registry.RULE_PREDICTIONS`).
 FIGURES: dict[str, tuple[frozenset[str], str]] = {
     "encoding_by_layer": (frozenset({"fmri", "meg"}), "model"),
     "meg_timecourses": (frozenset({"meg"}), "model"),
@@ -29,6 +48,20 @@ FIGURES: dict[str, tuple[frozenset[str], str]] = {
 }
 _NEED_ERROR_SIGNAL = frozenset({"rule_signatures"})
 MODALITIES = ("fmri", "meg")
+# Report titles of the figure kinds (captions: workflow/report/<kind>.rst).
+FIGURE_TITLES = {
+    "encoding_by_layer": "encoding by layer",
+    "meg_timecourses": "MEG r(t) per layer",
+    "spatial_hierarchy": "spatial hierarchy",
+    "tmax": "T_max vs depth",
+    "model_comparison": "model comparison",
+    "rule_signatures": "learning-rule signatures",
+    "simulation_recovery": "planted vs recovered",
+    "cka": "layer CKA",
+    "brain_map": "brain map",
+    "glass_brain": "glass brain",
+    "meg_topomaps": "MEG topomaps",
+}
 # Map figure kind -> the modality it draws; one file per dataset × model with that modality.
 MAP_FIGURES: dict[str, str] = {"brain_map": "fmri", "glass_brain": "fmri", "meg_topomaps": "meg"}
 

@@ -37,9 +37,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from scipy.spatial import cKDTree
 
-from ..hierarchy.scores import weighted_depth
 from .catalog import MAP_FIGURES, map_names
-from .plots import _DEPTH_LABEL, _RC, DEPTH_CMAP, _signal_order, save_figure
+from .labels import DEPTH_LABEL
+from .style import DEPTH_CMAP, RC, save_figure, signal_order
 
 __all__ = [
     "MAP_FIGURES",
@@ -198,7 +198,7 @@ def plot_brain_map(
     """
     from nilearn import plotting
 
-    signals = _signal_order(maps)
+    signals = signal_order(maps)
     if not signals:
         raise ValueError("no signal to draw; expected maps[signal][hemi] with 'r' and 'depth'")
     finite = [m[h]["r"][np.isfinite(m[h]["r"])] for m in maps.values() for h in m]
@@ -206,7 +206,7 @@ def plot_brain_map(
     weighted = all("weighted_depth" in m[h] for m in maps.values() for h in m)
     rows = [(q, hemi) for q in _MAP_QUANTITIES[: 2 + weighted] for hemi in HEMIS]
     scales = {"r": (R_CMAP, 0.0, vmax), "depth": (DEPTH_CMAP, 0.0, 1.0)}
-    with plt.rc_context(_RC):
+    with plt.rc_context(RC):
         fig = plt.figure(figsize=(1.2 + 1.75 * len(signals) * len(views), 0.9 + 1.45 * len(rows)))
         grid = fig.add_gridspec(
             len(rows), len(signals) * len(views), left=0.06, right=0.88, top=0.88, bottom=0.02, wspace=0.0, hspace=0.0
@@ -247,7 +247,7 @@ def plot_brain_map(
         for k, (quantity, (cmap, vmin, vmax_q)) in enumerate(scales.items()):
             cax = fig.add_axes((0.9, 0.5 - 0.43 * k, 0.015, 0.33))
             bar = fig.colorbar(plt.cm.ScalarMappable(Normalize(vmin, vmax_q), cmap), cax=cax)
-            bar.set_label("Pearson r (subject mean)" if quantity == "r" else _DEPTH_LABEL)
+            bar.set_label("Pearson r (subject mean)" if quantity == "r" else DEPTH_LABEL)
         shown = ", ".join(f"{s} {sum(int(np.isfinite(maps[s][h]['r']).sum()) for h in maps[s])}" for s in signals)
         fig.suptitle(
             f"{title}\nvertices with BH-FDR q ≤ {fdr} (one-sided t-test across subjects, "
@@ -284,9 +284,9 @@ def plot_glass_brain(markers: pd.DataFrame, *, title: str) -> Figure:
 
     if markers.empty:
         raise ValueError("no ROI with a positive best r to draw on the glass brain")
-    signals = _signal_order(markers["signal"].unique())
+    signals = signal_order(markers["signal"].unique())
     r_max = float(markers["best_r"].max())
-    with plt.rc_context(_RC):
+    with plt.rc_context(RC):
         height = 1.0 + 2.7 * len(signals)
         fig = plt.figure(figsize=(9.5, height))
         row = (1 - 1.0 / height) / len(signals)  # the top inch holds the title
@@ -312,7 +312,7 @@ def plot_glass_brain(markers: pd.DataFrame, *, title: str) -> Figure:
             ax.set_gid(f"glass:{signal}:{len(part)}")
         cax = fig.add_axes((0.9, 0.15, 0.015, 0.6))
         bar = fig.colorbar(plt.cm.ScalarMappable(Normalize(0.0, 1.0), DEPTH_CMAP), cax=cax)
-        bar.set_label(f"best {_DEPTH_LABEL}")
+        bar.set_label(f"best {DEPTH_LABEL}")
         fig.suptitle(
             f"{title} (subject means, both hemispheres)\n"
             f"marker area ∝ best r (largest {r_max:.2f}); ROIs with best r ≤ 0 left out",
@@ -370,10 +370,10 @@ def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
     """
     import mne
 
-    signals = _signal_order(values["signal"].unique())
+    signals = signal_order(values["signal"].unique())
     ncols = int(values.groupby("signal").size().max())
     vmax = max(float(np.nanmax(np.abs(v))) for v in values["r"]) or 0.1
-    with plt.rc_context(_RC):
+    with plt.rc_context(RC):
         fig, axes = plt.subplots(
             len(signals),
             ncols,
@@ -420,32 +420,33 @@ def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
 # ---------------------------------------------------------------- entry point
 
 
-def _score_keys(paths: Sequence[str]) -> list[tuple[str, int, str]]:
-    """(signal, layer_index, subject) of each encode per-target output path.
-
-    Paths end in …/{signal}/{layer}/{subject}.targets.parquet.
-    """
-    keys = []
-    for path in map(Path, paths):
-        if not path.name.endswith(".targets.parquet"):
-            raise ValueError(f"{path}: expected a per-target score file named <subject>.targets.parquet")
-        keys.append((path.parent.parent.name, int(path.parent.name), path.name.removesuffix(".targets.parquet")))
-    return keys
-
-
 def _subject_scores(
-    scores: Sequence[str], subject_dirs: Mapping[str, Path]
-) -> tuple[dict[str, pd.DataFrame], dict[tuple[str, int, str], np.ndarray]]:
-    """Target tables per subject and r per target for every (signal, layer, subject)."""
-    from ..brain.files import load_subject
-    from ..encoding.encode import load_target_scores
+    scores: Sequence[str], targets: Mapping[str, pd.DataFrame]
+) -> dict[tuple[str, int, str], np.ndarray]:
+    """r per target (in each subject's target-table order) of every (signal, layer_index, subject) score file."""
+    from ..encoding.files import load_score_identity, load_target_scores
 
-    targets = {subject: load_subject(folder)[1] for subject, folder in subject_dirs.items()}
     r = {}
-    for key, path in zip(_score_keys(scores), scores):
+    for path in scores:
+        ident = load_score_identity(path)
+        key = (str(ident["signal"]), int(ident["layer_index"]), str(ident["subject"]))
+        if key[2] not in targets:
+            raise ValueError(f"{path} holds scores of subject {key[2]!r}, whose target table was not given")
         table = load_target_scores(path).set_index("target")["r"]
         r[key] = table.reindex(targets[key[2]]["target"].to_numpy()).to_numpy(dtype="float64")
-    return targets, r
+    return r
+
+
+def _weighted_depths(
+    depths: Mapping[str, pd.DataFrame], targets: Mapping[str, pd.DataFrame]
+) -> dict[tuple[str, str], np.ndarray]:
+    """Weighted depth per fMRI target (target-table order) of every (signal, subject), from the hierarchy stage."""
+    out = {}
+    for subject, table in depths.items():
+        fmri = targets[subject].loc[targets[subject]["modality"] == "fmri", "target"].to_numpy()
+        for signal, part in table.groupby("signal", sort=True):
+            out[signal, subject] = part.set_index("target")["weighted_depth"].reindex(fmri).to_numpy(dtype="float64")
+    return out
 
 
 def _brain_maps(
@@ -455,10 +456,11 @@ def _brain_maps(
     fdr: float,
     radius_mm: float,
     mesh: Mapping[str, dict],
+    weighted_depths: Mapping[tuple[str, str], np.ndarray],
 ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """maps[signal][hemi] -> group r, best-layer depth and weighted depth arrays on fsaverage5."""
     layers = sorted(depth)
-    signals = _signal_order({k[0] for k in r})
+    signals = signal_order({k[0] for k in r})
     subjects = sorted(targets)
     pial = {hemi: np.asarray(mesh[hemi]["pial"].coordinates) for hemi in HEMIS}
     depths = np.array([depth[k] for k in layers])
@@ -473,8 +475,8 @@ def _brain_maps(
             per_target = np.vstack([r[signal, layers[li], subject][fmri] for li in present]) if present else None
             for row, li in enumerate(present):
                 stacks[signal][si, li] = _vertex_mean(weights, mapped, per_target[row])
-            if present:
-                weighted[signal][si] = _vertex_mean(weights, mapped, weighted_depth(per_target, depths[present]))
+            if (signal, subject) in weighted_depths:
+                weighted[signal][si] = _vertex_mean(weights, mapped, weighted_depths[signal, subject])
     out = {}
     for signal in signals:
         group = group_vertex_maps(stacks[signal], depths, fdr, weighted=weighted[signal])
@@ -534,27 +536,24 @@ def _topomap_values(targets: Mapping[str, pd.DataFrame], r: Mapping, tm: pd.Data
     return pd.DataFrame(rows)
 
 
-def _read_rows(paths: Path | Sequence[Path], dataset: str, model: str) -> pd.DataFrame:
-    """Rows of dataset × model from one table or from per-subject tables (the hierarchy stage's)."""
-    from ..io import read_table
-
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    table = pd.concat([read_table(p) for p in paths], ignore_index=True)
+def _rows_of(table: pd.DataFrame, dataset: str, model: str) -> pd.DataFrame:
+    """Rows of dataset × model of a table."""
     return table[(table["dataset"] == dataset) & (table["model"] == model)]
 
 
-def _layer_depths(encoding: Path | Sequence[Path], dataset: str, model: str) -> dict[int, float]:
-    """Depth of each layer index of dataset × model, from encoding rows (run table or per-subject tables)."""
-    enc = _read_rows(encoding, dataset, model)
+def _layer_depths(encoding: pd.DataFrame, dataset: str, model: str) -> dict[int, float]:
+    """Depth of each layer index of dataset × model, from its encoding rows."""
+    enc = _rows_of(encoding, dataset, model)
     if enc.empty:
-        raise ValueError(f"{encoding} has no encoding rows for {dataset} × {model}")
+        raise ValueError(f"the encoding rows hold nothing of {dataset} × {model}")
     return enc.groupby("layer_index")["depth"].first().to_dict()
 
 
 def make_brain_map(
     scores: Sequence[str],
-    subject_dirs: Mapping[str, Path],
-    encoding: Path | Sequence[Path],
+    targets: Mapping[str, pd.DataFrame],
+    depths: Mapping[str, pd.DataFrame],
+    encoding: pd.DataFrame,
     out_dir: Path,
     dataset: str,
     model: str,
@@ -565,55 +564,45 @@ def make_brain_map(
 ) -> list[Path]:
     """Draw the fsaverage5 brain map of one dataset × model; return the written paths.
 
-    `scores` are the encode rule's per-target files of every signal × layer × subject,
-    `subject_dirs` the brain stage's subject folders (subject -> folder), `encoding` encoding
-    rows with layer depths: the hierarchy stage's per-subject tables of this dataset × model (so
-    a change to another model does not redraw this map) or the run's table.
+    `scores` are the encode rule's per-target files of every signal × layer × subject, `targets`
+    and `depths` each subject's target table and per-target depth table (the hierarchy stage's),
+    `encoding` the dataset × model's encoding rows (for the layer depths).
     """
-    depth = _layer_depths(encoding, dataset, model)
-    targets, r = _subject_scores(scores, subject_dirs)
+    layer_depth = _layer_depths(encoding, dataset, model)
+    r = _subject_scores(scores, targets)
     mesh = fsaverage5()
-    maps = _brain_maps(targets, r, depth, fdr, radius_mm, mesh)
+    maps = _brain_maps(targets, r, layer_depth, fdr, radius_mm, mesh, _weighted_depths(depths, targets))
     fig = plot_brain_map(maps, mesh, title=f"{dataset} · {model}: best layer per vertex", fdr=fdr)
     return save_figure(fig, Path(out_dir) / f"brain_map_{dataset}_{model}", formats)
 
 
 def make_glass_brain(
-    scores: Sequence[str],
-    subject_dirs: Mapping[str, Path],
-    encoding: Path | Sequence[Path],
+    targets: Mapping[str, pd.DataFrame],
+    best_layers: pd.DataFrame,
     out_dir: Path,
     dataset: str,
     model: str,
     formats: Sequence[str] = ("png", "svg"),
-    *,
-    best_layers: Path | Sequence[Path],
 ) -> list[Path]:
-    """Draw the glass-brain ROI figure of one dataset × model from the `best_layers` table; return the paths."""
-    from ..brain.files import load_subject
-
-    _layer_depths(encoding, dataset, model)
-    best = _read_rows(best_layers, dataset, model)
-    targets = {subject: load_subject(folder)[1] for subject, folder in subject_dirs.items()}
+    """Draw the glass-brain ROI figure of one dataset × model from its best-layer rows; return the paths."""
+    best = _rows_of(best_layers, dataset, model)
+    if best.empty:
+        raise ValueError(f"the best-layer rows hold nothing of {dataset} × {model}")
     fig = plot_glass_brain(roi_markers(best, targets), title=f"{dataset} · {model}: best layer per ROI")
     return save_figure(fig, Path(out_dir) / f"glass_brain_{dataset}_{model}", formats)
 
 
 def make_meg_topomaps(
     scores: Sequence[str],
-    subject_dirs: Mapping[str, Path],
-    encoding: Path | Sequence[Path],
+    targets: Mapping[str, pd.DataFrame],
+    tmax: pd.DataFrame,
     out_dir: Path,
     dataset: str,
     model: str,
     formats: Sequence[str] = ("png", "svg"),
-    *,
-    tmax: Path | Sequence[Path],
 ) -> list[Path]:
-    """Draw the MEG topomaps of one dataset × model at its layers' T_max (`tmax` tables); return the paths."""
-    _layer_depths(encoding, dataset, model)
-    tm = _read_rows(tmax, dataset, model)
-    targets, r = _subject_scores(scores, subject_dirs)
-    values = _topomap_values(targets, r, tm)
+    """Draw the MEG topomaps of one dataset × model at its layers' T_max (`tmax` rows); return the paths."""
+    tm = _rows_of(tmax, dataset, model)
+    values = _topomap_values(targets, _subject_scores(scores, targets), tm)
     fig = plot_meg_topomaps(values, title=f"{dataset} · {model}: sensor r at each layer's T_max (CTF-275)")
     return save_figure(fig, Path(out_dir) / f"meg_topomaps_{dataset}_{model}", formats)

@@ -9,21 +9,19 @@ the encode stage's per-target scores, and adds the score-weighted mean depth.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
+from .files import TARGET_DEPTH_COLUMNS, TARGET_DEPTH_TYPES
+
 __all__ = [
     "EXCLUSION_RULES",
-    "TARGET_DEPTH_COLUMNS",
     "best_layers",
     "exclusion_mask",
     "layer_tmax",
-    "load_target_depths",
     "pearson",
-    "run_hierarchy",
     "spatial_score",
     "subject_hierarchy",
     "subject_target_depths",
@@ -53,22 +51,6 @@ _ENC_FMRI = [
     "r",
 ]
 _ENC_MEG = ["dataset", "modality", "model", "signal", "subject", "layer_index", "depth", "time", "r"]
-
-# Columns of the per-target depth table (`subject_target_depths`, one row per signal × fMRI target).
-_TARGET_DEPTH_TYPES = {
-    "dataset": str,
-    "model": str,
-    "subject": str,
-    "signal": str,
-    "target": np.int64,
-    "best_layer_index": np.int64,
-    "best_depth": np.float64,
-    "best_r": np.float64,
-    "weighted_depth": np.float64,
-    "n_layers": np.int64,
-    "excluded": bool,
-}
-TARGET_DEPTH_COLUMNS = list(_TARGET_DEPTH_TYPES)
 
 # Which ROIs (by best r) or layers (by peak r) enter a score; non-finite values never do.
 EXCLUSION_RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -340,79 +322,4 @@ def subject_target_depths(scores: pd.DataFrame, identity: dict[str, str], exclud
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TARGET_DEPTH_COLUMNS[3:-1])
     table["excluded"] = ~exclusion_mask(table["best_r"].to_numpy(np.float64), exclude)
     table = table.assign(**{k: str(identity[k]) for k in ("dataset", "model", "subject")})
-    return table[TARGET_DEPTH_COLUMNS].astype(_TARGET_DEPTH_TYPES)
-
-
-def load_target_depths(path) -> pd.DataFrame:
-    """Read a per-target depth table written by the hierarchy rule (columns `TARGET_DEPTH_COLUMNS`)."""
-    from ..io import read_table
-
-    table = read_table(path)
-    missing = [c for c in TARGET_DEPTH_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: per-target depth table lacks columns {missing}; expected "
-            f"{TARGET_DEPTH_COLUMNS}. Delete the file and rerun snakemake to recompute it."
-        )
-    return table
-
-
-def _fmri_scores(summaries: list[str], scores: list[str], targets: str) -> pd.DataFrame:
-    """Long-form r of the subject's fMRI targets per signal × layer (summary i pairs with scores i)."""
-    from ..encoding.encode import load_target_scores
-    from ..io import read_table
-
-    if len(summaries) != len(scores):
-        raise ValueError(
-            f"{len(summaries)} summary files but {len(scores)} per-target score files; expected "
-            "one per signal × layer, in the same order"
-        )
-    table = read_table(targets)
-    fmri = table.loc[table["modality"] == "fmri", "target"].to_numpy(dtype=np.int64)
-    frames = []
-    pairs = list(zip(summaries, scores)) if fmri.size else []  # an MEG-only subject reads no score file
-    for summary, path in pairs:
-        ident = read_table(summary)[["signal", "layer_index", "depth"]].iloc[0]
-        r = load_target_scores(path).set_index("target")["r"]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "signal": ident["signal"],
-                    "layer_index": int(ident["layer_index"]),
-                    "depth": float(ident["depth"]),
-                    "target": fmri,
-                    "r": r.reindex(fmri).to_numpy(dtype=np.float64),
-                }
-            )
-        )
-    columns = ["signal", "layer_index", "depth", "target", "r"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-
-
-def run_hierarchy(
-    summaries: list[str], outputs, params: dict, scores: list[str] | None = None, targets: str | None = None
-) -> None:
-    """Entry point of the hierarchy rule: one subject's encoding rows, best layers, T_max, scores.
-
-    With `scores` (the encode rule's per-target files, paired with `summaries`) and `targets`
-    (the subject's target table) it also writes `outputs.target_depths`.
-    """
-    from ..io import read_table, write_table
-
-    log = logging.getLogger("brainprop.hierarchy")
-    enc = pd.concat([read_table(p) for p in summaries], ignore_index=True)
-    best, tm, hier = subject_hierarchy(
-        enc, params["atlas"], params["threshold"], params["min_count"], params["exclude"]
-    )
-    excluded = hier[["signal", "score", "n_used", "n_excluded"]].to_dict("records")
-    log.info("scores and exclusions: %s", excluded)
-    write_table(outputs.encoding, enc)
-    write_table(outputs.best_layers, best)
-    write_table(outputs.tmax, tm)
-    write_table(outputs.hierarchy, hier)
-    if scores is not None:
-        identity = enc[["dataset", "model", "subject"]].iloc[0].to_dict()
-        depths = subject_target_depths(_fmri_scores(summaries, scores, targets), identity, params["exclude"])
-        counts = {signal: f"{int(part.sum())} of {len(part)}" for signal, part in depths.groupby("signal")["excluded"]}
-        log.info("per-target depths: fMRI targets excluded (%s) per signal: %s", params["exclude"], counts)
-        write_table(outputs.target_depths, depths)
+    return table[list(TARGET_DEPTH_COLUMNS)].astype(TARGET_DEPTH_TYPES)

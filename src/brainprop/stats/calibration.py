@@ -4,7 +4,7 @@ Scores of simulated subjects come as arrays (`SubjectScores`) from two sources, 
 (no Snakemake per subject):
 
 - `planted_scores`: drawn directly from each subject's planted hierarchy
-  (`brainprop.simulate.plan_subject`): each ROI's r over layers peaks at its planted layer,
+  (`brainprop.brain.simulate.plan_subject`): each ROI's r over layers peaks at its planted layer,
   each layer's r(t) at its planted latency, plus Gaussian noise on r. Cheap enough for
   hundreds of seeds (the type I error tests on the `shuffled` scenario).
 - `encoded_scores`: the real chain on cached features: `simulate_subject` builds responses
@@ -29,14 +29,9 @@ import pandas as pd
 
 from ..brain.simulate import SIM_ROIS, plan_subject, roi_geometry
 from ..hierarchy.scores import exclusion_mask, layer_tmax, pearson, subject_hierarchy
-from .group import (
-    FORWARD_CHECKS,
-    PREDICTIONS,
-    group_from_subjects,
-    permutation_pvalue,
-    subject_statistics,
-    wilcoxon_exact,
-)
+from .group import group_from_subjects, subject_statistics
+from .inference import permutation_pvalue, wilcoxon_exact
+from .registry import FORWARD_CHECKS, PREDICTIONS, SCORE_TESTS
 
 __all__ = [
     "CALIBRATION_COLUMNS",
@@ -44,10 +39,9 @@ __all__ = [
     "encoded_scores",
     "group_rejections",
     "planted_scores",
-    "power_figure",
     "rejection_rates",
     "rejections",
-    "run_calibration",
+    "calibration_table",
     "scores_table",
     "subject_tests",
 ]
@@ -67,7 +61,7 @@ CALIBRATION_COLUMNS = [
     "n_significant_subjects",
     "n_used",
 ]
-_TESTS = ("T1", "T2", "S1a", "S1b")
+_TESTS = SCORE_TESTS
 # The demo's MEG time axis (40 Hz, 40 samples from -0.1 s).
 DEMO_TIMES = np.round(-0.1 + np.arange(40) / 40.0, 10)
 
@@ -256,7 +250,7 @@ def subject_tests(
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """(statistic, permutation p) of one subject per (signal, test), with the group stage's conventions.
 
-    The same definitions as `brainprop.group` (exclusions, minimum counts, layer-order
+    The same definitions as `brainprop.stats.group` (exclusions, minimum counts, layer-order
     permutations by `permutation_pvalue`) on arrays, for hundreds of seeds; a test checks that
     both give the same statistics.
     """
@@ -375,74 +369,25 @@ def rejection_rates(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
     )
 
 
-def power_figure(rates: pd.DataFrame, path: str, alpha: float, title: str) -> None:
-    """Rejection rates of the gradients' tests against fMRI SNR, backprop (power) and shuffled (size).
+def calibration_table(
+    plant: dict[str, list[np.ndarray]],
+    features: dict[str, list[np.ndarray]],
+    depths: np.ndarray,
+    folds: Sequence,
+    sensors: pd.DataFrame,
+    params: dict,
+    dataset: str,
+) -> pd.DataFrame:
+    """Group rejections of every test over scenarios (shuffled: type I error; backprop: power), SNRs and seeds.
 
-    Top row: the group test (exact Wilcoxon p < alpha); bottom row: the per-subject
-    layer-order permutation tests (share of subjects with p < alpha; T2 has none), which is
-    what a 3–4-subject dataset can show.
+    `plant` and `features` are the source model's plant and analysis features per signal and layer;
+    `params` has `simulation` (the dataset's), `calibration` (the config entry), `group` (the
+    group stage's settings), `encoding` (the `encoding` config entry) and `seed`. Columns
+    `CALIBRATION_COLUMNS`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grad = rates[rates["signal"] == "grad"]
-    fig, axes = plt.subplots(2, len(_TESTS), figsize=(3.2 * len(_TESTS), 5.6), sharey=True, squeeze=False)
-    for row, (column, label) in enumerate(
-        (("group_rate", f"group: Wilcoxon p < {alpha:g}"), ("subject_rate", f"subjects: permutation p < {alpha:g}"))
-    ):
-        for ax, test in zip(axes[row], _TESTS):
-            if grad.loc[grad["test"] == test, column].isna().all():
-                ax.text(0.5, 0.5, "no per-subject test", ha="center", va="center", transform=ax.transAxes)
-                ax.set_xticks([])
-                continue
-            for (scenario, n), part in grad[grad["test"] == test].groupby(["scenario", "n_subjects"], sort=True):
-                style = "-o" if scenario == "backprop" else "--s"
-                ax.plot(part["snr_fmri"], part[column], style, label=f"{scenario}, {n} subjects")
-            ax.axhline(alpha, color="grey", lw=0.8, ls=":")
-            ax.axhline(0.8, color="grey", lw=0.8)
-            ax.set_xscale("log")
-            snrs = sorted(set(grad["snr_fmri"]))
-            ax.set_xticks(snrs, [f"{v:g}" for v in snrs])
-            ax.minorticks_off()
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title(test if row == 0 else "")
-            if row == 1:
-                ax.set_xlabel("fMRI SNR (MEG SNR scales with it)")
-        axes[row][0].set_ylabel(f"rejection rate\n({label})")
-    axes[0][-1].legend(fontsize=7, loc="center right")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    from ..io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-def _evenly(sensors: pd.DataFrame, n: int) -> pd.DataFrame:
-    pick = np.unique(np.linspace(0, len(sensors) - 1, n).round().astype(int))
-    return sensors.iloc[pick].reset_index(drop=True)
-
-
-def run_calibration(inputs, outputs, dataset: str, params: dict) -> None:
-    """Entry point of the calibration rule: type I error (shuffled) and power (backprop) over SNRs."""
-    from ..brain.simulate import ctf275_sensors
     from ..config import alphas as alpha_grid
-    from ..encoding.encode import folds_from_table
-    from ..features.files import load_features, load_layers, load_samples
-    from ..io import read_table, write_table
 
     cal, group = params["calibration"], dict(params["group"])
-    layers = load_layers(inputs.layers)
-    depths = layers["depth"].to_numpy(np.float64)
-    index = layers["layer_index"].to_numpy()
-    plant = {s: [np.asarray(load_features(inputs.plant, s, k)) for k in index] for s in ("act", "grad")}
-    features = {s: [np.asarray(load_features(inputs.features, s, k)) for k in index] for s in ("act", "grad")}
-    image_ids = load_samples(inputs.features)["image_id"].to_numpy()
-    folds = folds_from_table(read_table(inputs.folds), image_ids)
-    sensors = _evenly(ctf275_sensors(), int(cal["n_sensors"]))
     subjects = [f"sub-{i + 1:02d}" for i in range(max(cal["n_subjects"]))]
     alphas = alpha_grid(params["encoding"])
     backend = {k: params["encoding"][k] for k in ("backend", "device", "dtype") if k in params["encoding"]}
@@ -469,14 +414,4 @@ def run_calibration(inputs, outputs, dataset: str, params: dict) -> None:
                     seed,
                     rej[rej["signal"] == "grad"][["n_subjects", "test", "p"]].to_dict("records"),
                 )
-    table = pd.concat(rows, ignore_index=True)[CALIBRATION_COLUMNS]
-    write_table(outputs.calibration, table.assign(dataset=dataset))
-    rates = rejection_rates(table, float(group["alpha"]))
-    log.info("rejection rates:\n%s", rates.to_string())
-    power_figure(
-        rates,
-        outputs.figure,
-        float(group["alpha"]),
-        f"{dataset}: gradient tests, {cal['n_seeds']} seeds per point (solid: backprop = power; "
-        "dashed: shuffled = type I error)",
-    )
+    return pd.concat(rows, ignore_index=True)[CALIBRATION_COLUMNS]

@@ -1,6 +1,6 @@
 """Model comparisons (METHOD.md §6): activations vs gradients within a model, and models against each other.
 
-Both read the per-subject statistics of the group stage (`brainprop.group.subject_statistics`)
+Both read the per-subject statistics of the group stage (`brainprop.stats.group.subject_statistics`)
 and compare them paired over subjects with an exact two-sided Wilcoxon signed-rank test:
 
 - `act_vs_grad`: per dataset × model, the gradients' temporal and spatial scores minus the
@@ -21,9 +21,10 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from .group import PREDICTIONS, bh_fdr, bootstrap_ci, wilcoxon_exact
+from .inference import bh_fdr, bootstrap_ci, wilcoxon_exact
+from .registry import PREDICTIONS
 
-__all__ = ["COMPARISON_COLUMNS", "compare_models", "run_compare"]
+__all__ = ["COMPARISON_COLUMNS", "compare_models"]
 
 COMPARISON_COLUMNS = {
     "dataset": str,
@@ -163,17 +164,3 @@ def compare_models(per_subject: pd.DataFrame, seed: int, n_boot: int = 2000, alp
     for idx in out[tested].groupby("family").groups.values():
         out.loc[idx, "p_fdr"] = bh_fdr(out.loc[idx, "p"].to_numpy())
     return out.reset_index(drop=True)
-
-
-def run_compare(inputs, output: str, params: dict) -> None:
-    """Entry point of the compare rule: all models' per-subject statistics of one dataset."""
-    from ..io import read_table, write_table
-
-    per_subject = pd.concat([read_table(p) for p in inputs.subjects], ignore_index=True)
-    table = compare_models(per_subject, int(params["seed"]), int(params["n_boot"]), float(params["alpha"]))
-    variants = per_subject.drop_duplicates("model").set_index("model")
-    for side in ("a", "b"):
-        for column in ("base_model", "variant"):
-            source = variants[column] if column in variants.columns else pd.Series(dtype=str)
-            table[f"{column}_{side}"] = table[f"model_{side}"].map(source).fillna("").astype(str)
-    write_table(output, table)

@@ -5,46 +5,29 @@ permutation p that shuffles the layer order); the group row then holds an exact 
 signed-rank test of those statistics against 0, a seeded percentile-bootstrap interval of their
 mean, the smallest p the test can reach with that many subjects, and Benjamini–Hochberg FDR
 within its family. E has two measures per level: the r difference to the activations and,
-from the joint models (`brainprop.joint`), the signal's unique variance.
+from the joint models (`brainprop.encoding.joint`), the signal's unique variance.
 """
 
 from __future__ import annotations
 
-import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..hierarchy.scores import exclusion_mask, pearson
+from .inference import bh_fdr, bootstrap_ci, permutation_pvalue, wilcoxon_exact
+from .registry import FORWARD_CHECKS, MEASURES, PREDICTIONS, TEST_ORDER, TESTS
 
-__all__ = [
-    "ALTERNATIVES",
-    "PREDICTIONS",
-    "RULE_PREDICTIONS",
-    "bh_fdr",
-    "bootstrap_ci",
-    "group_from_subjects",
-    "group_tests",
-    "p_min",
-    "permutation_pvalue",
-    "run_group",
-    "subject_statistics",
-    "wilcoxon_exact",
-]
+__all__ = ["SUBJECT_COLUMNS", "TESTS_COLUMNS", "group_from_subjects", "group_tests", "subject_statistics"]
 
-ALTERNATIVES = ("less", "greater", "two-sided")
-TEST_ORDER = ("T1", "T2", "S1a", "S1b", "E")
 _REQUIRED = ("seed", "n_permutations", "n_boot", "alpha", "atlas", "min_count")
+
+
 _OPTIONAL = {"roi_levels": {}, "meg_windows": {}, "threshold": 0.95, "exclude": "nonpositive"}
-# What each test's per-subject statistic measures (the `measure` column); E has two.
-MEASURES = {"T1": "temporal_score", "T2": "tmax_lag_s", "S1a": "spatial_score", "S1b": "depth_alignment"}
-E_MEASURES = ("r_difference", "unique_variance")
-# Permutation nulls equal to the observed score up to rounding count as "as extreme".
-_TOL = 1e-12
+
 
 TESTS_COLUMNS = {
     "dataset": str,
@@ -68,6 +51,8 @@ TESTS_COLUMNS = {
     "n_significant_subjects": np.int64,
     "n_positive": np.int64,
 }
+
+
 SUBJECT_COLUMNS = {
     "dataset": str,
     "modality": str,
@@ -85,101 +70,6 @@ SUBJECT_COLUMNS = {
 
 
 _JOINT_REQUIRED = ("dataset", "model", "subject", "layer_index", "modality", "atlas", "roi", "hemi", "time")
-
-
-def _check_alternative(alternative: str) -> None:
-    if alternative not in ALTERNATIVES:
-        raise ValueError(f"alternative={alternative!r} is not known; expected one of {list(ALTERNATIVES)}")
-
-
-def p_min(n: int, alternative: str) -> float:
-    """Smallest p an exact signed-rank test over `n` non-zero values can reach (2^-n, or 2^(1-n) two-sided)."""
-    _check_alternative(alternative)
-    if n < 1:
-        return float("nan")
-    return float(min(1.0, 2.0 ** (1 - n) if alternative == "two-sided" else 2.0**-n))
-
-
-def wilcoxon_exact(values: np.ndarray, alternative: str) -> tuple[float, float, float, int]:
-    """Exact Wilcoxon signed-rank test of `(n_subjects,)` values against 0.
-
-    NaN values are dropped; zeros are dropped by the test itself (Wilcoxon's convention), so
-    `p_min` is computed from the non-zero count. Returns (W, p, p_min, n_used) with n_used the
-    number of finite values; W is scipy's statistic (R+ one-sided, min(R+, R-) two-sided).
-    """
-    _check_alternative(alternative)
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    nonzero = int(np.count_nonzero(x))
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    if nonzero == 0:
-        return 0.0, 1.0, 1.0, int(x.size)
-    res = stats.wilcoxon(x, alternative=alternative, method="exact")
-    return float(res.statistic), float(res.pvalue), p_min(nonzero, alternative), int(x.size)
-
-
-def bh_fdr(p: np.ndarray) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p of shape `(n,)`; NaN entries stay NaN and do not count."""
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    finite = np.isfinite(p)
-    if finite.any():
-        out[finite] = stats.false_discovery_control(p[finite], method="bh")
-    return out
-
-
-def bootstrap_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `(n,)` finite values, resampling with replacement."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0 or n_boot < 1:
-        return float("nan"), float("nan")
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    tail = 50.0 * (1.0 - level)
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
-def permutation_pvalue(
-    layer_depth: np.ndarray,
-    unit_layer: np.ndarray,
-    y: np.ndarray,
-    alternative: str,
-    n_permutations: int,
-    rng: np.random.Generator,
-) -> tuple[float, float]:
-    """Layer-order permutation test of Pearson(layer_depth[unit_layer], y).
-
-    Parameters
-    ----------
-    layer_depth : (n_layers,) depth of every layer of the model (all layers, used or not).
-    unit_layer : (n_units,) index into `layer_depth` of each unit's layer (ROI's best layer,
-        or the layer itself for the temporal score).
-    y : (n_units,) the other variable (ROI distance, T_max, activation best depth).
-
-    The null reassigns the depths to the layers by a random permutation. Returns
-    (observed r, p) with p = (1 + #null as or more extreme) / (1 + n_permutations) in the
-    direction of `alternative`; p is NaN when r is.
-    """
-    _check_alternative(alternative)
-    depth = np.asarray(layer_depth, dtype=np.float64)
-    pos = np.asarray(unit_layer, dtype=np.int64)
-    y = np.asarray(y, dtype=np.float64)
-    observed = pearson(depth[pos], y)
-    if not np.isfinite(observed):
-        return observed, float("nan")
-    perms = rng.permuted(np.broadcast_to(depth, (n_permutations, depth.size)), axis=1)
-    x = perms[:, pos]
-    xc = x - x.mean(axis=1, keepdims=True)
-    yc = y - y.mean()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        null = (xc @ yc) / np.sqrt(np.einsum("ij,ij->i", xc, xc) * (yc @ yc))
-    extreme = {
-        "greater": null >= observed - _TOL,
-        "less": null <= observed + _TOL,
-        "two-sided": np.abs(null) >= abs(observed) - _TOL,
-    }[alternative]
-    return observed, float((1 + np.count_nonzero(extreme)) / (1 + n_permutations))
 
 
 @dataclass(frozen=True)
@@ -414,34 +304,12 @@ def _e_windows(ctx: _Context, signal: str) -> dict[tuple[str, str], list[tuple[s
     return out
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """One group row to compute: which test, on which modality, and its per-subject function."""
-
-    test: str
-    modality: str
-    needs_act: bool
-    run: Callable[[_Context, str, str], list[tuple[str, float, float]]]
-
-
-_SCORE_TESTS = {
-    "T1": _Spec("T1", "meg", False, _t1),
-    "T2": _Spec("T2", "meg", True, _t2),
-    "S1a": _Spec("S1a", "fmri", False, _s1a),
-    "S1b": _Spec("S1b", "fmri", True, _s1b),
-}
-# What backpropagation predicts for a learning signal (METHOD.md §6), and the forward check
-# that activations recover the hierarchy.
-PREDICTIONS = {"T1": "less", "T2": "greater", "S1a": "greater", "S1b": "greater"}
-FORWARD_CHECKS = {"T1": "greater", "S1a": "greater"}
-# What each learning rule predicts for the sign of each test's group effect: "less" / "greater"
-# than 0, or "zero" where it predicts no order (dfa: one error for every layer, at once); the
-# reasons are in docs/features.md. The group rows still test every learning signal with PREDICTIONS.
-RULE_PREDICTIONS: dict[str, dict[str, str]] = {
-    "grad": PREDICTIONS,
-    "fa": PREDICTIONS,
-    "sign": PREDICTIONS,
-    "dfa": {"T1": "zero", "T2": "greater", "S1a": "zero", "S1b": "zero"},
+# The per-subject statistic of each hierarchy-score test (its spec: `brainprop.stats.registry.TESTS`).
+_STATISTICS: dict[str, Callable[[_Context, str, str], list[tuple[str, float, float]]]] = {
+    "T1": _t1,
+    "T2": _t2,
+    "S1a": _s1a,
+    "S1b": _s1b,
 }
 
 
@@ -457,10 +325,10 @@ def _subject_rows(ctx: _Context, signal: str) -> list[tuple]:
     family = f"{ctx.dataset}/{ctx.model}/{signal}/" + ("forward" if forward else "hierarchy")
     rows = []
     for test, alternative in tests.items():
-        spec = _SCORE_TESTS[test]
+        spec = TESTS[test]
         if has[spec.modality] and (has_act[spec.modality] or not spec.needs_act):
-            for subject, value, p in spec.run(ctx, signal, alternative):
-                rows.append((spec.modality, test, "", MEASURES[test], alternative, family, subject, value, p))
+            for subject, value, p in _STATISTICS[test](ctx, signal, alternative):
+                rows.append((spec.modality, test, "", spec.measure, alternative, family, subject, value, p))
     if forward:
         return rows
     e_family = f"{ctx.dataset}/{ctx.model}/{signal}/E"
@@ -609,7 +477,7 @@ def group_tests(
     params : seed, n_permutations, n_boot, alpha, atlas, min_count (required); roi_levels
         (level -> ROI names), meg_windows (name -> [t_start, t_end] s), threshold (unused here,
         accepted so one params block serves both stages), exclude (default 'nonpositive').
-    joint : the joint rule's summary rows of all layers and subjects (`brainprop.joint`), with
+    joint : the joint rule's summary rows of all layers and subjects (`brainprop.encoding.joint`), with
         identity columns dataset, model, subject, layer_index; None when no joint models ran.
 
     Notes
@@ -649,29 +517,3 @@ def group_from_subjects(per_subject: pd.DataFrame, params: dict) -> pd.DataFrame
         ["dataset", "model", "signal", "_order", "level", "measure"], kind="mergesort"
     )
     return out.drop(columns="_order").reset_index(drop=True)
-
-
-def run_group(inputs, outputs, params: dict) -> None:
-    """Entry point of the group rule: concatenate the subjects' tables, run the tests, and write
-    the tests (`outputs.tests`) and the per-subject statistics (`outputs.subjects`)."""
-    from ..io import read_table, write_table
-
-    tables = {
-        key: pd.concat([read_table(p) for p in inputs[key]], ignore_index=True)
-        for key in ("encoding", "best_layers", "tmax", "hierarchy")
-    }
-    try:
-        joint_paths = list(inputs["joint"])
-    except (KeyError, AttributeError):
-        joint_paths = []
-    joint = pd.concat([read_table(p) for p in joint_paths], ignore_index=True) if joint_paths else None
-    params = dict(params)
-    variant = params.pop("variant", {})
-    per_subject = subject_statistics(
-        tables["encoding"], tables["best_layers"], tables["tmax"], tables["hierarchy"], params, joint
-    )
-    tests = group_from_subjects(per_subject, params)
-    identity = {"base_model": variant.get("base_model", ""), "variant": variant.get("variant", "")}
-    logging.getLogger("brainprop.group").info("%d test rows (%d joint summary files)", len(tests), len(joint_paths))
-    write_table(outputs.subjects, per_subject.assign(**identity))
-    write_table(outputs.tests, tests.assign(**identity))

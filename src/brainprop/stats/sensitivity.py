@@ -5,7 +5,7 @@ One choice varies at a time, all others at their configured value (`choice == "d
 - `tmax_threshold` (METHOD.md §5; 0.9 / 0.95 / 0.99 by default) and `exclude` (§5–6): the
   hierarchy scores and tests recomputed from the model's encoding table;
 - `atlas`: every atlas present in the fMRI rows of the encoding table (spatial tests);
-- `pooling` and `loss` (§2): the tests of the model's variants (`brainprop.variants`), whose
+- `pooling` and `loss` (§2): the tests of the model's variants (`brainprop.run.model_variants`), whose
   features were extracted and encoded again.
 
 Rows carry the tests columns plus `choice`, `value`, `significant` (p_fdr < alpha) and
@@ -19,10 +19,10 @@ import pandas as pd
 
 from ..hierarchy.scores import subject_hierarchy
 from .group import group_tests
+from .registry import SCORE_TESTS
 
-__all__ = ["SCORE_TESTS", "run_sensitivity", "sensitivity_table"]
+__all__ = ["sensitivity_table"]
 
-SCORE_TESTS = ("T1", "T2", "S1a", "S1b")
 _KEYS = ["dataset", "modality", "model", "signal", "test", "level"]
 
 
@@ -76,14 +76,3 @@ def sensitivity_table(
     out["same_as_default"] = np.where(pd.isna(ref_sig), False, same).astype(bool)
     drop = [c for c in ("base_model", "variant") if c in out.columns]
     return out.drop(columns=drop).reset_index(drop=True)
-
-
-def run_sensitivity(inputs, output: str, params: dict) -> None:
-    """Entry point of the sensitivity rule: one dataset × model and the tests of its variants."""
-    from ..io import read_table, write_table
-
-    enc = pd.concat([read_table(p) for p in inputs.encoding], ignore_index=True)
-    labels = params["variant_labels"]
-    variants = {label: read_table(path) for label, path in zip(labels, inputs.variants)}
-    table = sensitivity_table(enc, params["group"], params["choices"], variants)
-    write_table(output, table.assign(base_model=params["model"]))

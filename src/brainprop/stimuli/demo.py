@@ -16,6 +16,8 @@ from PIL import Image
 from ..io import atomic_path
 from .files import MANIFEST_COLUMNS
 
+__all__ = ["MIN_MEAN_ABS_DIFF", "make_demo_images"]
+
 log = logging.getLogger(__name__)
 
 

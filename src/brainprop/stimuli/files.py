@@ -1,7 +1,9 @@
 """The stimuli stage's file: the manifest that orders every image (and the images it names).
 
+Paths are templates relative to the run folder `results/{run}` (`brainprop.run.Run.path`).
 A manifest is a Parquet table, one row per image in image order, columns `MANIFEST_COLUMNS`;
 `path` is relative to the manifest's folder (or absolute for a dataset's own image files).
+Every other stage reads it through the functions here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ from PIL import Image
 
 from ..io import read_table, write_table
 
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_COLUMNS",
+    "count_images",
+    "load_images",
+    "load_manifest",
+    "verify_manifest",
+    "write_manifest",
+]
+
+MANIFEST = "stimuli/{imageset}/manifest.parquet"
 MANIFEST_COLUMNS = ("image_id", "path", "sha256", "group", "source", "width", "height")
 
 
@@ -37,6 +50,16 @@ def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: manifest lacks columns {missing}; expected {list(MANIFEST_COLUMNS)}")
     return manifest
+
+
+def count_images(path: str | os.PathLike) -> int:
+    """The number of images of a manifest (reads its image ids only)."""
+    try:
+        return len(pd.read_parquet(path, columns=["image_id"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"{path}: cannot read this manifest's image ids ({err}); delete it and rerun snakemake"
+        ) from err
 
 
 def _sha256(path: Path) -> str:

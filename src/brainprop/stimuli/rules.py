@@ -1,8 +1,9 @@
-"""Entry point of the stimuli rule: an image set of any kind, written with its manifest."""
+"""Entry point of the stimuli rule: an image set of any kind (a registry of builders), written with its manifest."""
 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,15 +13,27 @@ import pandas as pd
 from .demo import make_demo_images
 from .files import write_manifest
 
+__all__ = ["IMAGESET_KINDS", "build_imageset", "run_stimuli"]
+
+log = logging.getLogger(__name__)
+
 
 def _build_demo(out_dir: Path, seed: int, n_images: int = 240, size: int = 112) -> pd.DataFrame:
     """The offline demo set (`make_demo_images`)."""
     return make_demo_images(out_dir, n_images=n_images, size=size, seed=seed)
 
 
+def _build_dataset(out_dir: Path, seed: int, dataset: str, entry: dict) -> pd.DataFrame:
+    """The images a real dataset's selected subjects saw (`brainprop.brain.datasets.build_manifest`)."""
+    from ..brain.datasets import build_manifest
+
+    return build_manifest(out_dir, entry, dataset)
+
+
 # image set kind -> builder(out_dir, seed, **spec without "kind") returning the manifest
 IMAGESET_KINDS: dict[str, Callable[..., pd.DataFrame]] = {
     "demo": _build_demo,
+    "dataset": _build_dataset,
 }
 
 
@@ -43,3 +56,14 @@ def build_imageset(out_dir: str | os.PathLike, spec: dict, seed: int) -> Path:
     manifest_path = out_dir / "manifest.parquet"
     write_manifest(manifest_path, manifest, metadata={"imageset": {"kind": kind, **params}, "seed": seed})
     return manifest_path
+
+
+def run_stimuli(*, inputs, outputs, params) -> None:
+    """The stimuli rule: an image set's images and manifest; a real dataset's only after its data check."""
+    check = getattr(inputs, "check", None)
+    if check:
+        from ..brain.files import load_check
+
+        load_check(check)
+    path = build_imageset(Path(outputs.manifest).parent, params.spec, params.seed)
+    log.info("image set written: %s", path)

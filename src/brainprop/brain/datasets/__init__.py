@@ -1,4 +1,4 @@
-"""Real datasets read from their published files: a registry of kinds and the stage entry points.
+"""Real datasets read from their published files: a registry of kinds and what the brain stage needs of them.
 
 Each kind's module (nsd, nsd_algonauts, things_fmri, things_meg) provides `MODALITY` and
 
@@ -7,8 +7,9 @@ Each kind's module (nsd, nsd_algonauts, things_fmri, things_meg) provides `MODAL
   (image_id, path, group, source, width, height; paths absolute or relative to out_dir);
 - `read_subject(root, ds, subject, image_ids) -> (seen_ids, Y, targets, counts)`.
 
-The entry points here turn those into the contract's files: the check report, the manifest and
-a subject folder (`Y.npy`, `targets.parquet`, `samples.parquet`, brain.py).
+The functions here turn those into the contract's formats: the check report, the manifest's rows
+and a subject's data in the subject-folder format (`brainprop.brain.files`); the brain and
+stimuli rules (`brainprop.brain.rules`, `brainprop.stimuli.rules`) write them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
-from ...io import write_table
 from ._common import TARGET_COLUMNS, DatasetError, Finding
 from .geometry import roi_distances
 
@@ -37,10 +37,8 @@ __all__ = [
     "modality",
     "published_image_count",
     "reader",
-    "run_check",
-    "run_subject",
     "shared_fits",
-    "write_dataset_imageset",
+    "subject_data",
 ]
 
 log = logging.getLogger("brainprop.datasets")
@@ -123,20 +121,6 @@ def format_report(report: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def run_check(ds: dict, name: str, out_path: str | Path) -> pd.DataFrame:
-    """Entry point of the check rule: log the report; write it, or fail naming every problem."""
-    report = check_dataset(ds)
-    text = format_report(report)
-    log.info("data check of %s (%s) at %s:\n%s", name, ds["kind"], ds["root"], text)
-    problems = report[report["status"] != "found"]
-    if len(problems):
-        raise DatasetError(
-            f"dataset {name!r} ({ds['kind']}) at {ds['root']}: {len(problems)} problems\n" + format_report(problems)
-        )
-    write_table(out_path, report)
-    return report
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -167,15 +151,17 @@ def _finish_targets(ds: dict, targets: pd.DataFrame, kind_modality: str) -> pd.D
             modality="meg", atlas="", roi="", hemi="", x=np.nan, y=np.nan, z=np.nan, roi_distance_mm=np.nan
         )
     table["target"] = np.arange(len(table), dtype=np.int64)
-    return table[TARGET_COLUMNS].astype({"x": float, "y": float, "z": float, "time": float, "noise_ceiling": float})
+    return table[list(TARGET_COLUMNS)].astype(
+        {"x": float, "y": float, "z": float, "time": float, "noise_ceiling": float}
+    )
 
 
-def run_subject(ds: dict, subject: str, manifest_path: str | Path, outputs) -> None:
-    """Entry point of the brain rule for a real dataset: write one subject's folder."""
-    from ...io import save_array
-    from ...stimuli.files import load_manifest
+def subject_data(ds: dict, subject: str, manifest: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """One real subject's (Y, target table, samples) in the subject-folder format (brain/files.py).
 
-    manifest = load_manifest(manifest_path)
+    Rows are the manifest images the subject saw, in manifest order; targets with a non-finite
+    response (NaN, or constant within a session) are left out and counted in the log.
+    """
     module = reader(ds["kind"])
     seen, Y, targets, counts = module.read_subject(Path(ds["root"]), ds, subject, manifest["image_id"].tolist())
     absent = len(manifest) - len(seen)
@@ -209,16 +195,4 @@ def run_subject(ds: dict, subject: str, manifest_path: str | Path, outputs) -> N
         *Y.shape,
         dict(zip(*[v.tolist() for v in np.unique(counts, return_counts=True)])),
     )
-    save_array(outputs.Y, np.ascontiguousarray(Y, dtype=np.float32))
-    write_table(outputs.targets, table)
-    write_table(outputs.samples, samples)
-
-
-def write_dataset_imageset(out_dir: str | Path, ds: dict, name: str) -> Path:
-    """Entry point of the stimuli rule for a real dataset: write its manifest; return the path."""
-    from ...stimuli.files import write_manifest
-
-    manifest = build_manifest(out_dir, ds, name)
-    path = Path(out_dir) / "manifest.parquet"
-    write_manifest(path, manifest, metadata={"imageset": {"kind": "dataset", "dataset": name, "root": ds["root"]}})
-    return path
+    return np.ascontiguousarray(Y, dtype=np.float32), table, samples

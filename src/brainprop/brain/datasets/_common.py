@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..files import TARGET_COLUMNS
+
 __all__ = [
     "TARGET_COLUMNS",
     "DatasetError",
@@ -24,21 +26,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("brainprop.datasets")
-
-TARGET_COLUMNS = [
-    "target",
-    "modality",
-    "atlas",
-    "roi",
-    "hemi",
-    "x",
-    "y",
-    "z",
-    "roi_distance_mm",
-    "sensor",
-    "time",
-    "noise_ceiling",
-]
 
 
 class DatasetError(ValueError):

@@ -1,0 +1,149 @@
+"""Entry points of the encoding stage's rules: folds, encode, encode_shared and joint.
+
+Each `run_<rule>(*, inputs, outputs, params)` reads the rule's declared inputs through the
+files modules of the stages that wrote them (`brainprop.features.files`, `brainprop.brain.files`,
+`brainprop.stimuli.files`) and writes its outputs through `brainprop.encoding.files`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from ..brain.files import load_samples, load_targets, load_y
+from ..config import alphas as penalty_grid
+from ..features import files as features
+from .files import load_folds, save_folds, save_joint_summary, save_summary, save_target_scores
+from .folds import folds_from_table, folds_table, subject_rows
+
+__all__ = ["run_encode", "run_encode_shared", "run_folds", "run_joint"]
+
+log = logging.getLogger(__name__)
+
+
+def _backend(params: dict) -> dict:
+    """The array backend of the fits from the `encoding` config entry."""
+    return {
+        "backend": params.get("backend", "numpy"),
+        "device": params.get("device", "auto"),
+        "dtype": params.get("dtype"),
+    }
+
+
+def _subject_features(
+    features_dir: str, samples_path: str, signal: str, layer_index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One layer's features in a subject's image order, and that order (image ids)."""
+    feature_ids = features.load_samples(features_dir)["image_id"].to_numpy()
+    image_ids = load_samples(samples_path)["image_id"].to_numpy()
+    rows = subject_rows(feature_ids, image_ids, features_dir, samples_path)
+    if len(rows) < len(feature_ids):
+        log.info("subject saw %d of the %d images with features", len(rows), len(feature_ids))
+    return np.asarray(features.load_features(features_dir, signal, layer_index))[rows], image_ids
+
+
+def _save_fit(
+    paths: tuple[str, str], fit: tuple[pd.DataFrame, pd.DataFrame, dict], identity: dict, layers: pd.DataFrame, k: int
+) -> None:
+    """Write one subject's per-target scores and summary rows (identity, then layer columns)."""
+    per_target, summary, counts = fit
+    layer = features.layer_row(layers, k)
+    summary = summary.assign(
+        **identity, layer=str(layer["layer"]), layer_index=np.int64(k), depth=float(layer["depth"])
+    )
+    save_target_scores(paths[0], per_target, {**identity, "layer_index": k}, counts)
+    save_summary(paths[1], summary)
+
+
+def run_folds(*, inputs, outputs, params) -> None:
+    """The folds rule: a dataset's outer folds from its image set's manifest."""
+    from ..stimuli.files import load_manifest
+
+    folds = folds_table(load_manifest(inputs.manifest), params.folds, params.seed, params.group_folds)
+    log.info("images per fold: %s", folds["fold"].value_counts().sort_index().to_dict())
+    save_folds(outputs.folds, folds)
+
+
+def run_encode(*, inputs, outputs, params) -> None:
+    """The encode rule: one layer's features against one subject's targets.
+
+    `params.identity` names the fit (dataset, model, timm_name, signal, subject), `params.layer`
+    its layer index; `params.encoding` is the `encoding` config entry, whose optional `backend`
+    ("numpy" default, or "torch"), `device` ("auto") and `dtype` choose the array backend.
+    """
+    from .encode import encode
+
+    identity, k, settings = dict(params.identity), int(params.layer), params.encoding
+    X, image_ids = _subject_features(inputs.features, inputs.samples, identity["signal"], k)
+    folds = folds_from_table(load_folds(inputs.folds), image_ids)
+    fit = encode(X, load_y(inputs.Y), load_targets(inputs.targets), folds, penalty_grid(settings), **_backend(settings))
+    log.info("backend: %s; counts: %s", _backend(settings), fit[2])
+    _save_fit((outputs.scores, outputs.summary), fit, identity, features.load_layers(inputs.layers), k)
+
+
+def run_encode_shared(*, inputs, outputs, params) -> None:
+    """The encode_shared rule: one layer's features against every subject of a dataset.
+
+    `inputs.Y`, `.targets`, `.samples` and `outputs.scores`, `.summary` are lists in
+    `params.subjects` order. Subjects who saw the same images in the same order share one
+    decomposition per fold (`encode_shared`, the same numbers as separate fits); otherwise each
+    is fitted on its own (logged).
+    """
+    from .encode import encode, encode_shared
+
+    identity, k, settings, subjects = dict(params.identity), int(params.layer), params.encoding, params.subjects
+    alphas, backend = penalty_grid(settings), _backend(settings)
+    orders = [load_samples(path)["image_id"].to_numpy() for path in inputs.samples]
+    table = load_folds(inputs.folds)
+    targets = [load_targets(path) for path in inputs.targets]
+    if all(np.array_equal(orders[0], order) for order in orders[1:]):
+        X, image_ids = _subject_features(inputs.features, inputs.samples[0], identity["signal"], k)
+        Ys = [load_y(path) for path in inputs.Y]
+        fits = encode_shared(X, Ys, targets, folds_from_table(table, image_ids), alphas, **backend)
+        log.info(
+            "%d subjects share one decomposition per fold (%d images in the same order)", len(subjects), len(image_ids)
+        )
+    else:
+        differ = [s for s, order in zip(subjects, orders) if not np.array_equal(orders[0], order)]
+        log.warning(
+            "subjects %s saw other images or another order than %s: each subject is fitted on its own",
+            differ,
+            subjects[0],
+        )
+        fits = []
+        for samples, Y, target_table in zip(inputs.samples, inputs.Y, targets):
+            X, image_ids = _subject_features(inputs.features, samples, identity["signal"], k)
+            fits.append(encode(X, load_y(Y), target_table, folds_from_table(table, image_ids), alphas, **backend))
+    layers = features.load_layers(inputs.layers)
+    for subject, fit, scores, summary in zip(subjects, fits, outputs.scores, outputs.summary):
+        log.info("%s: backend: %s; counts: %s", subject, backend, fit[2])
+        _save_fit((scores, summary), fit, {**identity, "subject": subject}, layers, k)
+
+
+def run_joint(*, inputs, outputs, params) -> None:
+    """The joint rule: one layer's activations and gradients against one subject's targets (banded ridge).
+
+    `params.identity` names the fit (dataset, model, subject), `params.layer` its layer index,
+    `params.joint` has `alphas` (the per-band grid spec `{log10_min, log10_max, n}`).
+    """
+    from .joint import JOINT_SIGNALS, joint_encode, summarize_joint
+
+    identity, k = dict(params.identity), int(params.layer)
+    image_ids = load_samples(inputs.samples)["image_id"].to_numpy()
+    feature_ids = features.load_samples(inputs.features)["image_id"].to_numpy()
+    rows = subject_rows(feature_ids, image_ids, inputs.features, inputs.samples)
+    X_act, X_grad = (np.asarray(features.load_features(inputs.features, s, k))[rows] for s in JOINT_SIGNALS)
+    Y, targets = load_y(inputs.Y), load_targets(inputs.targets)
+    if len(targets) != Y.shape[1]:
+        raise ValueError(f"{inputs.targets} has {len(targets)} rows but {inputs.Y} has {Y.shape[1]} columns")
+    folds = folds_from_table(load_folds(inputs.folds), image_ids)
+    per_target, counts = joint_encode(X_act, X_grad, Y, folds, penalty_grid(params.joint))
+    log.info("joint fit of %s: %s", identity, counts)
+    per_target.insert(0, "target", targets["target"].to_numpy(dtype=np.int64))
+    layer = features.layer_row(features.load_layers(inputs.layers), k)
+    summary = summarize_joint(per_target, targets).assign(
+        **identity, layer=str(layer["layer"]), layer_index=np.int64(k), depth=float(layer["depth"])
+    )
+    save_joint_summary(outputs.summary, summary, counts)

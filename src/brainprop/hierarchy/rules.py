@@ -1,0 +1,78 @@
+"""Entry point of the hierarchy stage's rule: one subject's encoding rows, best layers, T_max, scores, depths.
+
+`run_hierarchy(*, inputs, outputs, params)` reads the encode rule's outputs through
+`brainprop.encoding.files` and the subject's target table through `brainprop.brain.files`, and
+writes its outputs through `brainprop.hierarchy.files`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..brain.files import load_targets
+from ..encoding.files import load_score_identity, load_summary, load_target_scores
+from .files import save_subject_table
+from .scores import subject_hierarchy, subject_target_depths
+
+__all__ = ["run_hierarchy"]
+
+log = logging.getLogger(__name__)
+
+
+def _fmri_scores(summaries: Sequence[pd.DataFrame], scores: Sequence[str], targets: pd.DataFrame) -> pd.DataFrame:
+    """Long-form r of the subject's fMRI targets per signal × layer (summary i belongs with scores i)."""
+    if len(summaries) != len(scores):
+        raise ValueError(
+            f"{len(summaries)} summary files but {len(scores)} per-target score files; expected "
+            "one per signal × layer, in the same order"
+        )
+    fmri = targets.loc[targets["modality"] == "fmri", "target"].to_numpy(dtype=np.int64)
+    frames = []
+    pairs = list(zip(summaries, scores)) if fmri.size else []  # an MEG-only subject reads no score file
+    for summary, path in pairs:
+        ident = summary[["signal", "layer_index", "depth"]].iloc[0]
+        got = load_score_identity(path)
+        if (got["signal"], int(got["layer_index"])) != (ident["signal"], int(ident["layer_index"])):
+            raise ValueError(
+                f"{path} holds the scores of {got['signal']} layer {got['layer_index']}, but its summary is of "
+                f"{ident['signal']} layer {int(ident['layer_index'])}; expected the rule's inputs in the same order"
+            )
+        r = load_target_scores(path).set_index("target")["r"]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "signal": ident["signal"],
+                    "layer_index": int(ident["layer_index"]),
+                    "depth": float(ident["depth"]),
+                    "target": fmri,
+                    "r": r.reindex(fmri).to_numpy(dtype=np.float64),
+                }
+            )
+        )
+    columns = ["signal", "layer_index", "depth", "target", "r"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def run_hierarchy(*, inputs, outputs, params) -> None:
+    """The hierarchy rule: one subject's encoding rows, best layers, T_max, scores and per-target depths."""
+    settings = params.hierarchy
+    summaries = [load_summary(p) for p in inputs.summaries]
+    enc = pd.concat(summaries, ignore_index=True)
+    best, tm, hier = subject_hierarchy(
+        enc, settings["atlas"], settings["threshold"], settings["min_count"], settings["exclude"]
+    )
+    log.info("scores and exclusions: %s", hier[["signal", "score", "n_used", "n_excluded"]].to_dict("records"))
+    save_subject_table(outputs.encoding, enc)
+    save_subject_table(outputs.best_layers, best)
+    save_subject_table(outputs.tmax, tm)
+    save_subject_table(outputs.hierarchy, hier)
+    identity = enc[["dataset", "model", "subject"]].iloc[0].to_dict()
+    long = _fmri_scores(summaries, inputs.scores, load_targets(inputs.targets))
+    depths = subject_target_depths(long, identity, settings["exclude"])
+    counts = {signal: f"{int(part.sum())} of {len(part)}" for signal, part in depths.groupby("signal")["excluded"]}
+    log.info("per-target depths: fMRI targets excluded (%s) per signal: %s", settings["exclude"], counts)
+    save_subject_table(outputs.target_depths, depths)
