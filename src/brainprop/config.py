@@ -247,15 +247,10 @@ def _check_timm_names(config: dict) -> None:
 
 
 def load_config(path: str | Path, check_models: bool = True) -> dict:
-    """Read a YAML config file and validate it."""
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return validate_config(config, check_models=check_models)
+    """Read a config file strictly (brainprop.configfile: duplicate and non-string keys are errors) and validate it."""
+    from .configfile import read_config_file
+
+    return validate_config(read_config_file(path), check_models=check_models)
 
 
 def config_hash(config: dict) -> str:

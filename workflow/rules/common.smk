@@ -5,11 +5,13 @@ from pathlib import Path
 
 from brainprop.figures.catalog import figure_entries, map_names
 from brainprop.config import ConfigError, validate_config
+from brainprop.configfile import check_config_files
 from brainprop.brain.datasets import shared_fits
 from brainprop.brain.simulate import params_from_config
 from brainprop.run import model_variants, variant_of
 
 try:
+    check_config_files(workflow.configfiles)  # Snakemake's own YAML loader keeps duplicate and non-string keys
     validate_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
