@@ -147,3 +147,110 @@ def test_not_yaml_mapping(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(path)
+
+
+# ---------------------------------------------------------------- bounds on the integers the code passes on
+
+
+def _set(config: dict, path: str, value) -> dict:
+    """`config` with the dotted key `path` set to `value` (missing mappings created)."""
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return config
+
+
+def _schema_integers(node, path: str = "") -> list[tuple[str, dict]]:
+    """(key path, schema) of every integer in the schema, `$defs` resolved by their own names."""
+    out = []
+    if isinstance(node, dict):
+        if "integer" in (node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]):
+            out.append((path, node))
+        for key, sub in node.items():
+            if key not in ("default", "description", "$comment"):
+                out.extend(_schema_integers(sub, f"{path}.{key}" if path else key))
+    elif isinstance(node, list):
+        for i, sub in enumerate(node):
+            out.extend(_schema_integers(sub, f"{path}[{i}]"))
+    return out
+
+
+def test_every_integer_of_the_schema_has_both_bounds():
+    # A number passed to numpy, torch or scikit-learn beyond what it takes failed at job time
+    # (a seed of 2**64 validated, then KFold refused it in the folds job).
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    unbounded = [path for path, node in _schema_integers(schema) if "minimum" not in node or "maximum" not in node]
+    assert not unbounded, unbounded
+
+
+# (key path in the demo config, the smallest value above the bound, the allowed range in the message)
+UPPER_BOUNDS = [
+    ("seed", 2**32, "[0, 4294967295]"),
+    ("stimuli.demo.n_images", 100_001, "[10, 100000]"),
+    ("stimuli.demo.size", 2049, "[16, 2048]"),
+    ("models.resnet18.input_size", 2049, "[16, 2048]"),
+    ("models.resnet18.layers.n", 101, "[2, 100]"),
+    ("models.resnet18.batch_size", 65_537, "[1, 65536]"),
+    ("models.resnet18.pooling.grid", 17, "[1, 16]"),
+    ("models.resnet18.pooling.projection.dim", 65_537, "[1, 65536]"),
+    ("models.resnet18.pooling.projection.above", 2**31, "[0, 2147483647]"),
+    ("models.resnet18.pooling.projection.seed", 2**32, "[0, 4294967295]"),
+    ("extraction.shard_size", 2**20 + 1, "[1, 1048576]"),
+    ("extraction.workers", 257, "[0, 256]"),
+    ("datasets.sim_backprop.simulation.plant_pooling.grid", 17, "[1, 16]"),
+    ("datasets.sim_backprop.simulation.vertices_per_roi", 10_001, "[1, 10000]"),
+    ("datasets.sim_backprop.simulation.latent_dims", 1001, "[1, 1000]"),
+    ("datasets.sim_backprop.simulation.latent_grid", 17, "[1, 16]"),
+    ("datasets.sim_backprop.simulation.shared_components", 1001, "[0, 1000]"),
+    ("datasets.sim_backprop.simulation.n_repetitions", 101, "[2, 100]"),
+    ("datasets.sim_backprop.simulation.meg.n_times", 100_001, "[40, 100000]"),
+    ("encoding.folds", 101, "[2, 100]"),
+    ("encoding.alphas.n", 101, "[1, 100]"),
+    ("joint.alphas.n", 31, "[1, 30]"),
+    ("calibration.n_seeds", 100_001, "[1, 100000]"),
+    ("calibration.n_sensors", 276, "[3, 275]"),
+    ("calibration.n_permutations", 100_001, "[19, 100000]"),
+    ("hierarchy.min_count", 101, "[2, 100]"),
+    ("stats.n_permutations", 100_001, "[100, 100000]"),
+    ("stats.n_boot", 100_001, "[100, 100000]"),
+]
+
+
+@pytest.mark.parametrize("path, value, allowed", UPPER_BOUNDS, ids=[p for p, _, _ in UPPER_BOUNDS])
+def test_integer_beyond_its_bound_names_key_and_range(demo, path, value, allowed):
+    _check(_set(copy.deepcopy(demo), path, value), f"config key {path}: {value} is out of range", f"in {allowed}")
+
+
+def test_list_items_have_bounds_too(demo):
+    bad = _set(copy.deepcopy(demo), "calibration.n_subjects", [4, 1001])
+    _check(bad, "config key calibration.n_subjects.1: 1001 is out of range", "in [2, 1000]")
+    bad = copy.deepcopy(demo)
+    bad["datasets"]["n"] = {"kind": "nsd", "root": "/x", "imageset": "nsd", "subjects": ["subj01"]}
+    bad["stimuli"]["nsd"] = {"kind": "dataset", "dataset": "n"}
+    bad["datasets"]["n"]["nsd"] = {"sessions": [1, 41]}
+    _check(bad, "config key datasets.n.nsd.sessions.1: 41 is out of range", "in [1, 40]")
+
+
+def test_seed_beyond_2_63_fails_at_validation_with_the_reason(demo):
+    bad = _set(copy.deepcopy(demo), "seed", 2**63 + 1)
+    _check(bad, f"config key seed: {2**63 + 1} is out of range", "[0, 4294967295]", "random_state")
+
+
+def test_lower_bound_names_the_range_too(demo):
+    _check(_set(copy.deepcopy(demo), "encoding.alphas.n", 0), "encoding.alphas.n: 0 is out of range", "[1, 100]")
+    _check(_set(copy.deepcopy(demo), "seed", -1), "config key seed: -1 is out of range", "[0, 4294967295]")
+
+
+def test_batch_size_names_both_choices(demo):
+    bad = _set(copy.deepcopy(demo), "models.resnet18.batch_size", 10**6)
+    _check(bad, "config key models.resnet18.batch_size: 1000000 is out of range", "an integer in [1, 65536] or 'auto'")
+    bad = _set(copy.deepcopy(demo), "models.resnet18.batch_size", "big")
+    _check(bad, "config key models.resnet18.batch_size: 'big' is not allowed", "an integer in [1, 65536] or 'auto'")
+
+
+def test_tmax_threshold_outside_0_1(demo):
+    bad = _set(copy.deepcopy(demo), "sensitivity.tmax_threshold", [0.95, 1.5])
+    _check(bad, "config key sensitivity.tmax_threshold.1: 1.5 is out of range", "expected a number in (0, 1]")
+    _check(_set(copy.deepcopy(demo), "hierarchy.tmax_threshold", 0), "hierarchy.tmax_threshold: 0 is out of range")

@@ -49,20 +49,74 @@ def _key_path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+def _additional_properties(error, key: str) -> str:
+    allowed = sorted(error.schema.get("properties", {}))
+    extra = sorted(set(error.instance) - set(allowed))
+    hint = ""
+    if extra and allowed:
+        close = difflib.get_close_matches(extra[0], allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"config key {key}: unknown key(s) {extra}{hint}; allowed keys: {allowed}"
+
+
+def _enum(error, key: str) -> str:
+    return f"config key {key}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+
+
+def _bound(schema: dict, inclusive: str, exclusive: str) -> tuple[bool, object] | None:
+    """(closed?, value) of one end of a schema's range, or None when that end is open."""
+    if inclusive in schema:
+        return True, schema[inclusive]
+    if exclusive in schema:
+        return False, schema[exclusive]
+    return None
+
+
+def _describe(schema: dict) -> str:
+    """What a (sub)schema accepts, in words: 'an integer in [1, 100]', 'a number in (0, 1]', "'auto'"."""
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        return " or ".join(repr(v) for v in schema["enum"])
+    types = schema.get("type") if isinstance(schema.get("type"), list) else [schema.get("type")]
+    kind = "an integer" if "integer" in types else "a number" if "number" in types else f"a {types[0]}"
+    lo, hi = _bound(schema, "minimum", "exclusiveMinimum"), _bound(schema, "maximum", "exclusiveMaximum")
+    if lo and hi:
+        return f"{kind} in {'[' if lo[0] else '('}{lo[1]}, {hi[1]}{']' if hi[0] else ')'}"
+    if lo:
+        return f"{kind} {'>=' if lo[0] else '>'} {lo[1]}"
+    if hi:
+        return f"{kind} {'<=' if hi[0] else '<'} {hi[1]}"
+    return kind
+
+
+def _out_of_range(error, key: str) -> str:
+    reason = f" ({error.schema['$comment']})" if "$comment" in error.schema else ""
+    return f"config key {key}: {error.instance!r} is out of range; expected {_describe(error.schema)}{reason}"
+
+
+def _one_of(error, key: str) -> str:
+    choices = " or ".join(_describe(s) for s in error.validator_value)
+    ranged = any(e.validator in _RANGES for e in error.context)  # the right type, beyond its bounds
+    return f"config key {key}: {error.instance!r} is {'out of range' if ranged else 'not allowed'}; expected {choices}"
+
+
+_RANGES = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+# jsonschema validator -> message(error, key path); others: jsonschema's own message after the key
+_MESSAGES = {
+    "additionalProperties": _additional_properties,
+    "enum": _enum,
+    **dict.fromkeys(_RANGES, _out_of_range),
+    "oneOf": _one_of,
+}
+
+
 def _message(error) -> str:
     key = _key_path(error)
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        hint = ""
-        if extra and allowed:
-            close = difflib.get_close_matches(extra[0], allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"config key {key}: unknown key(s) {extra}{hint}; allowed keys: {allowed}"
-    if error.validator == "enum":
-        return f"config key {key}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
-    if error.validator == "required":
-        return f"config key {key}: {error.message}"
+    if error.validator in _MESSAGES:
+        return _MESSAGES[error.validator](error, key)
     return f"config key {key}: {error.message}"
 
 
