@@ -101,10 +101,7 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: config file not found (working directory {os.getcwd()}); check the path given "
-            "to --config / --configfile"
-        ) from None
+        raise ConfigError(f"{path}: config file not found (working directory {os.getcwd()}); check the path") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a folder, not a config file; give the path of a YAML file") from None
     except PermissionError:
