@@ -300,6 +300,10 @@ def test_too_many_folds_for_the_demo_groups(demo):
     small = _set(_set(copy.deepcopy(demo), "stimuli.demo.n_images", 12), "encoding.folds", 15)
     small["encoding"]["group_folds"] = False
     _check(small, "config key encoding.folds: 15 folds", "12 images", "set encoding.folds to at most 12")
+    # each advised fix validates
+    validate_config(_set(copy.deepcopy(bad), "encoding.folds", 25))
+    validate_config(_set(copy.deepcopy(bad), "encoding.group_folds", False))
+    validate_config(_set(small, "encoding.folds", 12))
 
 
 def test_demo_group_count_is_what_make_demo_images_gives(demo_manifest, tmp_path):
@@ -326,6 +330,7 @@ def test_folds_rule_names_the_key_and_the_fix():
 def test_reversed_or_degenerate_penalty_grid(demo, key):
     bad = _set(copy.deepcopy(demo), f"{key}.alphas", {"log10_min": 8, "log10_max": 0, "n": 5})
     _check(bad, f"config key {key}.alphas: log10_min 8 > log10_max 0", "swap them")
+    validate_config(_set(bad, f"{key}.alphas", {"log10_min": 0, "log10_max": 8, "n": 5}))
     flat = _set(copy.deepcopy(demo), f"{key}.alphas", {"log10_min": 3, "log10_max": 3, "n": 4})
     _check(flat, f"config key {key}.alphas: log10_min = log10_max = 3 with n 4", "n: 1")
     _check(_set(copy.deepcopy(demo), f"{key}.alphas.log10_max", 400), f"config key {key}.alphas.log10_max: 400")
@@ -353,6 +358,7 @@ def test_layer_names_alone_get_no_count(demo):
 def test_projection_that_would_enlarge(demo):
     bad = _set(copy.deepcopy(demo), "models.resnet18.pooling.projection", {"dim": 20000, "above": 16384})
     _check(bad, "config key models.resnet18.pooling.projection: dim 20000 > above 16384", "set dim to at most 16384")
+    validate_config(_set(bad, "models.resnet18.pooling.projection.dim", 16384))
 
 
 def test_plant_must_be_a_grid_that_the_latent_grid_divides(demo):
@@ -360,6 +366,7 @@ def test_plant_must_be_a_grid_that_the_latent_grid_divides(demo):
     _check(bad, "config key datasets.sim_backprop.simulation.plant_pooling.mode: 'mean'", "expected 'grid'")
     bad = _set(copy.deepcopy(demo), "datasets.sim_backprop.simulation.latent_grid", 3)
     _check(bad, "config key datasets.sim_backprop.simulation.latent_grid: 3 does not divide", "[1, 2, 4]")
+    validate_config(_set(bad, "datasets.sim_backprop.simulation.latent_grid", 4))
 
 
 def test_simulated_roi_names(demo):
