@@ -50,6 +50,7 @@ def _key_path(error) -> str:
 
 
 def _additional_properties(error, key: str) -> str:
+    """Unknown keys, with the nearest allowed key and the allowed ones."""
     allowed = sorted(error.schema.get("properties", {}))
     extra = sorted(set(error.instance) - set(allowed))
     hint = ""
@@ -60,6 +61,7 @@ def _additional_properties(error, key: str) -> str:
 
 
 def _enum(error, key: str) -> str:
+    """A value outside an enum, with the allowed values."""
     return f"config key {key}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
 
 
@@ -91,11 +93,13 @@ def _describe(schema: dict) -> str:
 
 
 def _out_of_range(error, key: str) -> str:
+    """A number beyond its bounds, with the allowed range and the reason for it (`$comment`)."""
     reason = f" ({error.schema['$comment']})" if "$comment" in error.schema else ""
     return f"config key {key}: {error.instance!r} is out of range; expected {_describe(error.schema)}{reason}"
 
 
 def _one_of(error, key: str) -> str:
+    """A value matching none of the choices (an integer range or 'auto'), naming each."""
     choices = " or ".join(_describe(s) for s in error.validator_value)
     ranged = any(e.validator in _RANGES for e in error.context)  # the right type, beyond its bounds
     return f"config key {key}: {error.instance!r} is {'out of range' if ranged else 'not allowed'}; expected {choices}"
@@ -114,6 +118,7 @@ _MESSAGES = {
 
 
 def _message(error) -> str:
+    """One line per schema error: the key path, the value and what is allowed."""
     key = _key_path(error)
     if error.validator in _MESSAGES:
         return _MESSAGES[error.validator](error, key)

@@ -49,6 +49,7 @@ def _line(node: yaml.Node) -> int:
 
 
 def _join(path: str, key: object) -> str:
+    """The key path of `key` under `path` (dotted, as config messages write it)."""
     return f"{path}.{key}" if path else str(key)
 
 
