@@ -75,7 +75,13 @@ def test_plan_command_prints_jobs_and_disk(tmp_path):
 
 def test_plan_command_refuses_when_the_disk_cannot_hold_the_features(tmp_path):
     config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
-    config["stimuli"]["demo"]["n_images"] = 10**12  # petabytes of features: more than any test disk
+    # Within the config's bounds, 12 TB of features: more than any test disk.
+    config["stimuli"]["demo"]["n_images"] = 100_000
+    model = config["models"]["resnet18"] | {"input_size": 2048, "layers": {"n": 100}}
+    model |= {"pooling": {"mode": "grid", "grid": 16, "projection": {"dim": None}}}
+    model |= {"signals": ["act", "grad", "fa", "sign", "dfa"]}
+    config["models"] = {f"resnet18_{i}": model for i in range(12)}
+    config["datasets"]["sim_backprop"]["simulation"]["source_model"] = "resnet18_0"
     path = tmp_path / "huge.yaml"
     path.write_text(yaml.safe_dump(config))
     done = subprocess.run(

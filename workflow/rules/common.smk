@@ -4,6 +4,7 @@ from pathlib import Path
 
 from brainprop.brain import files as brain_files
 from brainprop.config import ConfigError, validate_config
+from brainprop.configfile import check_config_files
 from brainprop.contract import TABLES
 from brainprop.encoding import files as encoding_files
 from brainprop.features import files as features_files
@@ -15,6 +16,7 @@ from brainprop.stimuli import files as stimuli_files
 from brainprop.workflow import mem_mb, runtime
 
 try:
+    check_config_files(workflow.configfiles)  # Snakemake's own YAML loader keeps duplicate and non-string keys
     validate_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None

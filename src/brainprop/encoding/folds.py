@@ -27,7 +27,10 @@ def make_folds(n_samples: int, groups: np.ndarray | None, n_folds: int, seed: in
     if n_folds < 2:
         raise ValueError(f"n_folds={n_folds}; expected at least 2")
     if n_samples < n_folds:
-        raise ValueError(f"{n_samples} samples cannot be split into n_folds={n_folds} folds")
+        raise ValueError(
+            f"encoding.folds: {n_folds} folds, but only {n_samples} samples (images); set encoding.folds to at "
+            f"most {n_samples}"
+        )
     from sklearn.model_selection import GroupKFold, KFold
 
     X = np.zeros((n_samples, 1))
@@ -38,7 +41,11 @@ def make_folds(n_samples: int, groups: np.ndarray | None, n_folds: int, seed: in
         raise ValueError(f"groups has shape {groups.shape}, expected ({n_samples},) (one key per image)")
     n_groups = np.unique(groups).size
     if n_groups < n_folds:
-        raise ValueError(f"{n_groups} groups cannot be split into n_folds={n_folds} folds")
+        raise ValueError(
+            f"encoding.folds: {n_folds} folds, but the images have {n_groups} groups (the manifest's group column) "
+            f"and encoding.group_folds: true keeps each group in one fold; set encoding.folds to at most "
+            f"{n_groups}, or encoding.group_folds: false"
+        )
     return list(GroupKFold(n_folds, shuffle=True, random_state=seed).split(X, groups=groups))
 
 

@@ -262,6 +262,11 @@ def _accept(stream: _Candidates, group: str, thumbs: list[np.ndarray]) -> tuple[
     raise RuntimeError(f"group {group!r}: no distinct, non-flat image after {_MAX_TRIES} draws")
 
 
+def demo_group_count(n_images: int) -> int:
+    """Groups of a demo set of `n_images` (image i comes from group i mod the groups; fewer if a photo is missing)."""
+    return min(int(n_images), len(_PHOTOS) + len(_TEXTURES))
+
+
 def make_demo_images(out_dir: Path, n_images: int = 240, size: int = 112, seed: int = 0) -> pd.DataFrame:
     """Write `n_images` distinct RGB PNGs of size×size into `out_dir/images/` and return their manifest.
 
