@@ -317,7 +317,7 @@ def test_folds_rule_names_the_key_and_the_fix():
     import numpy as np
     import pandas as pd
 
-    from brainprop.encoding.encode import folds_table
+    from brainprop.encoding.folds import folds_table
 
     samples = pd.DataFrame({"image_id": [f"i{k}" for k in range(12)], "group": np.repeat(["a", "b", "c"], 4)})
     with pytest.raises(ValueError) as err:
