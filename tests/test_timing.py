@@ -10,7 +10,7 @@ a time-weighted centroid was rejected because the epoch edge truncates it (a 50 
 
 import numpy as np
 import pytest
-from fixtures.datasets import dataset_entry, pulse, write_things_meg, write_things_meg_bids
+from fixtures.datasets import dataset_entry, pulse, write_things_eeg2, write_things_meg, write_things_meg_bids
 from fixtures.timing import peak_latency, reference_resample
 
 from brainprop.brain import datasets as D
@@ -110,6 +110,17 @@ def test_things_meg_bids_route_keeps_latencies(tmp_path):
     _, Y, targets, _ = D.reader("things_meg").read_subject(tmp_path / "root", ds, "P1", manifest["image_id"].tolist())
     assert targets["time"].min() == pytest.approx(-0.5)
     _assert_within_bar(Y, targets, MEG_LATENCIES)  # the next trial's pulses sit 1.5 s later, outside ±0.3 s
+
+
+def test_things_eeg2_reader_keeps_latencies_when_resampling(tmp_path):
+    write_things_eeg2(tmp_path / "root", latencies=EEG_LATENCIES)
+    ds = dataset_entry("things_eeg2", tmp_path / "root", ["sub-01"], zscore=False, lowpass=20.0, sfreq=30.0)
+    manifest = D.build_manifest(tmp_path / "out", ds, "d")
+    _, Y, targets, _ = D.reader("things_eeg2").read_subject(
+        tmp_path / "root", ds, "sub-01", manifest["image_id"].tolist()
+    )
+    assert targets["time"].nunique() == 30 and targets["time"].iloc[1] == pytest.approx(-0.2 + 1 / 30)
+    _assert_within_bar(Y, targets, EEG_LATENCIES)
 
 
 def _mne_default(data: np.ndarray, sfreq: float, cutoff: float | None, new: float) -> np.ndarray:
