@@ -31,7 +31,8 @@ SIGNALS = sorted({s for m in MODELS.values() for s in m["signals"]})
 
 
 def _choice(values):
-    return "|".join(sorted(values))
+    """A wildcard regex matching exactly `values`; none (an empty set) matches nothing, not everything."""
+    return "|".join(sorted(values)) or "(?!)"
 
 
 wildcard_constraints:
