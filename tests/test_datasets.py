@@ -18,6 +18,7 @@ from fixtures.datasets import (
     write_things_fmri,
     write_things_meg,
 )
+from fixtures.timing import reference_resample
 
 from brainprop.brain import datasets as D
 from brainprop.brain.datasets import nsd as nsd_reader
@@ -300,8 +301,8 @@ def test_things_meg_split_epochs_catch_and_averaging(meg_root, tmp_path):
     # independent route: MNE Epochs methods on the whole file
     epochs = mne.read_epochs(root / "derivatives" / "preprocessed" / "preprocessed_P1-epo.fif", verbose="error")
     epochs = epochs[(att["trial_type"] != "catch").to_numpy()].load_data()
-    epochs.filter(None, 20.0, verbose="error").resample(30.0, verbose="error")
-    data = epochs.get_data()
+    epochs.filter(None, 20.0, phase="zero", fir_design="firwin", pad="edge", verbose="error")
+    data = reference_resample(epochs.get_data(), 200.0, 30.0)  # scipy on the exact grid (docs/datasets.md, Timing)
     assert targets["time"].nunique() == data.shape[2] == 42
     flat = data.reshape(len(data), -1)
     z = (flat - flat.mean(0)) / flat.std(0)
@@ -410,7 +411,7 @@ def test_things_meg_raw_bids_route(tmp_path):
             np.arange(len(trials)) + 1,
         ]
         epochs = mne.Epochs(raw, events, tmin=-0.5, tmax=3.0, baseline=None, preload=True, verbose="error")
-        blocks.append(epochs.resample(30.0, verbose="error").get_data().reshape(len(trials), -1))
+        blocks.append(reference_resample(epochs.get_data(), raw.info["sfreq"], 30.0).reshape(len(trials), -1))
         ids += [n.replace(".jpg", "") for n, _ in trials]
     flat, ids = np.concatenate(blocks), np.array(ids)
     z = (flat - flat.mean(0)) / flat.std(0)

@@ -393,3 +393,15 @@ def test_recorded_ctf_names_with_the_system_suffix_map_onto_the_layout():
     bare, _ = _layout_positions(["MLC11", "MRO52"])
     np.testing.assert_array_equal(suffixed, bare)
     assert on.tolist() == [True, True, False]  # a sensor off the layout is left out, not fatal
+
+
+def test_eeg_10_10_names_map_onto_the_easycap_layout():
+    """THINGS-EEG2's 17 channels (modality meg) are drawn on the EasyCap-M1 layout: posterior, left odd, right even."""
+    from brainprop.figures.maps import _layout_positions, sensor_layout
+
+    names = ["O1", "Oz", "O2", "PO7", "PO3", "POz", "PO4", "PO8", "P7", "P5", "P3", "P1", "Pz", "P2", "P4", "P6", "P8"]
+    assert sensor_layout(names) == "EasyCap-M1 10-10 EEG" and sensor_layout(["MLC11-1609"]) == "CTF-275"
+    pos, on = _layout_positions(names)
+    assert on.all() and (pos[:, 1] < 0).all()  # behind the head's centre
+    x = dict(zip(names, pos[:, 0]))
+    assert x["O1"] < 0 < x["O2"] and x["PO7"] < x["PO3"] < 0 < x["PO4"] < x["PO8"] and abs(x["Oz"]) < 0.005

@@ -166,7 +166,13 @@ def _canonical_order(value, path: tuple = ()):
 
 
 # real dataset kind -> default atlas name of its fMRI targets ("" for MEG)
-REAL_KIND_ATLAS = {"nsd": "nsd", "nsd_algonauts": "algonauts", "things_fmri": "things", "things_meg": ""}
+REAL_KIND_ATLAS = {
+    "nsd": "nsd",
+    "nsd_algonauts": "algonauts",
+    "things_fmri": "things",
+    "things_meg": "",
+    "things_eeg2": "",
+}
 
 
 def _prefill_real_datasets(config: dict) -> None:

@@ -42,7 +42,8 @@ TABLE_NAMES = list(TABLES)
 
 
 def _choice(values):
-    return "|".join(sorted(values))
+    """A wildcard regex matching exactly `values`; none (an empty set) matches nothing, not everything."""
+    return "|".join(sorted(values)) or "(?!)"
 
 
 wildcard_constraints:

@@ -15,13 +15,15 @@ mean depth of each target (`brainprop.hierarchy.weighted_depth`), is projected t
 averaged over subjects at the vertices the test keeps.
 
 MEG topomaps show, for a few layers spread over depth, the subject-mean r of every sensor at
-the layer's group T_max, on the CTF-275 layout that MNE ships.
+the layer's group T_max, on the CTF-275 layout that MNE ships; EEG sensors (THINGS-EEG2's 10-10
+names, read as modality meg) on MNE's EasyCap-M1 montage, the cap THINGS-EEG2 was recorded with.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -341,28 +343,67 @@ def topomap_layers(tm: pd.DataFrame, n: int = 4) -> pd.DataFrame:
     return pd.concat(picked, ignore_index=True)
 
 
+@cache
+def _ctf275() -> tuple[list[str], np.ndarray]:
+    """Names and 2-D centres of MNE's CTF-275 layout."""
+    import mne
+
+    layout = mne.channels.read_layout("CTF275")
+    return list(layout.names), layout.pos[:, :2] + layout.pos[:, 2:] / 2
+
+
+@cache
+def _easycap_m1() -> tuple[list[str], np.ndarray]:
+    """Names and 2-D centres of MNE's EasyCap-M1 montage (74 EEG sites, 10-10 names) projected as MNE's topomaps do."""
+    import mne
+
+    montage = mne.channels.make_standard_montage("easycap-M1")
+    info = mne.create_info(montage.ch_names, 1000.0, "eeg")
+    info.set_montage(montage)
+    layout = mne.channels.make_eeg_layout(info)
+    return list(layout.names), layout.pos[:, :2] + layout.pos[:, 2:] / 2
+
+
+# sensor layout -> (its names and 2-D centres, a recorded channel's name on it); CTF channels carry "-1609"
+SENSOR_LAYOUTS = {
+    "CTF-275": (_ctf275, lambda name: name.split("-")[0]),
+    "EasyCap-M1 10-10 EEG": (_easycap_m1, lambda name: name),
+}
+
+
+def sensor_layout(sensors: Sequence[str]) -> str:
+    """The layout of SENSOR_LAYOUTS that holds the most of `sensors` (the first on ties)."""
+    held = {}
+    for name, (read, bare) in SENSOR_LAYOUTS.items():
+        names = set(read()[0])
+        held[name] = sum(bare(s) in names for s in sensors)
+    best = max(held, key=held.get)
+    if not held[best]:
+        raise ValueError(
+            f"sensor(s) {list(sensors)[:5]} not on the CTF-275 layout nor any other of {list(SENSOR_LAYOUTS)}; "
+            "expected CTF-275 (MEG) or 10-10 (EEG) names"
+        )
+    return best
+
+
 def _layout_positions(sensors: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """2-D positions (head-sized, metres) of the `sensors` on MNE's CTF-275 layout, and which are on it.
+    """2-D positions (head-sized, metres) of the `sensors` on their layout (`sensor_layout`), and which are on it.
 
     Recorded CTF channels carry the system's suffix ("MLC11-1609"); the layout has the bare
     names. Sensors not on the layout are left out of the map (the caller logs how many).
     """
-    import mne
-
-    layout = mne.channels.read_layout("CTF275")
-    centre = layout.pos[:, :2] + layout.pos[:, 2:] / 2
-    index = {name: i for i, name in enumerate(layout.names)}
-    bare = [s.split("-")[0] for s in sensors]
-    on = np.array([b in index for b in bare], dtype=bool)
-    if not on.any():
-        raise ValueError(f"sensor(s) {list(sensors)[:5]} not on the CTF-275 layout; expected CTF-275 names")
-    pos = centre[[index[b] for b, o in zip(bare, on) if o]]
+    read, bare = SENSOR_LAYOUTS[sensor_layout(sensors)]
+    names, centre = read()
+    index = {name: i for i, name in enumerate(names)}
+    keys = [bare(s) for s in sensors]
+    on = np.array([k in index for k in keys], dtype=bool)
+    pos = centre[[index[k] for k, o in zip(keys, on) if o]]
     pos = pos - centre.mean(axis=0)
     return pos / np.linalg.norm(centre - centre.mean(axis=0), axis=1).max() * 0.09, on
 
 
 def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
-    """Sensor topomaps of r, one per (signal, layer) row of `values`, on the CTF-275 layout.
+    """Sensor topomaps of r, one per (signal, layer) row of `values`, on the sensors' layout (CTF-275 or EEG 10-10).
 
     `values` has columns signal, depth, time (s) and `r`: an array of per-sensor r, and
     `sensors`: the sensor names of that array. Rows are signals, columns layers by depth;
@@ -392,11 +433,12 @@ def plot_meg_topomaps(values: pd.DataFrame, *, title: str) -> Figure:
                 pos, on = _layout_positions(list(row["sensors"]))
                 if not on.all():
                     log.info(
-                        "topomap %s depth %.2f: %d of %d sensors not on the CTF-275 layout, left out",
+                        "topomap %s depth %.2f: %d of %d sensors not on the %s layout, left out",
                         signal,
                         row["depth"],
                         int((~on).sum()),
                         len(on),
+                        sensor_layout(list(row["sensors"])),
                     )
                 image, _ = mne.viz.plot_topomap(
                     np.asarray(row["r"], dtype="float64")[on],
@@ -604,5 +646,6 @@ def make_meg_topomaps(
     """Draw the MEG topomaps of one dataset × model at its layers' T_max (`tmax` rows); return the paths."""
     tm = _rows_of(tmax, dataset, model)
     values = _topomap_values(targets, _subject_scores(scores, targets), tm)
-    fig = plot_meg_topomaps(values, title=f"{dataset} · {model}: sensor r at each layer's T_max (CTF-275)")
+    layout = sensor_layout(list(values["sensors"].iloc[0]))
+    fig = plot_meg_topomaps(values, title=f"{dataset} · {model}: sensor r at each layer's T_max ({layout})")
     return save_figure(fig, Path(out_dir) / f"meg_topomaps_{dataset}_{model}", formats)

@@ -1,6 +1,6 @@
 """Real datasets read from their published files: a registry of kinds and what the brain stage needs of them.
 
-Each kind's module (nsd, nsd_algonauts, things_fmri, things_meg) provides `MODALITY` and
+Each kind's module (nsd, nsd_algonauts, things_fmri, things_meg, things_eeg2) provides `MODALITY` and
 
 - `check(root, ds, subject) -> list[Finding]`: what is present, missing or not in the format;
 - `images(root, ds, out_dir) -> DataFrame`: the image set the selected subjects saw
@@ -49,24 +49,28 @@ DATASET_KINDS: dict[str, str] = {
     "nsd_algonauts": "nsd_algonauts",
     "things_fmri": "things_fmri",
     "things_meg": "things_meg",
+    "things_eeg2": "things_eeg2",
 }
 
 # Kinds whose subjects all saw the same images, averaged into the manifest's order (THINGS-MEG:
-# the 22,448 + 200 images for every participant): their encode jobs share one decomposition.
-SHARED_IMAGE_ORDER = frozenset({"things_meg"})
+# the 22,248 + 200 images for every participant; THINGS-EEG2: the 16,540 + 200 for every subject,
+# in the files' row order): their encode jobs share one decomposition.
+SHARED_IMAGE_ORDER = frozenset({"things_meg", "things_eeg2"})
 
 
 def published_image_count(kind: str, n_subjects: int) -> int:
     """Images the selected subjects of a dataset kind saw, by the published design (DATASETS.md).
 
     For planning before the manifest exists: NSD and Algonauts 2023 (NSD's images) 1,000 shared
-    plus 9,000 per subject (73,000 at most); THINGS-fMRI 8,640 + 100; THINGS-MEG 22,248 + 200.
+    plus 9,000 per subject (73,000 at most); THINGS-fMRI 8,640 + 100; THINGS-MEG 22,248 + 200;
+    THINGS-EEG2 16,540 + 200.
     """
     counts = {
         "nsd": min(1_000 + 9_000 * n_subjects, 73_000),
         "nsd_algonauts": min(1_000 + 9_000 * n_subjects, 73_000),
         "things_fmri": 8_740,
         "things_meg": 22_448,
+        "things_eeg2": 16_740,
     }
     if kind not in counts:
         raise ValueError(f"dataset kind {kind!r} has no published image count; expected one of {sorted(counts)}")

@@ -22,6 +22,7 @@ __all__ = [
     "require_file",
     "resolve",
     "short",
+    "split_half_ncsnr",
     "zscore_columns",
 ]
 
@@ -153,6 +154,37 @@ def kknc_ncsnr(data: np.ndarray) -> np.ndarray:
         noise_sd = np.sqrt(np.mean(np.var(z, axis=-2, ddof=1), axis=-1))
         signal_sd = np.sqrt(np.clip(1.0 - noise_sd**2, 0.0, None))
         return signal_sd / noise_sd
+
+
+def split_half_ncsnr(data: np.ndarray, iterations: int = 100, seed: int = 0) -> np.ndarray:
+    """ncsnr per target from repeated trials (n_targets, n_reps, n_images) by THINGS-EEG2's split-half procedure.
+
+    As the official `correlation.py`: `iterations` times, the repetitions are split at random
+    (one seeded permutation per iteration, shared by every target) into halves A and B of
+    n_reps // 2 each; r(mean_A, mean_B) over images is averaged over iterations. That is the
+    reliability ρ_k of a k = n_reps // 2 trial mean; Spearman–Brown gives the single-trial
+    ρ_1 = ρ_k / (k − (k − 1) ρ_k), and ncsnr² = ρ_1 / (1 − ρ_1) (signal over noise variance), so
+    `nc_from_ncsnr` puts it on the scale of the other readers. ρ_k ≤ 0 gives 0, ρ_k ≥ 1 inf.
+    """
+    data = np.asarray(data, dtype=np.float64)
+    n_reps = data.shape[1]
+    half = n_reps // 2
+    if half < 1:
+        raise ValueError(f"split-half noise ceiling needs at least 2 repetitions, got {n_reps}")
+    rng = np.random.default_rng(seed)
+    total = np.zeros(data.shape[0])
+    for _ in range(iterations):
+        order = rng.permutation(n_reps)
+        a = data[:, order[:half]].mean(axis=1)
+        b = data[:, order[half : 2 * half]].mean(axis=1)
+        a = a - a.mean(axis=1, keepdims=True)
+        b = b - b.mean(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total += (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    rho_k = np.clip(total / iterations, 0.0, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho_1 = rho_k / (half - (half - 1) * rho_k)
+        return np.sqrt(rho_1 / (1.0 - rho_1))
 
 
 def image_group(image_ids: pd.Series, groups: pd.Series | None = None) -> pd.Series:

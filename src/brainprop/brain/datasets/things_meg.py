@@ -5,7 +5,9 @@
 baseline z-scored; `sourcedata/sample_attributes_P{n}.csv` has one row per epoch. Catch trials
 (trial_type `catch`, event value 999999) are dropped; every unique image is one sample, the
 test images' repetitions averaged (METHOD.md §3). By default each chunk of epochs is low-passed
-at 20 Hz and resampled to 30 Hz, and every sensor × time point is z-scored over trials. The
+at 20 Hz and resampled to 30 Hz on the exact output grid (`timing.py`: MNE's own padding of
+`Epochs.resample` moved latencies by +10…12 ms on these epochs), and every sensor × time point
+is z-scored over trials. The
 noise ceiling is kknc's ncsnr from the test repetitions with the mixed-repetition formula.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import timing
 from ._common import DatasetError, Finding, RepetitionMean, kknc_ncsnr, nc_from_ncsnr, require_file, resolve
 from .things_fmri import concept_of
 
@@ -203,13 +206,10 @@ def images(root: Path, ds: dict, out_dir: Path) -> pd.DataFrame:
 
 
 def _preprocess(epochs, sensors: list[str], lowpass: float | None, sfreq: float | None) -> np.ndarray:
-    """Low-pass and resample a chunk of epochs with MNE's Epochs methods; (n, sensors, times)."""
+    """Low-pass and resample a chunk of epochs on the exact output grid (timing.py); (n, sensors, times)."""
     chunk = epochs.load_data().pick(sensors)
-    if lowpass:
-        chunk.filter(None, lowpass, verbose="error")
-    if sfreq and sfreq != chunk.info["sfreq"]:
-        chunk.resample(sfreq, verbose="error")
-    return chunk.get_data()
+    data, _ = timing.preprocess(chunk.get_data(), chunk.info["sfreq"], cutoff=lowpass, new_sfreq=sfreq)
+    return data
 
 
 def _epochs_source(root: Path, subject: str):
