@@ -85,7 +85,7 @@ def _resolve_layers(config: dict) -> dict[str, pd.DataFrame]:
     from .features.layers import resolve_layers
 
     return {
-        alias: resolve_layers(m["timm_name"], m["layers"], m["pooling"], m.get("input_size"), m.get("timm_kwargs"))
+        alias: resolve_layers(m, m["layers"], m["pooling"])
         for alias, m in config["models"].items()
         if not m.get("variant")
     }

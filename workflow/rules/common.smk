@@ -8,6 +8,7 @@ from brainprop.config import ConfigError, validate_config
 from brainprop.brain.datasets import shared_fits
 from brainprop.brain.simulate import params_from_config
 from brainprop.run import model_variants, variant_of
+from brainprop.features.sources import model_label
 
 try:
     validate_config(config)
@@ -165,7 +166,8 @@ def layers_of(model):
 
 def model_spec(model):
     """The keys of a model entry that the extracted features depend on (not batch size or device)."""
-    keys = ("timm_name", "weights", "timm_kwargs", "input_size", "loss", "loss_params", "precision", "signals")
+    keys = ("source", "name", "kwargs", "weights", "key_map", "input_size")
+    keys += ("loss", "loss_params", "precision", "signals")
     return {k: MODELS[model][k] for k in keys}
 
 

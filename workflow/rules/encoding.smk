@@ -42,7 +42,7 @@ rule encode:
         summary=f"{OUT}/encoding/{{dataset}}/{{model}}/{{signal}}/{{layer}}/{{subject}}.summary.parquet",
     params:
         encoding=encode_params(),
-        timm_name=lambda wc: MODELS[wc.model]["timm_name"],
+        timm_name=lambda wc: model_label(MODELS[wc.model]),
     log:
         f"{LOGS}/encode/{{dataset}}/{{model}}/{{signal}}/{{layer}}/{{subject}}.log",
     benchmark:
@@ -79,7 +79,7 @@ for _dataset in SHARED_FITS:
             summary=subject_files(_dataset, rules.encode.output.summary),
         params:
             encoding=encode_params(),
-            timm_name=lambda wc: MODELS[wc.model]["timm_name"],
+            timm_name=lambda wc: model_label(MODELS[wc.model]),
             dataset=_dataset,
             subjects=DATASETS[_dataset]["subjects"],
         log:

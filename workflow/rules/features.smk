@@ -6,8 +6,7 @@ checkpoint layers:
     output:
         layers=f"{OUT}/features/{{model}}/layers.parquet",
     params:
-        timm_name=lambda wc: MODELS[wc.model]["timm_name"],
-        timm_kwargs=lambda wc: MODELS[wc.model]["timm_kwargs"],
+        model=lambda wc: {k: MODELS[wc.model][k] for k in ("source", "name", "kwargs")},
         input_size=lambda wc: MODELS[wc.model]["input_size"],
         layers=lambda wc: MODELS[wc.model]["layers"],
         pooling=lambda wc: MODELS[wc.model]["pooling"],

@@ -85,7 +85,7 @@ rule tables:
     params:
         provenance={
             "seed": config["seed"],
-            "models": {a: {"timm_name": m["timm_name"], "weights": m["weights"]} for a, m in MODELS.items()},
+            "models": {a: {"timm_name": model_label(m), "weights": m["weights"]} for a, m in MODELS.items()},
         },
     log:
         f"{LOGS}/tables/tables.log",

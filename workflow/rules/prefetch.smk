@@ -12,7 +12,7 @@ rule prefetch:
         table=f"{OUT}/prefetch.parquet",
     params:
         models={
-            alias: {"timm_name": m["timm_name"], "weights": m["weights"]}
+            alias: {k: m[k] for k in ("source", "name", "kwargs", "weights")}
             for alias, m in MODELS.items()
             if m["weights"] == "pretrained"
         },

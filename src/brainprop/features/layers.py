@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .models import build_model, input_shape
-from .pooling import pool, token_context
+from .models import build, input_shape, model_info
+from .pooling import pool
 from .projection import projected_dim
+from .sources import canonical_model
 
 # Module-name patterns of a model's blocks, finest level first: the first pattern with at
 # least two matches defines the block list (ordered as the model defines its modules).
@@ -52,30 +53,48 @@ def _depths(ordinals: Sequence[int], n_blocks: int) -> list[float]:
     return [o / (n_blocks - 1) if n_blocks > 1 else 0.0 for o in ordinals]
 
 
-def resolve_layers(
-    timm_name: str, layers: dict, pooling: dict, input_size: int | None = None, timm_kwargs: dict | None = None
-) -> pd.DataFrame:
-    """Resolve the selected layers of a model without weights (meta device).
+def _weightless(model_spec: dict) -> torch.nn.Module:
+    """The model without weights: on the meta device, or on the CPU where its source cannot build there."""
+    try:
+        return build(model_spec, "meta").eval()
+    except (NotImplementedError, RuntimeError) as err:  # a python factory that touches its tensors
+        import logging
 
-    Returns a table with columns layer, layer_index, ordinal, depth, dim (pooled dimension).
+        logging.getLogger(__name__).info("%s: cannot build on meta (%s); built on the CPU", model_spec["name"], err)
+        return build(model_spec, "cpu").eval()
+
+
+def resolve_layers(
+    model: dict | str, layers: dict, pooling: dict, input_size: int | None = None, kwargs: dict | None = None
+) -> pd.DataFrame:
+    """Resolve the selected layers of a model without weights (meta device where its source allows).
+
+    `model` is a model entry (source, name, kwargs, input_size; features.sources), or a timm
+    name with `input_size` and `kwargs` given here. Returns a table with columns layer,
+    layer_index, ordinal, depth, dim (pooled dimension).
     """
-    model = build_model(timm_name, "meta", input_size, timm_kwargs).eval()
-    blocks = find_blocks(model)
+    spec = canonical_model(model if isinstance(model, dict) else {"name": model, "kwargs": kwargs or {}})
+    if input_size is not None:
+        spec["input_size"] = input_size
+    module = _weightless(spec)
+    info = model_info(module)
+    label = spec["name"]
+    blocks = info.blocks()
     if layers.get("names"):
-        modules = dict(model.named_modules())
+        modules = dict(module.named_modules())
         missing = [n for n in layers["names"] if n not in modules]
         if missing:
-            raise ValueError(f"model {timm_name!r}: no module named {missing}; blocks are {blocks}")
+            raise ValueError(f"model {label!r}: no module named {missing}; blocks are {blocks}")
         chosen = []
         for name in layers["names"]:
             ordinal = blocks.index(name) if name in blocks else None
             if ordinal is None:
-                raise ValueError(f"model {timm_name!r}: {name!r} is not a block; blocks are {blocks}")
+                raise ValueError(f"model {label!r}: {name!r} is not a block; blocks are {blocks}")
             chosen.append((name, ordinal))
     else:
         chosen = select_layers(blocks, int(layers.get("n", 22)))
-    shapes = _output_shapes(model, [c[0] for c in chosen], input_shape(model, input_size))
-    ctx = token_context(model)
+    shapes = _output_shapes(module, [c[0] for c in chosen], input_shape(module))
+    ctx = info.tokens
     dims = [
         projected_dim(pool(torch.empty(shapes[name], device="meta"), pooling, ctx).shape[1], pooling)
         for name, _ in chosen
