@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,8 @@ from .models import build, input_shape, model_info
 from .pooling import pool
 from .projection import projected_dim
 from .sources import canonical_model
+
+log = logging.getLogger(__name__)
 
 # Module-name patterns of a model's blocks, finest level first: the first pattern with at
 # least two matches defines the block list (ordered as the model defines its modules).
@@ -53,15 +56,24 @@ def _depths(ordinals: Sequence[int], n_blocks: int) -> list[float]:
     return [o / (n_blocks - 1) if n_blocks > 1 else 0.0 for o in ordinals]
 
 
-def _weightless(model_spec: dict) -> torch.nn.Module:
-    """The model without weights: on the meta device, or on the CPU where its source cannot build there."""
-    try:
-        return build(model_spec, "meta").eval()
-    except (NotImplementedError, RuntimeError) as err:  # a python factory that touches its tensors
-        import logging
+def _shapes_without_weights(spec: dict, chosen: Callable[[torch.nn.Module], list[str]]) -> tuple:
+    """(module, output shapes of the chosen blocks) from a weightless build: meta device, else the CPU.
 
-        logging.getLogger(__name__).info("%s: cannot build on meta (%s); built on the CPU", model_spec["name"], err)
-        return build(model_spec, "cpu").eval()
+    A few models create tensors on the CPU inside their forward (torchvision's RegNet), or a python
+    factory touches its tensors; those are built on the CPU instead (random weights, never loaded).
+    timm models always build on meta (a 7B ViT must never be built on the CPU to count its blocks).
+    """
+    devices = ("meta",) if spec["source"] == "timm" else ("meta", "cpu")
+    for device in devices:
+        try:
+            module = build(spec, device).eval()
+            names = chosen(module)
+            return module, names, _output_shapes(module, names, input_shape(module))
+        except (NotImplementedError, RuntimeError) as err:
+            if device == devices[-1]:
+                raise
+            log.info("%s: cannot resolve on the meta device (%s); resolving on the CPU", spec["name"], err)
+    raise AssertionError("unreachable")
 
 
 def resolve_layers(
@@ -76,24 +88,24 @@ def resolve_layers(
     spec = canonical_model(model if isinstance(model, dict) else {"name": model, "kwargs": kwargs or {}})
     if input_size is not None:
         spec["input_size"] = input_size
-    module = _weightless(spec)
-    info = model_info(module)
-    label = spec["name"]
-    blocks = info.blocks()
-    if layers.get("names"):
+
+    def choose(module: torch.nn.Module) -> list[str]:
+        blocks = model_info(module).blocks()
+        if not layers.get("names"):
+            return [name for name, _ in select_layers(blocks, int(layers.get("n", 22)))]
         modules = dict(module.named_modules())
         missing = [n for n in layers["names"] if n not in modules]
         if missing:
-            raise ValueError(f"model {label!r}: no module named {missing}; blocks are {blocks}")
-        chosen = []
-        for name in layers["names"]:
-            ordinal = blocks.index(name) if name in blocks else None
-            if ordinal is None:
-                raise ValueError(f"model {label!r}: {name!r} is not a block; blocks are {blocks}")
-            chosen.append((name, ordinal))
-    else:
-        chosen = select_layers(blocks, int(layers.get("n", 22)))
-    shapes = _output_shapes(module, [c[0] for c in chosen], input_shape(module))
+            raise ValueError(f"model {spec['name']!r}: no module named {missing}; blocks are {blocks}")
+        outside = [n for n in layers["names"] if n not in blocks]
+        if outside:
+            raise ValueError(f"model {spec['name']!r}: {outside[0]!r} is not a block; blocks are {blocks}")
+        return list(layers["names"])
+
+    module, names, shapes = _shapes_without_weights(spec, choose)
+    info = model_info(module)
+    blocks = info.blocks()
+    chosen = [(name, blocks.index(name)) for name in names]
     ctx = info.tokens
     dims = [
         projected_dim(pool(torch.empty(shapes[name], device="meta"), pooling, ctx).shape[1], pooling)
@@ -118,7 +130,8 @@ def _output_shapes(model: torch.nn.Module, names: Sequence[str], size: tuple[int
     ]
     try:
         with torch.no_grad():
-            model(torch.empty((1, *size), device="meta"))
+            device = next(model.parameters(), torch.empty(0, device="meta")).device
+            model(torch.empty((1, *size), device=device))
     finally:
         for h in handles:
             h.remove()
