@@ -374,7 +374,7 @@ def pretrained_file(member) -> Path:
             _check_hash_prefix(path)
             return path
     if filename in WEIGHT_FILES:
-        fix = f"restore it with `{install_command(filename)}`"
+        fix = f"restore it with {install_command(filename)}"
     else:
         fix = (
             f"on a node with internet run `snakemake prefetch --configfile <config>` (downloads {member.url} "

