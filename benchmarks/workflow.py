@@ -80,9 +80,11 @@ def write_layers(config: dict, workdir: Path) -> None:
 
     config = validate_config(json.loads(json.dumps(config)), check_models=False)
     for alias, m in model_variants(config["models"], config["sensitivity"]).items():
-        layers = resolve_layers(m["timm_name"], m["layers"], m["pooling"], m["input_size"], m["timm_kwargs"])
+        layers = resolve_layers(m, m["layers"], m["pooling"])
         write_table(
-            workdir / f"results/{config['run']}/features/{alias}/layers.parquet", layers, {"timm_name": m["timm_name"]}
+            workdir / f"results/{config['run']}/features/{alias}/layers.parquet",
+            layers,
+            {"model": {k: m[k] for k in ("source", "name", "kwargs")}},
         )
 
 

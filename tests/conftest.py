@@ -90,6 +90,18 @@ def demo_manifest(tmp_path_factory):
     return root / "manifest.parquet", manifest
 
 
+@pytest.fixture(scope="session")
+def trained_weights() -> dict:
+    """The trained weight files `make install` put in the weights folder, checked by sha256.
+
+    A missing or corrupt file fails the test with the message that names it and the command that
+    restores it (never a skip: CI runs `make test`, which installs them).
+    """
+    from brainprop.features.weights import WEIGHT_FILES, resolve_checkpoint, verify_checkpoint
+
+    return {name: verify_checkpoint(resolve_checkpoint(name)) for name in WEIGHT_FILES}
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: tiny models gain nothing from threads, and OpenMP spin-waits

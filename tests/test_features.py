@@ -26,7 +26,7 @@ from brainprop.features.extract import extract_features
 from brainprop.features.files import feature_path, load_features, load_layers, load_samples
 from brainprop.features.layers import find_blocks, resolve_layers
 from brainprop.features.losses import LOSS_PREPARERS, LOSSES, _crop_box, image_seed, prototypes, teacher_view
-from brainprop.features.models import create_model
+from brainprop.features.models import create_model, image_transform, load_model, model_info
 from brainprop.features.pooling import TokenContext, pool, token_context
 from brainprop.features.projection import project, projected_dim, projection_matrix
 from brainprop.features.rules import extract_to_folder
@@ -36,6 +36,22 @@ CNN = ("resnet18", {"zero_init_last": False})
 VIT = ("vit_tiny_patch16_224", {})
 SIZE = 64
 N_IMAGES = 16
+# The two ImageNet-trained CNNs `make install` puts in the weights folder, at the test size.
+TRAINED = {
+    "lite0": {
+        "source": "timm",
+        "name": "tf_efficientnet_lite0",
+        "weights": "efficientnet-lite0-57934424.pth",
+        "key_map": "lukemelas_efficientnet",
+        "input_size": SIZE,
+    },
+    "mobilenet": {
+        "source": "torchvision",
+        "name": "mobilenet_v2.IMAGENET1K_V1",
+        "weights": "pretrained",
+        "input_size": SIZE,
+    },
+}
 
 
 # ---------------------------------------------------------------- helpers and fixtures
@@ -91,6 +107,47 @@ def cnn_case():
     return model, images, names, TokenContext(), *_reference(model, images, names)
 
 
+def _photos(model: torch.nn.Module, n: int = N_IMAGES) -> torch.Tensor:
+    """n real images: crops of scikit-image photographs, preprocessed for the model."""
+    from PIL import Image
+    from skimage import data
+
+    transform = image_transform(model)
+    photos = [
+        Image.fromarray(getattr(data, name)()).convert("RGB") for name in ("chelsea", "coffee", "astronaut", "rocket")
+    ]
+    crops = []
+    for k in range(n):
+        photo = photos[k % len(photos)]
+        w, h = photo.size
+        side = min(w, h) * (1.0 - 0.15 * (k // len(photos)))
+        left, top = (w - side) * ((k * 37) % 11) / 10, (h - side) * ((k * 53) % 7) / 6
+        crops.append(transform(photo.crop((int(left), int(top), int(left + side), int(top + side)))))
+    return torch.stack(crops)
+
+
+def _trained_case(key: str):
+    """A trained CNN in float64: its ReLU6 clips at 0 and 6, and in float32 the rounding of a batched
+    convolution (about 1e-7) flips the odd unit sitting on a clip, which moves every gradient below it
+    by about 1e-3 of its scale (measured on MobileNetV2); float64 leaves the arithmetic to compare."""
+    model = load_model(TRAINED[key], 0).double()
+    images = _photos(model).double()
+    names = model_info(model).blocks()
+    return model, images, names, TokenContext(), *_reference(model, images, names)
+
+
+@pytest.fixture(scope="module")
+def lite0_case(trained_weights):
+    """EfficientNet-Lite0, ImageNet-trained (timm, lukemelas file through the key map), 64 px photographs."""
+    return _trained_case("lite0")
+
+
+@pytest.fixture(scope="module")
+def mobilenet_case(trained_weights):
+    """MobileNetV2, ImageNet-trained (torchvision IMAGENET1K_V1 from the weights folder), 64 px photographs."""
+    return _trained_case("mobilenet")
+
+
 @pytest.fixture(scope="module")
 def vit_case():
     """vit_tiny at 64 px (class token, head on the class token): model, images, blocks, reference."""
@@ -106,7 +163,16 @@ def vit_case():
 
 @pytest.mark.parametrize(
     "case, mode",
-    [("cnn_case", "grid"), ("cnn_case", "mean"), ("vit_case", "grid"), ("vit_case", "mean"), ("vit_case", "cls")],
+    [
+        ("cnn_case", "grid"),
+        ("cnn_case", "mean"),
+        ("vit_case", "grid"),
+        ("vit_case", "mean"),
+        ("vit_case", "cls"),
+        ("lite0_case", "grid"),
+        ("lite0_case", "mean"),
+        ("mobilenet_case", "grid"),
+    ],
 )
 def test_features_match_one_image_autograd(case, mode, request):
     model, images, names, ctx, ref_out, ref_grad = request.getfixturevalue(case)
@@ -120,7 +186,7 @@ def test_features_match_one_image_autograd(case, mode, request):
     assert np.abs(feats["grad"][0]).max() > 0
 
 
-@pytest.mark.parametrize("case", ["cnn_case", "vit_case"])
+@pytest.mark.parametrize("case", ["cnn_case", "vit_case", "lite0_case", "mobilenet_case"])
 @pytest.mark.parametrize("batch_size", [1, 5])
 def test_batch_size_invariance(case, batch_size, request):
     model, images, names, *_ = request.getfixturevalue(case)
@@ -556,23 +622,32 @@ def test_cka_table(tmp_path):
 # ---------------------------------------------------------------- 10: self-distillation, labelled losses
 
 
-def _sd_reference(model, images, ids, names, params):
+def _timm_embedding(ref, x):
+    return ref.forward_head(ref.forward_features(x), pre_logits=True)
+
+
+def _mobilenet_embedding(ref, x):
+    """torchvision MobileNetV2's pre-logits written out: global average of its features."""
+    return F.adaptive_avg_pool2d(ref.features(x), 1).flatten(1)
+
+
+def _sd_reference(model, images, ids, names, params, embed=_timm_embedding, norm=None):
     """dL/d(output) one image at a time: teacher on its view without grad, loss written out here."""
     ref = copy.deepcopy(model)
     modules = dict(ref.named_modules())
-    mean, std = ref.pretrained_cfg["mean"], ref.pretrained_cfg["std"]
+    mean, std = norm or (ref.pretrained_cfg["mean"], ref.pretrained_cfg["std"])
     grads: dict[str, list] = {n: [] for n in names}
     for image, image_id in zip(images, ids):
         with torch.no_grad():
             view = teacher_view(image, image_id, mean, std, params)[None]
-            teacher = ref.forward_head(ref.forward_features(view), pre_logits=True).double()
+            teacher = embed(ref, view).double()
         store: dict[str, torch.Tensor] = {}
         handles = [
             modules[n].register_forward_hook(lambda m, i, o, n=n, store=store: store.__setitem__(n, o)) for n in names
         ]
         try:
             x = image[None].clone().requires_grad_(True)
-            student = ref.forward_head(ref.forward_features(x), pre_logits=True).double()
+            student = embed(ref, x).double()
             w = np.random.default_rng(params["seed"]).standard_normal((params["n_prototypes"], student.shape[1]))
             w = torch.from_numpy(w / np.linalg.norm(w, axis=1, keepdims=True))
             t = torch.softmax((teacher / teacher.norm()) @ w.T / 0.04, dim=1)
@@ -586,15 +661,25 @@ def _sd_reference(model, images, ids, names, params):
     return {n: torch.cat(v) for n, v in grads.items()}
 
 
-@pytest.mark.parametrize("case", ["cnn_case", "vit_case"])
-def test_self_distillation_matches_one_image_autograd(case, request):
+IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@pytest.mark.parametrize(
+    "case, embed, norm",
+    [
+        ("cnn_case", _timm_embedding, None),
+        ("vit_case", _timm_embedding, None),
+        ("mobilenet_case", _mobilenet_embedding, IMAGENET_NORM),  # torchvision: the classifier's input
+    ],
+)
+def test_self_distillation_matches_one_image_autograd(case, embed, norm, request):
     model, images, names, ctx, ref_out, _ = request.getfixturevalue(case)
     images, names = images[:6], names[::2]
     ids = [f"img{i:03d}" for i in range(6)]
     params = {"seed": 3, "n_prototypes": 512}
     spec = {"mode": "grid", "grid": 2}
     got = extract_features(model, images, names, spec, "self_distillation", 6, params, image_ids=ids)
-    ref = _sd_reference(model, images, ids, names, params)
+    ref = _sd_reference(model, images, ids, names, params, embed, norm)
     for k, name in enumerate(names):
         # The teacher pass did not overwrite the recorded activations.
         _assert_close(got["act"][k], pool(ref_out[name][:6], spec, ctx).numpy())

@@ -125,8 +125,8 @@ def resnet_features(tmp_path_factory):
     torch = pytest.importorskip("torch")
     from brainprop.encoding.folds import make_folds
     from brainprop.features.extract import extract_features
-    from brainprop.features.layers import find_blocks, select_layers
-    from brainprop.features.models import build_model, image_transform
+    from brainprop.features.layers import select_layers
+    from brainprop.features.models import image_transform, load_model, model_info
     from brainprop.stimuli.demo import make_demo_images
     from brainprop.stimuli.files import load_images, write_manifest
 
@@ -135,11 +135,10 @@ def resnet_features(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     manifest = make_demo_images(out, images["n_images"], images["size"], DEMO["seed"])
     write_manifest(out / "manifest.parquet", manifest)
-    torch.manual_seed(DEMO["seed"])
-    model = build_model(spec["timm_name"], "cpu", spec["input_size"], spec["timm_kwargs"]).eval().requires_grad_(False)
-    transform = image_transform(model, spec["input_size"])
+    model = load_model(spec, DEMO["seed"])  # any source and weights the demo config names
+    transform = image_transform(model)
     x = torch.stack([transform(im) for _, im in load_images(out / "manifest.parquet")])
-    names = [name for name, _ in select_layers(find_blocks(model), spec["layers"]["n"])]
+    names = [name for name, _ in select_layers(model_info(model).blocks(), spec["layers"]["n"])]
     assert len(names) == len(DEPTHS)
     signals = ("act", "grad", "fa", "dfa")
     plant = extract_features(model, x, names, {"mode": "grid", "grid": 4}, "cross_entropy", 60, signals=signals)

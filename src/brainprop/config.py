@@ -6,7 +6,6 @@ import copy
 import difflib
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -129,13 +128,14 @@ def validate_config(config: dict, schema_path: Path | None = None, check_models:
     """Validate `config` in place (filling defaults) and run the cross-field checks; return it."""
     _check_key_types(config)
     _prefill_real_datasets(config)
+    spelled = _canonical_models(config)
     validator = _validator_with_defaults(_schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_message(e) for e in errors))
     _check_cross_fields(config)
     if check_models:
-        _check_timm_names(config)
+        _check_model_names(config, spelled)
     canonical = _canonical_order(config)
     config.clear()
     config.update(canonical)
@@ -217,6 +217,26 @@ def _check_real_datasets(config: dict) -> list[str]:
     return problems
 
 
+def _check_weights(models: dict) -> list[str]:
+    """Each checkpoint file exists (bare names in the weights folder); a key map goes with a checkpoint."""
+    from .features.weights import WeightFileError, is_checkpoint, resolve_checkpoint
+
+    problems = []
+    for alias, model in models.items():
+        weights, key = model["weights"], f"config key models.{alias}.weights"
+        if is_checkpoint(weights):
+            try:
+                resolve_checkpoint(weights, key)
+            except WeightFileError as err:
+                problems.append(f"{err} (expected 'random', 'pretrained' or a checkpoint file)")
+        elif model.get("key_map"):
+            problems.append(
+                f"config key models.{alias}.key_map: {model['key_map']!r} renames a checkpoint's keys, but "
+                f"weights is {weights!r}; give a checkpoint file as weights or drop key_map"
+            )
+    return problems
+
+
 def _check_cross_fields(config: dict) -> None:
     """Checks across keys, before any job: references, real datasets and the strict checks (STRICT_CHECKS)."""
     problems = _check_real_datasets(config) + [p for check in STRICT_CHECKS for p in check(config)]
@@ -248,13 +268,7 @@ def _check_cross_fields(config: dict) -> None:
                 problems.append(
                     f"config key datasets.{name}.meg_windows.{level}: {window} must be [start, end] with start < end"
                 )
-    for alias, model in config["models"].items():
-        weights = model["weights"]
-        if weights not in ("random", "pretrained") and not Path(weights).is_file():
-            problems.append(
-                f"config key models.{alias}.weights: {weights!r} is neither 'random', 'pretrained' "
-                "nor an existing checkpoint file"
-            )
+    problems += _check_weights(config["models"])
     for alias in config.get("joint", {}).get("models") or []:
         if alias not in config["models"]:
             problems.append(
@@ -264,49 +278,44 @@ def _check_cross_fields(config: dict) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-def _timm_cache_path(version: str) -> Path:
-    """Where the model names of one timm version are cached (XDG cache directory)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "brainprop" / f"timm-{version}-models.txt"
+def _canonical_models(config: dict) -> dict[str, str]:
+    """Rewrite each model's timm_name/timm_kwargs to name/kwargs; returns alias -> the key its name was given as."""
+    from .features.sources import canonical_model
+
+    models = config.get("models")
+    if not isinstance(models, dict):
+        return {}
+    problems, spelled = [], {}
+    for alias, entry in models.items():
+        if not isinstance(entry, dict):
+            continue
+        spelled[alias] = "timm_name" if "timm_name" in entry else "name"
+        try:
+            models[alias] = canonical_model(entry, f"models.{alias}")
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return spelled
 
 
 def timm_model_names() -> set[str]:
-    """timm's registered model names, cached per timm version.
+    """timm's registered model names, cached per timm version (features.sources)."""
+    from .features.sources import timm_model_names as names
 
-    Importing timm costs seconds, and Snakemake parses the config at every start (and in every
-    cluster job); the names only change with the timm version.
-    """
-    from importlib.metadata import version
-
-    path = _timm_cache_path(version("timm"))
-    try:
-        return set(path.read_text().split())
-    except OSError:
-        pass
-    import timm
-
-    names = sorted(timm.list_models())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text("\n".join(names) + "\n")
-        os.replace(tmp, path)
-    except OSError:  # a read-only home: check without the cache
-        pass
-    return set(names)
+    return names()
 
 
-def _check_timm_names(config: dict) -> None:
-    known = timm_model_names()
+def _check_model_names(config: dict, spelled: dict[str, str] | None = None) -> None:
+    """Every model's name exists in its source (nearest names listed); cheap: per-version name caches."""
+    from .features.sources import SOURCES
+
     problems = []
     for alias, model in config["models"].items():
-        name = model["timm_name"].split(".")[0]  # a pretrained tag may follow the dot
-        if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=5)
-            problems.append(
-                f"config key models.{alias}.timm_name: {model['timm_name']!r} is not a timm model; "
-                f"nearest timm names: {close}"
-            )
+        problem = SOURCES[model["source"]].check(model["name"])
+        if problem:
+            key = (spelled or {}).get(alias, "name")
+            problems.append(f"config key models.{alias}.{key}: {problem} (source {model['source']!r})")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

@@ -84,11 +84,7 @@ def _resolve_layers(run: Run) -> dict[str, pd.DataFrame]:
     """Selected layers and pooled dims of every configured model (meta device: no weights, no compute)."""
     from .features.layers import resolve_layers
 
-    return {
-        alias: resolve_layers(m["timm_name"], m["layers"], m["pooling"], m.get("input_size"), m.get("timm_kwargs"))
-        for alias, m in run.models.items()
-        if not m["variant"]
-    }
+    return {alias: resolve_layers(m, m["layers"], m["pooling"]) for alias, m in run.models.items() if not m["variant"]}
 
 
 def image_count(config: dict, imageset: str, manifest: str | Path | None = None) -> int:

@@ -102,7 +102,9 @@ def variant_of(models: dict, alias: str) -> dict:
 
 
 # The keys of a model entry that its extracted features depend on (not batch size or device).
-FEATURE_KEYS = ("timm_name", "weights", "timm_kwargs", "input_size", "loss", "loss_params", "precision", "signals")
+FEATURE_KEYS = (
+    "source", "name", "kwargs", "weights", "key_map", "input_size", "loss", "loss_params", "precision", "signals",
+)  # fmt: skip
 
 
 class Run:

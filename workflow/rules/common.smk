@@ -8,6 +8,7 @@ from brainprop.configfile import check_config_files
 from brainprop.contract import TABLES
 from brainprop.encoding import files as encoding_files
 from brainprop.features import files as features_files
+from brainprop.features.sources import model_label
 from brainprop.figures import catalog
 from brainprop.hierarchy import files as hierarchy_files
 from brainprop.run import Run, variant_of
@@ -16,7 +17,9 @@ from brainprop.stimuli import files as stimuli_files
 from brainprop.workflow import mem_mb, runtime
 
 try:
-    check_config_files(workflow.configfiles)  # Snakemake's own YAML loader keeps duplicate and non-string keys
+    check_config_files(
+        workflow.configfiles
+    )  # Snakemake's own YAML loader keeps duplicate and non-string keys
     validate_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None

@@ -57,7 +57,7 @@ rule encode:
         identity=lambda wc: {
             "dataset": wc.dataset,
             "model": wc.model,
-            "timm_name": MODELS[wc.model]["timm_name"],
+            "timm_name": model_label(MODELS[wc.model]),
             "signal": wc.signal,
             "subject": wc.subject,
         },
@@ -101,7 +101,7 @@ for shared_dataset in RUN.shared:
             identity=lambda wc, ds=shared_dataset: {
                 "dataset": ds,
                 "model": wc.model,
-                "timm_name": MODELS[wc.model]["timm_name"],
+                "timm_name": model_label(MODELS[wc.model]),
                 "signal": wc.signal,
             },
             layer=lambda wc: int(wc.layer),

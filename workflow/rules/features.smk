@@ -17,8 +17,7 @@ checkpoint layers:
         mem_mb=mem_mb(2000),
         runtime=runtime(10),
     params:
-        timm_name=lambda wc: MODELS[wc.model]["timm_name"],
-        timm_kwargs=lambda wc: MODELS[wc.model]["timm_kwargs"],
+        model=lambda wc: {k: MODELS[wc.model][k] for k in ("source", "name", "kwargs")},
         input_size=lambda wc: MODELS[wc.model]["input_size"],
         layers=lambda wc: MODELS[wc.model]["layers"],
         pooling=lambda wc: MODELS[wc.model]["pooling"],
@@ -97,7 +96,7 @@ rule prefetch:
         runtime=runtime(120),
     params:
         models={
-            alias: {"timm_name": m["timm_name"], "weights": m["weights"]}
+            alias: {k: m[k] for k in ("source", "name", "kwargs", "weights")}
             for alias, m in MODELS.items()
             if m["weights"] == "pretrained"
         },

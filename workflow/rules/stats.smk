@@ -170,7 +170,7 @@ rule tables:
         provenance={
             "seed": config["seed"],
             "models": {
-                a: {"timm_name": m["timm_name"], "weights": m["weights"]}
+                a: {"timm_name": model_label(m), "weights": m["weights"]}
                 for a, m in MODELS.items()
             },
         },

@@ -59,16 +59,17 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def weights_identity(weights: str, seed: int) -> str:
-    """What identifies a model's weights: the seed of random ones, the checkpoint's content hash."""
+def weights_identity(weights: str, seed: int, key_map: str | None = None) -> str:
+    """What identifies a model's weights: the seed of random ones, the checkpoint's content hash (and key map)."""
+    from .weights import resolve_checkpoint
+
     if weights == "random":
         return f"random(seed={seed})"
     if weights == "pretrained":
-        return "pretrained"  # the pretrained tag is part of the timm name
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} (models.<alias>.weights) does not exist")
-    return f"checkpoint(sha256={file_sha256(path)})"
+        return "pretrained"  # the pretrained tag is part of the model name
+    path = resolve_checkpoint(weights)
+    mapped = f",key_map={key_map}" if key_map else ""
+    return f"checkpoint(sha256={file_sha256(path)}{mapped})"
 
 
 def manifest_digest(manifest: pd.DataFrame) -> str:
@@ -88,15 +89,18 @@ def feature_identity(
     manifest: pd.DataFrame,
     storage_dtype: str,
 ) -> dict:
-    """Everything the extracted numbers depend on (and nothing else: not batch size, device or workers)."""
-    import timm
+    """Everything the extracted numbers depend on (and nothing else: not batch size, device or workers).
 
+    The architecture's part comes from its source (features.sources); a timm model keeps the
+    keys it had before sources existed, so its cache keys did not change.
+    """
+    from .sources import canonical_model, source_of
+
+    model = canonical_model(model)
     return {
         "format": CACHE_FORMAT,
-        "timm": timm.__version__,
-        "timm_name": model["timm_name"],
-        "timm_kwargs": model.get("timm_kwargs") or {},
-        "weights": weights_identity(model["weights"], seed),
+        **source_of(model).identity(model["name"], model.get("kwargs") or {}),
+        "weights": weights_identity(model["weights"], seed, model.get("key_map")),
         "preprocessing": preprocessing,
         "layers": list(layers),
         "pooling": pooling,

@@ -20,7 +20,8 @@ import torch
 
 from . import learning_rules
 from .losses import LOSS_PREPARERS, LOSSES, LossBatch
-from .pooling import pool, token_context
+from .models import forward_outputs, model_info
+from .pooling import pool
 from .projection import project
 
 __all__ = [
@@ -71,19 +72,14 @@ class _Recorder:
             h.remove()
 
 
-def _forward_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    fwd = getattr(model, "forward_features", None)
-    return fwd(images) if fwd else model(images)
-
-
 def _untracked(model: torch.nn.Module, rec: _Recorder) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Pre-logits of a no-grad pass whose block outputs the recorder ignores."""
+    """Embedding (pre-logits) of a no-grad pass whose block outputs the recorder ignores."""
 
     def run(images: torch.Tensor) -> torch.Tensor:
         rec.active = False
         try:
             with torch.no_grad():
-                return model.forward_head(_forward_features(model, images), pre_logits=True)
+                return forward_outputs(model, images).embedding()
         finally:
             rec.active = True
 
@@ -188,13 +184,13 @@ def _run_pass(
     try:
         with torch.set_grad_enabled(track), _no_tf32(images.device), learning_rules.use_feedback(model, feedback):
             with _autocast(images.device, precision):
-                features = _forward_features(model, images)
+                outputs = forward_outputs(model, images)
                 outs = [rec.outputs[n] for n in names]
             if not (track or output_error):
                 return _Pass(outs, None, None)
             with torch.enable_grad():
                 with _autocast(images.device, precision):
-                    batch = LossBatch(model, features, images, ids, index, _untracked(model, rec))
+                    batch = LossBatch(model, outputs, images, ids, index, _untracked(model, rec))
                     value = LOSSES[loss](batch, params).float()
                 targets = (outs if track else []) + ([batch.output] if output_error else [])
                 grads = _gradients(value, targets, precision)
@@ -234,7 +230,7 @@ def extract_batch(
     ids = [str(i) for i in index] if ids is None else [str(i) for i in ids]
     params = loss_params or {}
     feedback = feedback or Feedback(model)
-    ctx = token_context(model)
+    ctx = model_info(model).tokens
 
     def pooled(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [project(pool(t.detach().float(), pooling, ctx), pooling, k) for k, t in enumerate(tensors)]

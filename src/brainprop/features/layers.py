@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .models import build_model, input_shape
-from .pooling import pool, token_context
+from .models import build, input_shape, model_info
+from .pooling import pool
 from .projection import projected_dim
+from .sources import canonical_model
 
 __all__ = ["BLOCK_PATTERNS", "find_blocks", "resolve_layers", "select_layers"]
+
+log = logging.getLogger(__name__)
 
 # Module-name patterns of a model's blocks, finest level first: the first pattern with at
 # least two matches defines the block list (ordered as the model defines its modules).
@@ -54,30 +58,57 @@ def _depths(ordinals: Sequence[int], n_blocks: int) -> list[float]:
     return [o / (n_blocks - 1) if n_blocks > 1 else 0.0 for o in ordinals]
 
 
-def resolve_layers(
-    timm_name: str, layers: dict, pooling: dict, input_size: int | None = None, timm_kwargs: dict | None = None
-) -> pd.DataFrame:
-    """Resolve the selected layers of a model without weights (meta device).
+def _shapes_without_weights(spec: dict, chosen: Callable[[torch.nn.Module], list[str]]) -> tuple:
+    """(module, output shapes of the chosen blocks) from a weightless build: meta device, else the CPU.
 
-    Returns a table with columns layer, layer_index, ordinal, depth, dim (pooled dimension).
+    A few models create tensors on the CPU inside their forward (torchvision's RegNet), or a python
+    factory touches its tensors; those are built on the CPU instead (random weights, never loaded).
+    timm models always build on meta (a 7B ViT must never be built on the CPU to count its blocks).
     """
-    model = build_model(timm_name, "meta", input_size, timm_kwargs).eval()
-    blocks = find_blocks(model)
-    if layers.get("names"):
-        modules = dict(model.named_modules())
+    devices = ("meta",) if spec["source"] == "timm" else ("meta", "cpu")
+    for device in devices:
+        try:
+            module = build(spec, device).eval()
+            names = chosen(module)
+            return module, names, _output_shapes(module, names, input_shape(module))
+        except (NotImplementedError, RuntimeError) as err:
+            if device == devices[-1]:
+                raise
+            log.info("%s: cannot resolve on the meta device (%s); resolving on the CPU", spec["name"], err)
+    raise AssertionError("unreachable")
+
+
+def resolve_layers(
+    model: dict | str, layers: dict, pooling: dict, input_size: int | None = None, kwargs: dict | None = None
+) -> pd.DataFrame:
+    """Resolve the selected layers of a model without weights (meta device where its source allows).
+
+    `model` is a model entry (source, name, kwargs, input_size; features.sources), or a timm
+    name with `input_size` and `kwargs` given here. Returns a table with columns layer,
+    layer_index, ordinal, depth, dim (pooled dimension).
+    """
+    spec = canonical_model(model if isinstance(model, dict) else {"name": model, "kwargs": kwargs or {}})
+    if input_size is not None:
+        spec["input_size"] = input_size
+
+    def choose(module: torch.nn.Module) -> list[str]:
+        blocks = model_info(module).blocks()
+        if not layers.get("names"):
+            return [name for name, _ in select_layers(blocks, int(layers["n"]))]
+        modules = dict(module.named_modules())
         missing = [n for n in layers["names"] if n not in modules]
         if missing:
-            raise ValueError(f"model {timm_name!r}: no module named {missing}; blocks are {blocks}")
-        chosen = []
-        for name in layers["names"]:
-            ordinal = blocks.index(name) if name in blocks else None
-            if ordinal is None:
-                raise ValueError(f"model {timm_name!r}: {name!r} is not a block; blocks are {blocks}")
-            chosen.append((name, ordinal))
-    else:
-        chosen = select_layers(blocks, int(layers["n"]))
-    shapes = _output_shapes(model, [c[0] for c in chosen], input_shape(model, input_size))
-    ctx = token_context(model)
+            raise ValueError(f"model {spec['name']!r}: no module named {missing}; blocks are {blocks}")
+        outside = [n for n in layers["names"] if n not in blocks]
+        if outside:
+            raise ValueError(f"model {spec['name']!r}: {outside[0]!r} is not a block; blocks are {blocks}")
+        return list(layers["names"])
+
+    module, names, shapes = _shapes_without_weights(spec, choose)
+    info = model_info(module)
+    blocks = info.blocks()
+    chosen = [(name, blocks.index(name)) for name in names]
+    ctx = info.tokens
     dims = [
         projected_dim(pool(torch.empty(shapes[name], device="meta"), pooling, ctx).shape[1], pooling)
         for name, _ in chosen
@@ -101,7 +132,8 @@ def _output_shapes(model: torch.nn.Module, names: Sequence[str], size: tuple[int
     ]
     try:
         with torch.no_grad():
-            model(torch.empty((1, *size), device="meta"))
+            device = next(model.parameters(), torch.empty(0, device="meta")).device
+            model(torch.empty((1, *size), device=device))
     finally:
         for h in handles:
             h.remove()

@@ -57,15 +57,46 @@ FEEDBACK_RULES: dict[str, Callable[[torch.Tensor, int, str], torch.Tensor]] = {
 FEEDBACK_SIGNALS = ("fa", "sign")
 
 
+def _timm_conv2d_same() -> type | None:
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+    except ImportError:
+        return None
+    return Conv2dSame
+
+
+def _same_padding_forward(module: nn.Module, feedback: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """timm's Conv2dSame (TensorFlow 'SAME' padding, as in the tf_ EfficientNets): pad, then a feedback conv."""
+    from timm.layers.padding import pad_same
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = pad_same(x, module.weight.shape[-2:], module.stride, module.dilation)
+        return _FeedbackConv2d.apply(
+            x, module.weight, module.bias, feedback, module.stride, (0, 0), module.dilation, module.groups
+        )
+
+    return forward
+
+
+def _feedback_forwards() -> dict[Callable, Callable]:
+    """Stock forward function -> the feedback forward that replaces it (timm's SAME conv where timm exists)."""
+    table: dict[Callable, Callable] = {nn.Linear.forward: _linear_forward, nn.Conv2d.forward: _conv_forward}
+    same = _timm_conv2d_same()
+    if same is not None:
+        table[same.forward] = _same_padding_forward
+    return table
+
+
+def _feedback_forward_of(module: nn.Module) -> Callable | None:
+    """How a module's forward is replaced by a feedback forward, or None when it cannot be (left as backprop)."""
+    if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+        return None
+    return _feedback_forwards().get(type(module).forward)
+
+
 def _plain(module: nn.Module) -> bool:
-    """Whether a module is a Linear or Conv2d whose forward is the stock one (so it can be replaced)."""
-    if type(module).forward is nn.Linear.forward:
-        return True
-    return (
-        type(module).forward is nn.Conv2d.forward
-        and module.padding_mode == "zeros"
-        and not isinstance(module.padding, str)
-    )
+    """Whether a Linear or Conv2d has a forward that a feedback forward can replace (stock, or timm's SAME conv)."""
+    return _feedback_forward_of(module) is not None
 
 
 def feedback_matrices(model: nn.Module, rule: str, seed: int) -> dict[str, torch.Tensor]:
@@ -107,12 +138,18 @@ class _FeedbackConv2d(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None, None
 
 
-def _feedback_forward(module: nn.Module, feedback: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    if isinstance(module, nn.Linear):
-        return lambda x: _FeedbackLinear.apply(x, module.weight, module.bias, feedback)
+def _linear_forward(module: nn.Module, feedback: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: _FeedbackLinear.apply(x, module.weight, module.bias, feedback)
+
+
+def _conv_forward(module: nn.Module, feedback: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: _FeedbackConv2d.apply(
         x, module.weight, module.bias, feedback, module.stride, module.padding, module.dilation, module.groups
     )
+
+
+def _feedback_forward(module: nn.Module, feedback: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return _feedback_forward_of(module)(module, feedback)
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ __all__ = [
     "teacher_view",
 ]
 
+if TYPE_CHECKING:
+    from .models import Outputs
+
 log = logging.getLogger(__name__)
 
 
@@ -30,21 +34,20 @@ class LossBatch:
     """What a loss sees of one batch: the tracked pass, the images and their place in the set."""
 
     model: torch.nn.Module
-    features: torch.Tensor  # forward_features output of the tracked pass (in the autograd graph)
+    outputs: Outputs  # logits and embedding of the tracked pass (in the autograd graph)
     images: torch.Tensor  # (B, 3, H, W) preprocessed
     ids: list[str]  # image ids, in batch order
     index: np.ndarray  # (B,) positions of the images in the whole set
-    untracked: Callable[[torch.Tensor], torch.Tensor]  # pre-logits of a no-grad, unhooked pass
+    untracked: Callable[[torch.Tensor], torch.Tensor]  # embedding of a no-grad, unhooked pass
     output: torch.Tensor | None = None  # what the loss read (logits or embedding): e = dL/d(output)
 
     def logits(self) -> torch.Tensor:
         """Classifier output (B, classes) of the tracked pass."""
-        head = getattr(self.model, "forward_head", None)
-        return self._output(head(self.features) if head else self.features)
+        return self._output(self.outputs.logits())
 
     def embedding(self) -> torch.Tensor:
         """Pooled pre-logits (B, dim) of the tracked pass."""
-        return self._output(self.model.forward_head(self.features, pre_logits=True))
+        return self._output(self.outputs.embedding())
 
     def _output(self, out: torch.Tensor) -> torch.Tensor:
         # Without a tracked forward (dfa alone), the output is a leaf: dL/d(output) is still defined.
@@ -73,7 +76,7 @@ def _given_labels(labels, batch: LossBatch, n_classes: int) -> torch.Tensor:
         values = np.asarray(labels)[batch.index]
     if values.dtype.kind not in "iu" or values.min() < 0 or values.max() >= n_classes:
         raise ValueError(f"loss_params.labels {values[:5].tolist()}...: expected integers in [0, {n_classes})")
-    return torch.as_tensor(values, dtype=torch.long, device=batch.features.device)
+    return torch.as_tensor(values, dtype=torch.long, device=batch.images.device)
 
 
 def _loss_cross_entropy(batch: LossBatch, params: dict) -> torch.Tensor:
@@ -88,11 +91,13 @@ def _loss_cross_entropy(batch: LossBatch, params: dict) -> torch.Tensor:
 
 def _prepare_shuffled(model: torch.nn.Module, batches: Iterable[torch.Tensor], params: dict) -> dict:
     """Own top-1 labels of the whole set, permuted across images by a seeded permutation."""
+    from .models import forward_outputs
+
     device = next(model.parameters()).device
     top1 = []
     with torch.no_grad():
         for images in batches:
-            logits = model(images.to(device))
+            logits = forward_outputs(model, images.to(device)).logits()
             _check_logits(model, logits, "cross_entropy_shuffled")
             top1.append(logits.argmax(dim=1).cpu().numpy())
     labels = np.concatenate(top1)
@@ -181,7 +186,9 @@ def prototypes(dim: int, n_prototypes: int = 4096, seed: int = 0) -> torch.Tenso
 
 
 def _norm_stats(model: torch.nn.Module) -> tuple[tuple, tuple]:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
+    """The mean and std the model's images were normalised with (its preprocessing)."""
+    info = getattr(model, "brainprop_info", None)
+    cfg = info.preprocessing if info is not None else getattr(model, "pretrained_cfg", None) or {}
     return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
 

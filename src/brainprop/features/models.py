@@ -1,40 +1,148 @@
-"""Building models: timm architectures with random, pretrained or checkpoint weights; preprocessing; device."""
+"""Building models of every source (`sources`) with random, pretrained or checkpoint weights; outputs; device.
+
+`load_model(spec, seed)` gives a frozen eval-mode module whatever its source, with a
+`ModelInfo` attached (`model_info`) that says how to preprocess its images, how to read its
+token layout and which output its losses read; the rest of the features stage reads only that.
+"""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["build_model", "create_model", "image_transform", "input_shape", "preprocessing_config", "resolve_device"]
+from .keymaps import apply_key_map
+from .pooling import TokenContext, token_context
+from .sources import SOURCES, Built, canonical_model, source_of
+from .weights import WeightFileError, resolve_checkpoint, verify_checkpoint
+
+__all__ = [
+    "ModelInfo",
+    "Outputs",
+    "build",
+    "create_model",
+    "forward_outputs",
+    "image_transform",
+    "input_shape",
+    "load_model",
+    "model_info",
+    "preprocessing_config",
+    "resolve_device",
+]
 
 
-def input_shape(model: torch.nn.Module, input_size: int | None) -> tuple[int, int, int]:
-    from timm.data import resolve_data_config
+@dataclass
+class ModelInfo:
+    """What brainprop knows about a built module: its source, preprocessing, outputs and blocks."""
 
-    size = resolve_data_config({}, model=model)["input_size"]
-    return (3, input_size, input_size) if input_size else tuple(size)
+    source: str
+    name: str
+    preprocessing: dict  # JSON-ready (the feature cache key holds it)
+    output: str  # "timm" | "logits" | "embedding": what the losses read (see forward_outputs)
+    classifier: str | None = None  # output "logits": module whose input is the embedding
+    tokens: TokenContext = field(default_factory=TokenContext)
+    built: Built | None = None  # the source's view, for its block list
+
+    def blocks(self) -> list[str]:
+        """The model's blocks in forward order, as its source defines them."""
+        return SOURCES[self.source].blocks(self.built)
 
 
-def build_model(
-    timm_name: str,
-    device: str | torch.device,
-    input_size: int | None = None,
-    kwargs: dict | None = None,
-    pretrained: bool = False,
+def _info(source: str, name: str, built: Built) -> ModelInfo:
+    return ModelInfo(
+        source, name, built.preprocessing, built.output, built.classifier, TokenContext(**built.tokens), built
+    )
+
+
+def build(spec: dict, device: str | torch.device = "cpu", pretrained: bool = False) -> torch.nn.Module:
+    """Build a model entry's module (meta device: shapes only) with its ModelInfo attached, weights untouched."""
+    spec = canonical_model(spec)
+    built = source_of(spec).build(spec["name"], spec.get("kwargs"), device, spec.get("input_size"), pretrained)
+    built.module.brainprop_info = _info(spec["source"], spec["name"], built)
+    return built.module
+
+
+def model_info(model: torch.nn.Module, input_size: int | None = None) -> ModelInfo:
+    """The attached ModelInfo, or one read from a bare timm-like module (timm's conventions)."""
+    info = getattr(model, "brainprop_info", None)
+    if info is not None:
+        return info
+    source = SOURCES["timm"]
+    output = "timm" if hasattr(model, "forward_head") else "logits"
+    built = Built(model, source.preprocessing(model, input_size), output)
+    return ModelInfo("timm", type(model).__name__, built.preprocessing, output, None, token_context(model), built)
+
+
+def _load_state(model: torch.nn.Module, spec: dict, key: str) -> None:
+    """Load a checkpoint file (weights_only) into `model`, through the entry's key map if it has one."""
+    path = verify_checkpoint(resolve_checkpoint(spec["weights"], key), key)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if spec.get("key_map"):
+        state = apply_key_map(spec["key_map"], state, model.state_dict(), str(path))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        hint = "" if spec.get("key_map") else "; a checkpoint saved by another library needs models.<alias>.key_map"
+        raise RuntimeError(f"{key}: {path} does not fit {spec['name']} ({err}){hint}") from err
+
+
+def load_model(spec: dict, seed: int, key: str = "models.<alias>.weights") -> torch.nn.Module:
+    """A frozen eval-mode model of any source with `random` (seeded), `pretrained` or checkpoint weights.
+
+    `spec` is a model entry: source, name, kwargs (or timm_name, timm_kwargs), weights, key_map,
+    input_size. A checkpoint is a path or a bare file name in the weights folder (`weights`);
+    its `key_map` renames keys saved under another library's names (`keymaps`).
+    """
+    spec = canonical_model(spec)
+    weights = spec.get("weights", "random")
+    if weights == "random":
+        torch.manual_seed(seed)
+        model = build(spec, "cpu")
+    elif weights == "pretrained":
+        try:
+            model = build(spec, "cpu", pretrained=True)
+        except (WeightFileError, ValueError):
+            raise
+        except Exception as err:  # hub errors come in many types
+            raise RuntimeError(
+                f"could not load pretrained weights for {spec['name']!r} ({type(err).__name__}: {err}). "
+                "Without network, run the prefetch rule on a node with internet, or give a local "
+                "checkpoint path as models.<alias>.weights."
+            ) from err
+    else:
+        resolve_checkpoint(weights, key)  # a missing file fails before the model is built
+        model = build(spec, "cpu")
+        _load_state(model, spec, key)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def create_model(
+    timm_name: str, weights: str, seed: int, input_size: int | None = None, timm_kwargs: dict | None = None
 ) -> torch.nn.Module:
-    import timm
-
-    kwargs = dict(kwargs or {})
-    if input_size and _accepts_img_size(timm_name):
-        kwargs["img_size"] = input_size
-    with torch.device(device):
-        return timm.create_model(timm_name, pretrained=pretrained, **kwargs)
+    """`load_model` of a timm model (the shorthand of source timm)."""
+    spec = {"source": "timm", "name": timm_name, "kwargs": timm_kwargs or {}, "weights": weights}
+    return load_model(spec | {"input_size": input_size}, seed)
 
 
-def _accepts_img_size(timm_name: str) -> bool:
-    return bool(re.match(r"(vit|deit|eva|beit|dinov|swin|vit_)", timm_name))
+def input_shape(model: torch.nn.Module, input_size: int | None = None) -> tuple[int, int, int]:
+    """(channels, height, width) of the model's input."""
+    return (3, input_size, input_size) if input_size else tuple(model_info(model).preprocessing["input_size"])
+
+
+def image_transform(model: torch.nn.Module, input_size: int | None = None) -> Callable:
+    """The eval transform (PIL image -> normalised tensor) of the model's preprocessing."""
+    info = model_info(model, input_size)
+    return SOURCES[info.source].transform(info.preprocessing)
+
+
+def preprocessing_config(model_spec: dict) -> dict:
+    """The model's preprocessing (from a weightless copy on the meta device), as JSON-ready values."""
+    return model_info(build(model_spec, "meta")).preprocessing
 
 
 def resolve_device(device: str) -> torch.device:
@@ -46,52 +154,73 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def create_model(
-    timm_name: str, weights: str, seed: int, input_size: int | None = None, timm_kwargs: dict | None = None
-) -> torch.nn.Module:
-    """Create a frozen eval-mode timm model with `random` (seeded), `pretrained` or checkpoint weights."""
-    if weights == "random":
-        torch.manual_seed(seed)
-        model = build_model(timm_name, "cpu", input_size, timm_kwargs)
-    elif weights == "pretrained":
-        try:
-            model = build_model(timm_name, "cpu", input_size, timm_kwargs, pretrained=True)
-        except Exception as err:  # hub errors come in many types
-            raise RuntimeError(
-                f"could not load pretrained weights for {timm_name!r} ({type(err).__name__}: {err}). "
-                "Without network, run the prefetch rule on a node with internet, or give a local "
-                "checkpoint path as models.<alias>.weights."
-            ) from err
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} (models.<alias>.weights) does not exist")
-        model = build_model(timm_name, "cpu", input_size, timm_kwargs)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        model.load_state_dict(state)
-    model.eval()
-    model.requires_grad_(False)
-    return model
+# ---------------------------------------------------------------- outputs the losses read
 
 
-def image_transform(model: torch.nn.Module, input_size: int | None):
-    from timm.data import create_transform, resolve_data_config
+class Outputs:
+    """The two outputs a loss may read from one forward pass, computed on demand."""
 
-    overrides = {"input_size": (3, input_size, input_size), "crop_pct": 1.0} if input_size else {}
-    return create_transform(**resolve_data_config(overrides, model=model))
+    def __init__(self, logits: Callable[[], torch.Tensor], embedding: Callable[[], torch.Tensor]):
+        self._logits, self._embedding = logits, embedding
+
+    def logits(self) -> torch.Tensor:
+        """Classifier output (B, classes)."""
+        return self._logits()
+
+    def embedding(self) -> torch.Tensor:
+        """Pooled pre-logits (B, dim): the classifier's input, or the output of an embedding model."""
+        return self._embedding()
 
 
-def preprocessing_config(model_spec: dict) -> dict:
-    """timm's preprocessing for the model (from a weightless copy), as JSON-ready values."""
-    model = build_model(model_spec["timm_name"], "meta", model_spec.get("input_size"), model_spec.get("timm_kwargs"))
-    return _preprocessing(model, model_spec.get("input_size"))
+def _timm_outputs(model: torch.nn.Module, info: ModelInfo, images: torch.Tensor) -> Outputs:
+    features = model.forward_features(images)
+    return Outputs(lambda: model.forward_head(features), lambda: model.forward_head(features, pre_logits=True))
 
 
-def _preprocessing(model: torch.nn.Module, input_size: int | None) -> dict:
-    from timm.data import resolve_data_config
+def _classifier_outputs(model: torch.nn.Module, info: ModelInfo, images: torch.Tensor) -> Outputs:
+    seen: dict[str, torch.Tensor] = {}
+    handle = None
+    if info.classifier is not None:
+        head = dict(model.named_modules())[info.classifier]
+        handle = head.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0].flatten(1)))
+    try:
+        logits = model(images)
+    finally:
+        if handle is not None:
+            handle.remove()
 
-    overrides = {"input_size": (3, input_size, input_size), "crop_pct": 1.0} if input_size else {}
-    cfg = resolve_data_config(overrides, model=model)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(cfg.items())}
+    def embedding() -> torch.Tensor:
+        if "x" not in seen:
+            raise ValueError(
+                f"{info.name}: no classifier module whose input is the embedding (classifier {info.classifier!r})"
+            )
+        return seen["x"]
+
+    return Outputs(lambda: logits, embedding)
+
+
+def _embedding_outputs(model: torch.nn.Module, info: ModelInfo, images: torch.Tensor) -> Outputs:
+    out = model(images)
+
+    def no_logits() -> torch.Tensor:
+        raise ValueError(
+            f"{info.name}: the model outputs an embedding of shape {tuple(out.shape)}, not logits; "
+            "losses that need a classifier head (cross_entropy, cross_entropy_shuffled) do not apply: "
+            "use loss 'self_distillation'"
+        )
+
+    return Outputs(no_logits, lambda: out)
+
+
+# ModelInfo.output -> how one forward pass gives the losses their logits and embedding.
+OUTPUT_STYLES: dict[str, Callable[[torch.nn.Module, ModelInfo, torch.Tensor], Outputs]] = {
+    "timm": _timm_outputs,
+    "logits": _classifier_outputs,
+    "embedding": _embedding_outputs,
+}
+
+
+def forward_outputs(model: torch.nn.Module, images: torch.Tensor) -> Outputs:
+    """Run the model on a batch (block hooks fire) and return what its losses read."""
+    info = model_info(model)
+    return OUTPUT_STYLES[info.output](model, info, images)

@@ -1,11 +1,16 @@
-"""Pretrained weights: download them into the Hugging Face cache ahead of offline jobs, and check them.
+"""Pretrained weights: download them ahead of offline jobs, and check them, for every model source.
 
 Compute nodes often have no internet, and `timm.create_model(name, pretrained=True)` without
 network spends about 50 s in retries before failing. `prefetch_models` runs on a login node
-(the workflow's `prefetch` rule) and fills the cache that timm reads (`HF_HUB_CACHE`, else
-`$HF_HOME/hub`); `check_offline` confirms, without network, that every pretrained model's
-weight file is there. Files are looked up exactly as timm's loader does: the safetensors
-alternative first, then the configured file.
+(the workflow's `prefetch` rule) and fills the caches the jobs read; `check_offline` confirms,
+without network, that every pretrained model's weight file is there. By source:
+
+- `timm`: the Hugging Face cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`), files looked up exactly
+  as timm's loader does (the safetensors alternative first, then the configured file), or
+  torch hub's cache for timm's plain URLs;
+- `torchvision`: the weights enum's file, found in brainprop's weights folder or in torch hub's
+  cache (`$TORCH_HOME/hub/checkpoints`), downloaded into the latter;
+- `python`: the factory loads its own weights; brainprop cannot see them (status `skipped_python`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from .sources import canonical_model, model_label
 
 __all__ = ["PREFETCH_COLUMNS", "WeightSource", "check_offline", "prefetch_models", "weight_source"]
 
@@ -103,7 +110,7 @@ def _download(source: WeightSource, cache_dir: str | None) -> tuple[str, str]:
 def _row(alias: str, spec: dict, status: str, source: WeightSource | None = None, found=("", "")) -> dict:
     return {
         "model": alias,
-        "timm_name": spec["timm_name"],
+        "timm_name": model_label(spec),  # the model's label: the timm name, else source:name
         "weights": str(spec["weights"]),
         "status": status,
         "source": source.kind if source else "",
@@ -113,8 +120,9 @@ def _row(alias: str, spec: dict, status: str, source: WeightSource | None = None
     }
 
 
-def _fetch_one(alias: str, spec: dict, cache_dir: str | None) -> dict:
-    source = weight_source(spec["timm_name"])
+def _fetch_timm(alias: str, spec: dict, cache_dir: str | None) -> dict:
+    """Fetch (or find) a timm model's pretrained file."""
+    source = weight_source(spec["name"])
     found = _cached(source, cache_dir)
     if found:
         return _row(alias, spec, "cached", source, found)
@@ -122,9 +130,59 @@ def _fetch_one(alias: str, spec: dict, cache_dir: str | None) -> dict:
         return _row(alias, spec, "fetched", source, _download(source, cache_dir))
     except Exception as err:  # hub errors come in many types
         raise RuntimeError(
-            f"models.{alias} ({spec['timm_name']}): could not download {source.location} "
+            f"models.{alias} ({spec['name']}): could not download {source.location} "
             f"({type(err).__name__}: {err}). Run prefetch on a node with internet (HF_HUB_OFFLINE unset)."
         ) from err
+
+
+def _torchvision_member(spec: dict):
+    from .sources import SOURCES
+
+    member = SOURCES["torchvision"].weights_enum(spec["name"])
+    if member is None:
+        raise ValueError(f"torchvision {spec['name']} has no pretrained weights")
+    return member
+
+
+def _fetch_torchvision(alias: str, spec: dict, cache_dir: str | None) -> dict:
+    """Find a torchvision weights file locally, else download it into torch hub's cache (hash-checked)."""
+    import torch
+
+    from .sources import pretrained_file
+    from .weights import WeightFileError
+
+    member = _torchvision_member(spec)
+    source = WeightSource("url", member.url)
+    name = Path(member.url).name
+    try:
+        return _row(alias, spec, "cached", source, (name, str(pretrained_file(member))))
+    except WeightFileError:
+        pass
+    target = Path(torch.hub.get_dir()) / "checkpoints" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = name.rsplit("-", 1)[-1].split(".")[0] if "-" in name else None
+    try:
+        torch.hub.download_url_to_file(member.url, str(target), hash_prefix=prefix, progress=False)
+    except Exception as err:  # network errors come in many types
+        raise RuntimeError(
+            f"models.{alias} ({model_label(spec)}): could not download {member.url} ({type(err).__name__}: {err}). "
+            "Run prefetch on a node with internet."
+        ) from err
+    return _row(alias, spec, "fetched", source, (name, str(target)))
+
+
+def _skip_python(alias: str, spec: dict, cache_dir: str | None) -> dict:
+    """A python factory loads its own pretrained weights: nothing brainprop can fetch."""
+    return _row(alias, spec, "skipped_python")
+
+
+# source -> how prefetch fetches (or finds) a pretrained model's weights
+PREFETCHERS = {"timm": _fetch_timm, "torchvision": _fetch_torchvision, "python": _skip_python}
+
+
+def _fetch_one(alias: str, spec: dict, cache_dir: str | None) -> dict:
+    spec = canonical_model(spec)
+    return PREFETCHERS[spec["source"]](alias, spec, cache_dir)
 
 
 def prefetch_models(models: dict, cache_dir: str | None = None) -> pd.DataFrame:
@@ -133,7 +191,7 @@ def prefetch_models(models: dict, cache_dir: str | None = None) -> pd.DataFrame:
     Parameters
     ----------
     models : dict
-        The config's models: alias -> entry with `timm_name` and `weights`
+        The config's models: alias -> entry with `source`, `name` (or `timm_name`) and `weights`
         (`pretrained`, `random` or a checkpoint path; only `pretrained` is fetched).
     cache_dir : str or None
         Hub cache folder; None uses timm's default (`HF_HUB_CACHE`, else `$HF_HOME/hub`).
@@ -142,7 +200,7 @@ def prefetch_models(models: dict, cache_dir: str | None = None) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per model, columns PREFETCH_COLUMNS; status is fetched, cached,
-        skipped_random or skipped_checkpoint.
+        skipped_random, skipped_checkpoint or skipped_python.
     """
     rows = []
     for alias, spec in models.items():
@@ -161,19 +219,41 @@ def check_offline(models: dict, cache_dir: str | None = None) -> list[str]:
     """
     problems = []
     for alias, spec in models.items():
-        if spec["weights"] != "pretrained":
-            continue
-        try:
-            source = weight_source(spec["timm_name"])
-        except ValueError as err:
-            problems.append(f"models.{alias}: {err}")
-            continue
-        if _cached(source, cache_dir) is None:
-            where = source.location if source.kind == "url" else f"{source.location} ({' or '.join(source.filenames)})"
-            problems.append(
-                f"models.{alias} ({spec['timm_name']}): pretrained weights {where} are not in the local cache. "
-                "On a node with internet and the same HF_HOME/HF_HUB_CACHE, run `snakemake prefetch "
-                "--configfile <config>`, or give a checkpoint path as models."
-                f"{alias}.weights."
-            )
+        spec = canonical_model(spec)
+        if spec["weights"] == "pretrained":
+            problem = OFFLINE_CHECKS[spec["source"]](alias, spec, cache_dir)
+            if problem:
+                problems.append(problem)
     return problems
+
+
+def _offline_timm(alias: str, spec: dict, cache_dir: str | None) -> str | None:
+    """A problem with a timm model's cached pretrained file, or None."""
+    try:
+        source = weight_source(spec["name"])
+    except ValueError as err:
+        return f"models.{alias}: {err}"
+    if _cached(source, cache_dir) is None:
+        where = source.location if source.kind == "url" else f"{source.location} ({' or '.join(source.filenames)})"
+        return (
+            f"models.{alias} ({spec['name']}): pretrained weights {where} are not in the local cache. "
+            "On a node with internet and the same HF_HOME/HF_HUB_CACHE, run `snakemake prefetch "
+            f"--configfile <config>`, or give a checkpoint path as models.{alias}.weights."
+        )
+    return None
+
+
+def _offline_torchvision(alias: str, spec: dict, cache_dir: str | None) -> str | None:
+    """A problem with a torchvision model's local weights file, or None."""
+    from .sources import pretrained_file
+    from .weights import WeightFileError
+
+    try:
+        pretrained_file(_torchvision_member(spec))
+    except (WeightFileError, ValueError) as err:
+        return f"models.{alias} ({model_label(spec)}): {err}"
+    return None
+
+
+# source -> the offline check of a pretrained model's weights (python factories: nothing to check)
+OFFLINE_CHECKS = {"timm": _offline_timm, "torchvision": _offline_torchvision, "python": lambda *a: None}

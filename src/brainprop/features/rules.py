@@ -31,9 +31,9 @@ def run_layers(*, inputs, outputs, params) -> None:
     """The layers rule: the selected layers of a model and their pooled sizes (meta device, no weights)."""
     from .layers import resolve_layers
 
-    layers = resolve_layers(params.timm_name, params.layers, params.pooling, params.input_size, params.timm_kwargs)
-    log.info("%s: %d layers selected\n%s", params.timm_name, len(layers), layers.to_string())
-    save_layers(outputs.layers, layers, {"timm_name": params.timm_name})
+    layers = resolve_layers(params.model, params.layers, params.pooling, params.input_size)
+    log.info("%s: %d layers selected\n%s", params.model["name"], len(layers), layers.to_string())
+    save_layers(outputs.layers, layers, {"model": params.model})
 
 
 def run_extract(*, inputs, outputs, params, runtime: dict) -> None:
@@ -120,10 +120,11 @@ def extract_to_folder(
 
     from .cache import ShardCache, feature_identity
     from .models import preprocessing_config
+    from .sources import canonical_model, model_label
 
     if threads:
         torch.set_num_threads(threads)  # the rule's share of the CPU, not every core
-    spec = dict(model_spec)
+    spec = canonical_model(model_spec)
     spec["signals"] = list(signals or model_spec.get("signals") or ("act", "grad"))
     names = list(load_layers(layers_path)["layer"])
     manifest = load_manifest(manifest_path)
@@ -132,7 +133,7 @@ def extract_to_folder(
     cache = ShardCache(cache_dir, identity, len(manifest), shard_size, spec["signals"], len(names))
     log.info(
         "extract %s: %d images, %d layers, signals %s, cache key %s",
-        spec["timm_name"],
+        model_label(spec),
         len(manifest),
         len(names),
         spec["signals"],
@@ -163,16 +164,14 @@ def extract_to_folder(
     return cache.key
 
 
-def _check_finite(
-    feats: dict[str, list[np.ndarray]], timm_name: str, names: Sequence[str], shard, precision: str
-) -> None:
+def _check_finite(feats: dict[str, list[np.ndarray]], label: str, names: Sequence[str], shard, precision: str) -> None:
     """Stop (before the shard is stored) when any feature is NaN or infinite."""
     hint = "; try precision bfloat16 or float32" if precision == "float16" else ""
     for signal, arrays in feats.items():
         for k, array in enumerate(arrays):
             if not np.isfinite(array).all():
                 raise ValueError(
-                    f"model {timm_name}: non-finite {signal} at layer {k} ({names[k]}) in images "
+                    f"model {label}: non-finite {signal} at layer {k} ({names[k]}) in images "
                     f"{shard.start}-{shard.stop - 1}{hint}"
                 )
 
@@ -192,16 +191,17 @@ def _extract_shards(
         image_loader,
         prepared_loss_params,
     )
-    from .models import create_model, image_transform, resolve_device
+    from .models import image_transform, load_model, resolve_device
+    from .sources import model_label
 
     pending = cache.pending()
     if not pending:
         return
     dev = resolve_device(device)
-    model = create_model(spec["timm_name"], spec["weights"], seed, spec.get("input_size"), spec.get("timm_kwargs"))
+    model = load_model(spec, seed)
     model.to(dev)
     precision = spec.get("precision", "float32")
-    dataset = ImageDataset(manifest_path, image_transform(model, spec.get("input_size")))
+    dataset = ImageDataset(manifest_path, image_transform(model))
     n_workers = _workers(workers, dev, threads)
     torch.manual_seed(seed)
     loss = spec.get("loss", "cross_entropy")
@@ -234,7 +234,7 @@ def _extract_shards(
         for shard in pending:
             shard_batches = itertools.islice(batches, -(-shard.size // batch_size))
             feats = collect_batches(runner, shard_batches, ids, dev, progress.update)
-            _check_finite(feats, spec["timm_name"], names, shard, precision)
+            _check_finite(feats, model_label(spec), names, shard, precision)
             cache.write_shard(shard, feats)
             log.info(
                 "shard %d/%d stored (images %d-%d)", shard.index + 1, len(cache.shards), shard.start, shard.stop - 1
