@@ -26,7 +26,7 @@ def _check(config: dict, *fragments: str) -> None:
 def test_demo_config_is_valid_and_defaults_are_filled(demo):
     config = validate_config(copy.deepcopy(demo))
     assert config["encoding"]["folds"] == 5
-    assert config["models"]["resnet18"]["weights"] == "random"
+    assert config["models"]["mobilenet_v2"]["weights"] == "pretrained"
     sim = config["datasets"]["sim_backprop"]["simulation"]
     assert sim["plant_pooling"]["grid"] == 4
     assert alphas(config["encoding"])[0] == 1.0 and alphas(config["encoding"])[-1] == 1e8
@@ -53,7 +53,7 @@ def test_key_order_in_the_file_does_not_change_the_config(demo):
     for alias, entry in plain["models"].items():
         assert repr(entry) == repr(shuffled["models"][alias])
     assert as_text(plain) != as_text(shuffled)  # only because of the user-ordered maps
-    assert list(plain["models"]["resnet18"]["pooling"]) == ["grid", "mode", "projection"]
+    assert list(plain["models"]["efficientnet_lite0"]["pooling"]) == ["grid", "mode", "projection"]
 
 
 def test_tiny_test_config_is_valid():
@@ -68,14 +68,14 @@ def test_unknown_top_level_key_is_named_with_a_suggestion(demo):
 
 def test_unknown_nested_key_is_named_with_its_path(demo):
     bad = copy.deepcopy(demo)
-    bad["models"]["resnet18"]["poolng"] = {"mode": "grid"}
-    _check(bad, "models.resnet18", "['poolng']", "did you mean 'pooling'")
+    bad["models"]["efficientnet_lite0"]["poolng"] = {"mode": "grid"}
+    _check(bad, "models.efficientnet_lite0", "['poolng']", "did you mean 'pooling'")
 
 
 def test_bad_enum_value_lists_allowed_values(demo):
     bad = copy.deepcopy(demo)
-    bad["models"]["resnet18"]["pooling"]["mode"] = "gird"
-    _check(bad, "models.resnet18.pooling.mode", "'gird' is not allowed", "cls_mean")
+    bad["models"]["efficientnet_lite0"]["pooling"]["mode"] = "gird"
+    _check(bad, "models.efficientnet_lite0.pooling.mode", "'gird' is not allowed", "cls_mean")
 
 
 def test_wrong_type_names_key(demo):
@@ -110,14 +110,14 @@ def test_unknown_source_model(demo):
 
 def test_missing_checkpoint_file(demo, tmp_path):
     bad = copy.deepcopy(demo)
-    bad["models"]["resnet18"]["weights"] = str(tmp_path / "nope.pth")
-    _check(bad, "models.resnet18.weights", "nope.pth", "checkpoint")
+    bad["models"]["efficientnet_lite0"]["weights"] = str(tmp_path / "nope.pth")
+    _check(bad, "models.efficientnet_lite0.weights", "nope.pth", "checkpoint")
 
 
 def test_unknown_timm_name_suggests_nearest(demo):
     bad = copy.deepcopy(demo)
-    bad["models"]["resnet18"]["timm_name"] = "resnet_18"
-    _check(bad, "models.resnet18.timm_name", "'resnet_18' is not a timm model", "resnet18")
+    bad["models"]["efficientnet_lite0"]["name"] = "tf_efficientnet_lite_0"
+    _check(bad, "models.efficientnet_lite0.name", "'tf_efficientnet_lite_0' is not a timm model", "tf_efficientnet_lite0")
 
 
 def test_timm_names_are_cached_per_timm_version(monkeypatch, tmp_path):
@@ -190,13 +190,13 @@ UPPER_BOUNDS = [
     ("seed", 2**32, "[0, 4294967295]"),
     ("stimuli.demo.n_images", 100_001, "[10, 100000]"),
     ("stimuli.demo.size", 2049, "[16, 2048]"),
-    ("models.resnet18.input_size", 2049, "[16, 2048]"),
-    ("models.resnet18.layers.n", 101, "[2, 100]"),
-    ("models.resnet18.batch_size", 65_537, "[1, 65536]"),
-    ("models.resnet18.pooling.grid", 17, "[1, 16]"),
-    ("models.resnet18.pooling.projection.dim", 65_537, "[1, 65536]"),
-    ("models.resnet18.pooling.projection.above", 2**31, "[0, 2147483647]"),
-    ("models.resnet18.pooling.projection.seed", 2**32, "[0, 4294967295]"),
+    ("models.efficientnet_lite0.input_size", 2049, "[16, 2048]"),
+    ("models.efficientnet_lite0.layers.n", 101, "[2, 100]"),
+    ("models.efficientnet_lite0.batch_size", 65_537, "[1, 65536]"),
+    ("models.efficientnet_lite0.pooling.grid", 17, "[1, 16]"),
+    ("models.efficientnet_lite0.pooling.projection.dim", 65_537, "[1, 65536]"),
+    ("models.efficientnet_lite0.pooling.projection.above", 2**31, "[0, 2147483647]"),
+    ("models.efficientnet_lite0.pooling.projection.seed", 2**32, "[0, 4294967295]"),
     ("extraction.shard_size", 2**20 + 1, "[1, 1048576]"),
     ("extraction.workers", 257, "[0, 256]"),
     ("datasets.sim_backprop.simulation.plant_pooling.grid", 17, "[1, 16]"),
@@ -244,10 +244,10 @@ def test_lower_bound_names_the_range_too(demo):
 
 
 def test_batch_size_names_both_choices(demo):
-    bad = _set(copy.deepcopy(demo), "models.resnet18.batch_size", 10**6)
-    _check(bad, "config key models.resnet18.batch_size: 1000000 is out of range", "an integer in [1, 65536] or 'auto'")
-    bad = _set(copy.deepcopy(demo), "models.resnet18.batch_size", "big")
-    _check(bad, "config key models.resnet18.batch_size: 'big' is not allowed", "an integer in [1, 65536] or 'auto'")
+    bad = _set(copy.deepcopy(demo), "models.efficientnet_lite0.batch_size", 10**6)
+    _check(bad, "config key models.efficientnet_lite0.batch_size: 1000000 is out of range", "an integer in [1, 65536] or 'auto'")
+    bad = _set(copy.deepcopy(demo), "models.efficientnet_lite0.batch_size", "big")
+    _check(bad, "config key models.efficientnet_lite0.batch_size: 'big' is not allowed", "an integer in [1, 65536] or 'auto'")
 
 
 def test_tmax_threshold_outside_0_1(demo):
@@ -263,7 +263,7 @@ def test_non_string_key_from_any_source_is_refused_with_a_hint(demo):
     # Snakemake's loader and `--config` hand over what YAML made of `on:` (True): it validated,
     # then sorting the aliases for the wildcard constraints crashed Snakemake.
     bad = copy.deepcopy(demo)
-    bad["models"][True] = bad["models"].pop("regnetx_002")
+    bad["models"][True] = bad["models"].pop("mobilenet_v2")
     _check(bad, "config key models: key True is not a name", "on, yes or true", "quote it")
     bad = copy.deepcopy(demo)
     bad["stats"][1] = 5
@@ -272,14 +272,14 @@ def test_non_string_key_from_any_source_is_refused_with_a_hint(demo):
 
 def test_alias_with_the_variant_separator(demo):
     bad = copy.deepcopy(demo)
-    bad["models"]["regnet__x"] = bad["models"].pop("regnetx_002")
+    bad["models"]["regnet__x"] = bad["models"].pop("mobilenet_v2")
     _check(bad, "config key models.regnet__x: '__' separates a model from its variants", "rename it")
 
 
 def test_names_that_differ_only_in_case(demo):
     bad = copy.deepcopy(demo)
-    bad["models"]["ResNet18"] = copy.deepcopy(bad["models"]["resnet18"])
-    _check(bad, "config key models: 'ResNet18' and 'resnet18' differ only in case", "rename one")
+    bad["models"]["EfficientNet_Lite0"] = copy.deepcopy(bad["models"]["efficientnet_lite0"])
+    _check(bad, "config key models: 'EfficientNet_Lite0' and 'efficientnet_lite0' differ only in case", "rename one")
     bad = copy.deepcopy(demo)
     bad["datasets"]["sim_forward"]["subjects"] = ["sub-01", "SUB-01"]
     _check(bad, "config key datasets.sim_forward.subjects: 'SUB-01' and 'sub-01' differ only in case")
@@ -340,25 +340,25 @@ def test_reversed_or_degenerate_penalty_grid(demo, key):
 @pytest.mark.parametrize("n", [22, 4])
 def test_layers_given_both_ways(demo, n):
     # n 22 is the default, which hid the conflict: the names silently won.
-    bad = _set(copy.deepcopy(demo), "models.resnet18.layers", {"n": n, "names": ["layer1", "layer2"]})
-    _check(bad, "config key models.resnet18.layers: give either 'n'", "not both")
+    bad = _set(copy.deepcopy(demo), "models.efficientnet_lite0.layers", {"n": n, "names": ["layer1", "layer2"]})
+    _check(bad, "config key models.efficientnet_lite0.layers: give either 'n'", "not both")
 
 
 def test_layer_names_alone_get_no_count(demo):
-    config = _set(copy.deepcopy(demo), "models.resnet18.layers", {"names": ["layer1", "layer2"]})
-    assert validate_config(config)["models"]["resnet18"]["layers"] == {"names": ["layer1", "layer2"]}
-    assert validate_config(copy.deepcopy(demo))["models"]["resnet18"]["layers"] == {"n": 8}
+    config = _set(copy.deepcopy(demo), "models.efficientnet_lite0.layers", {"names": ["layer1", "layer2"]})
+    assert validate_config(config)["models"]["efficientnet_lite0"]["layers"] == {"names": ["layer1", "layer2"]}
+    assert validate_config(copy.deepcopy(demo))["models"]["efficientnet_lite0"]["layers"] == {"n": 8}
     config = copy.deepcopy(demo)
-    del config["models"]["resnet18"]["layers"]
-    assert validate_config(config)["models"]["resnet18"]["layers"] == {"n": 22}
-    bad = _set(copy.deepcopy(demo), "models.resnet18.layers", {"names": ["layer1", "layer1"]})
-    _check(bad, "models.resnet18.layers.names", "non-unique")
+    del config["models"]["efficientnet_lite0"]["layers"]
+    assert validate_config(config)["models"]["efficientnet_lite0"]["layers"] == {"n": 22}
+    bad = _set(copy.deepcopy(demo), "models.efficientnet_lite0.layers", {"names": ["layer1", "layer1"]})
+    _check(bad, "models.efficientnet_lite0.layers.names", "non-unique")
 
 
 def test_projection_that_would_enlarge(demo):
-    bad = _set(copy.deepcopy(demo), "models.resnet18.pooling.projection", {"dim": 20000, "above": 16384})
-    _check(bad, "config key models.resnet18.pooling.projection: dim 20000 > above 16384", "set dim to at most 16384")
-    validate_config(_set(bad, "models.resnet18.pooling.projection.dim", 16384))
+    bad = _set(copy.deepcopy(demo), "models.efficientnet_lite0.pooling.projection", {"dim": 20000, "above": 16384})
+    _check(bad, "config key models.efficientnet_lite0.pooling.projection: dim 20000 > above 16384", "set dim to at most 16384")
+    validate_config(_set(bad, "models.efficientnet_lite0.pooling.projection.dim", 16384))
 
 
 def test_plant_must_be_a_grid_that_the_latent_grid_divides(demo):
