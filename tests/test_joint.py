@@ -104,7 +104,7 @@ def _joint_rows(enc: pd.DataFrame) -> pd.DataFrame:
     subject = rows["subject"].astype(int).to_numpy()
     value = 0.01 * (subject + 1) * np.where(rows["roi"].isin(["FFA", "IT"]), 1.0, -1.0)
     value = np.where(rows["modality"] == "meg", 0.002 * rows["layer_index"].to_numpy(), value)
-    return rows.assign(unique_grad=value, unique_act=0.1)
+    return rows.assign(unique_grad=value, unique_act=0.1, reference="stack")
 
 
 def test_e_has_unique_variance_rows_in_its_family():
@@ -121,6 +121,12 @@ def test_e_has_unique_variance_rows_in_its_family():
     assert e.loc[("meg", "late", "unique_variance"), "effect"] == pytest.approx(0.002 * 3.5)
     assert e.loc[("fmri", "high", "unique_variance"), "p"] == pytest.approx(2.0**-5)
     assert set(e["family"]) == {"sim/m/grad/E"}
+    # Each E row names its reference: the same layer for the r difference, the forward stack (the default) for
+    # the unique variance; a run whose joint models used another reference has no unique-variance rows.
+    assert set(e.reset_index().groupby("measure")["reference"].unique().map(tuple)) == {("same_layer",), ("stack",)}
+    assert not (
+        group_tests(enc, best, tm, hier, PARAMS | {"reference": "same_layer"}, joint)["measure"] == "unique_variance"
+    ).any()
     # Without joint models, E keeps only the r differences, with the same numbers.
     plain = group_tests(enc, best, tm, hier, PARAMS)
     plain_e = plain[plain["test"] == "E"].set_index(["modality", "level", "measure"])

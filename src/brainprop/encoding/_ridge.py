@@ -129,7 +129,9 @@ def check_nuisance(nuisance: np.ndarray | None, n_samples: int) -> np.ndarray | 
     N = np.asarray(nuisance, dtype=np.float64)
     N = N[:, None] if N.ndim == 1 else N
     if N.ndim != 2 or N.shape[0] != n_samples or N.shape[1] < 1:
-        raise ValueError(f"nuisance has shape {np.shape(nuisance)}; expected (n_images, n_nuisances) with {n_samples} rows")
+        raise ValueError(
+            f"nuisance has shape {np.shape(nuisance)}; expected (n_images, n_nuisances) with {n_samples} rows"
+        )
     if not np.isfinite(N).all():
         raise ValueError(
             f"nuisance has {np.count_nonzero(~np.isfinite(N))} non-finite values; expected finite regressors "

@@ -303,8 +303,10 @@ class ShardCache:
         sums = {}
         names = [(s, k) for s in self.signals for k in range(self.n_layers)] + [(name, None) for name in EXTRAS]
         for name, k in names:
-            where = (lambda f, n=name, k=k: feature_path(f, n, k)) if k is not None else (
-                lambda f, n=name: self.extra_path(f, n)
+            where = (
+                (lambda f, n=name, k=k: feature_path(f, n, k))
+                if k is not None
+                else (lambda f, n=name: self.extra_path(f, n))
             )
             parts = [load_array(where(self.shard_dir(s)), mmap=True) for s in self.shards]
             target = where(folder)

@@ -267,8 +267,10 @@ def _head_tensors(path: str, stamp: tuple[int, int]) -> tuple[torch.Tensor, torc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise LossFileError(f"config key {key}: {path} holds a {type(state).__name__}; expected a state dict "
-                            "{'weight': (n_classes, dim), 'bias': (n_classes,)} of a linear layer")
+        raise LossFileError(
+            f"config key {key}: {path} holds a {type(state).__name__}; expected a state dict "
+            "{'weight': (n_classes, dim), 'bias': (n_classes,)} of a linear layer"
+        )
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     named = [tensors.get("weight"), tensors.get("bias")]
     if named[0] is None or named[1] is None:  # one prefix, e.g. {'head.weight', 'head.bias'}
@@ -335,7 +337,10 @@ def _text_table(path: str, stamp: tuple[int, int]) -> tuple[torch.Tensor, dict]:
         try:
             table = torch.from_numpy(np.load(path, allow_pickle=False))
         except ValueError as err:
-            raise LossFileError(f"config key {key}: {path} cannot be read with np.load(allow_pickle=False) ({err})")
+            raise LossFileError(
+                f"config key {key}: {path} cannot be read with np.load(allow_pickle=False) ({err}); save the table "
+                "with np.save of a float array (n_texts, dim)"
+            ) from None
     else:
         content = _torch_file(Path(path), key, "the text embeddings")
         if isinstance(content, dict):
@@ -412,7 +417,6 @@ LOSS_READS: dict[str, Callable[[dict], str]] = {
     "head": lambda params: params.get("input", "embedding"),
     "contrastive": lambda params: params.get("image", CONTRASTIVE_DEFAULTS["image"]),
 }
-
 
 
 def loss_reads(loss: str, params: dict | None = None) -> str:

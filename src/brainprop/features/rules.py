@@ -174,9 +174,7 @@ def _check_finite(feats: dict[str, list[np.ndarray]], label: str, names: Sequenc
         for k, array in enumerate(arrays):
             if not np.isfinite(array).all():
                 where = "the model output" if signal == "output" else f"{signal} at layer {k} ({names[k]})"
-                raise ValueError(
-                    f"model {label}: non-finite {where} in images {shard.start}-{shard.stop - 1}{hint}"
-                )
+                raise ValueError(f"model {label}: non-finite {where} in images {shard.start}-{shard.stop - 1}{hint}")
 
 
 def _extract_shards(
