@@ -190,7 +190,7 @@ def test_things_eeg2_reader_refuses_rows_that_do_not_match_the_metadata(tmp_path
 
 def test_things_eeg2_is_registered_with_its_published_facts():
     assert D.modality("things_eeg2") == "meg"
-    assert "things_eeg2" in D.SHARED_IMAGE_ORDER
+    assert D.shares_image_order({"kind": "things_eeg2"})
     assert D.published_image_count("things_eeg2", 10) == 16_540 + 200
     ds = dataset_entry("things_eeg2", Path("/x"), ["sub-01"])
     assert ds["atlas"] == "" and ds["things_eeg2"] == {

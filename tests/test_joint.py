@@ -9,7 +9,7 @@ from test_group import PARAMS, simulate
 
 from brainprop.encoding._banded import banded_ridge_cv
 from brainprop.encoding.folds import make_folds
-from brainprop.encoding.joint import joint_encode, summarize_joint
+from brainprop.encoding.joint import joint_encode, joint_encode_shared, summarize_joint
 from brainprop.hierarchy.scores import subject_hierarchy
 from brainprop.stats.group import group_tests
 
@@ -42,6 +42,19 @@ def test_unique_variance_matches_banded_ridge_and_plant():
     assert (unique_act[:2] > 0.5).all() and (np.abs(unique_act[2:4]) < 0.05).all()
     assert per_target["excluded"].tolist() == [False] * 4 + [True, True]
     assert counts["n_targets_excluded"] == 2 and counts["n_pairs"] == 16
+
+
+def test_shared_fit_of_several_subjects_equals_separate_fits():
+    act, grad, Y, folds = _planted()
+    rng = np.random.default_rng(5)
+    subjects = [Y, Y[:, ::-1] + 0.5 * rng.standard_normal(Y.shape), Y[:, :3] * 2.0 + 1.0]
+    shared = joint_encode_shared(act, grad, subjects, folds, ALPHAS)
+    for Ys, (per_target, counts) in zip(subjects, shared):
+        alone, alone_counts = joint_encode(act, grad, Ys, folds, ALPHAS)
+        assert per_target.columns.equals(alone.columns) and len(per_target) == Ys.shape[1]
+        for column in per_target.columns:
+            np.testing.assert_allclose(per_target[column].to_numpy(float), alone[column].to_numpy(float), atol=1e-10)
+        assert counts == alone_counts
 
 
 def test_constant_gradient_band_has_zero_unique_variance():

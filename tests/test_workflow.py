@@ -108,6 +108,36 @@ def test_runtime_settings_rerun_nothing(tiny_run, tmp_path):
     assert "Nothing to be done" in done.stdout + done.stderr
 
 
+def test_one_subjects_new_data_reruns_its_datasets_shared_fits(tiny_run, tmp_path):
+    # The tiny run's three simulated subjects share one image order: their fits are one job per
+    # signal x layer (encode_shared_*, joint_shared_*). New data of one subject reruns those jobs
+    # (each fits every subject, one decomposition per fold) and the dataset's hierarchy onward;
+    # nothing upstream of the fits (docs/method.md, "Shared fits").
+    from conftest import copy_run
+    from test_recovery import planned_jobs
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    (run / "results" / "tiny" / "brain" / "sim_backprop" / "sub-02" / "Y.npy").touch()
+    done = _snakemake(run, "--dry-run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rules = {}
+    for rule, _ in planned_jobs(done.stdout):
+        rules[rule] = rules.get(rule, 0) + 1
+    assert rules == {
+        "encode_shared_sim_backprop": 2 * 4,  # signals x layers
+        "joint_shared_sim_backprop": 4,
+        "hierarchy": 3,  # every subject: each subject's fit files are rewritten by the shared jobs
+        "group": 1,
+        "compare": 1,
+        "sensitivity": 1,
+        "brain_map": 1,
+        "meg_topomaps": 1,
+        "tables": 1,
+        "figures": 1,
+        "all": 1,
+    }, rules
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "tests" / "configs" / "tiny.yaml").read_text().replace("mode: grid", "mode: gird"))

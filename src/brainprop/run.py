@@ -304,7 +304,9 @@ class Run:
             "encode": [
                 k for ds in self.datasets if ds not in self.shared for m in self.models for k in self.encode_keys(ds, m)
             ],
-            "joint": [k for ds in self.datasets for m in self.models for k in self.joint_keys(ds, m)],
+            "joint": [
+                k for ds in self.datasets if ds not in self.shared for m in self.models for k in self.joint_keys(ds, m)
+            ],
             "hierarchy": self.hierarchy_keys(),
             "group": [{"dataset": ds, "model": m} for ds in self.datasets for m in self.models],
             "compare": each_dataset,
@@ -322,6 +324,9 @@ class Run:
                 for m in self.models
                 for s in self.models[m]["signals"]
                 for layer in self.layers(m)
+            ]
+            jobs[f"joint_shared_{ds}"] = [
+                {"model": m, "layer": layer} for m in self.models if self.has_joint(m) for layer in self.layers(m)
             ]
         return {rule: keys for rule, keys in jobs.items() if keys}
 

@@ -39,6 +39,7 @@ ENTRY_POINTS: dict[str, str] = {
     "encode": "brainprop.encoding.rules:run_encode",
     "encode_shared": "brainprop.encoding.rules:run_encode_shared",
     "joint": "brainprop.encoding.rules:run_joint",
+    "joint_shared": "brainprop.encoding.rules:run_joint_shared",
     "hierarchy": "brainprop.hierarchy.rules:run_hierarchy",
     "group": "brainprop.stats.rules:run_group",
     "compare": "brainprop.stats.rules:run_compare",

@@ -41,6 +41,10 @@ SLURM_ARGS = [
     "--cores",
     "2",
     "--slurm-keep-successful-logs",
+    # One encode job per subject and fit (the grouping and resume tests follow them); the shared
+    # fits of the default give the same numbers (test_results_equal_a_local_run compares).
+    "--config",
+    "encoding={shared_fits: false}",
 ]
 # The extract job peaks at 1.05 to 1.5 GB under SLURM (torch, the model, one batch and the job's
 # own Snakemake; measured in two runs). Asking 500 MB × attempt² gets attempt 1 killed by SLURM

@@ -126,6 +126,8 @@ rule joint:
         f"{LOGS}/joint/{{dataset}}/{{model}}/{{layer}}/{{subject}}.log",
     benchmark:
         f"{BENCH}/joint/{{dataset}}/{{model}}/{{layer}}/{{subject}}.tsv"
+    wildcard_constraints:
+        dataset=_choice(set(DATASETS) - set(RUN.shared)),
     conda:
         "../../envs/brainprop.yaml"
     threads: 1
@@ -142,3 +144,39 @@ rule joint:
         joint=lambda wc: joint_params(wc.model),
     script:
         "../scripts/run.py"
+
+
+# As encode_shared: one job per model x layer fits every subject's targets in one banded fit.
+for shared_dataset in RUN.shared:
+
+    rule:
+        name:
+            f"joint_shared_{shared_dataset}"
+        input:
+            features=rules.extract.output.features.format(
+                model="{model}", imageset=RUN.imageset_of(shared_dataset)
+            ),
+            layers=rules.layers.output.layers,
+            folds=rules.folds.output.folds.format(dataset=shared_dataset),
+            Y=subject_files(shared_dataset, rules.brain.output.Y),
+            targets=subject_files(shared_dataset, rules.brain.output.targets),
+            samples=subject_files(shared_dataset, rules.brain.output.samples),
+        output:
+            summary=subject_files(shared_dataset, rules.joint.output.summary),
+        log:
+            f"{LOGS}/joint/{shared_dataset}/{{model}}/{{layer}}/shared.log",
+        benchmark:
+            f"{BENCH}/joint/{shared_dataset}/{{model}}/{{layer}}/shared.tsv"
+        conda:
+            "../../envs/brainprop.yaml"
+        threads: 1
+        resources:
+            mem_mb=mem_mb(3000 * len(DATASETS[shared_dataset]["subjects"])),
+            runtime=runtime(20 * len(DATASETS[shared_dataset]["subjects"])),
+        params:
+            identity=lambda wc, ds=shared_dataset: {"dataset": ds, "model": wc.model},
+            layer=lambda wc: int(wc.layer),
+            joint=lambda wc: joint_params(wc.model),
+            subjects=DATASETS[shared_dataset]["subjects"],
+        script:
+            "../scripts/run.py"

@@ -395,6 +395,19 @@ def ctf275_sensors() -> pd.DataFrame:
     return pd.DataFrame({"sensor": layout.names, "px": pos[:, 0], "py": pos[:, 1]})
 
 
+def simulated_sensors(n: int | None = None) -> pd.DataFrame:
+    """The CTF-275 sensors of a simulated MEG, or `n` of them spread evenly over the layout's list.
+
+    MNE lists the sensors region by region (MLC, MLF, MLO, MLP, MLT, MRC, …), so evenly spaced
+    picks keep every region's share.
+    """
+    sensors = ctf275_sensors()
+    if n is None or n >= len(sensors):
+        return sensors
+    pick = np.unique(np.linspace(0, len(sensors) - 1, int(n)).round().astype(int))
+    return sensors.iloc[pick].reset_index(drop=True)
+
+
 def simulate_subject(
     act: list[np.ndarray],
     grad: list[np.ndarray],
@@ -422,7 +435,14 @@ def simulate_subject(
     )
     parts.append((fsig, fsnr))
     tables.append(ftab)
-    msig, mtab, msnr = _meg(act, grad, plan, params, sensors if sensors is not None else ctf275_sensors(), rng)
+    msig, mtab, msnr = _meg(
+        act,
+        grad,
+        plan,
+        params,
+        sensors if sensors is not None else simulated_sensors(params["meg"].get("n_sensors")),
+        rng,
+    )
     mtab = mtab.assign(modality="meg", atlas="", roi="", hemi="", x=np.nan, y=np.nan, z=np.nan, roi_distance_mm=np.nan)
     parts.append((msig, msnr))
     tables.append(mtab)

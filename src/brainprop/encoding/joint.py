@@ -32,6 +32,7 @@ __all__ = [
     "STACK_WIDTH",
     "StackBand",
     "joint_encode",
+    "joint_encode_shared",
     "summarize_joint",
 ]
 
@@ -246,6 +247,40 @@ def joint_encode(
         "n_targets_excluded": int(tables[0]["excluded"].sum()),
     }
     return per_target, counts
+
+
+def joint_encode_shared(
+    X_act: np.ndarray,
+    X_grad: np.ndarray,
+    Ys: Sequence[np.ndarray],
+    folds: Sequence[Fold],
+    alphas: Sequence[float] = JOINT_ALPHAS,
+    **options,
+) -> list[tuple[pd.DataFrame, dict]]:
+    """`joint_encode` of several subjects who saw the images of X in the same order, in one fit.
+
+    Targets are fitted independently (each takes its own penalty pair), so the subjects' targets
+    go through one banded fit side by side: one kernel eigendecomposition per fold and penalty
+    ratio for all of them (the stack's reduction and the nuisance fit, which depend on the images
+    only, are shared too). `options` are `joint_encode`'s keywords (references, stack, width,
+    nuisance). Returns one (per_target, counts) per subject, each equal to a separate
+    `joint_encode` call.
+    """
+    Ys = [np.asarray(Y) for Y in Ys]
+    if any(Y.ndim != 2 for Y in Ys):
+        raise ValueError(f"every subject's targets must be 2-D (n_images, n_targets); got {[Y.shape for Y in Ys]}")
+    per_target, counts = joint_encode(X_act, X_grad, np.concatenate(Ys, axis=1), folds, alphas, **options)
+    total = sum(Y.shape[1] for Y in Ys)
+    blocks = [
+        per_target.iloc[r * total : (r + 1) * total].reset_index(drop=True) for r in range(len(per_target) // total)
+    ]
+    out, start = [], 0
+    for Y in Ys:
+        part = pd.concat([b.iloc[start : start + Y.shape[1]] for b in blocks], ignore_index=True)
+        first = blocks[0].iloc[start : start + Y.shape[1]]
+        start += Y.shape[1]
+        out.append((part, counts | {"n_targets": int(Y.shape[1]), "n_targets_excluded": int(first["excluded"].sum())}))
+    return out
 
 
 def _means(part: pd.DataFrame) -> dict:

@@ -18,7 +18,7 @@ from ..features import files as features
 from .files import load_folds, save_folds, save_joint_summary, save_summary, save_target_scores
 from .folds import folds_from_table, folds_table, subject_rows
 
-__all__ = ["run_encode", "run_encode_shared", "run_folds", "run_joint"]
+__all__ = ["run_encode", "run_encode_shared", "run_folds", "run_joint", "run_joint_shared"]
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,56 @@ def _stack_blocks(features_dir: str, layers: pd.DataFrame, rows: np.ndarray) -> 
     return blocks + [np.asarray(features.load_output(features_dir))[rows]]
 
 
+def _joint_options(features_dir: str, samples_path: str, layers: pd.DataFrame, k: int, settings: dict) -> dict:
+    """`joint_encode`'s references, stack (in the subject's image order), width and nuisances from `params.joint`."""
+    references = list(settings.get("references") or ["same_layer"])
+    image_ids = load_samples(samples_path)["image_id"].to_numpy()
+    feature_ids = features.load_samples(features_dir)["image_id"].to_numpy()
+    rows = subject_rows(feature_ids, image_ids, features_dir, samples_path)
+    return {
+        "references": references,
+        "stack": _stack_blocks(features_dir, layers, rows) if "stack" in references else None,
+        "width": int(settings.get("width", 64)),
+        "nuisance": _subject_nuisance(features_dir, samples_path, list(settings.get("nuisance") or []), k),
+    }
+
+
+def _joint_features(features_dir: str, samples_path: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's activations and gradients in a subject's image order, and that order (image ids)."""
+    from .joint import JOINT_SIGNALS
+
+    image_ids = load_samples(samples_path)["image_id"].to_numpy()
+    feature_ids = features.load_samples(features_dir)["image_id"].to_numpy()
+    rows = subject_rows(feature_ids, image_ids, features_dir, samples_path)
+    X_act, X_grad = (np.asarray(features.load_features(features_dir, s, k))[rows] for s in JOINT_SIGNALS)
+    return X_act, X_grad, image_ids
+
+
+def _subject_targets(Y_path: str, targets_path: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """A subject's responses and target table, checked against each other."""
+    Y, targets = load_y(Y_path), load_targets(targets_path)
+    if len(targets) != Y.shape[1]:
+        raise ValueError(f"{targets_path} has {len(targets)} rows but {Y_path} has {Y.shape[1]} columns")
+    return Y, targets
+
+
+def _save_joint(
+    path: str, fit: tuple[pd.DataFrame, dict], targets: pd.DataFrame, identity: dict, layer: pd.Series
+) -> None:
+    """Write one subject's joint-model summary rows (identity, then layer columns)."""
+    from .joint import summarize_joint
+
+    per_target, counts = fit
+    log.info("joint fit of %s: %s", identity, counts)
+    per_target = per_target.copy()
+    # one block of rows per reference, each in the target table's order
+    per_target.insert(0, "target", np.tile(targets["target"].to_numpy(dtype=np.int64), len(per_target) // len(targets)))
+    summary = summarize_joint(per_target, targets).assign(
+        **identity, layer=str(layer["layer"]), layer_index=np.int64(layer.name), depth=float(layer["depth"])
+    )
+    save_joint_summary(path, summary, counts)
+
+
 def run_joint(*, inputs, outputs, params) -> None:
     """The joint rule: one layer's gradients with a reference against one subject's targets (banded ridge).
 
@@ -162,36 +212,50 @@ def run_joint(*, inputs, outputs, params) -> None:
     `stack` = every selected layer's activations and the model output, `same_layer`), `width`
     (the stack's components per training split) and `nuisance` (`encoding.nuisance` names).
     """
-    from .joint import JOINT_SIGNALS, joint_encode, summarize_joint
+    from .joint import joint_encode
 
-    identity, k, settings = dict(params.identity), int(params.layer), params.joint
-    references = list(settings.get("references") or ["same_layer"])
-    image_ids = load_samples(inputs.samples)["image_id"].to_numpy()
-    feature_ids = features.load_samples(inputs.features)["image_id"].to_numpy()
-    rows = subject_rows(feature_ids, image_ids, inputs.features, inputs.samples)
-    X_act, X_grad = (np.asarray(features.load_features(inputs.features, s, k))[rows] for s in JOINT_SIGNALS)
+    identity, k = dict(params.identity), int(params.layer)
     layers = features.load_layers(inputs.layers)
-    stack = _stack_blocks(inputs.features, layers, rows) if "stack" in references else None
-    nuisance = _subject_nuisance(inputs.features, inputs.samples, list(settings.get("nuisance") or []), k)
-    Y, targets = load_y(inputs.Y), load_targets(inputs.targets)
-    if len(targets) != Y.shape[1]:
-        raise ValueError(f"{inputs.targets} has {len(targets)} rows but {inputs.Y} has {Y.shape[1]} columns")
+    X_act, X_grad, image_ids = _joint_features(inputs.features, inputs.samples, k)
+    options = _joint_options(inputs.features, inputs.samples, layers, k, params.joint)
+    Y, targets = _subject_targets(inputs.Y, inputs.targets)
     folds = folds_from_table(load_folds(inputs.folds), image_ids)
-    per_target, counts = joint_encode(
-        X_act,
-        X_grad,
-        Y,
-        folds,
-        penalty_grid(settings),
-        references=references,
-        stack=stack,
-        width=int(settings.get("width", 64)),
-        nuisance=nuisance,
-    )
-    log.info("joint fit of %s: %s", identity, counts)
-    per_target.insert(0, "target", np.tile(targets["target"].to_numpy(dtype=np.int64), len(references)))
+    fit = joint_encode(X_act, X_grad, Y, folds, penalty_grid(params.joint), **options)
+    _save_joint(outputs.summary, fit, targets, identity, features.layer_row(layers, k))
+
+
+def run_joint_shared(*, inputs, outputs, params) -> None:
+    """The joint_shared rule: one layer's activations and gradients against every subject of a dataset.
+
+    As `run_encode_shared`: subjects who saw the same images in the same order go through one
+    banded fit (`joint_encode_shared`, the same numbers as separate fits); otherwise each is
+    fitted on its own (logged).
+    """
+    from .joint import joint_encode, joint_encode_shared
+
+    identity, k, subjects = dict(params.identity), int(params.layer), params.subjects
+    alphas, table = penalty_grid(params.joint), load_folds(inputs.folds)
+    layers = features.load_layers(inputs.layers)
+    orders = [load_samples(path)["image_id"].to_numpy() for path in inputs.samples]
+    data = [_subject_targets(Y, t) for Y, t in zip(inputs.Y, inputs.targets)]
+    if all(np.array_equal(orders[0], order) for order in orders[1:]):
+        X_act, X_grad, image_ids = _joint_features(inputs.features, inputs.samples[0], k)
+        folds = folds_from_table(table, image_ids)
+        options = _joint_options(inputs.features, inputs.samples[0], layers, k, params.joint)
+        fits = joint_encode_shared(X_act, X_grad, [Y for Y, _ in data], folds, alphas, **options)
+        log.info("%d subjects in one banded fit per fold (%d images in the same order)", len(subjects), len(image_ids))
+    else:
+        differ = [s for s, order in zip(subjects, orders) if not np.array_equal(orders[0], order)]
+        log.warning(
+            "subjects %s saw other images or another order than %s: each subject is fitted on its own",
+            differ,
+            subjects[0],
+        )
+        fits = []
+        for samples, (Y, _) in zip(inputs.samples, data):
+            X_act, X_grad, image_ids = _joint_features(inputs.features, samples, k)
+            options = _joint_options(inputs.features, samples, layers, k, params.joint)
+            fits.append(joint_encode(X_act, X_grad, Y, folds_from_table(table, image_ids), alphas, **options))
     layer = features.layer_row(layers, k)
-    summary = summarize_joint(per_target, targets).assign(
-        **identity, layer=str(layer["layer"]), layer_index=np.int64(k), depth=float(layer["depth"])
-    )
-    save_joint_summary(outputs.summary, summary, counts)
+    for subject, fit, (_, targets), path in zip(subjects, fits, data, outputs.summary):
+        _save_joint(path, fit, targets, {**identity, "subject": subject}, layer)

@@ -81,15 +81,9 @@ def run_sensitivity(*, inputs, outputs, params) -> None:
     save_sensitivity(outputs.sensitivity, table.assign(base_model=settings["model"]))
 
 
-def _evenly(sensors: pd.DataFrame, n: int) -> pd.DataFrame:
-    """`n` sensors spread evenly over the layout's order."""
-    pick = np.unique(np.linspace(0, len(sensors) - 1, n).round().astype(int))
-    return sensors.iloc[pick].reset_index(drop=True)
-
-
 def run_calibration(*, inputs, outputs, params) -> None:
     """The calibration rule: type I error (shuffled) and power (backprop) of the tests over SNRs."""
-    from ..brain.simulate import ctf275_sensors
+    from ..brain.simulate import simulated_sensors
     from ..encoding.files import load_folds
     from ..encoding.folds import folds_from_table
     from ..features.files import load_features, load_layers, load_samples
@@ -104,7 +98,7 @@ def run_calibration(*, inputs, outputs, params) -> None:
     plant = {s: [np.asarray(load_features(inputs.plant, s, k)) for k in index] for s in ("act", "grad")}
     features = {s: [np.asarray(load_features(inputs.features, s, k)) for k in index] for s in ("act", "grad")}
     folds = folds_from_table(load_folds(inputs.folds), load_samples(inputs.features)["image_id"].to_numpy())
-    sensors = _evenly(ctf275_sensors(), int(settings["calibration"]["n_sensors"]))
+    sensors = simulated_sensors(int(settings["calibration"]["n_sensors"]))
     table = calibration_table(plant, features, depths, folds, sensors, settings, dataset)
     save_calibration(outputs.calibration, table.assign(dataset=dataset))
     alpha = float(settings["group"]["alpha"])

@@ -28,7 +28,6 @@ from .geometry import roi_distances
 
 __all__ = [
     "DATASET_KINDS",
-    "SHARED_IMAGE_ORDER",
     "DatasetError",
     "Finding",
     "build_manifest",
@@ -38,6 +37,7 @@ __all__ = [
     "published_image_count",
     "reader",
     "shared_fits",
+    "shares_image_order",
     "subject_data",
 ]
 
@@ -52,38 +52,29 @@ DATASET_KINDS: dict[str, str] = {
     "things_eeg2": "things_eeg2",
 }
 
-# Kinds whose subjects all saw the same images, averaged into the manifest's order (THINGS-MEG:
-# the 22,248 + 200 images for every participant; THINGS-EEG2: the 16,540 + 200 for every subject,
-# in the files' row order): their encode jobs share one decomposition.
-SHARED_IMAGE_ORDER = frozenset({"things_meg", "things_eeg2"})
-
 
 def published_image_count(kind: str, n_subjects: int) -> int:
-    """Images the selected subjects of a dataset kind saw, by the published design (DATASETS.md).
+    """Images the selected subjects of a real dataset kind saw, by the published design (DATASETS.md).
 
-    For planning before the manifest exists: NSD and Algonauts 2023 (NSD's images) 1,000 shared
-    plus 9,000 per subject (73,000 at most); THINGS-fMRI 8,640 + 100; THINGS-MEG 22,248 + 200;
-    THINGS-EEG2 16,540 + 200.
+    For planning before the manifest exists; each reader states its kind's design.
     """
-    counts = {
-        "nsd": min(1_000 + 9_000 * n_subjects, 73_000),
-        "nsd_algonauts": min(1_000 + 9_000 * n_subjects, 73_000),
-        "things_fmri": 8_740,
-        "things_meg": 22_448,
-        "things_eeg2": 16_740,
-    }
-    if kind not in counts:
-        raise ValueError(f"dataset kind {kind!r} has no published image count; expected one of {sorted(counts)}")
-    return counts[kind]
+    return reader(kind).published_image_count(n_subjects)
+
+
+def shares_image_order(ds: dict) -> bool:
+    """Whether a dataset's subjects all saw the same images in the same order (so their fits can share).
+
+    Simulated subjects are all planted on the image set's rows in manifest order; a real kind's
+    reader says it (THINGS-MEG and THINGS-EEG2: yes; NSD: with `images: shared`).
+    """
+    return ds["kind"] == "simulated" or reader(ds["kind"]).shares_image_order(ds)
 
 
 def shared_fits(config: dict) -> list[str]:
-    """Datasets whose subjects are fitted together, one encode_shared job per model × signal × layer."""
+    """Datasets whose subjects are fitted together: one shared encode and joint job per model × signal × layer."""
     if not config.get("encoding", {}).get("shared_fits", True):
         return []
-    return [
-        name for name, ds in config["datasets"].items() if ds["kind"] in SHARED_IMAGE_ORDER and len(ds["subjects"]) > 1
-    ]
+    return [name for name, ds in config["datasets"].items() if len(ds["subjects"]) > 1 and shares_image_order(ds)]
 
 
 def reader(kind: str) -> ModuleType:

@@ -512,3 +512,13 @@ def read_subject(
     seen, Y, counts = mean.result()
     targets["noise_ceiling"] = nc_from_ncsnr(_ncsnr(root, opts, subject, targets), counts)
     return seen, Y, targets, counts
+
+
+def published_image_count(n_subjects: int) -> int:
+    """Images the selected subjects saw by the published design: 1,000 shared plus 9,000 each (73,000 at most)."""
+    return min(1_000 + 9_000 * n_subjects, 73_000)
+
+
+def shares_image_order(ds: dict) -> bool:
+    """Whether every selected subject's rows are the same images in the same order (`images: shared`)."""
+    return ds["nsd"]["images"] == "shared"

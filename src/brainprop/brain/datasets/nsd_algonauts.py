@@ -184,3 +184,13 @@ def read_subject(
     targets = pd.concat(tables, ignore_index=True).drop(columns="column")
     targets["noise_ceiling"] = np.nan
     return seen, np.concatenate(blocks, axis=1), targets, np.zeros(len(seen), dtype=np.int64)
+
+
+def published_image_count(n_subjects: int) -> int:
+    """Images the selected subjects saw (NSD's design): 1,000 shared plus 9,000 each (73,000 at most)."""
+    return min(1_000 + 9_000 * n_subjects, 73_000)
+
+
+def shares_image_order(ds: dict) -> bool:
+    """Whether every selected subject's rows are the same images in the same order: no (each saw its own)."""
+    return False

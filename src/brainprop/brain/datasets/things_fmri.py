@@ -270,3 +270,13 @@ def _repetition_index(trial_ids: np.ndarray, test: np.ndarray):
     positions = np.flatnonzero(test)
     index = np.stack([positions[ids == name][:n_reps] for name in names], axis=1)  # (reps, images)
     return lambda data: data[index]
+
+
+def published_image_count(n_subjects: int) -> int:
+    """Images every subject saw by the published design: 8,640 training plus 100 test images."""
+    return 8_740
+
+
+def shares_image_order(ds: dict) -> bool:
+    """Whether every selected subject's rows are the same images in the same order: not assumed."""
+    return False

