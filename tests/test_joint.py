@@ -44,15 +44,25 @@ def test_unique_variance_matches_banded_ridge_and_plant():
     assert counts["n_targets_excluded"] == 2 and counts["n_pairs"] == 16
 
 
-def test_shared_fit_of_several_subjects_equals_separate_fits():
+@pytest.mark.parametrize("stacked", [False, True])
+def test_shared_fit_of_several_subjects_equals_separate_fits(stacked):
     act, grad, Y, folds = _planted()
     rng = np.random.default_rng(5)
     subjects = [Y, Y[:, ::-1] + 0.5 * rng.standard_normal(Y.shape), Y[:, :3] * 2.0 + 1.0]
-    shared = joint_encode_shared(act, grad, subjects, folds, ALPHAS)
+    # With the forward stack and nuisances too: both references, one block of rows per reference.
+    options = (
+        {"references": ("stack", "same_layer"), "stack": [act, rng.standard_normal((len(Y), 4))], "width": 5}
+        | {"nuisance": rng.standard_normal((len(Y), 2))}
+        if stacked
+        else {}
+    )
+    shared = joint_encode_shared(act, grad, subjects, folds, ALPHAS, **options)
     for Ys, (per_target, counts) in zip(subjects, shared):
-        alone, alone_counts = joint_encode(act, grad, Ys, folds, ALPHAS)
-        assert per_target.columns.equals(alone.columns) and len(per_target) == Ys.shape[1]
-        for column in per_target.columns:
+        alone, alone_counts = joint_encode(act, grad, Ys, folds, ALPHAS, **options)
+        n_refs = len(options.get("references", ("same_layer",)))
+        assert per_target.columns.equals(alone.columns) and len(per_target) == n_refs * Ys.shape[1]
+        assert per_target["reference"].tolist() == alone["reference"].tolist()
+        for column in per_target.columns.drop("reference"):
             np.testing.assert_allclose(per_target[column].to_numpy(float), alone[column].to_numpy(float), atol=1e-10)
         assert counts == alone_counts
 
