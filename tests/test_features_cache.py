@@ -92,7 +92,18 @@ def test_every_ingredient_of_the_features_changes_the_key(demo_manifest, tmp_pat
         "image content": _identity(manifest, manifest=other_images),
         "image order": _identity(manifest, manifest=manifest.iloc[::-1]),
         "storage dtype": _identity(manifest, storage_dtype="float16"),
+        "grad_normalize": _identity(manifest, model={"grad_normalize": "l2"}),
     }
+    # A loss that reads a file: its content, not only its name, is in the key.
+    head = tmp_path / "head.pth"
+    head.write_bytes(b"first")
+    changed["head file"] = _identity(manifest, model={"loss": "head", "loss_params": {"head": str(head)}})
+    first = feature_key(changed["head file"])
+    head.write_bytes(b"second")
+    changed["head file content"] = _identity(manifest, model={"loss": "head", "loss_params": {"head": str(head)}})
+    assert feature_key(changed["head file content"]) != first
+    # The default scale adds nothing, so keys made before grad_normalize existed stay valid.
+    assert feature_key(_identity(manifest, model={"grad_normalize": "none"})) == base
     keys = {name: feature_key(identity) for name, identity in changed.items()}
     assert all(key != base for key in keys.values()), [n for n, k in keys.items() if k == base]
     assert len(set(keys.values())) == len(keys)
