@@ -92,12 +92,23 @@ def test_sensitivity_varies_one_choice_at_a_time():
         ("atlas", "other"),
         ("pooling", "mean"),
     }
-    assert set(out["test"]) == {"T1", "T2", "S1a", "S1b"}
+    # E (its r differences here: no joint models) sits beside the default and the variants' rows; the
+    # threshold, exclusion and atlas choices do not change it.
+    assert set(out["test"]) == {"T1", "T2", "S1a", "S1b", "E"}
+    assert set(out.loc[out["choice"].isin(["default", "pooling"]) & (out["test"] == "E"), "measure"]) == {
+        "r_difference"
+    }
+    assert set(out.loc[out["choice"].isin(["tmax_threshold", "exclude", "atlas"]), "test"]) == {
+        "T1",
+        "T2",
+        "S1a",
+        "S1b",
+    }
     assert (out.loc[out["choice"] == "atlas", "modality"] == "fmri").all()
     assert set(out["model"]) == {"m"}
     # The planted effects are strong: no choice changes a conclusion here.
-    assert out["same_as_default"].all()
-    default = out[out["choice"] == "default"].set_index(["signal", "test"])
+    assert out.loc[out["test"] != "E", "same_as_default"].all()
+    default = out[(out["choice"] == "default") & (out["test"] != "E")].set_index(["signal", "test"])
     threshold = out[(out["choice"] == "tmax_threshold") & (out["value"] == "0.99")].set_index(["signal", "test"])
     best, tm, hier = subject_hierarchy(enc, "glasser", 0.99, 3)
     t1 = subject_statistics(enc, best, tm, hier, params | {"threshold": 0.99})

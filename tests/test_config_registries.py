@@ -39,6 +39,24 @@ CASES = {
         "brainprop.hierarchy.scores:EXCLUSION_RULES",
         set(),
     ),
+    "grad_normalize": (MODEL["grad_normalize"], "brainprop.features.extract:GRAD_NORMALIZATIONS", set()),
+    "sensitivity grad_normalize": (
+        TOP["sensitivity"]["properties"]["grad_normalize"],
+        "brainprop.features.extract:GRAD_NORMALIZATIONS",
+        set(),
+    ),
+    "nuisance": (TOP["encoding"]["properties"]["nuisance"], "brainprop.encoding.nuisance:NUISANCES", set()),
+    "sensitivity nuisance": (
+        TOP["sensitivity"]["properties"]["nuisance"]["items"],
+        "brainprop.encoding.nuisance:NUISANCES",
+        set(),
+    ),
+    "reference": (TOP["joint"]["properties"]["reference"], "brainprop.encoding.joint:REFERENCES", set()),
+    "sensitivity reference": (
+        TOP["sensitivity"]["properties"]["reference"],
+        "brainprop.encoding.joint:REFERENCES",
+        set(),
+    ),
 }
 
 
@@ -59,6 +77,10 @@ def test_schema_enum_equals_its_registry(name):
 
 
 def test_sensitivity_losses_are_the_losses_that_need_no_control():
-    # cross_entropy_shuffled is the shuffled-loss control (brainprop.run.CONTROLS), not a choice to vary.
+    # cross_entropy_shuffled is the shuffled-loss control (brainprop.run.CONTROLS), not a choice to vary;
+    # a loss that reads a file (features.weights.LOSS_FILES) is named with its params, {name, params}.
     losses = _registry("brainprop.features.losses:LOSSES")
-    assert _enum(TOP["sensitivity"]["properties"]["loss"]) == losses - {"cross_entropy_shuffled"}
+    by_name, with_params = TOP["sensitivity"]["properties"]["loss"]["items"]["oneOf"]
+    assert _enum(with_params["properties"]["name"]) == losses - {"cross_entropy_shuffled"}
+    files = _registry("brainprop.features.weights:LOSS_FILES")
+    assert _enum(by_name) == losses - {"cross_entropy_shuffled"} - files

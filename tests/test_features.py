@@ -23,7 +23,14 @@ import torch.nn.functional as F
 
 from brainprop.features.cka import cka_table, linear_cka
 from brainprop.features.extract import extract_features
-from brainprop.features.files import feature_path, load_features, load_layers, load_samples
+from brainprop.features.files import (
+    feature_path,
+    load_features,
+    load_layers,
+    load_nuisance,
+    load_output,
+    load_samples,
+)
 from brainprop.features.layers import find_blocks, resolve_layers
 from brainprop.features.losses import LOSS_PREPARERS, LOSSES, _crop_box, image_seed, prototypes, teacher_view
 from brainprop.features.models import create_model, image_transform, load_model, model_info
@@ -516,6 +523,14 @@ def test_run_extract_end_to_end(demo_manifest, tmp_path, loss):
     samples = load_samples(out)
     assert list(samples["image_id"]) == list(manifest["image_id"])
     assert list(samples["group"]) == list(manifest["group"])
+    # Beside the layers: the output the loss reads (logits; the embedding for self-distillation) and the
+    # nuisance table, both in manifest order.
+    output = load_output(out)
+    assert output.shape == (12, 1000 if loss == "cross_entropy" else 512) and np.isfinite(output).all()
+    nuisance = load_nuisance(out)
+    assert list(nuisance["image_id"]) == list(manifest["image_id"])
+    assert list(nuisance.columns[1:]) == ["confidence", "entropy", "grad_norm_00", "grad_norm_01", "grad_norm_02"]
+    assert np.isfinite(nuisance.iloc[:, 1:].to_numpy()).all() and (nuisance["grad_norm_00"] > 0).all()
 
     # Row i is image i: recompute image 7 alone with an independently built transform.
     model = create_model(CNN[0], "random", 0, 32, CNN[1])
@@ -527,6 +542,11 @@ def test_run_extract_end_to_end(demo_manifest, tmp_path, loss):
     for signal in ("act", "grad"):
         for k in range(len(layers)):
             _assert_close(np.asarray(load_features(out, signal, k))[7:8], one[signal][k])
+    extras = extract_features(
+        model, x, list(layers["layer"]), pooling, loss, image_ids=[manifest["image_id"].iloc[7]], extras=True
+    )
+    _assert_close(np.asarray(output)[7:8], extras["output"][0])
+    np.testing.assert_allclose(nuisance.iloc[7, 1:].to_numpy(float), extras["nuisance"][0][0], rtol=1e-4)
 
 
 @pytest.mark.parametrize("mmap", [True, False])
@@ -856,3 +876,177 @@ def test_projection_applies_one_matrix_to_act_and_grad(cnn_case):
             _assert_close(b[signal][k], a[signal][k].astype(np.float64) @ r)
     table = resolve_layers(CNN[0], {"n": 3}, proj, SIZE, CNN[1])
     assert list(table["dim"]) == [50, 50, 50]
+
+
+# ---------------------------------------------------------------- 11: the gradient's scale, nuisances, user losses
+
+
+def _loss_reference(model, images, names, loss_of):
+    """dL/d(block output), one image at a time, with the loss written out here: `loss_of(ref, x)` -> scalar."""
+    ref = copy.deepcopy(model)
+    modules = dict(ref.named_modules())
+    grads: dict[str, list] = {n: [] for n in names}
+    for image in images:
+        store: dict[str, torch.Tensor] = {}
+        handles = [
+            modules[n].register_forward_hook(lambda m, i, o, n=n, store=store: store.__setitem__(n, o)) for n in names
+        ]
+        try:
+            g = torch.autograd.grad(loss_of(ref, image[None].clone().requires_grad_(True)), [store[n] for n in names])
+        finally:
+            for h in handles:
+                h.remove()
+        for n, gn in zip(names, g):
+            grads[n].append(gn)
+    return {n: torch.cat(v) for n, v in grads.items()}
+
+
+def test_l2_gradients_and_nuisances_match_one_image_autograd(cnn_case):
+    """grad_normalize l2 = pool(g / ||g||) per image and layer; the nuisances are the logits' max softmax and
+    entropy and the unpooled gradient's norm; the output matrix is the logits (independent recomputation)."""
+    model, images, names, ctx, _, ref_grad = cnn_case
+    images, names = images[:6], names[::3]
+    spec = {"mode": "grid", "grid": 2}
+    got = extract_features(model, images, names, spec, "cross_entropy", 4, grad_normalize="l2", extras=True)
+    plain = extract_features(model, images, names, spec, "cross_entropy", 6, extras=True)
+    with torch.no_grad():
+        logits = copy.deepcopy(model)(images).double()
+    p = torch.softmax(logits, dim=1)
+    nuisance = got["nuisance"][0]
+    np.testing.assert_allclose(nuisance[:, 0], p.max(dim=1).values.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(nuisance[:, 1], -(p * p.log()).sum(dim=1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got["output"][0], logits.numpy(), rtol=1e-4, atol=1e-5)
+    for k, name in enumerate(names):
+        g = ref_grad[name][:6].double()
+        norms = g.flatten(1).norm(dim=1)
+        np.testing.assert_allclose(nuisance[:, 2 + k], norms.numpy(), rtol=1e-4)
+        unit = g / norms[:, None, None, None]
+        _assert_close(got["grad"][k], pool(unit, spec, ctx).numpy())
+        np.testing.assert_array_equal(got["act"][k], plain["act"][k])  # activations are untouched
+    # The norms, not the normalisation, are the nuisance: both extractions report the same ones.
+    np.testing.assert_allclose(plain["nuisance"][0], nuisance, rtol=1e-5)
+    assert set(extract_features(model, images[:2], names, spec, "cross_entropy")) == {"act", "grad"}
+    with pytest.raises(ValueError, match="grad_normalize 'l1' unknown"):
+        extract_features(model, images[:2], names, spec, "cross_entropy", grad_normalize="l1")
+
+
+def _head_file(tmp_path, weight: torch.Tensor, bias: torch.Tensor, prefix: str = "") -> str:
+    path = tmp_path / "head.pth"
+    torch.save({f"{prefix}weight": weight, f"{prefix}bias": bias}, path)
+    return str(path)
+
+
+def test_head_loss_matches_one_image_autograd(cnn_case, tmp_path):
+    """A user's linear head on the embedding (as DINOv3's ImageNet-1k head file: weight, bias)."""
+    model, images, names, ctx, *_ = cnn_case
+    images, names = images[:6], names[1::3]
+    gen = torch.Generator().manual_seed(4)
+    weight, bias = torch.randn(7, 512, generator=gen) * 0.1, torch.randn(7, generator=gen)
+    params = {"head": _head_file(tmp_path, weight, bias, prefix="linear_head.")}
+    spec = {"mode": "grid", "grid": 2}
+    got = extract_features(model, images, names, spec, "head", 4, params, extras=True)
+
+    def loss_of(ref, x):
+        logits = F.linear(_timm_embedding(ref, x), weight, bias)
+        return F.cross_entropy(logits, logits.argmax(dim=1))
+
+    ref = _loss_reference(model, images, names, loss_of)
+    for k, name in enumerate(names):
+        _assert_close(got["grad"][k], pool(ref[name], spec, ctx).numpy())
+    assert np.abs(got["grad"][0]).max() > 0
+    with torch.no_grad():
+        emb = _timm_embedding(copy.deepcopy(model), images)
+    np.testing.assert_allclose(got["output"][0], emb.numpy(), rtol=1e-4, atol=1e-5)  # the head reads the embedding
+    p = torch.softmax(F.linear(emb, weight, bias).double(), dim=1)
+    np.testing.assert_allclose(got["nuisance"][0][:, 0], p.max(dim=1).values.numpy(), rtol=1e-4)
+
+
+def test_own_classifier_as_a_head_gives_the_cross_entropy_gradients(mobilenet_case, tmp_path):
+    """On the trained MobileNetV2, its own ImageNet classifier supplied as a head file reproduces cross_entropy."""
+    model, images, names, ctx, *_ = mobilenet_case
+    images, names = images[:6], names[::6]
+    linear = model.classifier[1]
+    params = {"head": _head_file(tmp_path, linear.weight.detach().clone(), linear.bias.detach().clone())}
+    spec = {"mode": "grid", "grid": 2}
+    head = extract_features(model, images, names, spec, "head", 6, params)
+    own = extract_features(model, images, names, spec, "cross_entropy", 6)
+    for a, b in zip(head["grad"], own["grad"]):
+        _assert_close(a, b)
+    assert np.abs(own["grad"][0]).max() > 0
+
+
+def _text_file(tmp_path, table: np.ndarray, kind: str, **settings) -> str:
+    if kind == "npy":
+        path = tmp_path / "text.npy"
+        np.save(path, table)
+    else:
+        path = tmp_path / "text.pt"
+        torch.save({"embeddings": torch.from_numpy(table), **settings}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("form, kind", [("softmax", "npy"), ("sigmoid", "pt")])
+def test_contrastive_loss_matches_one_image_autograd(cnn_case, tmp_path, form, kind):
+    """Image-text loss against a user's text embeddings: CLIP's softmax, SigLIP's sigmoid (file's temperature, bias)."""
+    model, images, names, ctx, *_ = cnn_case
+    images, names = images[:6], names[::4]
+    table = np.random.default_rng(2).standard_normal((9, 512))
+    temperature, bias = 0.05, -2.0
+    if kind == "npy":
+        params = {"text_embeddings": _text_file(tmp_path, table, kind), "temperature": temperature, "form": form}
+    else:
+        path = _text_file(tmp_path, table, kind, temperature=temperature, bias=bias)
+        params = {"text_embeddings": path, "form": form}
+    spec = {"mode": "mean"}
+    got = extract_features(model, images, names, spec, "contrastive", 4, params)
+    text = torch.from_numpy(table).float()
+
+    def loss_of(ref, x):
+        emb = _timm_embedding(ref, x)
+        sim = (emb / emb.norm(dim=1, keepdim=True)) @ (text / text.norm(dim=1, keepdim=True)).T / temperature
+        if form == "softmax":
+            return F.cross_entropy(sim, sim.argmax(dim=1))
+        z = sim + bias
+        labels = -torch.ones_like(z)
+        labels[0, z.argmax()] = 1.0
+        return -F.logsigmoid(labels * z).sum()
+
+    ref = _loss_reference(model, images, names, loss_of)
+    for k, name in enumerate(names):
+        _assert_close(got["grad"][k], pool(ref[name], spec, ctx).numpy())
+    assert np.abs(got["grad"][0]).max() > 0
+
+
+def test_user_loss_files_are_loaded_safely_and_checked(cnn_case, tmp_path):
+    """weights_only / allow_pickle=False loading and shape checks, each error naming the file."""
+    from brainprop.features.losses import LossFileError
+
+    model, images, names, *_ = cnn_case
+    x, names, spec = images[:2], names[:1], {"mode": "mean"}
+
+    def run(loss, params):
+        return extract_features(model, x, names, spec, loss, 2, params)
+
+    wrong = _head_file(tmp_path, torch.zeros(5, 100), torch.zeros(5))
+    with pytest.raises(LossFileError, match=rf"{wrong} is a head for inputs of 100 dims.*'embedding' output has 512"):
+        run("head", {"head": wrong})
+    (tmp_path / "odd").mkdir()
+    torch.save({"w": torch.zeros(5, 512), "b": torch.zeros(5), "c": torch.zeros(1)}, tmp_path / "odd" / "h.pth")
+    with pytest.raises(LossFileError, match=r"odd/h.pth has keys \['b', 'c', 'w'\]"):
+        run("head", {"head": str(tmp_path / "odd" / "h.pth")})
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"weight": torch.zeros(5, 512), "bias": torch.zeros(5), "note": pd.Timestamp(0)}, pickled)
+    with pytest.raises(LossFileError, match=rf"{pickled} cannot be read with torch.load\(weights_only=True\)"):
+        run("head", {"head": str(pickled)})
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}, {"b": 2}], dtype=object), allow_pickle=True)
+    with pytest.raises(LossFileError, match=rf"{objects} cannot be read with np.load\(allow_pickle=False\)"):
+        run("contrastive", {"text_embeddings": str(objects), "temperature": 0.1})
+    flat = _text_file(tmp_path, np.ones(512), "npy")
+    with pytest.raises(LossFileError, match=rf"{flat} has shape \(512,\)"):
+        run("contrastive", {"text_embeddings": flat, "temperature": 0.1})
+    table = _text_file(tmp_path, np.random.default_rng(0).standard_normal((4, 512)), "npy")
+    with pytest.raises(LossFileError, match=r"temperature: None; the file .*text.npy gives none"):
+        run("contrastive", {"text_embeddings": table})
+    with pytest.raises(LossFileError, match=r"checkpoint .*missing.pth does not exist"):
+        run("head", {"head": str(tmp_path / "missing.pth")})

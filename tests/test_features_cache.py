@@ -25,7 +25,7 @@ from brainprop.features.extract import (
     extract_features,
     image_loader,
 )
-from brainprop.features.files import feature_path, load_features
+from brainprop.features.files import feature_path, load_features, load_output
 from brainprop.features.layers import resolve_layers
 from brainprop.features.models import create_model, image_transform
 from brainprop.features.rules import extract_to_folder
@@ -92,7 +92,18 @@ def test_every_ingredient_of_the_features_changes_the_key(demo_manifest, tmp_pat
         "image content": _identity(manifest, manifest=other_images),
         "image order": _identity(manifest, manifest=manifest.iloc[::-1]),
         "storage dtype": _identity(manifest, storage_dtype="float16"),
+        "grad_normalize": _identity(manifest, model={"grad_normalize": "l2"}),
     }
+    # A loss that reads a file: its content, not only its name, is in the key.
+    head = tmp_path / "head.pth"
+    head.write_bytes(b"first")
+    changed["head file"] = _identity(manifest, model={"loss": "head", "loss_params": {"head": str(head)}})
+    first = feature_key(changed["head file"])
+    head.write_bytes(b"second")
+    changed["head file content"] = _identity(manifest, model={"loss": "head", "loss_params": {"head": str(head)}})
+    assert feature_key(changed["head file content"]) != first
+    # The default scale adds nothing, so keys made before grad_normalize existed stay valid.
+    assert feature_key(_identity(manifest, model={"grad_normalize": "none"})) == base
     keys = {name: feature_key(identity) for name, identity in changed.items()}
     assert all(key != base for key in keys.values()), [n for n, k in keys.items() if k == base]
     assert len(set(keys.values())) == len(keys)
@@ -120,8 +131,13 @@ def _cache(tmp_path, n_images=10, shard_size=4) -> ShardCache:
     return ShardCache(tmp_path / "cache", {"k": 1, "storage_dtype": "float32"}, n_images, shard_size, ["act"], 2)
 
 
+def _extras(n: int, value: float = 0.0) -> dict:
+    """The per-image arrays every shard stores beside the signals (cache.EXTRAS): output and nuisance."""
+    return {"output": [np.full((n, 5), value, np.float32)], "nuisance": [np.full((n, 4), value, np.float32)]}
+
+
 def _shard_features(shard, value: float) -> dict:
-    return {"act": [np.full((shard.size, 3), value + k, dtype=np.float32) for k in range(2)]}
+    return {"act": [np.full((shard.size, 3), value + k, dtype=np.float32) for k in range(2)], **_extras(shard.size)}
 
 
 def test_shards_partition_the_images(tmp_path):
@@ -169,7 +185,7 @@ def test_write_shard_rejects_wrong_rows(tmp_path):
     cache = _cache(tmp_path)
     shard = cache.shards[0]
     with pytest.raises(ValueError, match="3 rows, expected 4"):
-        cache.write_shard(shard, {"act": [np.zeros((3, 3), np.float32)] * 2})
+        cache.write_shard(shard, {"act": [np.zeros((3, 3), np.float32)] * 2, **_extras(3)})
 
 
 def test_identity_clash_in_one_folder_is_an_error(tmp_path):
@@ -199,11 +215,15 @@ def test_resume_trusts_verified_shards_and_redoes_the_rest(demo_manifest, layers
     assert cache.key == key
     import shutil
 
+    extras = {"output": np.array(load_output(cache.assembled_dir)), "nuisance": cache.load_extra("nuisance")}
     shutil.rmtree(cache.assembled_dir)
     shutil.rmtree(out)
     for shard, shift in zip(cache.shards[:2], (1000.0, 0.0)):
+        rows = slice(shard.start, shard.stop)
         cache.write_shard(
-            shard, {s: [full[(s, k)][shard.start : shard.stop] + shift for k in range(3)] for s in ("act", "grad")}
+            shard,
+            {s: [full[(s, k)][rows] + shift for k in range(3)] for s in ("act", "grad")}
+            | {name: [np.asarray(a[rows])] for name, a in extras.items()},
         )
     broken = feature_path(cache.shard_dir(cache.shards[1]), "grad", 2)
     broken.write_bytes(broken.read_bytes()[:100])

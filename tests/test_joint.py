@@ -44,15 +44,25 @@ def test_unique_variance_matches_banded_ridge_and_plant():
     assert counts["n_targets_excluded"] == 2 and counts["n_pairs"] == 16
 
 
-def test_shared_fit_of_several_subjects_equals_separate_fits():
+@pytest.mark.parametrize("stacked", [False, True])
+def test_shared_fit_of_several_subjects_equals_separate_fits(stacked):
     act, grad, Y, folds = _planted()
     rng = np.random.default_rng(5)
     subjects = [Y, Y[:, ::-1] + 0.5 * rng.standard_normal(Y.shape), Y[:, :3] * 2.0 + 1.0]
-    shared = joint_encode_shared(act, grad, subjects, folds, ALPHAS)
+    # With the forward stack and nuisances too: both references, one block of rows per reference.
+    options = (
+        {"references": ("stack", "same_layer"), "stack": [act, rng.standard_normal((len(Y), 4))], "width": 5}
+        | {"nuisance": rng.standard_normal((len(Y), 2))}
+        if stacked
+        else {}
+    )
+    shared = joint_encode_shared(act, grad, subjects, folds, ALPHAS, **options)
     for Ys, (per_target, counts) in zip(subjects, shared):
-        alone, alone_counts = joint_encode(act, grad, Ys, folds, ALPHAS)
-        assert per_target.columns.equals(alone.columns) and len(per_target) == Ys.shape[1]
-        for column in per_target.columns:
+        alone, alone_counts = joint_encode(act, grad, Ys, folds, ALPHAS, **options)
+        n_refs = len(options.get("references", ("same_layer",)))
+        assert per_target.columns.equals(alone.columns) and len(per_target) == n_refs * Ys.shape[1]
+        assert per_target["reference"].tolist() == alone["reference"].tolist()
+        for column in per_target.columns.drop("reference"):
             np.testing.assert_allclose(per_target[column].to_numpy(float), alone[column].to_numpy(float), atol=1e-10)
         assert counts == alone_counts
 
@@ -117,7 +127,7 @@ def _joint_rows(enc: pd.DataFrame) -> pd.DataFrame:
     subject = rows["subject"].astype(int).to_numpy()
     value = 0.01 * (subject + 1) * np.where(rows["roi"].isin(["FFA", "IT"]), 1.0, -1.0)
     value = np.where(rows["modality"] == "meg", 0.002 * rows["layer_index"].to_numpy(), value)
-    return rows.assign(unique_grad=value, unique_act=0.1)
+    return rows.assign(unique_grad=value, unique_act=0.1, reference="stack")
 
 
 def test_e_has_unique_variance_rows_in_its_family():
@@ -134,6 +144,12 @@ def test_e_has_unique_variance_rows_in_its_family():
     assert e.loc[("meg", "late", "unique_variance"), "effect"] == pytest.approx(0.002 * 3.5)
     assert e.loc[("fmri", "high", "unique_variance"), "p"] == pytest.approx(2.0**-5)
     assert set(e["family"]) == {"sim/m/grad/E"}
+    # Each E row names its reference: the same layer for the r difference, the forward stack (the default) for
+    # the unique variance; a run whose joint models used another reference has no unique-variance rows.
+    assert set(e.reset_index().groupby("measure")["reference"].unique().map(tuple)) == {("same_layer",), ("stack",)}
+    assert not (
+        group_tests(enc, best, tm, hier, PARAMS | {"reference": "same_layer"}, joint)["measure"] == "unique_variance"
+    ).any()
     # Without joint models, E keeps only the r differences, with the same numbers.
     plain = group_tests(enc, best, tm, hier, PARAMS)
     plain_e = plain[plain["test"] == "E"].set_index(["modality", "level", "measure"])

@@ -113,9 +113,11 @@ def test_real_image_sets_are_planned_from_the_published_design_until_their_manif
     monkeypatch.chdir(tmp_path)
     plan = plan_run(config, layers)
     n_nsd = 1_000 + 9_000 * len(config["datasets"]["nsd"]["subjects"])
-    assert plan.feature_bytes[("resnet18", "meg_images")] == 60 * 22_448 * 2 * 4  # THINGS-MEG: 22,248 + 200
-    assert plan.feature_bytes[("resnet18", "nsd_images")] == 60 * n_nsd * 2 * 4
+    # 60 dims x 2 signals, and the model output (resnet18's 1,000 logits, resolved on the meta device)
+    width = 60 * 2 + 1000
+    assert plan.feature_bytes[("resnet18", "meg_images")] == width * 22_448 * 4  # THINGS-MEG: 22,248 + 200
+    assert plan.feature_bytes[("resnet18", "nsd_images")] == width * n_nsd * 4
     manifest = tmp_path / "results" / config["run"] / "stimuli" / "meg_images" / "manifest.parquet"
     manifest.parent.mkdir(parents=True)
     pd.DataFrame({"image_id": [f"i{k}" for k in range(15)]}).to_parquet(manifest)
-    assert plan_run(config, layers).feature_bytes[("resnet18", "meg_images")] == 60 * 15 * 2 * 4
+    assert plan_run(config, layers).feature_bytes[("resnet18", "meg_images")] == width * 15 * 4

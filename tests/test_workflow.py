@@ -253,6 +253,8 @@ def test_joint_models_feed_e_and_the_stats_tables_exist(tiny_run):
     e = tests[tests["test"] == "E"]
     assert set(e["measure"]) == {"r_difference", "unique_variance"}
     assert e["effect"].notna().all() and set(e["family"]) == {"sim_backprop/resnet18/grad/E"}
+    # E names its reference: the unique variance is against the forward stack by default (joint.reference).
+    assert dict(zip(e["measure"], e["reference"])) == {"r_difference": "same_layer", "unique_variance": "stack"}
     assert len(list((out / "joint").rglob("*.summary.parquet"))) == 4 * 3  # layers x subjects
     comparisons = pd.read_parquet(out / "tables" / "comparisons.parquet")
     assert "act_vs_grad" in set(comparisons["comparison"])

@@ -269,11 +269,13 @@ def _check_cross_fields(config: dict) -> None:
                     f"config key datasets.{name}.meg_windows.{level}: {window} must be [start, end] with start < end"
                 )
     problems += _check_weights(config["models"])
-    for alias in config.get("joint", {}).get("models") or []:
-        if alias not in config["models"]:
-            problems.append(
-                f"config key joint.models: {alias!r} is not a model alias; defined models: {sorted(config['models'])}"
-            )
+    for key in ("joint", "sensitivity"):
+        for alias in config.get(key, {}).get("models") or []:
+            if alias not in config["models"]:
+                problems.append(
+                    f"config key {key}.models: {alias!r} is not a model alias; defined models: "
+                    f"{sorted(config['models'])}"
+                )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -560,6 +562,35 @@ def _check_calibration(config: dict) -> list[str]:
     ]
 
 
+def _check_loss_files(config: dict) -> list[str]:
+    """The files the losses name (a head checkpoint, text embeddings) exist; sensitivity losses are distinct."""
+    from .features.weights import LOSS_FILES, WeightFileError, loss_files, resolve_checkpoint
+
+    entries = [(f"models.{alias}.loss_params", m["loss"], m["loss_params"]) for alias, m in config["models"].items()]
+    losses = config["sensitivity"]["loss"]
+    for i, item in enumerate(losses):
+        if isinstance(item, dict):
+            entries.append((f"sensitivity.loss.{i}.params", item["name"], item.get("params") or {}))
+    problems = []
+    for key, loss, params in entries:
+        for name in LOSS_FILES.get(loss, ()):
+            if not params.get(name):
+                problems.append(f"config key {key}.{name}: loss {loss!r} needs this file (docs/features.md, 'Losses')")
+        for name, value in loss_files(loss, params).items():
+            try:
+                resolve_checkpoint(value, f"config key {key}.{name}")
+            except WeightFileError as err:
+                problems.append(str(err))
+    names = [item if isinstance(item, str) else item["name"] for item in losses]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        problems.append(
+            f"config key sensitivity.loss: {twice} listed more than once (each loss names one variant, loss_<name>); "
+            "keep one entry per loss"
+        )
+    return problems
+
+
 # the strict cross-field checks, each config -> problems; run by _check_cross_fields after the schema
 STRICT_CHECKS = (
     _check_names,
@@ -569,4 +600,5 @@ STRICT_CHECKS = (
     _check_projections,
     _check_simulations,
     _check_calibration,
+    _check_loss_files,
 )

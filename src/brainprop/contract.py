@@ -72,6 +72,7 @@ TABLES: dict[str, dict[str, str]] = {
         "signal": "str",
         "test": "str",
         "level": "str",
+        "reference": "str",
         "method": "str",
         "alternative": "str",
         "statistic": "float",
@@ -146,9 +147,22 @@ VALUES: dict[tuple[str, str], set[str]] = {
     ("hierarchy", "score"): {"spatial", "temporal"},
     ("tests", "test"): {"T1", "T2", "S1a", "S1b", "E"},
     ("tests", "alternative"): {"less", "greater", "two-sided"},
+    # what an E row compares the signal with (METHOD.md §4); "" for T1, T2, S1a, S1b
+    ("tests", "reference"): {"", "stack", "same_layer"},
     ("comparisons", "comparison"): {"act_vs_grad", "models", "rank"},
-    ("sensitivity", "test"): {"T1", "T2", "S1a", "S1b"},
-    ("sensitivity", "choice"): {"default", "tmax_threshold", "exclude", "atlas", "pooling", "loss"},
+    ("sensitivity", "test"): {"T1", "T2", "S1a", "S1b", "E"},
+    ("sensitivity", "choice"): {
+        "default",
+        "tmax_threshold",
+        "exclude",
+        "atlas",
+        "pooling",
+        "loss",
+        "grad_normalize",
+        "nuisance",
+        "reference",
+    },
+    ("sensitivity", "reference"): {"", "stack", "same_layer"},
 }
 
 PROVENANCE_KEYS = ("contract_version", "config_hash", "git_commit", "packages", "weights", "seeds")

@@ -52,9 +52,9 @@ def batch_for_attempt(batch_size: int, attempt: int) -> int:
     return max(1, int(batch_size) >> max(int(attempt) - 1, 0))
 
 
-def feature_bytes(dims: list[int], n_images: int, n_signals: int) -> int:
-    """Bytes of one model's features on one image set: float32, every layer and signal."""
-    return int(sum(dims)) * int(n_images) * int(n_signals) * FLOAT_BYTES
+def feature_bytes(dims: list[int], n_images: int, n_signals: int, output_dim: int = 0) -> int:
+    """Bytes of one model's features on one image set: float32, every layer and signal, and the model output."""
+    return (int(sum(dims)) * int(n_signals) + int(output_dim)) * int(n_images) * FLOAT_BYTES
 
 
 def extract_mem_mb(features_mb: float, batch_size: int, input_size: int, attempt: int) -> int:
@@ -87,6 +87,20 @@ def _resolve_layers(run: Run) -> dict[str, pd.DataFrame]:
     return {alias: resolve_layers(m, m["layers"], m["pooling"]) for alias, m in run.models.items() if not m["variant"]}
 
 
+def _output_dims(run: Run) -> dict[str, int]:
+    """Width of the output matrix each model's extraction writes (what its loss reads; meta device)."""
+    from .features.layers import output_dim
+
+    dims: dict[tuple, int] = {}
+    out = {}
+    for alias, m in run.models.items():
+        key = (m["source"], m["name"], repr(m["kwargs"]), m["input_size"], m["loss"], repr(m["loss_params"]))
+        if key not in dims:
+            dims[key] = output_dim(m, m["loss"], m["loss_params"])
+        out[alias] = dims[key]
+    return out
+
+
 def image_count(config: dict, imageset: str, manifest: str | Path | None = None) -> int:
     """Images of an image set: n_images of a demo set; a dataset's manifest, else its published design."""
     from .brain.datasets import published_image_count
@@ -114,11 +128,13 @@ def plan_run(config: dict, layers: dict[str, pd.DataFrame] | None = None) -> Run
             layers[alias] = layers[m["base_model"]]
     run = Run(config, layers=lambda model: list(layers[model]["layer_index"]))
     manifest = run.path(MANIFEST)
+    outputs = _output_dims(run)
     sizes = {
         (key["model"], key["imageset"]): feature_bytes(
             list(layers[key["model"]]["dim"]),
             image_count(config, key["imageset"], manifest.format(imageset=key["imageset"])),
             len(run.models[key["model"]]["signals"]),
+            outputs[key["model"]],
         )
         for key in run.extract_keys()
     }
@@ -148,7 +164,7 @@ def format_plan(plan: RunPlan) -> str:
     width = max(len(r) for r in plan.jobs)
     lines += [f"  {rule:<{width}}  {n:>8d}" for rule, n in sorted(plan.jobs.items(), key=lambda kv: -kv[1])]
     lines.append(f"  {'total':<{width}}  {plan.total_jobs:>8d}")
-    lines.append("feature disk (float32 .npy, every layer and signal):")
+    lines.append("feature disk (float32 .npy, every layer and signal, and the model output):")
     for (alias, imageset), size in sorted(plan.feature_bytes.items()):
         lines.append(f"  {alias}/{imageset}: {_human(size)} ({len(plan.layers[alias])} layers)")
     lines.append(f"  total: {_human(plan.total_feature_bytes)}")

@@ -15,8 +15,11 @@ model with one setting changed; the workflow runs each as a model of its own (al
   no copy is made.
 - `shuffled_loss`: the loss `cross_entropy_shuffled` (the model's own top-1 labels permuted
   across images), made only for models trained with `cross_entropy`.
-- `pooling_{mode}` and `loss_{name}` (config `sensitivity.pooling`, `sensitivity.loss`):
-  the open choices of METHOD.md §2, made only where they differ from the model's setting.
+- `pooling_{mode}`, `loss_{name}`, `grad_normalize_{value}` and `nuisance_{names}` (config
+  `sensitivity.pooling`, `.loss`, `.grad_normalize`, `.nuisance`): the open choices of METHOD.md
+  §2, made only where they differ from the model's setting, for the models `sensitivity.models`
+  names (all by default). A nuisance variant changes only its encoding (`encoding.nuisance`
+  for that model): its features are the model's own, found in the feature cache.
 
 Every entry carries `base_model` (its configured alias), `variant` ("" for the real model) and,
 for the sensitivity variants, `choice` and `value` (e.g. "pooling", "mean").
@@ -29,7 +32,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-__all__ = ["CONTROLS", "SEPARATOR", "Run", "model_variants", "variant_of"]
+__all__ = ["CONTROLS", "SEPARATOR", "Run", "model_variants", "nuisance_label", "variant_of"]
 
 SEPARATOR = "__"
 
@@ -61,13 +64,26 @@ def _derived(
     return f"{alias}{SEPARATOR}{variant}", entry
 
 
-def model_variants(models: dict, sensitivity: dict | None = None) -> dict:
+def _loss_choice(item: str | dict) -> tuple[str, dict]:
+    """(loss name, loss_params) of a `sensitivity.loss` entry: a name, or {name, params}."""
+    return (item, {}) if isinstance(item, str) else (item["name"], dict(item.get("params") or {}))
+
+
+def nuisance_label(names: Sequence[str]) -> str:
+    """The sensitivity table's value of a nuisance set: the names joined by '+', or 'none'."""
+    return "+".join(names) or "none"
+
+
+def model_variants(models: dict, sensitivity: dict | None = None, nuisance: Sequence[str] = ()) -> dict:
     """The configured models plus their control and sensitivity variants, by alias.
 
-    Controls come from each model's `controls` list; `sensitivity` may list `pooling` modes and
-    `loss` names to rerun every model with.
+    Controls come from each model's `controls` list; `sensitivity` may list `pooling` modes,
+    `loss` names (or {name, params}), `grad_normalize` values and `nuisance` sets to rerun the
+    models it names (`sensitivity.models`; null: every model) with; `nuisance` is the configured
+    `encoding.nuisance`, against which a nuisance set differs.
     """
     sensitivity = sensitivity or {}
+    chosen = sensitivity.get("models")
     out = {}
     for alias, model in models.items():
         if SEPARATOR in alias:
@@ -82,15 +98,29 @@ def model_variants(models: dict, sensitivity: dict | None = None) -> dict:
                 continue
             key, entry = _derived(alias, model, control, change)
             out[key] = entry
+        if chosen is not None and alias not in chosen:
+            continue
         for mode in sensitivity.get("pooling", []):
             if mode != model["pooling"]["mode"]:
                 change = {"pooling": model["pooling"] | {"mode": mode}}
                 key, entry = _derived(alias, model, f"pooling_{mode}", change, "pooling", mode)
                 out[key] = entry
-        for loss in sensitivity.get("loss", []):
+        for item in sensitivity.get("loss", []):
+            loss, params = _loss_choice(item)
             if loss != model["loss"]:
-                change = {"loss": loss, "loss_params": {}}
+                change = {"loss": loss, "loss_params": params}
                 key, entry = _derived(alias, model, f"loss_{loss}", change, "loss", loss)
+                out[key] = entry
+        for value in sensitivity.get("grad_normalize", []):
+            if value != model.get("grad_normalize", "none"):
+                change = {"grad_normalize": value}
+                key, entry = _derived(alias, model, f"grad_normalize_{value}", change, "grad_normalize", value)
+                out[key] = entry
+        for names in sensitivity.get("nuisance", []):
+            if list(names) != list(nuisance):
+                label = "_".join(names) or "none"
+                change = {"nuisance": list(names)}
+                key, entry = _derived(alias, model, f"nuisance_{label}", change, "nuisance", nuisance_label(names))
                 out[key] = entry
     return out
 
@@ -104,6 +134,7 @@ def variant_of(models: dict, alias: str) -> dict:
 # The keys of a model entry that its extracted features depend on (not batch size or device).
 FEATURE_KEYS = (
     "source", "name", "kwargs", "weights", "key_map", "input_size", "loss", "loss_params", "precision", "signals",
+    "grad_normalize",
 )  # fmt: skip
 
 
@@ -123,7 +154,9 @@ class Run:
         self.config = config
         self.name = config["run"]
         self.out = f"results/{self.name}"
-        self.models = model_variants(config["models"], config.get("sensitivity"))
+        self.models = model_variants(
+            config["models"], config.get("sensitivity"), config.get("encoding", {}).get("nuisance", [])
+        )
         self.datasets = config["datasets"]
         self.base_models = [alias for alias, entry in self.models.items() if not entry["variant"]]
         self.simulated = [name for name, ds in self.datasets.items() if ds["kind"] == "simulated"]
@@ -181,6 +214,20 @@ class Run:
             return False
         chosen = joint["models"]
         return chosen is None or model in chosen or entry["base_model"] in chosen
+
+    def nuisance(self, model: str) -> list[str]:
+        """The nuisances a model's encode and joint fits partial out (`encoding.nuisance`, or its variant's)."""
+        entry = self.models[model]
+        return list(entry["nuisance"] if "nuisance" in entry else self.config["encoding"].get("nuisance", []))
+
+    def joint_references(self, model: str) -> list[str]:
+        """References a model's joint fits use: `joint.reference`, then (configured models that
+        `sensitivity.models` names) the other `sensitivity.reference` values."""
+        default = self.config["joint"].get("reference", "stack")
+        entry, sensitivity = self.models[model], self.config.get("sensitivity", {})
+        chosen = sensitivity.get("models")
+        extra = sensitivity.get("reference", []) if not entry["variant"] and (chosen is None or model in chosen) else []
+        return [default] + [r for r in extra if r != default]
 
     def sensitivity_variants(self, model: str) -> list[tuple[str, str]]:
         """(label "choice=value", alias) of the pooling and loss variants of a configured model."""

@@ -162,12 +162,25 @@ def brain_runtime(wildcards, attempt):
 # ---- params: exactly the config keys each rule's numbers depend on
 
 
-def encode_params():
-    """What an encode job depends on (the device only when the torch backend uses it)."""
+def encode_params(model=None):
+    """What an encode job depends on (the device only when the torch backend uses it; a model's nuisances)."""
     enc = config["encoding"]
     params = {"alphas": enc["alphas"], "backend": enc["backend"], "dtype": enc["dtype"]}
     if enc["backend"] == "torch":
         params["device"] = config["device"]
+    if model is not None and RUN.nuisance(model):
+        params["nuisance"] = RUN.nuisance(model)
+    return params
+
+
+def joint_params(model):
+    """What a joint job depends on: the grid, its references (the stack's width) and the model's nuisances."""
+    references = RUN.joint_references(model)
+    params = {"alphas": config["joint"]["alphas"], "references": references}
+    if "stack" in references:
+        params["width"] = config["joint"]["stack"]["width"]
+    if RUN.nuisance(model):
+        params["nuisance"] = RUN.nuisance(model)
     return params
 
 

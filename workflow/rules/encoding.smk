@@ -1,7 +1,8 @@
 # The encoding stage: the dataset's outer folds (identical for every layer, signal and subject), then
 # cross-validated ridge from one layer's features to one subject's targets, and the joint
-# models: activations and gradients of one layer fitted together by banded ridge (one penalty
-# per signal), giving each signal's unique variance for the E test.
+# models: one layer's gradients fitted together with a reference (the forward stack: every
+# layer's activations and the model output; or the layer's own activations) by banded ridge (one
+# penalty per band), giving the gradients' unique variance for the E test.
 
 
 rule folds:
@@ -62,7 +63,7 @@ rule encode:
             "subject": wc.subject,
         },
         layer=lambda wc: int(wc.layer),
-        encoding=encode_params(),
+        encoding=lambda wc: encode_params(wc.model),
     script:
         "../scripts/run.py"
 
@@ -105,7 +106,7 @@ for shared_dataset in RUN.shared:
                 "signal": wc.signal,
             },
             layer=lambda wc: int(wc.layer),
-            encoding=encode_params(),
+            encoding=lambda wc: encode_params(wc.model),
             subjects=DATASETS[shared_dataset]["subjects"],
         script:
             "../scripts/run.py"
@@ -140,7 +141,7 @@ rule joint:
             "subject": wc.subject,
         },
         layer=lambda wc: int(wc.layer),
-        joint={"alphas": config["joint"]["alphas"]},
+        joint=lambda wc: joint_params(wc.model),
     script:
         "../scripts/run.py"
 
@@ -175,7 +176,7 @@ for shared_dataset in RUN.shared:
         params:
             identity=lambda wc, ds=shared_dataset: {"dataset": ds, "model": wc.model},
             layer=lambda wc: int(wc.layer),
-            joint={"alphas": config["joint"]["alphas"]},
+            joint=lambda wc: joint_params(wc.model),
             subjects=DATASETS[shared_dataset]["subjects"],
         script:
             "../scripts/run.py"

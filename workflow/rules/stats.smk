@@ -28,6 +28,7 @@ rule group:
             ),
             "roi_levels": DATASETS[wc.dataset]["roi_levels"],
             "meg_windows": DATASETS[wc.dataset]["meg_windows"],
+            "reference": config["joint"]["reference"],
             "variant": variant_of(MODELS, wc.model),
         },
     script:
@@ -68,6 +69,9 @@ rule sensitivity:
             rules.group.output.tests.format(dataset=wc.dataset, model=alias)
             for _, alias in RUN.sensitivity_variants(wc.model)
         ],
+        joint=lambda wc: paths(
+            rules.joint.output.summary, RUN.joint_keys(wc.dataset, wc.model)
+        ),
     output:
         sensitivity=RUN.path(stats_files.SENSITIVITY),
     log:
@@ -87,13 +91,19 @@ rule sensitivity:
                 label for label, _ in RUN.sensitivity_variants(wc.model)
             ],
             "choices": {
-                k: config["sensitivity"][k] for k in ("tmax_threshold", "exclude")
+                **{k: config["sensitivity"][k] for k in ("tmax_threshold", "exclude")},
+                "reference": RUN.joint_references(wc.model)[1:],
             },
-            "group": group_params(
-                wc.dataset,
-                config["stats"]["n_boot"],
-                config["stats"]["n_permutations"],
-            ),
+            "group": {
+                **group_params(
+                    wc.dataset,
+                    config["stats"]["n_boot"],
+                    config["stats"]["n_permutations"],
+                ),
+                "roi_levels": DATASETS[wc.dataset]["roi_levels"],
+                "meg_windows": DATASETS[wc.dataset]["meg_windows"],
+                "reference": config["joint"]["reference"],
+            },
         },
     script:
         "../scripts/run.py"

@@ -1,16 +1,25 @@
-"""Banded (joint) ridge: one penalty per feature space, chosen per target by exact leave-one-out."""
+"""Banded (joint) ridge: one penalty per feature space, chosen per target by exact leave-one-out.
+
+A band is a feature array (standardised on each training split, as `ridge_cv` does) or a
+*fold band*: an object with `split(train, test, partial) -> (X_train, X_test)` that fits its own
+transform on the training rows only (e.g. the forward stack's reduction, `encoding.joint`) and
+returns the final features of both splits, and `__len__` (its rows). `partial` removes the
+nuisance regressors fitted on the same training rows (`_ridge.fold_partial`) or is None.
+"""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ._backends import get_backend
 from ._ridge import (
     Fold,
+    Partial,
     RidgeCVResult,
     _Basis,
     _loo_errors,
@@ -21,10 +30,22 @@ from ._ridge import (
     _valid,
     check_alphas,
     check_folds,
+    check_nuisance,
+    fold_partial,
     ridge_cv,
 )
 
-__all__ = ["BANDED_ALPHAS", "BandedResult", "banded_grid", "banded_ridge_cv", "joint_ridge_cv"]
+__all__ = [
+    "BANDED_ALPHAS",
+    "BandedResult",
+    "band_split",
+    "banded_grid",
+    "banded_ridge_cv",
+    "fold_predict",
+    "is_fold_band",
+    "joint_ridge_cv",
+    "single_band_cv",
+]
 
 # METHOD.md §4 grid per band (1e0..1e8, 10 values): 100 penalty pairs for two bands.
 BANDED_ALPHAS: tuple[float, ...] = tuple(np.logspace(0, 8, 10).tolist())
@@ -70,14 +91,23 @@ def banded_grid(alphas: Sequence[float] | Sequence[Sequence[float]], n_bands: in
     return np.array(list(itertools.product(*grids)), dtype=np.float64)
 
 
-def _check_bands(Xs: Sequence[np.ndarray], Y: np.ndarray, min_bands: int) -> list[np.ndarray]:
-    """Raise a ValueError unless there are enough 2-D finite bands, each with Y's rows."""
-    Xs = [np.asarray(X) for X in Xs]
+def is_fold_band(X: Any) -> bool:
+    """Whether a band fits its own transform per fold (has `split`) rather than being a feature array."""
+    return hasattr(X, "split")
+
+
+def _check_bands(Xs: Sequence[Any], Y: np.ndarray, min_bands: int) -> list[Any]:
+    """Raise a ValueError unless there are enough bands (2-D finite arrays or fold bands), each with Y's rows."""
+    Xs = [X if is_fold_band(X) else np.asarray(X) for X in Xs]
     if len(Xs) < min_bands:
         raise ValueError(f"got {len(Xs)} feature band(s), expected at least {min_bands}")
     if Y.ndim != 2:
         raise ValueError(f"Y must be 2-D (n_images, n_targets), got shape {Y.shape}")
     for j, X in enumerate(Xs):
+        if is_fold_band(X):
+            if len(X) != Y.shape[0]:
+                raise ValueError(f"Xs[{j}] has {len(X)} rows; expected {Y.shape[0]} rows as Y")
+            continue
         if X.ndim != 2 or X.shape[0] != Y.shape[0]:
             raise ValueError(f"Xs[{j}] has shape {X.shape}; expected 2-D with {Y.shape[0]} rows as Y")
         if not np.isfinite(X).all():
@@ -85,11 +115,27 @@ def _check_bands(Xs: Sequence[np.ndarray], Y: np.ndarray, min_bands: int) -> lis
     return Xs
 
 
-def _kernels(Xs: list[np.ndarray], train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def band_split(X: Any, train: np.ndarray, test: np.ndarray, partial: Partial | None = None) -> tuple:
+    """A band's final (n_train, d) and (n_test, d) features of one fold, fitted on its training rows only.
+
+    Arrays: nuisances removed (`partial`), then standardised with the training statistics; fold
+    bands: their own `split`.
+    """
+    if is_fold_band(X):
+        return X.split(train, test, partial)
+    X_train, X_test = X[train].astype(np.float64), X[test].astype(np.float64)
+    if partial is not None:
+        X_train, X_test = partial(X_train, X_test)
+    return _standardize(X_train, X_test)
+
+
+def _kernels(
+    Xs: list[Any], train: np.ndarray, test: np.ndarray, partial: Partial | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-band training kernels (n_bands, n_train, n_train) and test-train kernels (n_bands, n_test, n_train)."""
     K, C = [], []
     for X in Xs:
-        X_train, X_test = _standardize(X[train].astype(np.float64), X[test].astype(np.float64))
+        X_train, X_test = band_split(X, train, test, partial)
         K.append(X_train @ X_train.T)
         C.append(X_test @ X_train.T)
     return np.stack(K), np.stack(C)
@@ -158,42 +204,86 @@ def _fold_fit(
     return best, best_err, pred + mean
 
 
+def fold_predict(
+    Xs: Sequence[Any],
+    Y: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    grid: np.ndarray,
+    nuisance: np.ndarray | None = None,
+    batch_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One fold of the banded ridge: chosen combination (m,), held-out prediction and response (n_test, m), valid (m,).
+
+    Everything fitted (nuisance removal, each band's standardisation or reduction, penalties,
+    weights) sees the training rows only; the response returned is the test rows' residual after
+    the training rows' nuisance fit (the raw test rows without nuisances).
+    """
+    partial = fold_partial(nuisance, train, test)
+    y_train, y_test = Y[train].astype(np.float64), Y[test].astype(np.float64)
+    if partial is not None:
+        y_train, y_test = partial(y_train, y_test)
+    valid = _valid(y_train, y_test)
+    K, C = _kernels(list(Xs), train, test, partial)
+    best, _, pred = _fold_fit(K, C, grid, np.where(valid, y_train, 0.0), batch_size)
+    return best, pred, y_test, valid
+
+
 def joint_ridge_cv(
-    Xs: Sequence[np.ndarray],
+    Xs: Sequence[Any],
     Y: np.ndarray,
     folds: Sequence[Fold],
     alphas: Sequence[float] | Sequence[Sequence[float]] = BANDED_ALPHAS,
     batch_size: int | None = None,
+    nuisance: np.ndarray | None = None,
 ) -> RidgeCVResult:
     """Cross-validated banded ridge of any number of bands; scores only (see `banded_ridge_cv`).
 
     Returns a `RidgeCVResult` whose `alpha` is (n_folds, n_targets, n_bands). With one band it
-    equals `ridge_cv` on the same grid.
+    equals `ridge_cv` on the same grid. Bands may be fold bands (module docstring); `nuisance`
+    as in `ridge_cv`.
     """
     Y = np.asarray(Y)
     Xs = _check_bands(Xs, Y, min_bands=1)
     folds = check_folds(folds, Y.shape[0])
+    nuisance = check_nuisance(nuisance, Y.shape[0])
     grid = banded_grid(alphas, len(Xs))
     shape = (len(folds), Y.shape[1])
     r, r2 = np.full(shape, np.nan), np.full(shape, np.nan)
     alpha = np.full(shape + (len(Xs),), np.nan)
     for f, (train, test) in enumerate(folds):
-        y_train, y_test = Y[train].astype(np.float64), Y[test].astype(np.float64)
-        valid = _valid(y_train, y_test)
-        K, C = _kernels(Xs, train, test)
-        best, _, pred = _fold_fit(K, C, grid, np.where(valid, y_train, 0.0), batch_size)
+        best, pred, y_test, valid = fold_predict(Xs, Y, train, test, grid, nuisance, batch_size)
         r[f] = np.where(valid, _pearson(pred, y_test), np.nan)
         r2[f] = np.where(valid, _r2(pred, y_test), np.nan)
         alpha[f] = np.where(valid[:, None], grid[best], np.nan)
     return RidgeCVResult(r=r.mean(axis=0), r2=r2.mean(axis=0), alpha=alpha, r_folds=r, r2_folds=r2)
 
 
+def single_band_cv(
+    X: Any,
+    Y: np.ndarray,
+    folds: Sequence[Fold],
+    alphas: Sequence[float],
+    batch_size: int | None = None,
+    nuisance: np.ndarray | None = None,
+) -> RidgeCVResult:
+    """One band alone: `ridge_cv` for a feature array, the one-band `joint_ridge_cv` for a fold band.
+
+    A fold band's features are final (a reduction's scores keep their variances), so they are not
+    standardised again, which `ridge_cv` would do.
+    """
+    if is_fold_band(X):
+        return joint_ridge_cv([X], Y, folds, np.unique(alphas), batch_size, nuisance)
+    return ridge_cv(X, Y, folds, np.unique(alphas), batch_size, nuisance=nuisance)
+
+
 def banded_ridge_cv(
-    Xs: Sequence[np.ndarray],
+    Xs: Sequence[Any],
     Y: np.ndarray,
     folds: Sequence[Fold],
     alphas: Sequence[float] | Sequence[Sequence[float]] = BANDED_ALPHAS,
     batch_size: int | None = None,
+    nuisance: np.ndarray | None = None,
 ) -> BandedResult:
     """Joint ridge of two feature bands (e.g. activations, gradients) and each band's unique variance.
 
@@ -208,11 +298,14 @@ def banded_ridge_cv(
 
     Parameters
     ----------
-    Xs : two (n_images, n_features_j) feature arrays, finite, rows in Y's order.
+    Xs : two bands: (n_images, n_features_j) feature arrays, finite, rows in Y's order, or fold
+        bands (module docstring), e.g. the forward stack reduced on each training split.
     Y : (n_images, n_targets) responses.
     folds : (train, test) index pairs, e.g. from `make_folds`.
     alphas : penalties shared by both bands, or one list per band (grid = their product).
     batch_size : targets per batch; default from a ~512 MiB working-memory budget.
+    nuisance : (n_images, p) regressors partialled out of every band and of Y inside each
+        training split (`ridge_cv`), or None.
 
     Returns
     -------
@@ -223,8 +316,8 @@ def banded_ridge_cv(
     if len(Xs) != 2:
         raise ValueError(f"got {len(Xs)} feature bands, expected exactly 2 (e.g. activations, gradients)")
     grid = banded_grid(alphas, 2)
-    joint = joint_ridge_cv(Xs, Y, folds, alphas, batch_size)
-    single = tuple(ridge_cv(X, Y, folds, np.unique(grid[:, j]), batch_size) for j, X in enumerate(Xs))
+    joint = joint_ridge_cv(Xs, Y, folds, alphas, batch_size, nuisance)
+    single = tuple(single_band_cv(X, Y, folds, grid[:, j], batch_size, nuisance) for j, X in enumerate(Xs))
     unique = np.stack([joint.r2 - single[1].r2, joint.r2 - single[0].r2])
     return BandedResult(
         r=joint.r,

@@ -10,7 +10,16 @@ import numpy as np
 
 from ._backends import Backend, get_backend
 
-__all__ = ["RidgeCVResult", "check_alphas", "check_folds", "ridge_cv", "ridge_cv_shared"]
+__all__ = [
+    "Partial",
+    "RidgeCVResult",
+    "check_alphas",
+    "check_folds",
+    "check_nuisance",
+    "fold_partial",
+    "ridge_cv",
+    "ridge_cv_shared",
+]
 
 Fold = tuple[np.ndarray, np.ndarray]
 
@@ -89,6 +98,58 @@ def check_folds(folds: Sequence[Fold], n_samples: int) -> list[Fold]:
             raise ValueError(f"fold {i}: train and test share samples")
         checked.append((train, test))
     return checked
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Least-squares removal of nuisance regressors (and an intercept), fitted on one fold's training rows.
+
+    Attributes
+    ----------
+    design_train : (n_train, 1 + p) intercept and the nuisances standardised on the training rows.
+    design_test : (n_test, 1 + p) the test rows' design, with the training rows' statistics.
+    pinv : (1 + p, n_train) pseudo-inverse of `design_train` (collinear nuisances are handled).
+    """
+
+    design_train: np.ndarray
+    design_test: np.ndarray
+    pinv: np.ndarray
+
+    def __call__(self, A_train: np.ndarray, A_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Residuals of (n_train, m) and (n_test, m) columns after the training rows' least-squares fit (float64)."""
+        A_train, A_test = np.asarray(A_train, np.float64), np.asarray(A_test, np.float64)
+        coef = self.pinv @ A_train
+        return A_train - self.design_train @ coef, A_test - self.design_test @ coef
+
+
+def check_nuisance(nuisance: np.ndarray | None, n_samples: int) -> np.ndarray | None:
+    """The nuisance regressors as a finite float64 (n_samples, p) array (None stays None)."""
+    if nuisance is None:
+        return None
+    N = np.asarray(nuisance, dtype=np.float64)
+    N = N[:, None] if N.ndim == 1 else N
+    if N.ndim != 2 or N.shape[0] != n_samples or N.shape[1] < 1:
+        raise ValueError(
+            f"nuisance has shape {np.shape(nuisance)}; expected (n_images, n_nuisances) with {n_samples} rows"
+        )
+    if not np.isfinite(N).all():
+        raise ValueError(
+            f"nuisance has {np.count_nonzero(~np.isfinite(N))} non-finite values; expected finite regressors "
+            "(an extraction without a loss or without `grad` has no confidence or gradient norm)"
+        )
+    return N
+
+
+def fold_partial(nuisance: np.ndarray | None, train: np.ndarray, test: np.ndarray) -> Partial | None:
+    """The nuisance removal of one fold, fitted on its training rows only (None without nuisances)."""
+    if nuisance is None:
+        return None
+    n_train, n_test = nuisance[train], nuisance[test]
+    mean, sd = n_train.mean(axis=0), n_train.std(axis=0)
+    keep = sd > 1e-12 * np.maximum(np.abs(mean), 1.0)  # constant on the training rows: the intercept covers it
+    design_train = np.column_stack([np.ones(len(train)), (n_train[:, keep] - mean[keep]) / sd[keep]])
+    design_test = np.column_stack([np.ones(len(test)), (n_test[:, keep] - mean[keep]) / sd[keep]])
+    return Partial(design_train, design_test, np.linalg.pinv(design_train))
 
 
 def _standardize(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -559,6 +620,7 @@ def ridge_cv_shared(
     backend: str | Backend = "numpy",
     device: str = "auto",
     dtype: Any = None,
+    nuisance: np.ndarray | None = None,
 ) -> list[RidgeCVResult]:
     """`ridge_cv` of several response sets that share X: one decomposition per fold serves all.
 
@@ -570,7 +632,7 @@ def ridge_cv_shared(
     ----------
     X : (n_images, n_features) features, finite.
     Ys : one (n_images, n_targets_s) response array per subject, rows in X's order.
-    folds, alphas, batch_size, backend, device, dtype : as in `ridge_cv`.
+    folds, alphas, batch_size, backend, device, dtype, nuisance : as in `ridge_cv`.
 
     Returns
     -------
@@ -580,12 +642,17 @@ def ridge_cv_shared(
     Ys = _check_xy(X, Ys)
     folds = check_folds(folds, X.shape[0])
     alphas = check_alphas(alphas)
+    nuisance = check_nuisance(nuisance, X.shape[0])
     ops = get_backend(backend, device, dtype)
     low = get_backend(ops.name, ops.device, "float32") if ops.dtype == "float64" else None
     shapes = [(len(folds), Y.shape[1]) for Y in Ys]
     scores = [tuple(np.full(shape, np.nan) for _ in range(3)) for shape in shapes]
     for f, (train, test) in enumerate(folds):
-        X_train, X_test = _standardize(X[train].astype(np.float64), X[test].astype(np.float64))
+        partial = fold_partial(nuisance, train, test)
+        X_train, X_test = X[train].astype(np.float64), X[test].astype(np.float64)
+        if partial is not None:
+            X_train, X_test = partial(X_train, X_test)
+        X_train, X_test = _standardize(X_train, X_test)
         basis = _decompose(ops, X_train, X_test)
         del X_train, X_test
         search = _search_terms(ops, low, basis, alphas, sum(Y.shape[1] for Y in Ys))
@@ -593,14 +660,17 @@ def ridge_cv_shared(
         for Y, (alpha, r, r2) in zip(Ys, scores):
             for start in range(0, Y.shape[1], step):
                 cols = slice(start, min(start + step, Y.shape[1]))
+                y_train, y_test = Y[train, cols], Y[test, cols]
+                if partial is not None:
+                    y_train, y_test = partial(y_train, y_test)
                 alpha[f, cols], r[f, cols], r2[f, cols] = _fit_batch(
                     ops,
                     low,
                     basis,
                     search,
                     alphas,
-                    Y[train, cols],
-                    Y[test, cols],
+                    y_train,
+                    y_test,
                 )
     return [
         RidgeCVResult(r=r.mean(axis=0), r2=r2.mean(axis=0), alpha=alpha, r_folds=r, r2_folds=r2)
@@ -617,6 +687,7 @@ def ridge_cv(
     backend: str | Backend = "numpy",
     device: str = "auto",
     dtype: Any = None,
+    nuisance: np.ndarray | None = None,
 ) -> RidgeCVResult:
     """Cross-validated ridge scores, equal to StandardScaler + RidgeCV(alpha_per_target) per fold.
 
@@ -646,9 +717,13 @@ def ridge_cv(
     device : "auto", "cpu" or "cuda" ("cuda" only with torch; "auto" takes cuda when available).
     dtype : "float32" or "float64" for the backend arithmetic; None for the backend's default
         (numpy: float64, torch: float32).
+    nuisance : (n_images, p) regressors partialled out of the features and the targets inside
+        each training split (`fold_partial`: least squares with an intercept fitted on the
+        training rows, applied to both splits; the held-out scores are then those of the
+        residual responses), or None. The leave-one-out penalty choice treats that fit as fixed.
 
     Returns
     -------
     RidgeCVResult
     """
-    return ridge_cv_shared(X, [Y], folds, alphas, batch_size, backend, device, dtype)[0]
+    return ridge_cv_shared(X, [Y], folds, alphas, batch_size, backend, device, dtype, nuisance)[0]

@@ -226,6 +226,7 @@ def encode(
     backend: str = "numpy",
     device: str = "auto",
     dtype: str | None = None,
+    nuisance: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Encode one subject's targets from one layer's features and summarise per ROI or time.
 
@@ -238,6 +239,8 @@ def encode(
     alphas : candidate ridge penalties.
     batch_size : targets per solver batch (default from a memory budget).
     backend, device, dtype : array backend of the fits, as in `ridge_cv` (default NumPy float64).
+    nuisance : (n_images, p) regressors partialled out of X and Y inside each training split
+        (`encoding.nuisance`; `ridge_cv`), or None.
 
     Returns
     -------
@@ -256,6 +259,7 @@ def encode(
         backend,
         device,
         dtype,
+        nuisance,
     )
     return _encoding_tables(X, Y, targets, folds, keep, (used, nonfinite, constant), result)
 
@@ -270,6 +274,7 @@ def encode_shared(
     backend: str = "numpy",
     device: str = "auto",
     dtype: str | None = None,
+    nuisance: np.ndarray | None = None,
 ) -> list[tuple[pd.DataFrame, pd.DataFrame, dict]]:
     """`encode` of several subjects who saw the images of X in the same order: one decomposition per fold.
 
@@ -288,6 +293,7 @@ def encode_shared(
         backend,
         device,
         dtype,
+        nuisance,
     )
     return [
         _encoding_tables(X, Y, t, folds, keep, mask[1:], result)

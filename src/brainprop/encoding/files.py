@@ -49,8 +49,9 @@ SUMMARY_COLUMNS = (
     "r", "r_normalized", "noise_ceiling", "n_targets", "n_excluded",
 )  # fmt: skip
 # Joint summary (beside the identity columns dataset, model, layer, layer_index, depth, subject).
+# `reference`: what the gradients were fitted against (stack | same_layer); the `act` columns are its.
 JOINT_SUMMARY_COLUMNS = (
-    "modality", "atlas", "roi", "hemi", "roi_distance_mm", "time",
+    "reference", "modality", "atlas", "roi", "hemi", "roi_distance_mm", "time",
     "r2_joint", "r2_act", "r2_grad", "unique_act", "unique_grad", "n_targets", "n_excluded",
 )  # fmt: skip
 _IDENTITY = ("dataset", "model", "signal", "layer_index", "subject")

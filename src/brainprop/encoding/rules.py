@@ -32,6 +32,18 @@ def _backend(params: dict) -> dict:
     }
 
 
+def _subject_nuisance(features_dir: str, samples_path: str, names: list[str], layer_index: int) -> np.ndarray | None:
+    """The `encoding.nuisance` regressors of one layer's fit in a subject's image order (None when none)."""
+    if not names:
+        return None
+    from .nuisance import nuisance_matrix
+
+    table = features.load_nuisance(features_dir)
+    image_ids = load_samples(samples_path)["image_id"].to_numpy()
+    rows = subject_rows(table["image_id"].to_numpy(), image_ids, features_dir, samples_path)
+    return nuisance_matrix(table.iloc[rows].reset_index(drop=True), names, layer_index, str(features_dir))
+
+
 def _subject_features(
     features_dir: str, samples_path: str, signal: str, layer_index: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +90,17 @@ def run_encode(*, inputs, outputs, params) -> None:
     identity, k, settings = dict(params.identity), int(params.layer), params.encoding
     X, image_ids = _subject_features(inputs.features, inputs.samples, identity["signal"], k)
     folds = folds_from_table(load_folds(inputs.folds), image_ids)
-    fit = encode(X, load_y(inputs.Y), load_targets(inputs.targets), folds, penalty_grid(settings), **_backend(settings))
-    log.info("backend: %s; counts: %s", _backend(settings), fit[2])
+    nuisance = _subject_nuisance(inputs.features, inputs.samples, list(settings.get("nuisance") or []), k)
+    fit = encode(
+        X,
+        load_y(inputs.Y),
+        load_targets(inputs.targets),
+        folds,
+        penalty_grid(settings),
+        **_backend(settings),
+        nuisance=nuisance,
+    )
+    log.info("backend: %s; nuisance: %s; counts: %s", _backend(settings), settings.get("nuisance") or [], fit[2])
     _save_fit((outputs.scores, outputs.summary), fit, identity, features.load_layers(inputs.layers), k)
 
 
@@ -95,13 +116,15 @@ def run_encode_shared(*, inputs, outputs, params) -> None:
 
     identity, k, settings, subjects = dict(params.identity), int(params.layer), params.encoding, params.subjects
     alphas, backend = penalty_grid(settings), _backend(settings)
+    names = list(settings.get("nuisance") or [])
     orders = [load_samples(path)["image_id"].to_numpy() for path in inputs.samples]
     table = load_folds(inputs.folds)
     targets = [load_targets(path) for path in inputs.targets]
     if all(np.array_equal(orders[0], order) for order in orders[1:]):
         X, image_ids = _subject_features(inputs.features, inputs.samples[0], identity["signal"], k)
         Ys = [load_y(path) for path in inputs.Y]
-        fits = encode_shared(X, Ys, targets, folds_from_table(table, image_ids), alphas, **backend)
+        nuisance = _subject_nuisance(inputs.features, inputs.samples[0], names, k)
+        fits = encode_shared(X, Ys, targets, folds_from_table(table, image_ids), alphas, **backend, nuisance=nuisance)
         log.info(
             "%d subjects share one decomposition per fold (%d images in the same order)", len(subjects), len(image_ids)
         )
@@ -115,11 +138,33 @@ def run_encode_shared(*, inputs, outputs, params) -> None:
         fits = []
         for samples, Y, target_table in zip(inputs.samples, inputs.Y, targets):
             X, image_ids = _subject_features(inputs.features, samples, identity["signal"], k)
-            fits.append(encode(X, load_y(Y), target_table, folds_from_table(table, image_ids), alphas, **backend))
+            nuisance = _subject_nuisance(inputs.features, samples, names, k)
+            folds = folds_from_table(table, image_ids)
+            fits.append(encode(X, load_y(Y), target_table, folds, alphas, **backend, nuisance=nuisance))
     layers = features.load_layers(inputs.layers)
     for subject, fit, scores, summary in zip(subjects, fits, outputs.scores, outputs.summary):
         log.info("%s: backend: %s; counts: %s", subject, backend, fit[2])
         _save_fit((scores, summary), fit, {**identity, "subject": subject}, layers, k)
+
+
+def _stack_blocks(features_dir: str, layers: pd.DataFrame, rows: np.ndarray) -> list[np.ndarray]:
+    """The forward stack in a subject's image order: every selected layer's activations, then the model output."""
+    blocks = [np.asarray(features.load_features(features_dir, "act", int(k)))[rows] for k in layers["layer_index"]]
+    return blocks + [np.asarray(features.load_output(features_dir))[rows]]
+
+
+def _joint_options(features_dir: str, samples_path: str, layers: pd.DataFrame, k: int, settings: dict) -> dict:
+    """`joint_encode`'s references, stack (in the subject's image order), width and nuisances from `params.joint`."""
+    references = list(settings.get("references") or ["same_layer"])
+    image_ids = load_samples(samples_path)["image_id"].to_numpy()
+    feature_ids = features.load_samples(features_dir)["image_id"].to_numpy()
+    rows = subject_rows(feature_ids, image_ids, features_dir, samples_path)
+    return {
+        "references": references,
+        "stack": _stack_blocks(features_dir, layers, rows) if "stack" in references else None,
+        "width": int(settings.get("width", 64)),
+        "nuisance": _subject_nuisance(features_dir, samples_path, list(settings.get("nuisance") or []), k),
+    }
 
 
 def _joint_features(features_dir: str, samples_path: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -150,7 +195,8 @@ def _save_joint(
     per_target, counts = fit
     log.info("joint fit of %s: %s", identity, counts)
     per_target = per_target.copy()
-    per_target.insert(0, "target", targets["target"].to_numpy(dtype=np.int64))
+    # one block of rows per reference, each in the target table's order
+    per_target.insert(0, "target", np.tile(targets["target"].to_numpy(dtype=np.int64), len(per_target) // len(targets)))
     summary = summarize_joint(per_target, targets).assign(
         **identity, layer=str(layer["layer"]), layer_index=np.int64(layer.name), depth=float(layer["depth"])
     )
@@ -158,19 +204,24 @@ def _save_joint(
 
 
 def run_joint(*, inputs, outputs, params) -> None:
-    """The joint rule: one layer's activations and gradients against one subject's targets (banded ridge).
+    """The joint rule: one layer's gradients with a reference against one subject's targets (banded ridge).
 
     `params.identity` names the fit (dataset, model, subject), `params.layer` its layer index,
-    `params.joint` has `alphas` (the per-band grid spec `{log10_min, log10_max, n}`).
+    `params.joint` has `alphas` (the per-band grid spec `{log10_min, log10_max, n}`),
+    `references` (the configured `joint.reference` first, then the sensitivity table's:
+    `stack` = every selected layer's activations and the model output, `same_layer`), `width`
+    (the stack's components per training split) and `nuisance` (`encoding.nuisance` names).
     """
     from .joint import joint_encode
 
     identity, k = dict(params.identity), int(params.layer)
+    layers = features.load_layers(inputs.layers)
     X_act, X_grad, image_ids = _joint_features(inputs.features, inputs.samples, k)
+    options = _joint_options(inputs.features, inputs.samples, layers, k, params.joint)
     Y, targets = _subject_targets(inputs.Y, inputs.targets)
     folds = folds_from_table(load_folds(inputs.folds), image_ids)
-    fit = joint_encode(X_act, X_grad, Y, folds, penalty_grid(params.joint))
-    _save_joint(outputs.summary, fit, targets, identity, features.layer_row(features.load_layers(inputs.layers), k))
+    fit = joint_encode(X_act, X_grad, Y, folds, penalty_grid(params.joint), **options)
+    _save_joint(outputs.summary, fit, targets, identity, features.layer_row(layers, k))
 
 
 def run_joint_shared(*, inputs, outputs, params) -> None:
@@ -184,12 +235,14 @@ def run_joint_shared(*, inputs, outputs, params) -> None:
 
     identity, k, subjects = dict(params.identity), int(params.layer), params.subjects
     alphas, table = penalty_grid(params.joint), load_folds(inputs.folds)
+    layers = features.load_layers(inputs.layers)
     orders = [load_samples(path)["image_id"].to_numpy() for path in inputs.samples]
     data = [_subject_targets(Y, t) for Y, t in zip(inputs.Y, inputs.targets)]
     if all(np.array_equal(orders[0], order) for order in orders[1:]):
         X_act, X_grad, image_ids = _joint_features(inputs.features, inputs.samples[0], k)
         folds = folds_from_table(table, image_ids)
-        fits = joint_encode_shared(X_act, X_grad, [Y for Y, _ in data], folds, alphas)
+        options = _joint_options(inputs.features, inputs.samples[0], layers, k, params.joint)
+        fits = joint_encode_shared(X_act, X_grad, [Y for Y, _ in data], folds, alphas, **options)
         log.info("%d subjects in one banded fit per fold (%d images in the same order)", len(subjects), len(image_ids))
     else:
         differ = [s for s, order in zip(subjects, orders) if not np.array_equal(orders[0], order)]
@@ -201,7 +254,8 @@ def run_joint_shared(*, inputs, outputs, params) -> None:
         fits = []
         for samples, (Y, _) in zip(inputs.samples, data):
             X_act, X_grad, image_ids = _joint_features(inputs.features, samples, k)
-            fits.append(joint_encode(X_act, X_grad, Y, folds_from_table(table, image_ids), alphas))
-    layer = features.layer_row(features.load_layers(inputs.layers), k)
+            options = _joint_options(inputs.features, samples, layers, k, params.joint)
+            fits.append(joint_encode(X_act, X_grad, Y, folds_from_table(table, image_ids), alphas, **options))
+    layer = features.layer_row(layers, k)
     for subject, fit, (_, targets), path in zip(subjects, fits, data, outputs.summary):
         _save_joint(path, fit, targets, {**identity, "subject": subject}, layer)

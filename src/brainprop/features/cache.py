@@ -6,11 +6,14 @@ arrays are written first and its `shard.json` (with a checksum per array) last, 
 without a valid `shard.json` is never trusted. Once every shard is verified the shards are
 concatenated into one memory-mappable `.npy` per signal and layer (`assembled/`, again with
 checksums), which the extract rule's output folder then hard-links (or copies across file
-systems). Layout::
+systems). Beside the signals, every shard holds two per-image arrays (`EXTRAS`): `output.npy`,
+the model output the loss reads (the forward stack's last band), and `nuisance.npy`, the
+model's confidence, entropy and each layer's gradient norm (`features.files.NUISANCE_FIXED`).
+Layout::
 
     {cache_dir}/{key}/identity.json
-    {cache_dir}/{key}/shard-00000/{signal}/{layer:02d}.npy + shard.json
-    {cache_dir}/{key}/assembled/{signal}/{layer:02d}.npy + assembled.json
+    {cache_dir}/{key}/shard-00000/{signal}/{layer:02d}.npy, output.npy, nuisance.npy + shard.json
+    {cache_dir}/{key}/assembled/{signal}/{layer:02d}.npy, output.npy, nuisance.npy + assembled.json
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .files import feature_path
 
 __all__ = [
     "CACHE_FORMAT",
+    "EXTRAS",
     "STORAGE_DTYPES",
     "Shard",
     "ShardCache",
@@ -48,6 +52,8 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
+# Per-image arrays beside the signals -> their dtype (None: the storage dtype, like the features).
+EXTRAS: dict[str, type | None] = {"output": None, "nuisance": np.float32}
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -113,7 +119,19 @@ def feature_identity(
         "storage_dtype": storage_dtype,
         # The seed of the feedback matrices, for the signals that have them.
         "feedback_seed": seed if set(model.get("signals", [])) & {"fa", "dfa"} else None,
+        # Keys that only settings other than the defaults add, so that earlier keys stay the same.
+        **({"grad_normalize": model["grad_normalize"]} if model.get("grad_normalize", "none") != "none" else {}),
+        **_loss_file_identity(model),
     }
+
+
+def _loss_file_identity(model: dict) -> dict:
+    """The sha256 of each file a loss parameter names (a head, text embeddings), when the loss has files."""
+    from .weights import loss_files, resolve_checkpoint
+
+    named = loss_files(model.get("loss", "cross_entropy"), model.get("loss_params"))
+    files = {name: file_sha256(resolve_checkpoint(value)) for name, value in named.items()}
+    return {"loss_files": files} if files else {}
 
 
 def feature_key(identity: dict) -> str:
@@ -193,7 +211,30 @@ class ShardCache:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _files(self, folder: Path) -> list[Path]:
-        return [feature_path(folder, s, k) for s in self.signals for k in range(self.n_layers)]
+        features = [feature_path(folder, s, k) for s in self.signals for k in range(self.n_layers)]
+        return features + [self.extra_path(folder, name) for name in EXTRAS]
+
+    @staticmethod
+    def extra_path(folder: Path, name: str) -> Path:
+        """Where a per-image extra array (`EXTRAS`) lives in a shard or assembled folder."""
+        return Path(folder) / f"{name}.npy"
+
+    def _dtype(self, name: str) -> type:
+        """The stored dtype of a signal (the storage dtype) or of an extra array."""
+        return EXTRAS.get(name) or self.dtype
+
+    def _arrays(self, features: dict[str, list[np.ndarray]], folder: Path) -> list[tuple[str, np.ndarray, Path]]:
+        """(name, array, target path) of every array a shard stores, checked for its layer count."""
+        out = []
+        for signal in self.signals:
+            arrays = features[signal]
+            if len(arrays) != self.n_layers:
+                raise ValueError(f"{len(arrays)} {signal} layers, expected {self.n_layers}")
+            out += [(signal, a, feature_path(folder, signal, k)) for k, a in enumerate(arrays)]
+        missing = [name for name in EXTRAS if name not in features]
+        if missing:
+            raise ValueError(f"extracted features lack {missing}; expected {list(EXTRAS)} beside the signals")
+        return out + [(name, features[name][0], self.extra_path(folder, name)) for name in EXTRAS]
 
     def _verify(self, folder: Path, record: str, rows: int) -> bool:
         """Whether `folder` holds every array with the checksum and row count its record lists."""
@@ -242,45 +283,59 @@ class ShardCache:
     # ------------------------------------------------------------ writing
 
     def write_shard(self, shard: Shard, features: dict[str, list[np.ndarray]]) -> None:
-        """Store one shard's arrays, then its checksums (which make it trusted)."""
+        """Store one shard's arrays (signals and `EXTRAS`), then its checksums (which make it trusted)."""
         folder = self.shard_dir(shard)
         sums = {}
-        for signal in self.signals:
-            arrays = features[signal]
-            if len(arrays) != self.n_layers:
-                raise ValueError(f"shard {shard.index}: {len(arrays)} {signal} layers, expected {self.n_layers}")
-            for k, array in enumerate(arrays):
-                if array.shape[0] != shard.size:
-                    raise ValueError(f"shard {shard.index}: {array.shape[0]} rows, expected {shard.size}")
-                path = feature_path(folder, signal, k)
-                save_array(path, np.asarray(array, dtype=self.dtype))
-                sums[str(path.relative_to(folder))] = file_sha256(path)
+        try:
+            arrays = self._arrays(features, folder)
+        except ValueError as err:
+            raise ValueError(f"shard {shard.index}: {err}") from None
+        for name, array, path in arrays:
+            if array.shape[0] != shard.size:
+                raise ValueError(f"shard {shard.index}: {array.shape[0]} rows, expected {shard.size}")
+            save_array(path, np.asarray(array, dtype=self._dtype(name)))
+            sums[str(path.relative_to(folder))] = file_sha256(path)
         _write_json(folder / "shard.json", {"rows": shard.size, "start": shard.start, "sha256": sums})
 
     def assemble(self) -> None:
-        """Concatenate the verified shards into one array per signal and layer, then drop the shards."""
+        """Concatenate the verified shards into one array per signal and layer (and extra), then drop the shards."""
         folder = self.assembled_dir
         sums = {}
-        for signal in self.signals:
-            for k in range(self.n_layers):
-                parts = [load_array(feature_path(self.shard_dir(s), signal, k), mmap=True) for s in self.shards]
-                target = feature_path(folder, signal, k)
-                with atomic_path(target) as tmp:
-                    out = np.lib.format.open_memmap(
-                        tmp, mode="w+", dtype=self.dtype, shape=(self.n_images, parts[0].shape[1])
-                    )
-                    for shard, part in zip(self.shards, parts):
-                        out[shard.start : shard.stop] = part
-                    out.flush()
-                    del out
-                sums[str(target.relative_to(folder))] = file_sha256(target)
+        names = [(s, k) for s in self.signals for k in range(self.n_layers)] + [(name, None) for name in EXTRAS]
+        for name, k in names:
+            where = (
+                (lambda f, n=name, k=k: feature_path(f, n, k))
+                if k is not None
+                else (lambda f, n=name: self.extra_path(f, n))
+            )
+            parts = [load_array(where(self.shard_dir(s)), mmap=True) for s in self.shards]
+            target = where(folder)
+            with atomic_path(target) as tmp:
+                out = np.lib.format.open_memmap(
+                    tmp, mode="w+", dtype=self._dtype(name), shape=(self.n_images, parts[0].shape[1])
+                )
+                for shard, part in zip(self.shards, parts):
+                    out[shard.start : shard.stop] = part
+                out.flush()
+                del out
+            sums[str(target.relative_to(folder))] = file_sha256(target)
         _write_json(folder / "assembled.json", {"rows": self.n_images, "sha256": sums})
         for shard in self.shards:
             shutil.rmtree(self.shard_dir(shard), ignore_errors=True)
 
-    def link_into(self, out_dir: str | os.PathLike) -> None:
-        """Put the assembled arrays into `out_dir` as hard links (copies across file systems)."""
+    def load_extra(self, name: str) -> np.ndarray:
+        """An assembled per-image extra array (`EXTRAS`), (n_images, width)."""
+        return load_array(self.extra_path(self.assembled_dir, name))
+
+    def link_into(self, out_dir: str | os.PathLike, skip: Sequence[str] = ("nuisance",)) -> None:
+        """Put the assembled arrays into `out_dir` as hard links (copies across file systems).
+
+        Extras in `skip` are not linked (the nuisance array reaches the folder as a table).
+        """
+        skipped = {self.extra_path(self.assembled_dir, name) for name in skip}
         for source in self._files(self.assembled_dir):
+            if source in skipped:
+                continue
             target = Path(out_dir) / source.relative_to(self.assembled_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import learning_rules
-from .losses import LOSS_PREPARERS, LOSSES, LossBatch
+from .losses import LOSS_PREPARERS, LOSSES, LossBatch, loss_reads
 from .models import forward_outputs, model_info
 from .pooling import pool
 from .projection import project
@@ -28,6 +29,7 @@ __all__ = [
     "BatchRunner",
     "FLOAT16_LOSS_SCALES",
     "Feedback",
+    "GRAD_NORMALIZATIONS",
     "ImageDataset",
     "PRECISIONS",
     "Progress",
@@ -164,6 +166,32 @@ class _Pass:
     outs: list[torch.Tensor]  # block outputs
     grads: list[torch.Tensor] | None  # dL/d(out) through the pass's backward (float32)
     output_error: torch.Tensor | None  # dL/d(network output) (float32)
+    output: torch.Tensor | None = None  # (B, n_out) the output the loss reads (losses.LOSS_READS), detached
+    scores: torch.Tensor | None = None  # (B, n) logits of the distribution the loss scored, detached
+
+
+def _unit_norm(g: torch.Tensor) -> torch.Tensor:
+    """Each image's tensor (B, ...) scaled to unit L2 norm (a zero tensor stays zero)."""
+    norm = g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)
+    return g / norm.reshape(-1, *([1] * (g.ndim - 1)))
+
+
+# models.<alias>.grad_normalize: how each image's error signal of each layer is scaled before pooling
+# (METHOD.md §2, "Gradient scale"): `l2` removes the common factor p − onehot that grows with the
+# model's uncertainty on the image.
+GRAD_NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none": lambda g: g,
+    "l2": _unit_norm,
+}
+
+
+def _confidence(scores: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """(B, 2): max softmax and entropy (nats) of the loss's scores; NaN without a loss."""
+    if scores is None:
+        return torch.full((n, 2), float("nan"), device=device)
+    logp = F.log_softmax(scores.double(), dim=1)
+    p = logp.exp()
+    return torch.stack([p.max(dim=1).values, -(p * logp).sum(dim=1)], dim=1).float()
 
 
 def _run_pass(
@@ -186,15 +214,22 @@ def _run_pass(
             with _autocast(images.device, precision):
                 outputs = forward_outputs(model, images)
                 outs = [rec.outputs[n] for n in names]
+                output = outputs.named(loss_reads(loss, params)).detach().float().reshape(len(images), -1)
             if not (track or output_error):
-                return _Pass(outs, None, None)
+                return _Pass(outs, None, None, output)
             with torch.enable_grad():
                 with _autocast(images.device, precision):
                     batch = LossBatch(model, outputs, images, ids, index, _untracked(model, rec))
                     value = LOSSES[loss](batch, params).float()
                 targets = (outs if track else []) + ([batch.output] if output_error else [])
                 grads = _gradients(value, targets, precision)
-            return _Pass(outs, grads[: len(outs)] if track else None, grads[-1] if output_error else None)
+            return _Pass(
+                outs,
+                grads[: len(outs)] if track else None,
+                grads[-1] if output_error else None,
+                output,
+                None if batch.scores is None else batch.scores.float(),
+            )
     finally:
         rec.remove()
 
@@ -211,6 +246,8 @@ def extract_batch(
     index: np.ndarray | None = None,
     precision: str = "float32",
     feedback: Feedback | None = None,
+    grad_normalize: str = "none",
+    extras: bool = False,
 ) -> dict[str, list[torch.Tensor]]:
     """Pooled features of the named blocks for one batch: {signal: [(B, dim)]}.
 
@@ -220,12 +257,25 @@ def extract_batch(
     augmentations and `index` (positions in the whole image set) aligns given labels; both
     default to the batch positions. Under a reduced `precision` the forward pass runs in
     autocast; pooled features are float32 either way.
+
+    `grad_normalize` (`GRAD_NORMALIZATIONS`) scales each image's error signal of each layer
+    before pooling (`l2`: unit norm; for `dfa`, the output error e). With `extras`, two more
+    entries: `output` [(B, n_out)], the output the loss reads (`losses.LOSS_READS`), and
+    `nuisance` [(B, 2 + n_layers)]: the model's confidence (max softmax of the loss's scores),
+    their entropy (nats) and the L2 norm of each layer's unpooled, unnormalised backprop
+    gradient (NaN where not computed: no loss, or no `grad` signal).
     """
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} unknown; valid losses: {sorted(LOSSES)}")
     unknown = sorted(set(signals) - set(SIGNALS))
     if unknown:
         raise ValueError(f"signals {unknown} unknown; valid signals: {list(SIGNALS)}")
+    if grad_normalize not in GRAD_NORMALIZATIONS:
+        raise ValueError(
+            f"grad_normalize {grad_normalize!r} unknown; valid values: {list(GRAD_NORMALIZATIONS)} "
+            "(models.<alias>.grad_normalize)"
+        )
+    scale = GRAD_NORMALIZATIONS[grad_normalize]
     index = np.arange(len(images)) if index is None else np.asarray(index)
     ids = [str(i) for i in index] if ids is None else [str(i) for i in ids]
     params = loss_params or {}
@@ -254,7 +304,7 @@ def extract_batch(
                     feedback=feedback.rule(rule),
                 )
             )
-            out[rule] = pooled(passes[-1].grads)
+            out[rule] = pooled([scale(g) for g in passes[-1].grads])
     if {"grad", "dfa"} & set(signals) or not passes:
         passes.append(
             _run_pass(
@@ -275,11 +325,21 @@ def extract_batch(
     if "act" in signals:
         out["act"] = acts
     if "grad" in signals:
-        out["grad"] = pooled(last.grads)
+        out["grad"] = pooled([scale(g) for g in last.grads])
     if "dfa" in signals:
-        e = last.output_error.reshape(len(images), -1)
+        e = scale(last.output_error.reshape(len(images), -1))
         out["dfa"] = [e @ feedback.dfa(k, e.shape[1], a.shape[1], e.device) for k, a in enumerate(acts)]
-    return {s: out[s] for s in signals}
+    result = {s: out[s] for s in signals}
+    if extras:
+        scored = next((p.scores for p in reversed(passes) if p.scores is not None), None)
+        norms = (
+            torch.stack([g.flatten(1).double().norm(dim=1) for g in last.grads], dim=1).float()
+            if "grad" in signals
+            else torch.full((len(images), len(names)), float("nan"), device=images.device)
+        )
+        result["output"] = [last.output]
+        result["nuisance"] = [torch.cat([_confidence(scored, len(images), images.device), norms.to(images.device)], 1)]
+    return result
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -289,10 +349,13 @@ def _is_out_of_memory(err: BaseException) -> bool:
 class BatchRunner:
     """Runs batches through `extract_batch`, splitting a batch in halves when memory runs out."""
 
-    def __init__(self, model, names, pooling, loss, params, signals, precision, seed: int = 0):
+    def __init__(
+        self, model, names, pooling, loss, params, signals, precision, seed: int = 0, grad_normalize: str = "none"
+    ):
         self.args = (names, pooling, loss, params, signals)
         self.model = model
         self.precision = precision
+        self.grad_normalize = grad_normalize
         self.feedback = Feedback(model, seed)
         self.largest_fit: int | None = None  # smallest batch size that ran out of memory, halved
 
@@ -302,7 +365,19 @@ class BatchRunner:
             return self._chunks(images, ids, index, self.largest_fit)
         try:
             out = extract_batch(
-                self.model, images, names, pooling, loss, params, signals, ids, index, self.precision, self.feedback
+                self.model,
+                images,
+                names,
+                pooling,
+                loss,
+                params,
+                signals,
+                ids,
+                index,
+                self.precision,
+                self.feedback,
+                self.grad_normalize,
+                extras=True,
             )
             return {s: [a.cpu().numpy().astype(np.float32) for a in arrays] for s, arrays in out.items()}
         except (torch.OutOfMemoryError, RuntimeError) as err:
@@ -371,12 +446,15 @@ def extract_features(
     image_ids: Sequence[str] | None = None,
     precision: str = "float32",
     seed: int = 0,
+    grad_normalize: str = "none",
+    extras: bool = False,
 ) -> dict[str, list[np.ndarray]]:
     """Activations and gradients for a stack of preprocessed images: {signal: [(n_images, dim)]}.
 
     `image_ids` (default: the positions "0", "1", ...) seed per-image augmentations; the
     k-th name's projection (if any) is seeded by k, its layer index; `seed` seeds the
-    feedback matrices of the fa and dfa signals.
+    feedback matrices of the fa and dfa signals; `grad_normalize` and `extras` (the `output`
+    and `nuisance` entries) as in `extract_batch`.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} unknown; valid losses: {sorted(LOSSES)}")
@@ -388,7 +466,7 @@ def extract_features(
         model, loss, loss_params, signals, lambda: (images[s : s + batch_size] for s in starts)
     )
     device = next(model.parameters()).device
-    runner = BatchRunner(model, names, pooling, loss, params, signals, precision, seed)
+    runner = BatchRunner(model, names, pooling, loss, params, signals, precision, seed, grad_normalize)
     done = [0]
 
     def on_batch(n: int) -> None:
@@ -397,7 +475,8 @@ def extract_features(
             progress(done[0], len(images))
 
     batches = ((images[s : s + batch_size], np.arange(s, min(s + batch_size, len(images)))) for s in starts)
-    return collect_batches(runner, batches, ids, device, on_batch)
+    out = collect_batches(runner, batches, ids, device, on_batch)
+    return out if extras else {s: out[s] for s in signals}
 
 
 class ImageDataset(torch.utils.data.Dataset):

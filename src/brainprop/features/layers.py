@@ -15,7 +15,7 @@ from .pooling import pool
 from .projection import projected_dim
 from .sources import canonical_model
 
-__all__ = ["BLOCK_PATTERNS", "find_blocks", "resolve_layers", "select_layers"]
+__all__ = ["BLOCK_PATTERNS", "find_blocks", "output_dim", "resolve_layers", "select_layers"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,31 @@ def resolve_layers(
             "dim": np.array(dims, dtype=np.int64),
         }
     )
+
+
+def output_dim(model: dict, loss: str = "cross_entropy", loss_params: dict | None = None) -> int:
+    """Width of the model output a loss reads (the extract folder's `output.npy`), without weights.
+
+    `model` is a model entry (source, name, kwargs, input_size); built on the meta device where
+    its source allows (else the CPU with random weights, as for the layers).
+    """
+    from .losses import loss_reads
+    from .models import forward_outputs
+
+    spec = canonical_model(model)
+    kind = loss_reads(loss, loss_params)
+    devices = ("meta",) if spec["source"] == "timm" else ("meta", "cpu")
+    for device in devices:
+        try:
+            module = build(spec, device).eval()
+            x = torch.empty((1, *input_shape(module)), device=next(module.parameters()).device)
+            with torch.no_grad():
+                return int(forward_outputs(module, x).named(kind).reshape(1, -1).shape[1])
+        except (NotImplementedError, RuntimeError) as err:
+            if device == devices[-1]:
+                raise
+            log.info("%s: cannot run on the meta device (%s); on the CPU", spec["name"], err)
+    raise AssertionError("unreachable")
 
 
 def _output_shapes(model: torch.nn.Module, names: Sequence[str], size: tuple[int, int, int]) -> dict:

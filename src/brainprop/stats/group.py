@@ -26,7 +26,10 @@ __all__ = ["SUBJECT_COLUMNS", "TESTS_COLUMNS", "group_from_subjects", "group_tes
 _REQUIRED = ("seed", "n_permutations", "n_boot", "alpha", "atlas", "min_count")
 
 
-_OPTIONAL = {"roi_levels": {}, "meg_windows": {}, "threshold": 0.95, "exclude": "nonpositive"}
+# reference: the joint models' reference of E's unique-variance rows (joint.reference; METHOD.md §4).
+_OPTIONAL = {"roi_levels": {}, "meg_windows": {}, "threshold": 0.95, "exclude": "nonpositive", "reference": "stack"}
+# What each E measure compares the signal with: r_difference always the same layer's activations.
+_E_REFERENCE = {"r_difference": lambda params: "same_layer", "unique_variance": lambda params: params["reference"]}
 
 
 TESTS_COLUMNS = {
@@ -37,6 +40,7 @@ TESTS_COLUMNS = {
     "test": str,
     "level": str,
     "measure": str,
+    "reference": str,
     "method": str,
     "alternative": str,
     "statistic": np.float64,
@@ -61,6 +65,7 @@ SUBJECT_COLUMNS = {
     "test": str,
     "level": str,
     "measure": str,
+    "reference": str,
     "alternative": str,
     "family": str,
     "subject": str,
@@ -253,11 +258,17 @@ def _subject_means(diff: pd.DataFrame, mask: np.ndarray, subjects: list[str]) ->
 
 
 def _unique_variance(ctx: _Context, modality: str, signal: str) -> pd.DataFrame:
-    """The signal's unique variance from the joint models as a table with a 'diff' column (or empty)."""
+    """The signal's unique variance against `params['reference']` from the joint models, with a 'diff' column.
+
+    Joint rows without a `reference` column (written before the forward stack existed) are
+    `same_layer` fits. Empty when no joint model of that reference ran.
+    """
     column = f"unique_{signal}"
     rows = ctx.joint[ctx.joint["modality"] == modality] if len(ctx.joint) else ctx.joint
     if not len(rows) or column not in rows.columns:
         return pd.DataFrame()
+    reference = rows["reference"] if "reference" in rows.columns else pd.Series("same_layer", index=rows.index)
+    rows = rows[reference.to_numpy() == ctx.params["reference"]]
     return rows.assign(diff=rows[column].to_numpy(np.float64))
 
 
@@ -328,14 +339,17 @@ def _subject_rows(ctx: _Context, signal: str) -> list[tuple]:
         spec = TESTS[test]
         if has[spec.modality] and (has_act[spec.modality] or not spec.needs_act):
             for subject, value, p in _STATISTICS[test](ctx, signal, alternative):
-                rows.append((spec.modality, test, "", spec.measure, alternative, family, subject, value, p))
+                rows.append((spec.modality, test, "", spec.measure, "", alternative, family, subject, value, p))
     if forward:
         return rows
     e_family = f"{ctx.dataset}/{ctx.model}/{signal}/E"
     for modality, levels in (("fmri", _e_levels), ("meg", _e_windows)):
         if has[modality] and has_act[modality]:
             for (level, measure), values in levels(ctx, signal).items():
-                rows += [(modality, "E", level, measure, "two-sided", e_family, s, v, p) for s, v, p in values]
+                reference = _E_REFERENCE[measure](ctx.params)
+                rows += [
+                    (modality, "E", level, measure, reference, "two-sided", e_family, s, v, p) for s, v, p in values
+                ]
     return rows
 
 
@@ -422,7 +436,7 @@ def subject_statistics(
 
 def _group_row(key: tuple, sub: pd.DataFrame, params: dict) -> tuple:
     """One contract `tests` row from one test's per-subject rows."""
-    dataset, modality, model, signal, test, level, measure, alternative, family = key
+    dataset, modality, model, signal, test, level, measure, reference, alternative, family = key
     values = sub["statistic"].to_numpy(np.float64)
     finite = np.isfinite(values)
     x = values[finite]
@@ -444,6 +458,7 @@ def _group_row(key: tuple, sub: pd.DataFrame, params: dict) -> tuple:
         test,
         level,
         measure,
+        reference,
         "wilcoxon",
         alternative,
         w,
@@ -476,7 +491,9 @@ def group_tests(
         subjects (one dataset × model at a time in the workflow, but any number works).
     params : seed, n_permutations, n_boot, alpha, atlas, min_count (required); roi_levels
         (level -> ROI names), meg_windows (name -> [t_start, t_end] s), threshold (unused here,
-        accepted so one params block serves both stages), exclude (default 'nonpositive').
+        accepted so one params block serves both stages), exclude (default 'nonpositive'),
+        reference (the joint models' reference of E's unique variance: 'stack', the default, or
+        'same_layer').
     joint : the joint rule's summary rows of all layers and subjects (`brainprop.encoding.joint`), with
         identity columns dataset, model, subject, layer_index; None when no joint models ran.
 
@@ -499,7 +516,10 @@ def group_tests(
     E has two rows per level (column `measure`): 'r_difference', r(signal) − r(act) in raw r
     (not noise-normalised), and, when `joint` is given, 'unique_variance', the signal's unique
     variance R²_joint − R²(act alone) from the joint models; both are per-subject means over the
-    level's targets and all layers, and both belong to the E family.
+    level's targets and all layers, and both belong to the E family. Column `reference` names
+    what an E row compares the signal with: 'same_layer' for r_difference, `params['reference']`
+    for unique_variance ('stack': every selected layer's activations and the model output); ""
+    for the other tests.
     """
     return group_from_subjects(subject_statistics(enc, best, tm, hier, params, joint), params)
 
@@ -507,7 +527,9 @@ def group_tests(
 def group_from_subjects(per_subject: pd.DataFrame, params: dict) -> pd.DataFrame:
     """The contract `tests` rows from `subject_statistics` output (see `group_tests`)."""
     params = _params(params)
-    keys = ["dataset", "modality", "model", "signal", "test", "level", "measure", "alternative", "family"]
+    keys = ["dataset", "modality", "model", "signal", "test", "level", "measure", "reference", "alternative", "family"]
+    if "reference" not in per_subject.columns:  # per-subject tables written before E named its reference
+        per_subject = per_subject.assign(reference=np.where(per_subject["test"] == "E", "same_layer", ""))
     rows = [_group_row(key, sub, params) for key, sub in per_subject.groupby(keys, sort=False)]
     out = _typed(rows, TESTS_COLUMNS)
     for idx in out.groupby("family").groups.values():

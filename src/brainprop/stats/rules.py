@@ -69,12 +69,15 @@ def run_compare(*, inputs, outputs, params) -> None:
 
 def run_sensitivity(*, inputs, outputs, params) -> None:
     """The sensitivity rule: one dataset × model's tests under each open choice, one at a time."""
+    from ..encoding.files import load_joint_summary
     from .sensitivity import sensitivity_table
 
     settings = params.sensitivity
     enc = load_subject_tables(inputs.encoding, "encoding")
     variants = {label: load_tests(path) for label, path in zip(settings["variant_labels"], inputs.variants)}
-    table = sensitivity_table(enc, settings["group"], settings["choices"], variants)
+    joint_paths = list(inputs.joint)
+    joint = pd.concat([load_joint_summary(p) for p in joint_paths], ignore_index=True) if joint_paths else None
+    table = sensitivity_table(enc, settings["group"], settings["choices"], variants, joint)
     save_sensitivity(outputs.sensitivity, table.assign(base_model=settings["model"]))
 
 

@@ -5,11 +5,17 @@ One choice varies at a time, all others at their configured value (`choice == "d
 - `tmax_threshold` (METHOD.md §5; 0.9 / 0.95 / 0.99 by default) and `exclude` (§5–6): the
   hierarchy scores and tests recomputed from the model's encoding table;
 - `atlas`: every atlas present in the fMRI rows of the encoding table (spatial tests);
-- `pooling` and `loss` (§2): the tests of the model's variants (`brainprop.run.model_variants`), whose
-  features were extracted and encoded again.
+- `pooling`, `loss`, `grad_normalize` (§2) and `nuisance` (§2, "Gradient scale"): the tests of the
+  model's variants (`brainprop.run.model_variants`), whose features were extracted (or, for
+  `nuisance`, only encoded) again;
+- `reference` (§4): E's unique variance against another reference of the joint models (the
+  joint jobs fit every reference the table asks for; `brainprop.encoding.joint`).
 
-Rows carry the tests columns plus `choice`, `value`, `significant` (p_fdr < alpha) and
-`same_as_default` (the same significance and effect sign as the default row).
+The default rows and the variants' rows hold T1, T2, S1a, S1b and E (both measures); the
+threshold, exclusion and atlas rows hold T1, T2, S1a, S1b (E does not depend on them); the
+reference rows hold E's unique variance. Rows carry the tests columns plus `choice`, `value`,
+`significant` (p_fdr < alpha) and `same_as_default` (the same significance and effect sign as the
+default row with the same dataset, modality, signal, test, level and measure).
 """
 
 from __future__ import annotations
@@ -23,31 +29,40 @@ from .registry import SCORE_TESTS
 
 __all__ = ["sensitivity_table"]
 
-_KEYS = ["dataset", "modality", "model", "signal", "test", "level"]
+_KEYS = ["dataset", "modality", "model", "signal", "test", "level", "measure"]
+# The tests each kind of row holds.
+_WITH_E = (*SCORE_TESTS, "E")
 
 
-def _tests(enc: pd.DataFrame, params: dict) -> pd.DataFrame:
+def _tests(enc: pd.DataFrame, params: dict, joint: pd.DataFrame | None = None, tests=SCORE_TESTS) -> pd.DataFrame:
     best, tm, hier = subject_hierarchy(
         enc, params["atlas"], params["threshold"], params["min_count"], params["exclude"]
     )
-    out = group_tests(enc, best, tm, hier, params)
-    return out[out["test"].isin(SCORE_TESTS)]
+    out = group_tests(enc, best, tm, hier, params, joint)
+    return out[out["test"].isin(tests)]
 
 
 def sensitivity_table(
-    enc: pd.DataFrame, params: dict, choices: dict, variants: dict[str, pd.DataFrame] | None = None
+    enc: pd.DataFrame,
+    params: dict,
+    choices: dict,
+    variants: dict[str, pd.DataFrame] | None = None,
+    joint: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Tests T1, T2, S1a, S1b of one dataset × model under each open choice, one at a time.
+    """Tests T1, T2, S1a, S1b and E of one dataset × model under each open choice, one at a time.
 
     Parameters
     ----------
     enc : the model's encoding table (all subjects, both signals).
-    params : the group stage's params (atlas, threshold, exclude, min_count, seed, ...): the defaults.
-    choices : `tmax_threshold` (list of fractions), `exclude` (list of rule names).
+    params : the group stage's params (atlas, threshold, exclude, min_count, seed, roi_levels,
+        meg_windows, reference, ...): the defaults.
+    choices : `tmax_threshold` (list of fractions), `exclude` (list of rule names), `reference`
+        (list of joint-model references, each besides `params['reference']`).
     variants : `"pooling=mean"`-style label -> that variant's tests table (rows of any model).
+    joint : the model's joint-model summary rows of every reference fitted (None without joint models).
     """
-    params = {"threshold": 0.95, "exclude": "nonpositive"} | dict(params)
-    rows = [_tests(enc, params).assign(choice="default", value="")]
+    params = {"threshold": 0.95, "exclude": "nonpositive", "reference": "stack"} | dict(params)
+    rows = [_tests(enc, params, joint, _WITH_E).assign(choice="default", value="")]
     for threshold in choices.get("tmax_threshold", []):
         if threshold != params["threshold"]:
             rows.append(
@@ -60,10 +75,15 @@ def sensitivity_table(
     for atlas in sorted(set(fmri["atlas"]) - {params["atlas"]}):
         spatial = _tests(enc, params | {"atlas": atlas})
         rows.append(spatial[spatial["modality"] == "fmri"].assign(choice="atlas", value=atlas))
+    for reference in choices.get("reference", []):
+        if reference != params["reference"] and joint is not None and len(joint):
+            e = _tests(enc, params | {"reference": reference}, joint, ("E",))
+            e = e[e["measure"] == "unique_variance"]
+            rows.append(e.assign(choice="reference", value=reference))
     model = str(enc["model"].iloc[0]) if len(enc) else ""
     for label, tests in (variants or {}).items():
         choice, value = label.split("=", 1)
-        tests = tests[tests["test"].isin(SCORE_TESTS)]
+        tests = tests[tests["test"].isin(_WITH_E)]
         rows.append(tests.assign(model=model, choice=choice, value=value))
     out = pd.concat(rows, ignore_index=True)
     significant = out["p_fdr"].to_numpy(np.float64) < params["alpha"]
