@@ -8,6 +8,8 @@ files modules of the stages that wrote them (`brainprop.features.files`, `brainp
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ import pandas as pd
 from ..brain.files import load_samples, load_targets, load_y
 from ..config import alphas as penalty_grid
 from ..features import files as features
+from ..io import forcerun_hint
 from .files import load_folds, save_folds, save_joint_summary, save_summary, save_target_scores
 from .folds import folds_from_table, folds_table, subject_rows
 
@@ -57,11 +60,30 @@ def _save_fit(
     save_summary(paths[1], summary)
 
 
+@contextmanager
+def _named_rows(y_path: str, image_ids: np.ndarray) -> Iterator[None]:
+    """Turn a NoUsableTargetsError into one that names the subject's file, the images and the recovery."""
+    from .encode import NoUsableTargetsError
+
+    try:
+        yield
+    except NoUsableTargetsError as err:
+        ids = [str(image_ids[r]) for r in err.rows[:10]]
+        named = f" (image ids {ids})" if ids else ""
+        raise ValueError(
+            f"{y_path}: {err}{named}. The brain rule wrote this file, and it refuses such rows when it reads a "
+            f"dataset; {forcerun_hint(y_path)}"
+        ) from err
+
+
 def run_folds(*, inputs, outputs, params) -> None:
     """The folds rule: a dataset's outer folds from its image set's manifest."""
     from ..stimuli.files import load_manifest
 
-    folds = folds_table(load_manifest(inputs.manifest), params.folds, params.seed, params.group_folds)
+    try:
+        folds = folds_table(load_manifest(inputs.manifest), params.folds, params.seed, params.group_folds)
+    except ValueError as err:
+        raise ValueError(f"{inputs.manifest}: {err}") from err
     log.info("images per fold: %s", folds["fold"].value_counts().sort_index().to_dict())
     save_folds(outputs.folds, folds)
 
@@ -78,7 +100,15 @@ def run_encode(*, inputs, outputs, params) -> None:
     identity, k, settings = dict(params.identity), int(params.layer), params.encoding
     X, image_ids = _subject_features(inputs.features, inputs.samples, identity["signal"], k)
     folds = folds_from_table(load_folds(inputs.folds), image_ids)
-    fit = encode(X, load_y(inputs.Y), load_targets(inputs.targets), folds, penalty_grid(settings), **_backend(settings))
+    with _named_rows(inputs.Y, image_ids):
+        fit = encode(
+            X,
+            load_y(inputs.Y, inputs.samples),
+            load_targets(inputs.targets),
+            folds,
+            penalty_grid(settings),
+            **_backend(settings),
+        )
     log.info("backend: %s; counts: %s", _backend(settings), fit[2])
     _save_fit((outputs.scores, outputs.summary), fit, identity, features.load_layers(inputs.layers), k)
 
@@ -100,7 +130,7 @@ def run_encode_shared(*, inputs, outputs, params) -> None:
     targets = [load_targets(path) for path in inputs.targets]
     if all(np.array_equal(orders[0], order) for order in orders[1:]):
         X, image_ids = _subject_features(inputs.features, inputs.samples[0], identity["signal"], k)
-        Ys = [load_y(path) for path in inputs.Y]
+        Ys = [load_y(path, samples) for path, samples in zip(inputs.Y, inputs.samples)]
         fits = encode_shared(X, Ys, targets, folds_from_table(table, image_ids), alphas, **backend)
         log.info(
             "%d subjects share one decomposition per fold (%d images in the same order)", len(subjects), len(image_ids)
@@ -115,7 +145,9 @@ def run_encode_shared(*, inputs, outputs, params) -> None:
         fits = []
         for samples, Y, target_table in zip(inputs.samples, inputs.Y, targets):
             X, image_ids = _subject_features(inputs.features, samples, identity["signal"], k)
-            fits.append(encode(X, load_y(Y), target_table, folds_from_table(table, image_ids), alphas, **backend))
+            fits.append(
+                encode(X, load_y(Y, samples), target_table, folds_from_table(table, image_ids), alphas, **backend)
+            )
     layers = features.load_layers(inputs.layers)
     for subject, fit, scores, summary in zip(subjects, fits, outputs.scores, outputs.summary):
         log.info("%s: backend: %s; counts: %s", subject, backend, fit[2])
@@ -135,7 +167,7 @@ def run_joint(*, inputs, outputs, params) -> None:
     feature_ids = features.load_samples(inputs.features)["image_id"].to_numpy()
     rows = subject_rows(feature_ids, image_ids, inputs.features, inputs.samples)
     X_act, X_grad = (np.asarray(features.load_features(inputs.features, s, k))[rows] for s in JOINT_SIGNALS)
-    Y, targets = load_y(inputs.Y), load_targets(inputs.targets)
+    Y, targets = load_y(inputs.Y, inputs.samples), load_targets(inputs.targets)
     if len(targets) != Y.shape[1]:
         raise ValueError(f"{inputs.targets} has {len(targets)} rows but {inputs.Y} has {Y.shape[1]} columns")
     folds = folds_from_table(load_folds(inputs.folds), image_ids)

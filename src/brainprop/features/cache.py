@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_path, load_array, save_array
+from ..io import atomic_path, file_sha256, load_array, save_array
 from .files import feature_path
 
 __all__ = [
@@ -48,15 +48,6 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 hex digest of a file, read in chunks (feature files can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_identity(weights: str, seed: int, key_map: str | None = None) -> str:
@@ -217,6 +208,11 @@ class ShardCache:
     def is_assembled(self) -> bool:
         """Whether the assembled arrays exist and match their checksums."""
         return self._verify(self.assembled_dir, "assembled.json", self.n_images)
+
+    def assembled_sha256(self) -> dict[str, str]:
+        """SHA-256 of each assembled array by its path relative to the folder (`act/00.npy`), as recorded."""
+        meta = _read_json(self.assembled_dir / "assembled.json") or {}
+        return dict(meta.get("sha256", {}))
 
     def pending(self) -> list[Shard]:
         """Shards still to extract; a shard that fails verification is deleted and counted in the log."""
