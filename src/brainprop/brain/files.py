@@ -65,9 +65,7 @@ TRUTH_COLUMNS = ("dataset", "subject", "source_model", "kind", "roi", "signal", 
 def _require(path: str | os.PathLike, table: pd.DataFrame, columns: tuple[str, ...], what: str) -> pd.DataFrame:
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise CorruptFileError(
-            f"{path}: {what} lacks columns {missing}; expected {list(columns)}. Delete it and rerun snakemake."
-        )
+        raise CorruptFileError(f"{path}: {what} lacks columns {missing}; expected {list(columns)}", path)
     return table
 
 

@@ -214,6 +214,11 @@ class ShardCache:
         meta = _read_json(self.assembled_dir / "assembled.json") or {}
         return dict(meta.get("sha256", {}))
 
+    def computed_with(self) -> list[dict]:
+        """How each shard of the assembled arrays was computed (batch size, device, threads, versions)."""
+        meta = _read_json(self.assembled_dir / "assembled.json") or {}
+        return list(meta.get("computed_with", []))
+
     def pending(self) -> list[Shard]:
         """Shards still to extract; a shard that fails verification is deleted and counted in the log."""
         todo, broken = [], 0
@@ -237,8 +242,15 @@ class ShardCache:
 
     # ------------------------------------------------------------ writing
 
-    def write_shard(self, shard: Shard, features: dict[str, list[np.ndarray]]) -> None:
-        """Store one shard's arrays, then its checksums (which make it trusted)."""
+    def write_shard(
+        self, shard: Shard, features: dict[str, list[np.ndarray]], computed_with: dict | None = None
+    ) -> None:
+        """Store one shard's arrays, then its checksums (which make it trusted).
+
+        `computed_with` records how (not what) the shard was computed: batch size, device, threads,
+        library versions; these move the numbers within the tolerance of docs/features.md
+        ("What changes the numbers"), so the record says which run's rounding the cache holds.
+        """
         folder = self.shard_dir(shard)
         sums = {}
         for signal in self.signals:
@@ -251,12 +263,14 @@ class ShardCache:
                 path = feature_path(folder, signal, k)
                 save_array(path, np.asarray(array, dtype=self.dtype))
                 sums[str(path.relative_to(folder))] = file_sha256(path)
-        _write_json(folder / "shard.json", {"rows": shard.size, "start": shard.start, "sha256": sums})
+        record = {"rows": shard.size, "start": shard.start, "sha256": sums, "computed_with": computed_with or {}}
+        _write_json(folder / "shard.json", record)
 
     def assemble(self) -> None:
         """Concatenate the verified shards into one array per signal and layer, then drop the shards."""
         folder = self.assembled_dir
         sums = {}
+        how = [(_read_json(self.shard_dir(s) / "shard.json") or {}).get("computed_with", {}) for s in self.shards]
         for signal in self.signals:
             for k in range(self.n_layers):
                 parts = [load_array(feature_path(self.shard_dir(s), signal, k), mmap=True) for s in self.shards]
@@ -270,7 +284,7 @@ class ShardCache:
                     out.flush()
                     del out
                 sums[str(target.relative_to(folder))] = file_sha256(target)
-        _write_json(folder / "assembled.json", {"rows": self.n_images, "sha256": sums})
+        _write_json(folder / "assembled.json", {"rows": self.n_images, "sha256": sums, "computed_with": how})
         for shard in self.shards:
             shutil.rmtree(self.shard_dir(shard), ignore_errors=True)
 

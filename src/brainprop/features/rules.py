@@ -178,10 +178,9 @@ def extract_to_folder(
             cache.assemble()
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         cache.link_into(out_dir)
-        sums = cache.assembled_sha256()
-    save_samples(
-        out_dir, manifest[["image_id", "group"]], metadata={"cache_key": cache.key, "identity": identity}, sha256=sums
-    )
+        sums, how = cache.assembled_sha256(), cache.computed_with()
+    meta = {"cache_key": cache.key, "identity": identity, "computed_with": how}
+    save_samples(out_dir, manifest[["image_id", "group"]], metadata=meta, sha256=sums)
     return cache.key
 
 
@@ -262,13 +261,14 @@ def _extract_shards(
         n_workers,
         precision,
     )
+    how = {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__}
     batches = iter(image_loader(dataset, [(s.start, s.stop) for s in pending], batch_size, n_workers, dev))
     try:
         for shard in pending:
             shard_batches = itertools.islice(batches, -(-shard.size // batch_size))
             feats = collect_batches(runner, shard_batches, ids, dev, progress.update)
             _check_finite(feats, model_label(spec), names, shard, precision)
-            cache.write_shard(shard, feats)
+            cache.write_shard(shard, feats, {**how, "batch_size": batch_size, "split_to": runner.largest_fit})
             log.info(
                 "shard %d/%d stored (images %d-%d)", shard.index + 1, len(cache.shards), shard.start, shard.stop - 1
             )

@@ -62,9 +62,7 @@ def count_images(path: str | os.PathLike) -> int:
     try:
         return len(pd.read_parquet(path, columns=["image_id"]))
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(
-            f"{path}: cannot read this manifest's image ids ({err}); delete it and rerun snakemake"
-        ) from err
+        raise CorruptFileError(f"{path}: cannot read this manifest's image ids ({err})", path) from err
 
 
 def _sha256(path: Path) -> str:
