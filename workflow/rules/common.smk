@@ -237,10 +237,17 @@ def group_params(dataset, n_boot, n_permutations):
 
 
 def dataset_files(dataset, subject=None):
-    """The dataset files a real dataset's rule reads (brainprop.brain.datasets.dataset_files): its inputs."""
+    """A real dataset's files one subject's brain job reads (brainprop.brain.datasets): its inputs."""
     from brainprop.brain.datasets import dataset_files as files
 
     return files(DATASETS[dataset], subject)
+
+
+def image_set_files(dataset):
+    """The design and image files a real dataset's image set is built from: inputs of its stimuli job."""
+    from brainprop.brain.datasets import image_set_files as files
+
+    return files(DATASETS[dataset])
 
 
 def imageset_inputs(wildcards):
@@ -250,7 +257,7 @@ def imageset_inputs(wildcards):
         return {}
     return {
         "check": rules.check.output.report.format(dataset=dataset),
-        "dataset_files": dataset_files(dataset, "images"),
+        "dataset_files": image_set_files(dataset),
     }
 
 

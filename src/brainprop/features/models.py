@@ -89,10 +89,16 @@ def _read_checkpoint(path, key: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling and zip errors come in many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+            why = f"its first bytes {head!r} are neither a zip archive (torch.save's format) nor a pickle"
+        else:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            why = f"{type(err).__name__}: {lines[-1][:300] if lines else ''}"
         raise CheckpointError(
-            f"{key}: {path} is not a checkpoint torch.load(weights_only=True) can read ({type(err).__name__}: "
-            f"{first[:300]}); expected a PyTorch state dict file; {fix}"
+            f"{key}: {path} is not a checkpoint torch.load(weights_only=True) can read ({why}); expected a "
+            f"PyTorch state dict file; {fix}"
         ) from err
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

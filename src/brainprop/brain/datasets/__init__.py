@@ -39,6 +39,7 @@ __all__ = [
     "check_dataset",
     "dataset_files",
     "format_report",
+    "image_set_files",
     "modality",
     "published_image_count",
     "reader",
@@ -104,18 +105,26 @@ def modality(kind: str) -> str:
 
 
 def dataset_files(ds: dict, subject: str | None = None) -> list[str]:
-    """The existing files a real dataset's reader reads: one subject's (brain rule), every subject's (None),
-    or with subject "images" the image set's (stimuli rule); sorted paths, found from the config alone.
+    """The existing files a real dataset's reader reads for one subject (or every subject): brain inputs.
 
-    Files that are absent or a subject name the reader does not know are left to the check rule,
-    which reports them; what is listed here only makes Snakemake rerun a job whose files changed.
+    Sorted paths, found from the config alone. Files that are absent, or a subject name the reader
+    does not know, are left to the check rule, which reports them; what is listed here only makes
+    Snakemake rerun a job whose files changed.
     """
     module, root = reader(ds["kind"]), Path(ds["root"])
+    return _existing(lambda: [p for s in ([subject] if subject else ds["subjects"]) for p in module.files(root, ds, s)])
+
+
+def image_set_files(ds: dict) -> list[str]:
+    """The existing files a real dataset's image set is built from (design tables, image files): stimuli inputs."""
+    module, root = reader(ds["kind"]), Path(ds["root"])
+    return _existing(lambda: module.image_files(root, ds))
+
+
+def _existing(listing) -> list[str]:
+    """The sorted existing files of a reader's listing; none when the listing itself fails (the check reports why)."""
     try:
-        if subject == "images":
-            paths = module.image_files(root, ds)
-        else:
-            paths = [p for s in ([subject] if subject else ds["subjects"]) for p in module.files(root, ds, s)]
+        paths = listing()
     except (DatasetError, KeyError, ValueError, OSError):
         return []
     return sorted({str(p) for p in paths if Path(p).is_file()})
