@@ -304,6 +304,32 @@ def test_a_misnamed_subject_folder_is_reported_with_the_name_found(tmp_path):
     assert sessions["detail"].str.contains(rf"{ppdata} has no 'subj01' but has \['subj1'\]").all()
 
 
+def test_the_files_a_reader_reads_are_listed_from_the_config_alone(tmp_path):
+    """What the workflow declares as inputs: a subject's betas, ROIs, ncsnr and the design; the image set's."""
+    from brainprop.brain.datasets import dataset_files, image_set_files
+
+    root = tmp_path / "root"
+    write_nsd(root)
+    ds = dataset_entry("nsd", root, ["subj01"], sessions=[1, 2])
+    files = dataset_files(ds, "subj01")
+    names = sorted(Path(f).name for f in files)
+    assert names == sorted(
+        [
+            "nsd_expdesign.mat",
+            *(f"{h}.betas_session0{s}.mgh" for h in ("lh", "rh") for s in (1, 2)),
+            *(f"{h}.ncsnr.mgh" for h in ("lh", "rh")),
+            *(f"{h}.Kastner2015.mgz" for h in ("lh", "rh")),
+            "Kastner2015.mgz.ctab",
+        ]
+    )
+    assert dataset_files(ds) == files  # every subject (one here)
+    assert [Path(f).name for f in image_set_files(ds)] == ["nsd_expdesign.mat", "nsd_stimuli.hdf5"]
+    (root / "nsddata_betas" / "ppdata" / "subj01").rename(root / "nsddata_betas" / "ppdata" / "subj1")
+    assert [Path(f).name for f in dataset_files(ds, "subj01")] == [
+        "nsd_expdesign.mat", "Kastner2015.mgz.ctab", "lh.Kastner2015.mgz", "rh.Kastner2015.mgz"
+    ]  # fmt: skip  # the absent ones are the check rule's to report
+
+
 def test_too_many_folds_for_the_groups_names_the_manifest_key_and_the_fix(tmp_path):
     from brainprop.encoding.rules import run_folds
     from brainprop.stimuli.files import write_manifest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -80,6 +81,8 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+log = logging.getLogger(__name__)
+
 # Files this process has checked against their recorded SHA-256, by (path, inode, size, mtime):
 # each is hashed once per job, however often the job opens it.
 _VERIFIED: set[tuple[str, int, int, int]] = set()
@@ -91,8 +94,6 @@ def check_sha256(path: str | os.PathLike, expected: str | None, output: str | os
     `output` is the rule output the file belongs to and `writer` names the rule that wrote it;
     a file whose writer recorded no checksum (`expected` None) is logged and read unverified.
     """
-    import logging
-
     path = Path(path)
     try:
         stat = path.stat()
@@ -102,7 +103,7 @@ def check_sha256(path: str | os.PathLike, expected: str | None, output: str | os
     if key in _VERIFIED:
         return
     if expected is None:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "%s: no checksum recorded (written before brainprop recorded them); read unverified. To verify, %s",
             path,
             forcerun_hint(output),

@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import importlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -121,7 +122,7 @@ def image_set_files(ds: dict) -> list[str]:
     return _existing(lambda: module.image_files(root, ds))
 
 
-def _existing(listing) -> list[str]:
+def _existing(listing: Callable[[], list]) -> list[str]:
     """The sorted existing files of a reader's listing; none when the listing itself fails (the check reports why)."""
     try:
         paths = listing()
