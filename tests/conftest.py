@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,19 @@ def two_model_run(tmp_path_factory) -> Path:
     done = snakemake(workdir, ROOT / "tests" / "configs" / "tiny_two_models.yaml")
     assert done.returncode == 0, done.stderr[-5000:]
     return workdir
+
+
+def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job a dry run lists."""
+    jobs = []
+    for block in re.split(r"\n(?=\s*(?:local)?(?:rule|checkpoint) \w+:)", output):
+        head = re.match(r"\s*(?:local)?(?:rule|checkpoint) (\w+):", block)
+        if not head:
+            continue
+        found = re.search(r"^\s*wildcards: (.*)$", block, flags=re.MULTILINE)
+        wildcards = dict(kv.split("=", 1) for kv in found.group(1).split(", ")) if found else {}
+        jobs.append((head.group(1), wildcards))
+    return jobs
 
 
 def copy_run(run: Path, dest: Path) -> Path:

@@ -117,7 +117,9 @@ def test_missing_checkpoint_file(demo, tmp_path):
 def test_unknown_timm_name_suggests_nearest(demo):
     bad = copy.deepcopy(demo)
     bad["models"]["efficientnet_lite0"]["name"] = "tf_efficientnet_lite_0"
-    _check(bad, "models.efficientnet_lite0.name", "'tf_efficientnet_lite_0' is not a timm model", "tf_efficientnet_lite0")
+    _check(
+        bad, "models.efficientnet_lite0.name", "'tf_efficientnet_lite_0' is not a timm model", "tf_efficientnet_lite0"
+    )
 
 
 def test_timm_names_are_cached_per_timm_version(monkeypatch, tmp_path):
@@ -245,9 +247,17 @@ def test_lower_bound_names_the_range_too(demo):
 
 def test_batch_size_names_both_choices(demo):
     bad = _set(copy.deepcopy(demo), "models.efficientnet_lite0.batch_size", 10**6)
-    _check(bad, "config key models.efficientnet_lite0.batch_size: 1000000 is out of range", "an integer in [1, 65536] or 'auto'")
+    _check(
+        bad,
+        "config key models.efficientnet_lite0.batch_size: 1000000 is out of range",
+        "an integer in [1, 65536] or 'auto'",
+    )
     bad = _set(copy.deepcopy(demo), "models.efficientnet_lite0.batch_size", "big")
-    _check(bad, "config key models.efficientnet_lite0.batch_size: 'big' is not allowed", "an integer in [1, 65536] or 'auto'")
+    _check(
+        bad,
+        "config key models.efficientnet_lite0.batch_size: 'big' is not allowed",
+        "an integer in [1, 65536] or 'auto'",
+    )
 
 
 def test_tmax_threshold_outside_0_1(demo):
@@ -357,7 +367,11 @@ def test_layer_names_alone_get_no_count(demo):
 
 def test_projection_that_would_enlarge(demo):
     bad = _set(copy.deepcopy(demo), "models.efficientnet_lite0.pooling.projection", {"dim": 20000, "above": 16384})
-    _check(bad, "config key models.efficientnet_lite0.pooling.projection: dim 20000 > above 16384", "set dim to at most 16384")
+    _check(
+        bad,
+        "config key models.efficientnet_lite0.pooling.projection: dim 20000 > above 16384",
+        "set dim to at most 16384",
+    )
     validate_config(_set(bad, "models.efficientnet_lite0.pooling.projection.dim", 16384))
 
 

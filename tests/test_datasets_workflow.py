@@ -152,3 +152,32 @@ def test_broken_root_fails_in_the_check_rule(tmp_path):
     assert "missing  session 02: " + str(session) in log
     out = tmp_path / "results" / "real"
     assert not list(out.glob("features/**/nsd_images*")) and not (out / "brain" / "nsd" / "subj01").exists()
+
+
+def test_a_replaced_dataset_file_reruns_exactly_its_subject(real_run, tmp_path):
+    """A real dataset's files are inputs of the jobs that read them: replacing one session's betas reruns
+    that subject's brain job and what reads it, not the image set, the features or the other dataset."""
+    import os
+    import shutil
+
+    from conftest import planned_jobs
+
+    run = tmp_path / "run"
+    shutil.copytree(real_run, run, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    session = next((real_run / "nsd_root" / "nsddata_betas" / "ppdata" / "subj01").rglob("lh.betas_session02.mgh"))
+    original, stat = session.read_bytes(), session.stat()
+    try:
+        changed = bytearray(original)
+        changed[len(changed) // 2] ^= 0xFF  # other betas (Snakemake compares small inputs' checksums)
+        session.write_bytes(bytes(changed))  # the root is the fixture's: restored below
+        done = _snakemake(run, run / "config.yaml", "--dry-run")
+    finally:
+        session.write_bytes(original)
+        os.utime(session, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = planned_jobs(done.stdout)
+    rules = {rule for rule, _ in jobs}
+    assert ("brain", {"dataset": "nsd", "subject": "subj01"}) in jobs
+    assert {"encode", "hierarchy", "group", "tables"} <= rules
+    assert not {"stimuli", "check", "extract", "folds", "layers"} & rules, rules
+    assert {wc["dataset"] for _, wc in jobs if "dataset" in wc} == {"nsd"}

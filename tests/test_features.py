@@ -30,10 +30,11 @@ from brainprop.features.files import (
     load_nuisance,
     load_output,
     load_samples,
+    save_samples,
 )
 from brainprop.features.layers import find_blocks, resolve_layers
 from brainprop.features.losses import LOSS_PREPARERS, LOSSES, _crop_box, image_seed, prototypes, teacher_view
-from brainprop.features.models import create_model, image_transform, load_model, model_info
+from brainprop.features.models import CheckpointError, create_model, image_transform, load_model, model_info
 from brainprop.features.pooling import TokenContext, pool, token_context
 from brainprop.features.projection import project, projected_dim, projection_matrix
 from brainprop.features.rules import extract_to_folder
@@ -258,8 +259,9 @@ def test_checkpoint_with_pickled_object_is_refused(cnn_case, tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": model.state_dict(), "extra": _Payload(str(marker))}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"is not a checkpoint torch\.load\(weights_only=True\) can read") as err:
         create_model(CNN[0], str(path), seed=0, input_size=SIZE, timm_kwargs=CNN[1])
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)
     assert not marker.exists()
 
 
@@ -549,10 +551,25 @@ def test_run_extract_end_to_end(demo_manifest, tmp_path, loss):
     np.testing.assert_allclose(nuisance.iloc[7, 1:].to_numpy(float), extras["nuisance"][0][0], rtol=1e-4)
 
 
+def _record_checksums(folder, n_images: int) -> None:
+    """The samples table of a hand-made extract folder, with every matrix's SHA-256 as the extract rule records."""
+    import hashlib
+
+    sums = {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.npy")}
+    save_samples(folder, pd.DataFrame({"image_id": [str(i) for i in range(n_images)]}), sha256=sums)
+
+
+def _saved(folder, layer_index: int, array: np.ndarray):
+    """One matrix in an extract folder, with its SHA-256 recorded."""
+    path = feature_path(folder, "act", layer_index)
+    save_array(path, array)
+    _record_checksums(folder, len(array))
+    return path
+
+
 @pytest.mark.parametrize("mmap", [True, False])
 def test_truncated_features_raise_corrupt_file_error(tmp_path, mmap):
-    path = feature_path(tmp_path, "act", 0)
-    save_array(path, np.ones((12, 40), dtype=np.float32))
+    path = _saved(tmp_path, 0, np.ones((12, 40), dtype=np.float32))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptFileError, match=str(path)):
@@ -560,7 +577,7 @@ def test_truncated_features_raise_corrupt_file_error(tmp_path, mmap):
 
 
 def test_load_features_rejects_non_matrix(tmp_path):
-    save_array(feature_path(tmp_path, "act", 3), np.ones(5, dtype=np.float32))
+    _saved(tmp_path, 3, np.ones(5, dtype=np.float32))
     with pytest.raises(ValueError, match="n_images, dim"):
         load_features(tmp_path, "act", 3)
 
@@ -607,6 +624,7 @@ def test_cka_table(tmp_path):
     for signal, arrays in mats.items():
         for k, a in enumerate(arrays):
             save_array(feature_path(tmp_path, signal, k), a.astype(np.float32))
+    _record_checksums(tmp_path, 20)
     names = ["b0", "b1", "b2"]
     write_table(
         tmp_path / "layers.parquet",

@@ -1,7 +1,8 @@
 """Partial reruns and resilience on a finished local run (real Snakemake, tiny_two_models.yaml).
 
 Each test copies the finished run (outputs, file times and Snakemake metadata) and changes one
-thing: a config key, a killed job, a truncated feature file. Dry runs then show what Snakemake
+thing: a config key, a killed job, a feature file changed in place, an overwritten checkpoint, a
+truncated layer table. Dry runs then show what Snakemake
 would rerun under the workflow's default `--rerun-triggers` and the local profile.
 """
 
@@ -15,28 +16,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, SNAKEMAKE, copy_run, snakemake
+from conftest import ROOT, SNAKEMAKE, copy_run, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 
 CONFIG = ROOT / "tests" / "configs" / "tiny_two_models.yaml"
 OUT = "results/tiny2"
 UPSTREAM = {"stimuli", "layers", "extract", "cka", "plant", "brain", "truth", "folds"}
-
-
-def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, wildcards) of every job a dry run lists."""
-    jobs = []
-    for block in re.split(r"\n(?=\s*(?:local)?(?:rule|checkpoint) \w+:)", output):
-        head = re.match(r"\s*(?:local)?(?:rule|checkpoint) (\w+):", block)
-        if not head:
-            continue
-        found = re.search(r"^\s*wildcards: (.*)$", block, flags=re.MULTILINE)
-        wildcards = dict(kv.split("=", 1) for kv in found.group(1).split(", ")) if found else {}
-        jobs.append((head.group(1), wildcards))
-    return jobs
 
 
 def dry_run(workdir: Path, configfile: Path = CONFIG, *args: str) -> list[tuple[str, dict[str, str]]]:
@@ -163,16 +153,84 @@ def test_killed_job_is_not_trusted_and_rerun_incomplete_reruns_only_it(two_model
     assert ("encode", wildcards) in jobs
 
 
-def test_truncated_feature_file_fails_its_reader_with_a_delete_message(two_model_run, tmp_path):
+def _advised(text: str) -> str:
+    """The path a message advises to force (`--forcerun PATH`)."""
+    found = re.search(r"with `--forcerun (\S+)` added", text)
+    assert found, text[-3000:]
+    return found.group(1)
+
+
+def test_a_changed_feature_file_stops_its_reader_and_the_advised_command_recovers(two_model_run, tmp_path):
+    """The issue's silent case (a feature file changed in place, same size) and its truncated-file advice."""
     run = copy_run(two_model_run, tmp_path / "run")
-    features = run / f"{OUT}/features/regnet/demo/extract/act/01.npy"
-    data = features.read_bytes()
-    features.write_bytes(data[: len(data) // 2])
+    folder = f"{OUT}/features/regnet/demo/extract"
+    features = run / folder / "act" / "01.npy"
+    original = features.read_bytes()
+    array = np.load(features, mmap_mode="r+")
+    array[7, 1] += 0.5  # a readable .npy of the same size with other numbers
+    array.flush()
+    del array
     target = f"{OUT}/encoding/sim_backprop/regnet/act/01/sub-01.summary.parquet"
     done = snakemake(run, CONFIG, "--forcerun", target, "--retries", "0", "--", target)
     assert done.returncode != 0
     log = (run / f"{OUT}/logs/encode/sim_backprop/regnet/act/01/sub-01.log").read_text()
-    assert str(features.relative_to(run)) in log or features.name in log
-    assert "Delete the file and rerun" in log
-    # The failed job left no output behind for a later run to trust.
-    assert not (run / target).exists()
+    assert f"{folder}/act/01.npy: sha256 " in log and "cannot be trusted" in log
+    assert not (run / target).exists()  # nothing left behind for a later run to trust
+    # Follow the advice literally: the same command with `--forcerun <what the message names>` added.
+    advised = _advised(log)
+    assert advised == folder
+    done = snakemake(run, CONFIG, "--forcerun", advised, "--retries", "0", "--", target)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert features.read_bytes() == original  # re-extracted: the same numbers as the first run
+    pd.testing.assert_frame_equal(pd.read_parquet(run / target), pd.read_parquet(two_model_run / target))
+
+
+def test_an_overwritten_checkpoint_reruns_exactly_what_depends_on_it(two_model_run, tmp_path):
+    """A checkpoint replaced at the same path is an updated input: its model's jobs rerun, nothing else."""
+    import torch
+
+    from brainprop.features.models import create_model
+
+    run = copy_run(two_model_run, tmp_path / "run")
+    checkpoint = run / "regnet.pth"
+    torch.save(create_model("regnetx_002", "random", 0, 64, {"zero_init_last": False}).state_dict(), checkpoint)
+    config = changed_config(tmp_path, lambda c: c["models"]["regnet"].update(weights="./regnet.pth"))
+    # A finished run with that checkpoint: mark every output up to date for the new config.
+    assert snakemake(run, config, "--touch").returncode == 0
+    assert dry_run(run, config) == []
+    time.sleep(0.01)
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in state.items()}, checkpoint)
+    jobs = dry_run(run, config)
+    rules = Counter(rule for rule, _ in jobs)
+    assert {wc["model"] for _, wc in jobs if "model" in wc} == {"regnet"}
+    assert rules == Counter(
+        {
+            "extract": 1,
+            "cka": 1,
+            "encode": 2 * 3 * 2,  # signals x layers x subjects
+            "joint": 3 * 2,
+            "hierarchy": 2,
+            "group": 1,
+            "brain_map": 1,
+            "meg_topomaps": 1,
+            "sensitivity": 1,
+            "compare": 1,
+            "tables": 1,
+            "figures": 1,
+            "all": 1,
+        }
+    ), rules
+
+
+def test_a_truncated_layer_table_while_the_dag_is_built_names_it_and_deleting_it_recovers(two_model_run, tmp_path):
+    run = copy_run(two_model_run, tmp_path / "run")
+    layers = run / f"{OUT}/features/regnet/layers.parquet"
+    layers.write_bytes(layers.read_bytes()[:200])
+    done = snakemake(run, CONFIG, "--dry-run")
+    assert done.returncode != 0
+    text = " ".join((done.stdout + done.stderr).split())
+    assert f"{OUT}/features/regnet/layers.parquet: cannot read this table" in text
+    assert "delete it and run the same snakemake command again" in text and "model 'regnet'" in text
+    layers.unlink()  # the advice, literally
+    assert dry_run(run) == []  # the DAG builds; the layers checkpoint rewrites the table when a job needs it

@@ -203,10 +203,18 @@ def validate_table(name: str, table: pd.DataFrame) -> list[str]:
 
 
 def validate_results(tables_dir: str | Path) -> list[str]:
-    """Check every contract table in `tables_dir` (columns, types, values, provenance)."""
-    from .io import read_provenance, read_table
+    """Check every contract table in `tables_dir` (columns, types, values, provenance, contract version).
+
+    Every problem is one line of the returned list (empty when all conforms); an unreadable table
+    is a problem, not an exception.
+    """
+    from . import CONTRACT_VERSION
+    from .io import CorruptFileError, read_provenance, read_table
 
     tables_dir = Path(tables_dir)
+    if not tables_dir.is_dir():
+        return [f"{tables_dir}: not a folder; expected results/{{run}} or its tables/ folder"]
+    rerun = "rebuild the tables with this brainprop by running the run's snakemake command with `--forcerun tables`"
     problems = []
     for name in TABLES:
         path = tables_dir / f"{name}.parquet"
@@ -214,9 +222,19 @@ def validate_results(tables_dir: str | Path) -> list[str]:
             if name not in OPTIONAL_TABLES:
                 problems.append(f"{path}: missing")
             continue
-        problems += [f"{path}: {p}" for p in validate_table(name, read_table(path))]
-        meta = read_provenance(path)
+        try:
+            table, meta = read_table(path), read_provenance(path)
+        except CorruptFileError as err:
+            problems.append(f"{path}: unreadable ({err.problem}); {rerun}")
+            continue
+        problems += [f"{path}: {p}" for p in validate_table(name, table)]
         missing = [k for k in PROVENANCE_KEYS if k not in meta]
         if missing:
             problems.append(f"{path}: provenance metadata lacks {missing}")
+        version = meta.get("contract_version")
+        if version is not None and str(version) != CONTRACT_VERSION:
+            problems.append(
+                f"{path}: written under results contract version {version!r}, this brainprop reads version "
+                f"{CONTRACT_VERSION!r} (docs/results.md); {rerun}"
+            )
     return problems

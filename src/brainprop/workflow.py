@@ -103,6 +103,7 @@ def run_rule(smk) -> None:
                 "device": smk.config["device"],
                 "extraction": smk.config["extraction"],
                 "config": dict(smk.config),
+                "wildcards": dict(smk.wildcards.items()),  # to name config keys in messages
             }
         function(inputs=smk.input, outputs=smk.output, params=smk.params, **extra)
 

@@ -30,6 +30,7 @@ rule plant:
             imageset=RUN.imageset_of(wc.dataset)
         ),
         layers=source_layers,
+        weights=lambda wc: weight_files(RUN.source_model(wc.dataset)),
     output:
         features=directory(RUN.path(brain_files.PLANT)),
     log:

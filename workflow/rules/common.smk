@@ -8,7 +8,8 @@ from brainprop.configfile import check_config_files
 from brainprop.contract import TABLES
 from brainprop.encoding import files as encoding_files
 from brainprop.features import files as features_files
-from brainprop.features.sources import model_label
+from brainprop.features.sources import model_files, model_label
+from brainprop.io import CorruptFileError
 from brainprop.figures import catalog
 from brainprop.hierarchy import files as hierarchy_files
 from brainprop.run import Run, variant_of
@@ -30,7 +31,14 @@ def layers_of(model):
     path = checkpoints.layers.get(model=model).output.layers
     key = (path, Path(path).stat().st_mtime_ns)
     if key not in _LAYERS_READ:
-        _LAYERS_READ[key] = list(features_files.load_layers(path)["layer_index"])
+        try:
+            _LAYERS_READ[key] = list(features_files.load_layers(path)["layer_index"])
+        except CorruptFileError as err:
+            # While the DAG is built --forcerun cannot help: this very table is read first.
+            raise WorkflowError(
+                f"{err.problem}. The DAG is built from it, so delete it and run the same snakemake command "
+                f"again: the layers checkpoint of model {model!r} writes it anew when a job needs it"
+            ) from None
     return _LAYERS_READ[key]
 
 
@@ -241,12 +249,35 @@ def group_params(dataset, n_boot, n_permutations):
 # ---- inputs: other rules' outputs, listed from the run model's job keys
 
 
+def dataset_files(dataset, subject=None):
+    """A real dataset's files one subject's brain job reads (brainprop.brain.datasets): its inputs."""
+    from brainprop.brain.datasets import dataset_files as files
+
+    return files(DATASETS[dataset], subject)
+
+
+def image_set_files(dataset):
+    """The design and image files a real dataset's image set is built from: inputs of its stimuli job."""
+    from brainprop.brain.datasets import image_set_files as files
+
+    return files(DATASETS[dataset])
+
+
 def imageset_inputs(wildcards):
-    """A real dataset's image set waits for its data check."""
+    """A real dataset's image set waits for its data check and is rebuilt when an image file changes."""
     dataset = RUN.real_dataset_of(wildcards.imageset)
-    return (
-        {"check": rules.check.output.report.format(dataset=dataset)} if dataset else {}
-    )
+    if not dataset:
+        return {}
+    return {
+        "check": rules.check.output.report.format(dataset=dataset),
+        "dataset_files": image_set_files(dataset),
+    }
+
+
+def weight_files(model):
+    """A model's checkpoint and python factory files: inputs of its extraction (a replaced file reruns it)."""
+    entry = MODELS[model]
+    return model_files(entry, f"models.{entry['base_model']}.weights")
 
 
 def dataset_features(wildcards):
@@ -270,6 +301,7 @@ def brain_inputs(wildcards):
                 imageset=RUN.imageset_of(ds)
             ),
             "check": rules.check.output.report.format(dataset=ds),
+            "dataset_files": dataset_files(ds, wildcards.subject),
         }
     return {"plant": rules.plant.output.features, "layers": source_layers(wildcards)}
 

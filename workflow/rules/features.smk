@@ -29,6 +29,7 @@ rule extract:
     input:
         manifest=rules.stimuli.output.manifest,
         layers=rules.layers.output.layers,
+        weights=lambda wc: weight_files(wc.model),
     output:
         features=directory(RUN.path(features_files.EXTRACT)),
     log:

@@ -3,7 +3,8 @@
 Paths are templates relative to the run folder `results/{run}` (`brainprop.run.Run.path`).
 A subject folder holds `Y.npy` (n_images, n_targets) float32, `targets.parquet` (one row per
 column of Y: columns `TARGET_COLUMNS`) and `samples.parquet` (image_id and group of each row of
-Y, plus n_trials for real data). The plant folder is an extract folder (`brainprop.features.files`)
+Y, plus n_trials for real data; its metadata `y_sha256` is the SHA-256 of Y.npy, which `load_y`
+checks once per job). The plant folder is an extract folder (`brainprop.features.files`)
 of the simulation's source model under the plant pooling. Every other stage reads these files
 through the functions here.
 """
@@ -16,7 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import CorruptFileError, load_array, read_table, save_array, write_table
+from ..io import (
+    CorruptFileError,
+    check_sha256,
+    file_sha256,
+    load_array,
+    read_provenance,
+    read_table,
+    save_array,
+    write_table,
+)
 
 __all__ = [
     "CHECK",
@@ -55,9 +65,7 @@ TRUTH_COLUMNS = ("dataset", "subject", "source_model", "kind", "roi", "signal", 
 def _require(path: str | os.PathLike, table: pd.DataFrame, columns: tuple[str, ...], what: str) -> pd.DataFrame:
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise CorruptFileError(
-            f"{path}: {what} lacks columns {missing}; expected {list(columns)}. Delete it and rerun snakemake."
-        )
+        raise CorruptFileError(f"{path}: {what} lacks columns {missing}; expected {list(columns)}", path)
     return table
 
 
@@ -67,11 +75,14 @@ def save_subject(paths, Y: np.ndarray, targets: pd.DataFrame, samples: pd.DataFr
         raise ValueError(f"Y has shape {Y.shape}; expected ({len(samples)} samples, {len(targets)} targets)")
     save_array(paths.Y, np.ascontiguousarray(Y, dtype=np.float32))
     write_table(paths.targets, targets)
-    write_table(paths.samples, samples)
+    write_table(paths.samples, samples, metadata={"y_sha256": file_sha256(paths.Y)})
 
 
-def load_y(path: str | os.PathLike) -> np.ndarray:
-    """A subject's (n_images, n_targets) responses, memory-mapped."""
+def load_y(path: str | os.PathLike, samples: str | os.PathLike | None = None) -> np.ndarray:
+    """A subject's (n_images, n_targets) responses, memory-mapped; checked against the SHA-256 that the
+    brain rule recorded in the subject's `samples` table (once per file per job) when it is given."""
+    if samples is not None:
+        check_sha256(path, read_provenance(samples).get("y_sha256"), path, "brain rule")
     return load_array(path, mmap=True)
 
 
@@ -88,7 +99,8 @@ def load_samples(path: str | os.PathLike) -> pd.DataFrame:
 def load_subject(folder: str | Path) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """Read a subject folder: (Y, target table, samples)."""
     folder = Path(folder)
-    return load_y(folder / "Y.npy"), load_targets(folder / "targets.parquet"), load_samples(folder / "samples.parquet")
+    Y = load_y(folder / "Y.npy", folder / "samples.parquet")
+    return Y, load_targets(folder / "targets.parquet"), load_samples(folder / "samples.parquet")
 
 
 def save_check(path: str | os.PathLike, report: pd.DataFrame) -> None:

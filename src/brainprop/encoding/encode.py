@@ -12,7 +12,7 @@ from ._ridge import Fold, RidgeCVResult, check_folds, ridge_cv, ridge_cv_shared
 from .files import SUMMARY_COLUMNS
 from .folds import make_folds
 
-__all__ = ["DEFAULT_ALPHAS", "RidgeEncoder", "TARGET_COLUMNS", "encode", "encode_shared"]
+__all__ = ["DEFAULT_ALPHAS", "NoUsableTargetsError", "RidgeEncoder", "TARGET_COLUMNS", "encode", "encode_shared"]
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +310,34 @@ def _usable(X: np.ndarray, Y: np.ndarray, targets: pd.DataFrame, folds: Sequence
     nonfinite, constant = _column_flags(Y)
     used = ~(nonfinite | constant)
     if not used.any():
-        raise ValueError(f"all {Y.shape[1]} targets are constant or contain NaN; nothing to encode")
+        raise NoUsableTargetsError(Y, nonfinite, constant)
     return keep, used, nonfinite, constant
+
+
+class NoUsableTargetsError(ValueError):
+    """Every target of Y is constant or non-finite; says which image rows hold the non-finite values.
+
+    `rows` are the positions of the rows with a NaN or infinite value (a single image without a
+    response makes every target non-finite), for a caller to name by image id.
+    """
+
+    def __init__(self, Y: np.ndarray, nonfinite: np.ndarray, constant: np.ndarray):
+        bad = np.zeros(Y.shape[0], dtype=bool)
+        for start in range(0, Y.shape[1], 4096):
+            bad |= ~np.isfinite(Y[:, start : start + 4096]).all(axis=1)
+        self.rows = np.flatnonzero(bad)
+        parts = [f"all {Y.shape[1]} targets are unusable: {int(nonfinite.sum())} contain NaN or infinite values"]
+        parts.append(f"{int(constant.sum())} are constant")
+        if self.rows.size:
+            shown = self.rows[:10].tolist()
+            whole = int((~np.isfinite(Y[self.rows[:10]])).all(axis=1).sum())
+            parts.append(
+                f"the non-finite values sit in {self.rows.size} of the {Y.shape[0]} image rows (rows {shown}"
+                f"{', ...' if self.rows.size > 10 else ''}; {whole} of the first {len(shown)} are non-finite in "
+                "every target), so those images have no response and take every target with them; expected a "
+                "finite response for every image in the subject's samples"
+            )
+        super().__init__("; ".join(parts))
 
 
 def _encoding_tables(

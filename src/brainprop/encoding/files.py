@@ -61,10 +61,7 @@ def _checked(path: str | os.PathLike, columns: tuple[str, ...], what: str) -> pd
     table = read_table(path)
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise CorruptFileError(
-            f"{path}: {what} lacks columns {missing}; expected {list(columns)}. "
-            "Delete the file and rerun snakemake to recompute it."
-        )
+        raise CorruptFileError(f"{path}: {what} lacks columns {missing}; expected {list(columns)}", path)
     return table
 
 
@@ -96,10 +93,7 @@ def load_score_identity(path: str | os.PathLike) -> dict:
     meta = read_provenance(path)
     identity = meta.get("identity")
     if not isinstance(identity, dict) or any(k not in identity for k in _IDENTITY):
-        raise CorruptFileError(
-            f"{path}: per-target scores lack their identity metadata {list(_IDENTITY)}. "
-            "Delete the file and rerun snakemake to recompute it."
-        )
+        raise CorruptFileError(f"{path}: per-target scores lack their identity metadata {list(_IDENTITY)}", path)
     return identity
 
 

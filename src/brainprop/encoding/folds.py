@@ -29,7 +29,7 @@ def make_folds(n_samples: int, groups: np.ndarray | None, n_folds: int, seed: in
     if n_samples < n_folds:
         raise ValueError(
             f"encoding.folds: {n_folds} folds, but only {n_samples} samples (images); set encoding.folds to at "
-            f"most {n_samples}"
+            f"most {n_samples}, then run snakemake again (the folds rule reruns with the new value)"
         )
     from sklearn.model_selection import GroupKFold, KFold
 
@@ -44,7 +44,8 @@ def make_folds(n_samples: int, groups: np.ndarray | None, n_folds: int, seed: in
         raise ValueError(
             f"encoding.folds: {n_folds} folds, but the images have {n_groups} groups (the manifest's group column) "
             f"and encoding.group_folds: true keeps each group in one fold; set encoding.folds to at most "
-            f"{n_groups}, or encoding.group_folds: false"
+            f"{n_groups}, or encoding.group_folds: false, then run snakemake again (the folds rule reruns with "
+            "the new value)"
         )
     return list(GroupKFold(n_folds, shuffle=True, random_state=seed).split(X, groups=groups))
 

@@ -8,6 +8,8 @@ files modules of the stages that wrote them (`brainprop.features.files`, `brainp
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ import pandas as pd
 from ..brain.files import load_samples, load_targets, load_y
 from ..config import alphas as penalty_grid
 from ..features import files as features
+from ..io import forcerun_hint
 from .files import load_folds, save_folds, save_joint_summary, save_summary, save_target_scores
 from .folds import folds_from_table, folds_table, subject_rows
 
@@ -69,11 +72,30 @@ def _save_fit(
     save_summary(paths[1], summary)
 
 
+@contextmanager
+def _named_rows(y_path: str, image_ids: np.ndarray) -> Iterator[None]:
+    """Turn a NoUsableTargetsError into one that names the subject's file, the images and the recovery."""
+    from .encode import NoUsableTargetsError
+
+    try:
+        yield
+    except NoUsableTargetsError as err:
+        ids = [str(image_ids[r]) for r in err.rows[:10]]
+        named = f" (image ids {ids})" if ids else ""
+        raise ValueError(
+            f"{y_path}: {err}{named}. The brain rule wrote this file, and it refuses such rows when it reads a "
+            f"dataset; {forcerun_hint(y_path)}"
+        ) from err
+
+
 def run_folds(*, inputs, outputs, params) -> None:
     """The folds rule: a dataset's outer folds from its image set's manifest."""
     from ..stimuli.files import load_manifest
 
-    folds = folds_table(load_manifest(inputs.manifest), params.folds, params.seed, params.group_folds)
+    try:
+        folds = folds_table(load_manifest(inputs.manifest), params.folds, params.seed, params.group_folds)
+    except ValueError as err:
+        raise ValueError(f"{inputs.manifest}: {err}") from err
     log.info("images per fold: %s", folds["fold"].value_counts().sort_index().to_dict())
     save_folds(outputs.folds, folds)
 
@@ -91,15 +113,16 @@ def run_encode(*, inputs, outputs, params) -> None:
     X, image_ids = _subject_features(inputs.features, inputs.samples, identity["signal"], k)
     folds = folds_from_table(load_folds(inputs.folds), image_ids)
     nuisance = _subject_nuisance(inputs.features, inputs.samples, list(settings.get("nuisance") or []), k)
-    fit = encode(
-        X,
-        load_y(inputs.Y),
-        load_targets(inputs.targets),
-        folds,
-        penalty_grid(settings),
-        **_backend(settings),
-        nuisance=nuisance,
-    )
+    with _named_rows(inputs.Y, image_ids):
+        fit = encode(
+            X,
+            load_y(inputs.Y, inputs.samples),
+            load_targets(inputs.targets),
+            folds,
+            penalty_grid(settings),
+            **_backend(settings),
+            nuisance=nuisance,
+        )
     log.info("backend: %s; nuisance: %s; counts: %s", _backend(settings), settings.get("nuisance") or [], fit[2])
     _save_fit((outputs.scores, outputs.summary), fit, identity, features.load_layers(inputs.layers), k)
 
@@ -122,7 +145,7 @@ def run_encode_shared(*, inputs, outputs, params) -> None:
     targets = [load_targets(path) for path in inputs.targets]
     if all(np.array_equal(orders[0], order) for order in orders[1:]):
         X, image_ids = _subject_features(inputs.features, inputs.samples[0], identity["signal"], k)
-        Ys = [load_y(path) for path in inputs.Y]
+        Ys = [load_y(path, samples) for path, samples in zip(inputs.Y, inputs.samples)]
         nuisance = _subject_nuisance(inputs.features, inputs.samples[0], names, k)
         fits = encode_shared(X, Ys, targets, folds_from_table(table, image_ids), alphas, **backend, nuisance=nuisance)
         log.info(
@@ -140,7 +163,7 @@ def run_encode_shared(*, inputs, outputs, params) -> None:
             X, image_ids = _subject_features(inputs.features, samples, identity["signal"], k)
             nuisance = _subject_nuisance(inputs.features, samples, names, k)
             folds = folds_from_table(table, image_ids)
-            fits.append(encode(X, load_y(Y), target_table, folds, alphas, **backend, nuisance=nuisance))
+            fits.append(encode(X, load_y(Y, samples), target_table, folds, alphas, **backend, nuisance=nuisance))
     layers = features.load_layers(inputs.layers)
     for subject, fit, scores, summary in zip(subjects, fits, outputs.scores, outputs.summary):
         log.info("%s: backend: %s; counts: %s", subject, backend, fit[2])
@@ -178,9 +201,9 @@ def _joint_features(features_dir: str, samples_path: str, k: int) -> tuple[np.nd
     return X_act, X_grad, image_ids
 
 
-def _subject_targets(Y_path: str, targets_path: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """A subject's responses and target table, checked against each other."""
-    Y, targets = load_y(Y_path), load_targets(targets_path)
+def _subject_targets(Y_path: str, targets_path: str, samples_path: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """A subject's responses (checked against their recorded checksum) and target table, checked against each other."""
+    Y, targets = load_y(Y_path, samples_path), load_targets(targets_path)
     if len(targets) != Y.shape[1]:
         raise ValueError(f"{targets_path} has {len(targets)} rows but {Y_path} has {Y.shape[1]} columns")
     return Y, targets
@@ -218,7 +241,7 @@ def run_joint(*, inputs, outputs, params) -> None:
     layers = features.load_layers(inputs.layers)
     X_act, X_grad, image_ids = _joint_features(inputs.features, inputs.samples, k)
     options = _joint_options(inputs.features, inputs.samples, layers, k, params.joint)
-    Y, targets = _subject_targets(inputs.Y, inputs.targets)
+    Y, targets = _subject_targets(inputs.Y, inputs.targets, inputs.samples)
     folds = folds_from_table(load_folds(inputs.folds), image_ids)
     fit = joint_encode(X_act, X_grad, Y, folds, penalty_grid(params.joint), **options)
     _save_joint(outputs.summary, fit, targets, identity, features.layer_row(layers, k))
@@ -237,7 +260,7 @@ def run_joint_shared(*, inputs, outputs, params) -> None:
     alphas, table = penalty_grid(params.joint), load_folds(inputs.folds)
     layers = features.load_layers(inputs.layers)
     orders = [load_samples(path)["image_id"].to_numpy() for path in inputs.samples]
-    data = [_subject_targets(Y, t) for Y, t in zip(inputs.Y, inputs.targets)]
+    data = [_subject_targets(Y, t, s) for Y, t, s in zip(inputs.Y, inputs.targets, inputs.samples)]
     if all(np.array_equal(orders[0], order) for order in orders[1:]):
         X_act, X_grad, image_ids = _joint_features(inputs.features, inputs.samples[0], k)
         folds = folds_from_table(table, image_ids)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_path, load_array, save_array
+from ..io import atomic_path, file_sha256, load_array, save_array
 from .files import feature_path
 
 __all__ = [
@@ -54,15 +54,6 @@ CACHE_FORMAT = 1
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
 # Per-image arrays beside the signals -> their dtype (None: the storage dtype, like the features).
 EXTRAS: dict[str, type | None] = {"output": None, "nuisance": np.float32}
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 hex digest of a file, read in chunks (feature files can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_identity(weights: str, seed: int, key_map: str | None = None) -> str:
@@ -259,6 +250,16 @@ class ShardCache:
         """Whether the assembled arrays exist and match their checksums."""
         return self._verify(self.assembled_dir, "assembled.json", self.n_images)
 
+    def assembled_sha256(self) -> dict[str, str]:
+        """SHA-256 of each assembled array by its path relative to the folder (`act/00.npy`), as recorded."""
+        meta = _read_json(self.assembled_dir / "assembled.json") or {}
+        return dict(meta.get("sha256", {}))
+
+    def computed_with(self) -> list[dict]:
+        """How each shard of the assembled arrays was computed (batch size, device, threads, versions)."""
+        meta = _read_json(self.assembled_dir / "assembled.json") or {}
+        return list(meta.get("computed_with", []))
+
     def pending(self) -> list[Shard]:
         """Shards still to extract; a shard that fails verification is deleted and counted in the log."""
         todo, broken = [], 0
@@ -282,8 +283,15 @@ class ShardCache:
 
     # ------------------------------------------------------------ writing
 
-    def write_shard(self, shard: Shard, features: dict[str, list[np.ndarray]]) -> None:
-        """Store one shard's arrays (signals and `EXTRAS`), then its checksums (which make it trusted)."""
+    def write_shard(
+        self, shard: Shard, features: dict[str, list[np.ndarray]], computed_with: dict | None = None
+    ) -> None:
+        """Store one shard's arrays (signals and `EXTRAS`), then its checksums (which make it trusted).
+
+        `computed_with` records how (not what) the shard was computed: batch size, device, threads,
+        library versions; these move the numbers within the tolerance of docs/features.md
+        ("What changes the numbers"), so the record says which run's rounding the cache holds.
+        """
         folder = self.shard_dir(shard)
         sums = {}
         try:
@@ -295,12 +303,14 @@ class ShardCache:
                 raise ValueError(f"shard {shard.index}: {array.shape[0]} rows, expected {shard.size}")
             save_array(path, np.asarray(array, dtype=self._dtype(name)))
             sums[str(path.relative_to(folder))] = file_sha256(path)
-        _write_json(folder / "shard.json", {"rows": shard.size, "start": shard.start, "sha256": sums})
+        record = {"rows": shard.size, "start": shard.start, "sha256": sums, "computed_with": computed_with or {}}
+        _write_json(folder / "shard.json", record)
 
     def assemble(self) -> None:
         """Concatenate the verified shards into one array per signal and layer (and extra), then drop the shards."""
         folder = self.assembled_dir
         sums = {}
+        how = [(_read_json(self.shard_dir(s) / "shard.json") or {}).get("computed_with", {}) for s in self.shards]
         names = [(s, k) for s in self.signals for k in range(self.n_layers)] + [(name, None) for name in EXTRAS]
         for name, k in names:
             where = (
@@ -319,7 +329,7 @@ class ShardCache:
                 out.flush()
                 del out
             sums[str(target.relative_to(folder))] = file_sha256(target)
-        _write_json(folder / "assembled.json", {"rows": self.n_images, "sha256": sums})
+        _write_json(folder / "assembled.json", {"rows": self.n_images, "sha256": sums, "computed_with": how})
         for shard in self.shards:
             shutil.rmtree(self.shard_dir(shard), ignore_errors=True)
 

@@ -26,6 +26,7 @@ from .pooling import pool
 from .projection import project
 
 __all__ = [
+    "BATCH_TOLERANCE",
     "BatchRunner",
     "FLOAT16_LOSS_SCALES",
     "Feedback",
@@ -35,6 +36,7 @@ __all__ = [
     "Progress",
     "SIGNALS",
     "auto_batch_size",
+    "batch_difference",
     "batch_size_from_memory",
     "collect_batches",
     "extract_batch",
@@ -44,6 +46,23 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# How far float32 features may move when only the cut of the work changes (batch size, and so shard
+# size; CPU threads), as a fraction of the layer's largest |value| (`batch_difference`): the
+# library picks its convolution algorithm by batch shape, which moves values by float32 rounding,
+# and a unit within that rounding of a ReLU's (or ReLU6's, max-pool's) kink flips for that image.
+# Measured (benchmarks/batch_invariance.py, 64 demo images, batch 1/4/16/64, 1 vs 2 threads; docs/
+# features.md "What changes the numbers"): activations <= 1.0e-6; gradients <= 2e-6 for most images
+# and up to 1.2e-2 for the few whose unit flips (random ResNet-18 1.2e-2, ImageNet MobileNetV2
+# 3.2e-3, EfficientNet-Lite0 1.4e-3).
+BATCH_TOLERANCE: dict[str, float] = {"act": 1e-5, "grad": 2e-2, "fa": 2e-2, "sign": 2e-2, "dfa": 2e-2}
+
+
+def batch_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max |a| of two computations of one layer's features (0 for an all-zero layer)."""
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    scale = np.abs(a64).max()
+    return float(np.abs(a64 - b64).max() / scale) if scale > 0 else float(np.abs(b64).max())
 
 
 class _Recorder:

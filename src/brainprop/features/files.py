@@ -7,8 +7,11 @@ reads (logits or embedding; the last band of the forward stack, docs/method.md "
 `nuisance.parquet`: per image its id, the model's `confidence` (max softmax of the loss's
 scores), their `entropy` (nats) and `grad_norm_{layer_index:02d}`, the L2 norm of each layer's
 unpooled backprop gradient (NaN where the extraction computed no loss or no `grad`), and
-`samples.parquet` with the image ids of the rows. Every other stage reads these files through
-the functions here.
+`samples.parquet` with the image ids of the rows and, in its metadata, the SHA-256 of every
+matrix (`sha256`, written last). Every other stage reads these files through the functions here;
+`load_features` checks a matrix against its recorded SHA-256 the first time a process opens it
+(once per file per job), so a file changed or damaged after the extract rule wrote it stops its
+reader with a message naming the folder to recompute.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import CorruptFileError, load_array, read_table, write_table
+from ..io import CorruptFileError, check_sha256, load_array, read_provenance, read_table, write_table
 
 __all__ = [
     "CKA",
@@ -64,11 +67,32 @@ def feature_path(out_dir: str | Path, signal: str, layer_index: int) -> Path:
     return Path(out_dir) / signal / f"{layer_index:02d}.npy"
 
 
+def _recorded_sha256(out_dir: str | Path, path: Path) -> str | None:
+    """The SHA-256 of one matrix as the extract rule recorded it in the folder's samples.parquet (None: none)."""
+    samples = Path(out_dir) / _SAMPLES
+    if not samples.is_file():
+        raise CorruptFileError(
+            f"{samples}: missing, so the extract folder {out_dir} is incomplete; expected the samples table the "
+            "extract rule writes last",
+            out_dir,
+        )
+    sums = read_provenance(samples, output=out_dir).get("sha256")
+    return None if sums is None else sums.get(path.relative_to(out_dir).as_posix(), "(none recorded)")
+
+
 def load_features(out_dir: str | Path, signal: str, layer_index: int, mmap: bool = True) -> np.ndarray:
-    """Read one layer's (n_images, dim) features written by the extract rule."""
-    array = load_array(feature_path(out_dir, signal, layer_index), mmap=mmap)
+    """Read one layer's (n_images, dim) features written by the extract rule, checked against its SHA-256."""
+    path = feature_path(out_dir, signal, layer_index)
+    if path.is_file():
+        check_sha256(path, _recorded_sha256(out_dir, path), out_dir, "extract rule")
+    else:
+        raise CorruptFileError(
+            f"{path}: missing from the extract folder {out_dir}; expected every layer's matrix the extract rule wrote",
+            out_dir,
+        )
+    array = load_array(path, mmap=mmap, output=out_dir)
     if array.ndim != 2:
-        raise ValueError(f"{feature_path(out_dir, signal, layer_index)}: expected (n_images, dim), got {array.shape}")
+        raise CorruptFileError(f"{path}: expected a matrix (n_images, dim), got shape {array.shape}", out_dir)
     return array
 
 
@@ -108,14 +132,23 @@ def load_nuisance(out_dir: str | Path) -> pd.DataFrame:
     return table
 
 
-def save_samples(out_dir: str | Path, samples: pd.DataFrame, metadata: dict | None = None) -> None:
-    """Write the image ids (and groups) of the feature rows of an extract folder."""
-    write_table(Path(out_dir) / _SAMPLES, samples, metadata=metadata)
+def save_samples(
+    out_dir: str | Path, samples: pd.DataFrame, metadata: dict | None = None, sha256: dict[str, str] | None = None
+) -> None:
+    """Write the image ids (and groups) of the feature rows of an extract folder, with its matrices' SHA-256.
+
+    `sha256` maps each matrix's path relative to the folder (`act/00.npy`) to its digest; write
+    it after the matrices, as the folder's last file.
+    """
+    meta = dict(metadata or {})
+    if sha256 is not None:
+        meta["sha256"] = dict(sorted(sha256.items()))
+    write_table(Path(out_dir) / _SAMPLES, samples, metadata=meta)
 
 
 def load_samples(out_dir: str | Path) -> pd.DataFrame:
     """Image ids (and groups) in the row order of the feature matrices."""
-    return read_table(Path(out_dir) / _SAMPLES)
+    return read_table(Path(out_dir) / _SAMPLES, output=out_dir)
 
 
 def save_layers(path: str | Path, layers: pd.DataFrame, metadata: dict | None = None) -> None:
@@ -128,10 +161,7 @@ def load_layers(path: str | Path) -> pd.DataFrame:
     table = read_table(path)
     missing = [c for c in LAYER_COLUMNS if c not in table.columns]
     if missing:
-        raise CorruptFileError(
-            f"{path}: layer table lacks columns {missing}; expected {list(LAYER_COLUMNS)}. "
-            "Delete it and rerun snakemake."
-        )
+        raise CorruptFileError(f"{path}: layer table lacks columns {missing}; expected {list(LAYER_COLUMNS)}", path)
     return table
 
 

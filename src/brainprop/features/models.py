@@ -19,6 +19,7 @@ from .weights import WeightFileError, resolve_checkpoint, verify_checkpoint
 
 __all__ = [
     "OUTPUT_KINDS",
+    "CheckpointError",
     "ModelInfo",
     "Outputs",
     "build",
@@ -75,19 +76,76 @@ def model_info(model: torch.nn.Module, input_size: int | None = None) -> ModelIn
     return ModelInfo("timm", type(model).__name__, built.preprocessing, output, None, token_context(model), built)
 
 
+class CheckpointError(ValueError, RuntimeError):
+    """A checkpoint file cannot be read or does not fit its model; the message names the key, file and fix."""
+
+
+def _read_checkpoint(path, key: str) -> dict:
+    """The state dict in a checkpoint file (`weights_only`; a `{"state_dict": ...}` wrapper unwrapped)."""
+    fix = (
+        f"point {key} at a state dict saved with torch.save(model.state_dict(), path), or put the right file at "
+        f"{path}, then run snakemake again (the file is an input of the extract rule: replacing it reruns "
+        "the extraction)"
+    )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling and zip errors come in many types
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+            why = f"its first bytes {head!r} are neither a zip archive (torch.save's format) nor a pickle"
+        else:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            why = f"{type(err).__name__}: {lines[-1][:300] if lines else ''}"
+        raise CheckpointError(
+            f"{key}: {path} is not a checkpoint torch.load(weights_only=True) can read ({why}); expected a "
+            f"PyTorch state dict file; {fix}"
+        ) from err
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{key}: {path} holds a {type(state).__name__}, not a state dict (a mapping of names to tensors); {fix}"
+        )
+    return state
+
+
+def _fit_problems(state: dict, expected: dict) -> list[str]:
+    """How a state dict differs from a model's: missing, unexpected and mis-shaped tensors (a few named each)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    for what, items in (
+        (f"of the model's {len(expected)} tensors missing from the file", missing),
+        (f"of the file's {len(state)} tensors unknown to the model", unexpected),
+        ("tensors of another shape", shapes),
+    ):
+        if items:
+            problems.append(f"{len(items)} {what} (e.g. {', '.join(items[:3])})")
+    return problems
+
+
 def _load_state(model: torch.nn.Module, spec: dict, key: str) -> None:
     """Load a checkpoint file (weights_only) into `model`, through the entry's key map if it has one."""
     path = verify_checkpoint(resolve_checkpoint(spec["weights"], key), key)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    state = _read_checkpoint(path, key)
     if spec.get("key_map"):
         state = apply_key_map(spec["key_map"], state, model.state_dict(), str(path))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
+    problems = _fit_problems(state, model.state_dict())
+    if problems:
         hint = "" if spec.get("key_map") else "; a checkpoint saved by another library needs models.<alias>.key_map"
-        raise RuntimeError(f"{key}: {path} does not fit {spec['name']} ({err}){hint}") from err
+        raise CheckpointError(
+            f"{key}: checkpoint {path} does not fit {spec['source']} model {spec['name']!r}: {'; '.join(problems)}. "
+            f"Expected a state dict of that architecture (the names and shapes of its state_dict()){hint}; point "
+            f"{key} at a checkpoint of {spec['name']!r}, or set the model's name to the checkpoint's architecture, "
+            "then run snakemake again"
+        )
+    model.load_state_dict(state)
 
 
 def load_model(spec: dict, seed: int, key: str = "models.<alias>.weights") -> torch.nn.Module:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..stimuli.files import load_manifest
+from ..stimuli.files import load_verified_manifest
 from .files import load_layers, save_cka, save_layers, save_nuisance, save_samples
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def run_extract(*, inputs, outputs, params, runtime: dict) -> None:
     """
     resources, options = runtime["resources"], runtime["extraction"]
     batch_size = int(resources.get("extract_batch", 0))
+    alias = _config_alias(runtime)
     log.info("batch size %s, mem_mb %s", batch_size or "auto", resources.get("mem_mb"))
     extract_to_folder(
         inputs.manifest,
@@ -61,7 +62,19 @@ def run_extract(*, inputs, outputs, params, runtime: dict) -> None:
         workers=options["workers"],
         storage_dtype=params.storage_dtype,
         progress_every_s=options["progress_every_s"],
+        config_key=f"models.{alias}.weights",
     )
+
+
+def _config_alias(runtime: dict) -> str:
+    """The config's alias of the model an extract or plant job runs (a variant's base model), for messages."""
+    from ..run import SEPARATOR
+
+    wildcards, config = runtime.get("wildcards", {}), runtime.get("config", {})
+    if "model" in wildcards:
+        return str(wildcards["model"]).split(SEPARATOR)[0]
+    dataset = config.get("datasets", {}).get(wildcards.get("dataset"), {})
+    return dataset.get("simulation", {}).get("source_model", "<alias>")
 
 
 def run_cka(*, inputs, outputs, params) -> None:
@@ -110,11 +123,15 @@ def extract_to_folder(
     workers: int | str = "auto",
     storage_dtype: str = "float32",
     progress_every_s: float = 30.0,
+    config_key: str = "models.<alias>.weights",
 ) -> str:
     """Features of every selected layer into the extract folder `out_dir`; returns the cache key.
 
     Images are extracted in shards cached under `cache_dir` (default: beside `out_dir`) by the
-    extraction's identity, so a killed job resumes at the first unverified shard.
+    extraction's identity, so a killed job resumes at the first unverified shard. Every image file
+    is checked against the manifest's SHA-256 first (the identity holds the hashes of the files'
+    bytes), and the folder's `samples.parquet` records each matrix's SHA-256 for its readers.
+    `config_key` names the model's weights in messages about its checkpoint.
     """
     import torch
 
@@ -127,7 +144,7 @@ def extract_to_folder(
     spec = canonical_model(model_spec)
     spec["signals"] = list(signals or model_spec.get("signals") or ("act", "grad"))
     names = list(load_layers(layers_path)["layer"])
-    manifest = load_manifest(manifest_path)
+    manifest = load_verified_manifest(manifest_path)
     identity = feature_identity(spec, seed, preprocessing_config(spec), names, pooling, manifest, storage_dtype)
     cache_dir = Path(cache_dir) if cache_dir else Path(out_dir).parent / ".cache"
     cache = ShardCache(cache_dir, identity, len(manifest), shard_size, spec["signals"], len(names))
@@ -156,12 +173,15 @@ def extract_to_folder(
                 threads,
                 workers,
                 progress_every_s,
+                config_key,
             )
             cache.assemble()
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         cache.link_into(out_dir)
         save_nuisance(out_dir, manifest["image_id"], cache.load_extra("nuisance"))
-    save_samples(out_dir, manifest[["image_id", "group"]], metadata={"cache_key": cache.key, "identity": identity})
+        sums, how = cache.assembled_sha256(), cache.computed_with()
+    meta = {"cache_key": cache.key, "identity": identity, "computed_with": how}
+    save_samples(out_dir, manifest[["image_id", "group"]], metadata=meta, sha256=sums)
     return cache.key
 
 
@@ -178,7 +198,19 @@ def _check_finite(feats: dict[str, list[np.ndarray]], label: str, names: Sequenc
 
 
 def _extract_shards(
-    cache, manifest_path, manifest, spec, names, pooling, seed, device, batch_size, threads, workers, progress_every_s
+    cache,
+    manifest_path,
+    manifest,
+    spec,
+    names,
+    pooling,
+    seed,
+    device,
+    batch_size,
+    threads,
+    workers,
+    progress_every_s,
+    config_key,
 ) -> None:
     """Extract the cache's pending shards and store each one with its checksums."""
     import torch
@@ -199,7 +231,7 @@ def _extract_shards(
     if not pending:
         return
     dev = resolve_device(device)
-    model = load_model(spec, seed)
+    model = load_model(spec, seed, config_key)
     model.to(dev)
     precision = spec.get("precision", "float32")
     dataset = ImageDataset(manifest_path, image_transform(model))
@@ -231,13 +263,14 @@ def _extract_shards(
         n_workers,
         precision,
     )
+    how = {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__}
     batches = iter(image_loader(dataset, [(s.start, s.stop) for s in pending], batch_size, n_workers, dev))
     try:
         for shard in pending:
             shard_batches = itertools.islice(batches, -(-shard.size // batch_size))
             feats = collect_batches(runner, shard_batches, ids, dev, progress.update)
             _check_finite(feats, model_label(spec), names, shard, precision)
-            cache.write_shard(shard, feats)
+            cache.write_shard(shard, feats, {**how, "batch_size": batch_size, "split_to": runner.largest_fit})
             log.info(
                 "shard %d/%d stored (images %d-%d)", shard.index + 1, len(cache.shards), shard.start, shard.stop - 1
             )

@@ -39,6 +39,7 @@ __all__ = [
     "SOURCES",
     "Built",
     "canonical_model",
+    "model_files",
     "model_label",
     "source_of",
     "timm_model_names",
@@ -244,6 +245,10 @@ class TimmSource:
         """What identifies the architecture in the feature cache (the keys brainprop used before sources)."""
         return {"timm": version("timm"), "timm_name": name, "timm_kwargs": kwargs or {}}
 
+    def files(self, name: str) -> list[Path]:
+        """Files the architecture is read from (none: it is in the library)."""
+        return []
+
 
 # torchvision's block lists: non-leaf modules, finest pattern first (first with two matches wins).
 TORCHVISION_BLOCK_PATTERNS: dict[str, str] = {
@@ -354,6 +359,10 @@ class TorchvisionSource:
     def identity(self, name: str, kwargs: dict) -> dict:
         """What identifies the architecture in the feature cache."""
         return {"source": "torchvision", "torchvision": version("torchvision"), "name": name, "kwargs": kwargs or {}}
+
+    def files(self, name: str) -> list[Path]:
+        """Files the architecture is read from (none: it is in the library)."""
+        return []
 
 
 def pretrained_file(member) -> Path:
@@ -515,10 +524,15 @@ class PythonSource:
 
     def identity(self, name: str, kwargs: dict) -> dict:
         """The factory's name, kwargs and the sha256 of its module's source file."""
+        files = self.files(name)
+        digest = hashlib.sha256(files[0].read_bytes()).hexdigest() if files else None
+        return {"source": "python", "name": name, "kwargs": kwargs or {}, "factory_sha256": digest}
+
+    def files(self, name: str) -> list[Path]:
+        """The factory module's source file (found without importing the module itself), when it has one."""
         spec = importlib.util.find_spec(name.split(":")[0])
         origin = spec.origin if spec is not None else None
-        digest = hashlib.sha256(Path(origin).read_bytes()).hexdigest() if origin and Path(origin).is_file() else None
-        return {"source": "python", "name": name, "kwargs": kwargs or {}, "factory_sha256": digest}
+        return [Path(origin)] if origin and Path(origin).is_file() else []
 
 
 SOURCES: dict[str, TimmSource | TorchvisionSource | PythonSource] = {
@@ -526,6 +540,22 @@ SOURCES: dict[str, TimmSource | TorchvisionSource | PythonSource] = {
     "torchvision": TorchvisionSource(),
     "python": PythonSource(),
 }
+
+
+def model_files(entry: dict, key: str = "models.<alias>.weights") -> list[str]:
+    """Files a model entry's features are computed from: its checkpoint file and a python factory's module.
+
+    The workflow declares them as inputs of the model's extraction, so replacing one (a checkpoint
+    overwritten at the same path) reruns exactly the jobs that depend on it.
+    """
+    from .weights import is_checkpoint, resolve_checkpoint
+
+    entry = canonical_model(entry)
+    files = [str(path) for path in source_of(entry).files(entry["name"])]
+    weights = entry.get("weights", "random")
+    if is_checkpoint(weights):
+        files.append(str(resolve_checkpoint(weights, key)))
+    return files
 
 
 def source_of(entry: dict) -> TimmSource | TorchvisionSource | PythonSource:

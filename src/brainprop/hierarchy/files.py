@@ -53,10 +53,7 @@ TARGET_DEPTH_COLUMNS = tuple(TARGET_DEPTH_TYPES)
 def _checked(path: str | os.PathLike, table: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise CorruptFileError(
-            f"{path}: {what} lacks columns {missing}; expected {list(columns)}. "
-            "Delete the file and rerun snakemake to recompute it."
-        )
+        raise CorruptFileError(f"{path}: {what} lacks columns {missing}; expected {list(columns)}", path)
     return table
 
 

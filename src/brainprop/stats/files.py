@@ -57,10 +57,7 @@ def _checked(path: str | os.PathLike, columns: Sequence[str], what: str) -> pd.D
     table = read_table(path)
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise CorruptFileError(
-            f"{path}: {what} lacks columns {missing}; expected {list(columns)}. "
-            "Delete the file and rerun snakemake to recompute it."
-        )
+        raise CorruptFileError(f"{path}: {what} lacks columns {missing}; expected {list(columns)}", path)
     return table
 
 

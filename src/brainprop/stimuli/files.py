@@ -3,7 +3,9 @@
 Paths are templates relative to the run folder `results/{run}` (`brainprop.run.Run.path`).
 A manifest is a Parquet table, one row per image in image order, columns `MANIFEST_COLUMNS`;
 `path` is relative to the manifest's folder (or absolute for a dataset's own image files).
-Every other stage reads it through the functions here.
+Every other stage reads it through the functions here; a stage that reads the images themselves
+takes the manifest from `load_verified_manifest`, which hashes every image file and refuses one
+that differs from the manifest's `sha256` (the image changed after the manifest was written).
 """
 
 from __future__ import annotations
@@ -11,19 +13,22 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
-from ..io import read_table, write_table
+from ..io import CorruptFileError, read_table, write_table
 
 __all__ = [
     "MANIFEST",
     "MANIFEST_COLUMNS",
     "count_images",
+    "image_sha256",
     "load_images",
     "load_manifest",
+    "load_verified_manifest",
     "verify_manifest",
     "write_manifest",
 ]
@@ -57,9 +62,7 @@ def count_images(path: str | os.PathLike) -> int:
     try:
         return len(pd.read_parquet(path, columns=["image_id"]))
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(
-            f"{path}: cannot read this manifest's image ids ({err}); delete it and rerun snakemake"
-        ) from err
+        raise CorruptFileError(f"{path}: cannot read this manifest's image ids ({err})", path) from err
 
 
 def _sha256(path: Path) -> str:
@@ -67,20 +70,56 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def image_sha256(paths: list[Path], threads: int | None = None) -> list[str | None]:
+    """SHA-256 of each image file (None for a missing one), hashed on a few threads (hashlib frees the GIL)."""
+
+    def one(path: Path) -> str | None:
+        return _sha256(path) if path.is_file() else None
+
+    with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(one, paths))
+
+
+def _image_problems(path: str | os.PathLike, manifest: pd.DataFrame) -> tuple[list[str], list[str | None]]:
+    """Problems of a manifest's image files (missing, hash mismatch) and each file's actual SHA-256."""
+    root = Path(path).parent
+    files = [root / relative for relative in manifest["path"]]
+    actual = image_sha256(files)
+    problems = []
+    for image_path, image_id, expected, digest in zip(files, manifest["image_id"], manifest["sha256"], actual):
+        if digest is None:
+            problems.append(f"{image_path}: missing image file (image_id {image_id})")
+        elif digest != expected:
+            problems.append(
+                f"{image_path}: sha256 {digest} does not match the manifest's {expected} "
+                f"(image_id {image_id}); the file was modified after the manifest was written"
+            )
+    return problems, actual
+
+
 def verify_manifest(path: str | os.PathLike) -> list[str]:
     """Return the problems of a manifest's images (missing file, hash mismatch); empty when all is well."""
-    root = Path(path).parent
-    problems = []
-    for row in load_manifest(path).itertuples(index=False):
-        image_path = root / row.path
-        if not image_path.is_file():
-            problems.append(f"{image_path}: missing image file (image_id {row.image_id})")
-        elif (actual := _sha256(image_path)) != row.sha256:
-            problems.append(
-                f"{image_path}: sha256 {actual} does not match the manifest's {row.sha256} "
-                f"(image_id {row.image_id}); the file was modified after the manifest was written"
-            )
-    return problems
+    return _image_problems(path, load_manifest(path))[0]
+
+
+def load_verified_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """The manifest, after checking every image file's SHA-256 against it (CorruptFileError naming each problem).
+
+    Its `sha256` column then holds the hashes of the files' bytes as they are now, so whatever is
+    keyed on it (the feature cache) follows the images themselves.
+    """
+    manifest = load_manifest(path)
+    problems, actual = _image_problems(path, manifest)
+    if problems:
+        listed = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise CorruptFileError(
+            f"{path}: {len(problems)} of its {len(manifest)} image files differ from the manifest (expected the "
+            f"bytes it hashed when the stimuli rule wrote it):\n  {listed}\nNothing was extracted from them. "
+            "To take the image files as they are now (a dataset's images) or to rebuild them (a generated "
+            "image set), rerun the stimuli rule",
+            path,
+        )
+    return manifest.assign(sha256=actual)
 
 
 def load_images(

@@ -5,7 +5,10 @@ Each kind's module (nsd, nsd_algonauts, things_fmri, things_meg, things_eeg2) pr
 - `check(root, ds, subject) -> list[Finding]`: what is present, missing or not in the format;
 - `images(root, ds, out_dir) -> DataFrame`: the image set the selected subjects saw
   (image_id, path, group, source, width, height; paths absolute or relative to out_dir);
-- `read_subject(root, ds, subject, image_ids) -> (seen_ids, Y, targets, counts)`.
+- `read_subject(root, ds, subject, image_ids) -> (seen_ids, Y, targets, counts)`;
+- `files(root, ds, subject)` and `image_files(root, ds)`: the paths `read_subject` and `images`
+  read, from the config alone (no file is opened), which the workflow declares as inputs of the
+  brain and stimuli rules, so that a replaced dataset file reruns exactly what read it.
 
 The functions here turn those into the contract's formats: the check report, the manifest's rows
 and a subject's data in the subject-folder format (`brainprop.brain.files`); the brain and
@@ -14,9 +17,11 @@ stimuli rules (`brainprop.brain.rules`, `brainprop.stimuli.rules`) write them.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -32,7 +37,9 @@ __all__ = [
     "Finding",
     "build_manifest",
     "check_dataset",
+    "dataset_files",
     "format_report",
+    "image_set_files",
     "modality",
     "published_image_count",
     "reader",
@@ -89,6 +96,32 @@ def modality(kind: str) -> str:
     return reader(kind).MODALITY
 
 
+def dataset_files(ds: dict, subject: str | None = None) -> list[str]:
+    """The existing files a real dataset's reader reads for one subject (or every subject): brain inputs.
+
+    Sorted paths, found from the config alone. Files that are absent, or a subject name the reader
+    does not know, are left to the check rule, which reports them; what is listed here only makes
+    Snakemake rerun a job whose files changed.
+    """
+    module, root = reader(ds["kind"]), Path(ds["root"])
+    return _existing(lambda: [p for s in ([subject] if subject else ds["subjects"]) for p in module.files(root, ds, s)])
+
+
+def image_set_files(ds: dict) -> list[str]:
+    """The existing files a real dataset's image set is built from (design tables, image files): stimuli inputs."""
+    module, root = reader(ds["kind"]), Path(ds["root"])
+    return _existing(lambda: module.image_files(root, ds))
+
+
+def _existing(listing: Callable[[], list]) -> list[str]:
+    """The sorted existing files of a reader's listing; none when the listing itself fails (the check reports why)."""
+    try:
+        paths = listing()
+    except (DatasetError, KeyError, ValueError, OSError):
+        return []
+    return sorted({str(p) for p in paths if Path(p).is_file()})
+
+
 def check_dataset(ds: dict) -> pd.DataFrame:
     """Per subject, every file looked for with its status (found | missing | mismatch) and detail."""
     root = Path(ds["root"])
@@ -96,8 +129,28 @@ def check_dataset(ds: dict) -> pd.DataFrame:
         findings = [Finding(s, "root", str(root), "missing", "dataset root is not a folder") for s in ds["subjects"]]
     else:
         module = reader(ds["kind"])
-        findings = [f for subject in ds["subjects"] for f in module.check(root, ds, subject)]
+        findings = [_with_near_names(f) for subject in ds["subjects"] for f in module.check(root, ds, subject)]
     return pd.DataFrame([f.__dict__ for f in findings], columns=["subject", "item", "path", "status", "detail"])
+
+
+def _with_near_names(finding: Finding) -> Finding:
+    """A missing file's finding, with the entries near the first missing part of its path (a misnamed folder)."""
+    if finding.status != "missing":
+        return finding
+    path = Path(finding.path)
+    parent = next((p for p in path.parents if p.is_dir()), None)
+    if parent is None or parent == path:
+        return finding
+    wanted = path.relative_to(parent).parts[0]
+    if wanted == path.name and finding.subject not in wanted:
+        return finding  # a file missing beside its siblings, not a misnamed folder or subject
+    entries = sorted(e.name for e in parent.iterdir())
+    near = difflib.get_close_matches(wanted, entries, n=3, cutoff=0.6)
+    if not near:
+        return finding
+    hint = f"{parent} has no {wanted!r} but has {near}: a misnamed folder or subject? the reader expects {wanted!r}"
+    detail = f"{finding.detail}; {hint}" if finding.detail else hint
+    return Finding(finding.subject, finding.item, finding.path, finding.status, detail)
 
 
 def format_report(report: pd.DataFrame) -> str:
@@ -151,6 +204,21 @@ def _finish_targets(ds: dict, targets: pd.DataFrame, kind_modality: str) -> pd.D
     )
 
 
+def _check_rows(ds: dict, subject: str, seen: list[str], Y: np.ndarray) -> None:
+    """Refuse images whose response is non-finite in every target (they would take every target with them)."""
+    empty = np.flatnonzero(~np.isfinite(Y).any(axis=1)) if Y.shape[1] else np.array([], dtype=int)
+    if empty.size:
+        ids = [seen[k] for k in empty[:10]]
+        files = dataset_files(ds, subject)
+        raise DatasetError(
+            f"{ds['kind']} subject {subject} at {ds['root']}: {empty.size} image(s) {ids} have no finite response "
+            f"in any of the {Y.shape[1]} targets (NaN or infinite in the files read: {files[:5]}"
+            f"{' ...' if len(files) > 5 else ''}); expected a finite response to every image the subject saw. "
+            "Fix or replace those dataset files, then run snakemake again (they are inputs of the brain rule, so "
+            "a replaced file reruns this subject)"
+        )
+
+
 def subject_data(ds: dict, subject: str, manifest: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """One real subject's (Y, target table, samples) in the subject-folder format (brain/files.py).
 
@@ -169,6 +237,7 @@ def subject_data(ds: dict, subject: str, manifest: pd.DataFrame) -> tuple[np.nda
             len(manifest),
             len(seen),
         )
+    _check_rows(ds, subject, seen, Y)
     finite = np.isfinite(Y).all(axis=0)
     if not finite.all():
         log.warning(

@@ -15,7 +15,9 @@ __all__ = [
     "TARGET_COLUMNS",
     "DatasetError",
     "Finding",
+    "IMAGE_SUFFIXES",
     "RepetitionMean",
+    "files_under",
     "image_group",
     "kknc_ncsnr",
     "nc_from_ncsnr",
@@ -81,6 +83,16 @@ def resolve(root: str | Path, path: str | Path) -> Path:
     """`path` itself when absolute, else relative to the dataset root."""
     path = Path(path)
     return path if path.is_absolute() else Path(root) / path
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def files_under(folder: Path, suffixes: tuple[str, ...] | None = None) -> list[Path]:
+    """Every file below `folder` (with one of `suffixes`, any case), sorted; none when it is not a folder."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and (suffixes is None or p.suffix.lower() in suffixes))
 
 
 def require_file(path: Path, what: str) -> Path:

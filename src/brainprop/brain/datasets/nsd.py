@@ -343,6 +343,27 @@ def _ncsnr(root: Path, opts: dict, subject: str, targets: pd.DataFrame) -> np.nd
 # ---------------------------------------------------------------- reader interface
 
 
+def files(root: Path, ds: dict, subject: str) -> list[Path]:
+    """The files `read_subject` reads for one subject (design, betas of the selected sessions, ROIs, ncsnr)."""
+    opts = _options(ds)
+    out = [_expdesign_path(root)]
+    for session in _sessions(opts, subject):
+        out += _session_files(root, opts, subject, session)
+    for family in _rois(opts):
+        labels, ctab = _roi_files(root, opts, subject, family)
+        out += [*labels, ctab]
+    return out + _ncsnr_files(root, opts, subject)
+
+
+def image_files(root: Path, ds: dict) -> list[Path]:
+    """The files `images` builds the image set from: the design and the image brick.
+
+    (`images` also counts each session's trials from its betas header; the betas files are the
+    brain rule's inputs, not the image set's, so that a replaced session reruns its subject only.)
+    """
+    return [_expdesign_path(root), _stimuli_path(root)]
+
+
 def check(root: Path, ds: dict, subject: str) -> list[Finding]:
     """What is present for one subject, what is missing and what does not match the format."""
     opts = _options(ds)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._common import DatasetError, Finding, Probe, require_file
+from ._common import IMAGE_SUFFIXES, DatasetError, Finding, Probe, files_under, require_file
 from .geometry import fsaverage_coordinates
 
 __all__ = ["check", "images", "read_mapping", "read_subject"]
@@ -97,6 +97,17 @@ def _labels(root: Path, subject: str, hemi: str, family: str, n: int) -> np.ndar
     if labels.shape != (n,):
         raise DatasetError(f"{path}: shape {labels.shape}; expected ({n},) like {hemi}_training_fmri.npy's columns")
     return labels.astype(np.int64)
+
+
+def files(root: Path, ds: dict, subject: str) -> list[Path]:
+    """The files `read_subject` reads for one subject (training fMRI, ROI masks, training image names)."""
+    images = files_under(_image_dir(root, subject), IMAGE_SUFFIXES)
+    return [*(_fmri_path(root, subject, h) for h in _HEMIS), *files_under(_masks(root, subject)), *images]
+
+
+def image_files(root: Path, ds: dict) -> list[Path]:
+    """The files `images` builds the image set from (every subject's training images)."""
+    return [p for subject in ds["subjects"] for p in files_under(_image_dir(root, subject), IMAGE_SUFFIXES)]
 
 
 def check(root: Path, ds: dict, subject: str) -> list[Finding]:

@@ -32,7 +32,17 @@ import numpy as np
 import pandas as pd
 
 from . import timing
-from ._common import DatasetError, Finding, Probe, kknc_ncsnr, nc_from_ncsnr, resolve, split_half_ncsnr
+from ._common import (
+    IMAGE_SUFFIXES,
+    DatasetError,
+    Finding,
+    Probe,
+    files_under,
+    kknc_ncsnr,
+    nc_from_ncsnr,
+    resolve,
+    split_half_ncsnr,
+)
 
 __all__ = ["CHANNELS", "SPLITS", "check", "images", "load_pickled_dict", "read_subject", "subject_number"]
 
@@ -147,6 +157,19 @@ def _image_table(root: Path, ds: dict) -> dict[str, pd.DataFrame]:
     if ids.duplicated().any():
         raise DatasetError(f"{path}: image files {sorted(set(ids[ids.duplicated()]))[:5]} are listed twice")
     return tables
+
+
+def files(root: Path, ds: dict, subject: str) -> list[Path]:
+    """The files `read_subject` reads for one subject (its training and test EEG, the image metadata)."""
+    eeg = [_eeg_path(root, ds, subject, split) for split in SPLITS]
+    return [*eeg, _image_root(root, ds) / "image_metadata.npy"]
+
+
+def image_files(root: Path, ds: dict) -> list[Path]:
+    """The files `images` builds the image set from (the image metadata, the training and test images)."""
+    folder = _image_root(root, ds)
+    images = [p for split in SPLITS for p in files_under(folder / f"{split}_images", IMAGE_SUFFIXES)]
+    return [folder / "image_metadata.npy", *images]
 
 
 def check(root: Path, ds: dict, subject: str) -> list[Finding]:

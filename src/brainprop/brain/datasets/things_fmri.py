@@ -18,7 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._common import DatasetError, Finding, Probe, kknc_ncsnr, nc_from_ncsnr, require_file, resolve, zscore_columns
+from ._common import (
+    IMAGE_SUFFIXES,
+    DatasetError,
+    Finding,
+    Probe,
+    files_under,
+    kknc_ncsnr,
+    nc_from_ncsnr,
+    require_file,
+    resolve,
+    zscore_columns,
+)
 from .geometry import table_coordinates
 
 __all__ = ["check", "concept_of", "images", "read_subject", "response_layout"]
@@ -111,6 +122,18 @@ def _roi_columns(voxels: pd.DataFrame, rois: list[str], path: Path) -> list[tupl
                 f"{[c for c in voxels.columns if not c.startswith('glasser')][13:40]}"
             )
     return out
+
+
+def files(root: Path, ds: dict, subject: str) -> list[Path]:
+    """The files `read_subject` reads for one subject (its three tables and its brain mask)."""
+    tables = ("StimulusMetadata.csv", "VoxelMetadata.csv", "ResponseData.h5")
+    return [*(_table(root, ds, subject, name) for name in tables), _brainmask(root, ds, subject)]
+
+
+def image_files(root: Path, ds: dict) -> list[Path]:
+    """The files `images` builds the image set from (the subjects' stimulus tables, the THINGS images)."""
+    tables = [_table(root, ds, subject, "StimulusMetadata.csv") for subject in ds["subjects"]]
+    return tables + files_under(resolve(root, _opts(ds)["images"]), IMAGE_SUFFIXES)
 
 
 def check(root: Path, ds: dict, subject: str) -> list[Finding]:

@@ -21,7 +21,17 @@ import numpy as np
 import pandas as pd
 
 from . import timing
-from ._common import DatasetError, Finding, RepetitionMean, kknc_ncsnr, nc_from_ncsnr, require_file, resolve
+from ._common import (
+    IMAGE_SUFFIXES,
+    DatasetError,
+    Finding,
+    RepetitionMean,
+    files_under,
+    kknc_ncsnr,
+    nc_from_ncsnr,
+    require_file,
+    resolve,
+)
 from .things_fmri import concept_of
 
 __all__ = ["check", "images", "participant", "read_subject"]
@@ -91,6 +101,22 @@ def _kept(attributes: pd.DataFrame, events: np.ndarray, path: Path) -> np.ndarra
         )
     log.info("%s: %d catch trials dropped of %d epochs", path.name, int(catch_type.sum()), len(catch_type))
     return np.flatnonzero(~catch_type)
+
+
+def files(root: Path, ds: dict, subject: str) -> list[Path]:
+    """The files `read_subject` reads for one participant (sample attributes, and the epochs or BIDS recordings)."""
+    recordings = (
+        files_under(root / f"sub-BIGMEG{participant(subject)}")
+        if _opts(ds)["route"] == "bids"
+        else [_epochs_path(root, subject)]
+    )
+    return [_attributes_path(root, subject), *recordings]
+
+
+def image_files(root: Path, ds: dict) -> list[Path]:
+    """The files `images` builds the image set from (the participants' sample attributes, the THINGS images)."""
+    tables = [_attributes_path(root, subject) for subject in ds["subjects"]]
+    return tables + files_under(resolve(root, _opts(ds)["images"]), IMAGE_SUFFIXES)
 
 
 def check(root: Path, ds: dict, subject: str) -> list[Finding]:
