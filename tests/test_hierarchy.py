@@ -221,8 +221,10 @@ def test_subject_hierarchy_both_modalities_and_signals():
     best, tm, hier = subject_hierarchy(enc, "glasser", threshold=0.95, min_count=3)
     for name, table in (("best_layers", best), ("tmax", tm), ("hierarchy", hier)):
         assert not validate_table(name, table), name
-    assert len(hier) == 4 and set(hier["score"]) == {"spatial", "temporal"}
-    row = hier[(hier["signal"] == "act") & (hier["score"] == "temporal")].iloc[0]
+    assert len(hier) == 6 and set(hier["score"]) == {"spatial", "temporal"}
+    units = [("spatial", "roi"), ("temporal", "layer"), ("temporal", "time")]
+    assert sorted(zip(hier["score"], hier["unit"])) == sorted(units * 2)
+    row = hier[(hier["signal"] == "act") & (hier["score"] == "temporal") & (hier["unit"] == "layer")].iloc[0]
     assert row["atlas"] == "" and row["modality"] == "meg"
     assert row["value"] == pytest.approx(temporal_score(tm[tm["signal"] == "act"])[0])
     assert (row["n_used"], row["n_excluded"]) == (4, 1)
@@ -236,7 +238,7 @@ def test_subject_hierarchy_both_modalities_and_signals():
 def test_subject_hierarchy_one_modality(modality):
     enc = fmri_rows(R_ROI, DIST) if modality == "fmri" else meg_rows(R_TIME, TIMES)
     best, tm, hier = subject_hierarchy(enc, "glasser", 0.95, 3)
-    assert hier["score"].tolist() == ["spatial" if modality == "fmri" else "temporal"]
+    assert hier["score"].tolist() == ["spatial"] if modality == "fmri" else ["temporal"] * 2
     assert not validate_table("hierarchy", hier) and not validate_table("tmax", tm)
     assert len(best if modality == "fmri" else tm) > 0
 
@@ -349,12 +351,20 @@ def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path):
             }
         )
         identity = {"dataset": "sim", "model": "m", "signal": "act", "layer_index": k, "subject": "01"}
-        save_target_scores(scores[-1], per_target, identity, {})
+        save_target_scores(scores[-1], per_target, identity, {"n_images": 50})
     outputs = SimpleNamespace(
         **{k: tmp_path / f"{k}.parquet" for k in ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")}
     )
     params = SimpleNamespace(
-        hierarchy={"atlas": "glasser", "threshold": 0.95, "min_count": 3, "exclude": "nonpositive"}
+        hierarchy={
+            "atlas": "glasser",
+            "threshold": 0.95,
+            "min_count": 3,
+            "exclude": "nonpositive",
+            "spatial_unit": "roi",
+            "tmax_window": [0.0, None],
+            "map_fdr": 0.01,
+        }  # fmt: skip
     )
     inputs = SimpleNamespace(summaries=summaries, scores=scores, targets=tmp_path / "targets.parquet")
     run_hierarchy(inputs=inputs, outputs=outputs, params=params)

@@ -211,6 +211,9 @@ def hierarchy_params(dataset):
         "threshold": config["hierarchy"]["tmax_threshold"],
         "min_count": config["hierarchy"]["min_count"],
         "exclude": config["hierarchy"]["exclude"],
+        "spatial_unit": config["hierarchy"]["spatial_unit"],
+        "tmax_window": config["hierarchy"]["tmax_window"],
+        "map_fdr": config["stats"]["map_fdr"],
     }
 
 
@@ -295,7 +298,7 @@ def group_inputs(wildcards):
     ds, model = wildcards.dataset, wildcards.model
     tables = {
         kind: subject_tables(ds, model, kind)
-        for kind in ("encoding", "best_layers", "tmax", "hierarchy")
+        for kind in ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")
     }
     return {
         **tables,

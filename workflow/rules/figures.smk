@@ -29,6 +29,7 @@ rule figures:
         roi_levels={name: ds["roi_levels"] for name, ds in DATASETS.items()},
         simulated=RUN.simulated,
         alpha=config["stats"]["alpha"],
+        spatial_unit=config["hierarchy"]["spatial_unit"],
     script:
         "../scripts/run.py"
 

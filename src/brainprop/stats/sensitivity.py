@@ -26,16 +26,27 @@ __all__ = ["sensitivity_table"]
 _KEYS = ["dataset", "modality", "model", "signal", "test", "level"]
 
 
-def _tests(enc: pd.DataFrame, params: dict) -> pd.DataFrame:
+def _tests(enc: pd.DataFrame, params: dict, targets: pd.DataFrame | None = None) -> pd.DataFrame:
+    targets = targets if params.get("spatial_unit", "roi") == "target" else None
     best, tm, hier = subject_hierarchy(
-        enc, params["atlas"], params["threshold"], params["min_count"], params["exclude"]
+        enc,
+        params["atlas"],
+        params["threshold"],
+        params["min_count"],
+        params["exclude"],
+        targets=targets,
+        window=params.get("tmax_window"),
     )
-    out = group_tests(enc, best, tm, hier, params)
+    out = group_tests(enc, best, tm, hier, params, targets=targets)
     return out[out["test"].isin(SCORE_TESTS)]
 
 
 def sensitivity_table(
-    enc: pd.DataFrame, params: dict, choices: dict, variants: dict[str, pd.DataFrame] | None = None
+    enc: pd.DataFrame,
+    params: dict,
+    choices: dict,
+    variants: dict[str, pd.DataFrame] | None = None,
+    targets: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Tests T1, T2, S1a, S1b of one dataset × model under each open choice, one at a time.
 
@@ -45,20 +56,23 @@ def sensitivity_table(
     params : the group stage's params (atlas, threshold, exclude, min_count, seed, ...): the defaults.
     choices : `tmax_threshold` (list of fractions), `exclude` (list of rule names).
     variants : `"pooling=mean"`-style label -> that variant's tests table (rows of any model).
+    targets : the model's per-target depth rows (all subjects), for params spatial_unit 'target'.
     """
     params = {"threshold": 0.95, "exclude": "nonpositive"} | dict(params)
-    rows = [_tests(enc, params).assign(choice="default", value="")]
+    rows = [_tests(enc, params, targets).assign(choice="default", value="")]
     for threshold in choices.get("tmax_threshold", []):
         if threshold != params["threshold"]:
             rows.append(
-                _tests(enc, params | {"threshold": threshold}).assign(choice="tmax_threshold", value=f"{threshold:g}")
+                _tests(enc, params | {"threshold": threshold}, targets).assign(
+                    choice="tmax_threshold", value=f"{threshold:g}"
+                )
             )
     for exclude in choices.get("exclude", []):
         if exclude != params["exclude"]:
-            rows.append(_tests(enc, params | {"exclude": exclude}).assign(choice="exclude", value=exclude))
+            rows.append(_tests(enc, params | {"exclude": exclude}, targets).assign(choice="exclude", value=exclude))
     fmri = enc[enc["modality"] == "fmri"]
     for atlas in sorted(set(fmri["atlas"]) - {params["atlas"]}):
-        spatial = _tests(enc, params | {"atlas": atlas})
+        spatial = _tests(enc, params | {"atlas": atlas, "spatial_unit": "roi"})
         rows.append(spatial[spatial["modality"] == "fmri"].assign(choice="atlas", value=atlas))
     model = str(enc["model"].iloc[0]) if len(enc) else ""
     for label, tests in (variants or {}).items():
