@@ -6,6 +6,7 @@ from brainprop.brain import files as brain_files
 from brainprop.config import ConfigError, validate_config
 from brainprop.configfile import check_config_files
 from brainprop.contract import TABLES
+from brainprop.deviations import run_deviations
 from brainprop.encoding import files as encoding_files
 from brainprop.features import files as features_files
 from brainprop.features.sources import model_label
@@ -381,6 +382,7 @@ def final_outputs():
         *figure_outputs(),
         *map_outputs(),
         rules.figures.output.tests,
+        rules.figures.output.summary,
         *paths(rules.truth.output.truth, [{"dataset": ds} for ds in RUN.simulated]),
         *paths(rules.calibration.output.calibration, calibration),
         *paths(rules.calibration.output.figure, calibration),

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..deviations import DEVIATION_COLUMNS
 from .catalog import FIGURE_TABLES, figure_entries
 from .cka import plot_cka_grid
 from .comparison import plot_model_comparison, plot_rule_signatures
@@ -121,7 +122,7 @@ def run_figures(*, inputs, outputs, params) -> None:
     """The figures rule: every table figure of the run, and the tests page of the report."""
     from ..brain.files import load_truth
     from ..stats.files import load_run_table
-    from .report import write_tests_html
+    from .report import write_summary_rst, write_tests_html
 
     tables = {name: load_run_table(inputs[name], name) for name in FIGURE_TABLES}
     truth = {ds: load_truth(path) for ds, path in zip(params.simulated, inputs.truth)}
@@ -136,8 +137,10 @@ def run_figures(*, inputs, outputs, params) -> None:
         spatial_unit=params.spatial_unit,
     )
     _check_written(paths, outputs.figures, "figures")
-    write_tests_html(tables["tests"], outputs.tests)
-    log.info("%d figure files and the tests table written", len(paths))
+    deviations = pd.DataFrame(params.deviations, columns=list(DEVIATION_COLUMNS))
+    write_tests_html(tables["tests"], outputs.tests, params.alpha, deviations)
+    write_summary_rst(tables["tests"], outputs.summary, params.alpha, deviations)
+    log.info("%d figure files, the tests page and the report's summary written", len(paths))
 
 
 def _subject_inputs(inputs, params) -> dict:
