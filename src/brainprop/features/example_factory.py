@@ -127,10 +127,7 @@ def owlvit_image_encoder(
     """
     from transformers import OwlViTConfig, OwlViTModel
 
-    if pretrained:
-        full = OwlViTModel.from_pretrained(checkpoint)
-    else:
-        full = OwlViTModel(OwlViTConfig(**(config or {})))
+    full = OwlViTModel.from_pretrained(checkpoint) if pretrained else OwlViTModel(OwlViTConfig(**(config or {})))
     vision_config = full.config.vision_config
     module = OwlViTImageEncoder(full.vision_model, full.visual_projection)
     del full  # the text tower is not needed
