@@ -172,7 +172,7 @@ def test_the_vertex_level_spatial_score_recomputes_from_the_tables(paper_run):
         row = spatial.loc[(signal, "target")]
         assert row["value"] == pytest.approx(expected, abs=1e-12) and row["n_used"] == len(used)
     print("spatial scores:", spatial["value"].round(3).to_dict())
-    assert spatial.loc[("act", "target"), "value"] > 0.5 and spatial.loc[("act", "target"), "n_used"] > 50
+    assert spatial.loc[("act", "target"), "value"] > 0.3 and spatial.loc[("act", "target"), "n_used"] > 50
     tests = pd.read_parquet(out / "tables" / "tests.parquet")
     s1a = tests[(tests["dataset"] == "nsd") & (tests["test"] == "S1a") & (tests["signal"] == "act")].iloc[0]
     assert s1a["effect"] == pytest.approx(spatial.loc[("act", "target"), "value"])  # S1a follows spatial_unit

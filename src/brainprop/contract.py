@@ -144,6 +144,7 @@ VALUES: dict[tuple[str, str], set[str]] = {
     ("encoding", "modality"): {"fmri", "meg"},
     ("encoding", "hemi"): {"lh", "rh", "both", ""},
     ("hierarchy", "score"): {"spatial", "temporal"},
+    ("hierarchy", "unit"): {"roi", "target", "layer", "time"},  # an extra column (docs/results.md)
     ("tests", "test"): {"T1", "T2", "S1a", "S1b", "E"},
     ("tests", "alternative"): {"less", "greater", "two-sided"},
     ("comparisons", "comparison"): {"act_vs_grad", "models", "rank"},
