@@ -605,7 +605,11 @@ def test_make_figures_writes_the_announced_files(tables, tmp_path):
 def test_tests_html_lists_every_row(tables, tmp_path):
     write_tests_html(tables["tests"], tmp_path / "report" / "tests.html")
     html = (tmp_path / "report" / "tests.html").read_text()
-    assert html.count("<tr") == len(tables["tests"]) + 1  # header + rows
+    assert html.index("<h2>Verdicts") < html.index("<h2>Findings") < html.index("<h2>Tests")  # the answer first
+    full = html[html.index("<h2>Tests") :]
+    assert full.count("<tr") == len(tables["tests"]) + 1  # header + rows
+    findings = html[html.index("<h2>Findings") : html.index("<h2>Tests")]
+    assert findings.count("<tr") == len(tables["tests"]) + 1
     first = tables["tests"].sort_values(["dataset", "model", "signal"]).iloc[0]
     assert f"{first['effect']:.4g}" in html
 

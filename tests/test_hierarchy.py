@@ -221,8 +221,10 @@ def test_subject_hierarchy_both_modalities_and_signals():
     best, tm, hier = subject_hierarchy(enc, "glasser", threshold=0.95, min_count=3)
     for name, table in (("best_layers", best), ("tmax", tm), ("hierarchy", hier)):
         assert not validate_table(name, table), name
-    assert len(hier) == 4 and set(hier["score"]) == {"spatial", "temporal"}
-    row = hier[(hier["signal"] == "act") & (hier["score"] == "temporal")].iloc[0]
+    assert len(hier) == 6 and set(hier["score"]) == {"spatial", "temporal"}
+    units = [("spatial", "roi"), ("temporal", "layer"), ("temporal", "time")]
+    assert sorted(zip(hier["score"], hier["unit"])) == sorted(units * 2)
+    row = hier[(hier["signal"] == "act") & (hier["score"] == "temporal") & (hier["unit"] == "layer")].iloc[0]
     assert row["atlas"] == "" and row["modality"] == "meg"
     assert row["value"] == pytest.approx(temporal_score(tm[tm["signal"] == "act"])[0])
     assert (row["n_used"], row["n_excluded"]) == (4, 1)
@@ -236,7 +238,7 @@ def test_subject_hierarchy_both_modalities_and_signals():
 def test_subject_hierarchy_one_modality(modality):
     enc = fmri_rows(R_ROI, DIST) if modality == "fmri" else meg_rows(R_TIME, TIMES)
     best, tm, hier = subject_hierarchy(enc, "glasser", 0.95, 3)
-    assert hier["score"].tolist() == ["spatial" if modality == "fmri" else "temporal"]
+    assert hier["score"].tolist() == ["spatial"] if modality == "fmri" else ["temporal"] * 2
     assert not validate_table("hierarchy", hier) and not validate_table("tmax", tm)
     assert len(best if modality == "fmri" else tm) > 0
 
@@ -349,12 +351,20 @@ def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path):
             }
         )
         identity = {"dataset": "sim", "model": "m", "signal": "act", "layer_index": k, "subject": "01"}
-        save_target_scores(scores[-1], per_target, identity, {})
+        save_target_scores(scores[-1], per_target, identity, {"n_images": 50})
     outputs = SimpleNamespace(
         **{k: tmp_path / f"{k}.parquet" for k in ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")}
     )
     params = SimpleNamespace(
-        hierarchy={"atlas": "glasser", "threshold": 0.95, "min_count": 3, "exclude": "nonpositive"}
+        hierarchy={
+            "atlas": "glasser",
+            "threshold": 0.95,
+            "min_count": 3,
+            "exclude": "nonpositive",
+            "spatial_unit": "roi",
+            "tmax_window": [0.0, None],
+            "map_fdr": 0.01,
+        }  # fmt: skip
     )
     inputs = SimpleNamespace(summaries=summaries, scores=scores, targets=tmp_path / "targets.parquet")
     run_hierarchy(inputs=inputs, outputs=outputs, params=params)
@@ -368,3 +378,72 @@ def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path):
         run_hierarchy(inputs=SimpleNamespace(**{**vars(inputs), "scores": swapped}), outputs=outputs, params=params)
     with pytest.raises(ValueError, match="lacks columns"):
         load_target_depths(outputs.best_layers)
+
+
+def _planted_targets(seed: int = 3):
+    """Per-target r of 6 ROIs x 8 targets at the 5 layers of DEPTHS: ROI k peaks at layer min(k, 4), a third
+    of the targets weak (below any threshold); ROI distances rise with k. Returns (long scores, targets)."""
+    rng = np.random.default_rng(seed)
+    rois = [f"R{k}" for k in range(6)]
+    dist = {roi: 12.0 * k + rng.uniform(0, 3) for k, roi in enumerate(rois)}
+    rows, targets = [], []
+    for k, roi in enumerate(rois):
+        for j in range(8):
+            t = 100 + 8 * k + j
+            peak = min(k, 4) if j % 4 else int(rng.integers(0, 5))  # every 4th target: another best layer
+            scale = 0.02 if j % 3 == 0 else 0.5  # weak targets fail the map threshold
+            r = scale * np.exp(-0.5 * (np.arange(5) - peak) ** 2) + 0.01 * rng.standard_normal(5)
+            rows += [{"signal": "act", "layer_index": i, "depth": DEPTHS[i], "target": t, "r": r[i]} for i in range(5)]
+            targets.append({"target": t, "atlas": "glasser", "roi": roi, "hemi": "lh" if j < 4 else "rh",
+                            "roi_distance_mm": dist[roi]})  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(targets)
+
+
+def test_target_level_spatial_score_equals_a_hand_computation():
+    scores, targets = _planted_targets()
+    n_images, fdr = 60, 0.01
+    identity = {"dataset": "sim", "model": "m", "subject": "01"}
+    depths = subject_target_depths(scores, identity, "nonpositive", targets, {"n_images": n_images, "fdr": fdr})
+    # By hand: r per target and layer, its one-sided t-test p over n images, BH over targets x layers
+    # (scipy's false_discovery_control), the best layer's q, Pearson over the passing targets.
+    wide = scores.pivot(index="target", columns="layer_index", values="r")
+    r = wide.to_numpy()
+    t = r * np.sqrt((n_images - 2) / (1 - r**2))
+    p = stats.t.sf(t, n_images - 2)
+    q = stats.false_discovery_control(p.ravel()).reshape(p.shape)
+    best = r.argmax(axis=1)
+    q_best = q[np.arange(len(r)), best]
+    passing = (q_best <= fdr) & (r.max(axis=1) > 0)
+    dist = targets.set_index("target").loc[wide.index, "roi_distance_mm"].to_numpy()
+    expected = np.corrcoef(DEPTHS[best][passing], dist[passing])[0, 1]
+    assert 10 < passing.sum() < len(r)  # the threshold keeps some targets and drops others
+    by_target = depths.set_index("target").loc[wide.index]
+    np.testing.assert_array_equal(by_target["passes"].to_numpy(), q_best <= fdr)
+    np.testing.assert_allclose(by_target["q"], q_best, rtol=1e-10)
+    enc = pd.concat(
+        [fmri_rows({roi: [0.1, 0.2, 0.3, 0.2, 0.1]}, {roi: 1.0}, roi=roi) for roi in targets["roi"].unique()]
+    )
+    _, _, hier = subject_hierarchy(enc, "glasser", targets=depths)
+    row = hier[hier["unit"] == "target"].iloc[0]
+    assert row["value"] == pytest.approx(expected, abs=1e-12)
+    assert (row["n_used"], row["n_excluded"]) == (passing.sum(), len(r) - passing.sum())
+    # The same rows recompute it from the per-target depth table, as docs/results.md says.
+    used = depths[depths["passes"] & ~depths["excluded"]]
+    assert np.corrcoef(used["best_depth"], used["roi_distance_mm"])[0, 1] == pytest.approx(expected, abs=1e-12)
+    # S1a with spatial_unit target: the same statistic per subject, and its layer-order permutation p
+    # from per-layer sums equals the p of permuting each target's depth one by one.
+    from brainprop.stats.group import subject_statistics
+    from brainprop.stats.inference import permutation_pvalue
+
+    best_t, tm, hier = subject_hierarchy(enc, "glasser", targets=depths)
+    params = {"seed": 0, "n_permutations": 200, "n_boot": 10, "alpha": 0.05, "atlas": "glasser", "min_count": 3,
+              "spatial_unit": "target"}  # fmt: skip
+    per = subject_statistics(enc, best_t, tm, hier, params, targets=depths)
+    s1a = per[(per["test"] == "S1a")].iloc[0]
+    assert s1a["statistic"] == pytest.approx(expected, abs=1e-12) and 0 < s1a["p_perm"] <= 1
+    pos, y = best[passing], dist[passing]
+    assert pos.size > 4 * len(DEPTHS)  # the per-layer-sums path of permutation_pvalue
+    fast = permutation_pvalue(DEPTHS, pos, y, "greater", 500, np.random.default_rng(7))
+    perms = np.random.default_rng(7).permuted(np.broadcast_to(DEPTHS, (500, 5)), axis=1)
+    null = np.array([np.corrcoef(perm[pos], y)[0, 1] for perm in perms])
+    assert fast[1] == pytest.approx((1 + np.sum(null >= expected - 1e-12)) / 501)

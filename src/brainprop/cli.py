@@ -1,4 +1,4 @@
-"""Command line: `brainprop validate-results`, `validate-config`, `check` and `plan`."""
+"""Command line: `brainprop summary`, `validate-results`, `validate-config`, `check` and `plan`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,30 @@ def _validate_results(args: argparse.Namespace) -> int:
     if not problems:
         print(f"{tables}: all tables follow the results contract")
     return 1 if problems else 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .io import read_provenance
+    from .stats.files import load_run_table
+    from .stats.summary import format_summary
+
+    tables = Path(args.path)
+    if (tables / "tables").is_dir():
+        tables = tables / "tables"
+    path = tables / "tests.parquet"
+    if not path.is_file():
+        print(
+            f"{path}: no tests table; expected results/<run> of a finished run (snakemake writes tables/tests.parquet)",
+            file=sys.stderr,
+        )
+        return 1
+    meta = read_provenance(path)
+    alpha = args.alpha if args.alpha is not None else float(meta.get("alpha", 0.05))
+    deviations = pd.DataFrame(meta["deviations"]) if "deviations" in meta else None
+    print(format_summary(load_run_table(path, "tests"), alpha, deviations), end="")
+    return 0
 
 
 def _validate_config(args: argparse.Namespace) -> int:
@@ -92,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the brainprop command line."""
     parser = argparse.ArgumentParser(prog="brainprop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "summary", help="each test's finding and the verdict per dataset × model × signal (README, 'The verdict line')"
+    )
+    p.add_argument("path", help="results/{run} or its tables/ folder")
+    p.add_argument("--alpha", type=float, help="level of the verdict rules (default: the run's stats.alpha)")
+    p.set_defaults(func=_summary)
     p = sub.add_parser("validate-results", help="check a run's tables against the results contract")
     p.add_argument("path", help="results/{run} or its tables/ folder")
     p.set_defaults(func=_validate_results)

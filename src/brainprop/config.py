@@ -151,6 +151,7 @@ _ORDERED_MAPS = {
     ("datasets",),
     ("datasets", "*", "roi_levels"),
     ("datasets", "*", "meg_windows"),
+    ("datasets", "*", "sensor_groups"),
 }
 
 
@@ -551,6 +552,28 @@ def _check_simulations(config: dict) -> list[str]:
     return problems
 
 
+def _check_sensor_groups(config: dict) -> list[str]:
+    """Every dataset's sensor groups name a known set or compile as regular expressions."""
+    from .brain.sensors import check_sensor_groups
+
+    return [
+        p
+        for name, ds in config["datasets"].items()
+        for p in check_sensor_groups(ds["sensor_groups"], f"datasets.{name}.sensor_groups")
+    ]
+
+
+def _check_tmax_window(config: dict) -> list[str]:
+    """hierarchy.tmax_window is [start, end] with start < end where both are given."""
+    start, end = config["hierarchy"]["tmax_window"]
+    if start is not None and end is not None and not start < end:
+        return [
+            f"config key hierarchy.tmax_window: {[start, end]} must be [start, end] with start < end "
+            "(null for the epoch's first or last sample)"
+        ]
+    return []
+
+
 def _check_calibration(config: dict) -> list[str]:
     """Calibration draws its subjects from a simulated dataset: one must exist."""
     if not config["calibration"]["enabled"] or any(ds["kind"] == "simulated" for ds in config["datasets"].values()):
@@ -599,6 +622,8 @@ STRICT_CHECKS = (
     _check_layers,
     _check_projections,
     _check_simulations,
+    _check_sensor_groups,
+    _check_tmax_window,
     _check_calibration,
     _check_loss_files,
 )

@@ -145,6 +145,7 @@ VALUES: dict[tuple[str, str], set[str]] = {
     ("encoding", "modality"): {"fmri", "meg"},
     ("encoding", "hemi"): {"lh", "rh", "both", ""},
     ("hierarchy", "score"): {"spatial", "temporal"},
+    ("hierarchy", "unit"): {"roi", "target", "layer", "time"},  # an extra column (docs/results.md)
     ("tests", "test"): {"T1", "T2", "S1a", "S1b", "E"},
     ("tests", "alternative"): {"less", "greater", "two-sided"},
     # what an E row compares the signal with (METHOD.md §4); "" for T1, T2, S1a, S1b

@@ -6,6 +6,7 @@ from brainprop.brain import files as brain_files
 from brainprop.config import ConfigError, validate_config
 from brainprop.configfile import check_config_files
 from brainprop.contract import TABLES
+from brainprop.deviations import run_deviations
 from brainprop.encoding import files as encoding_files
 from brainprop.features import files as features_files
 from brainprop.features.sources import model_files, model_label
@@ -232,6 +233,9 @@ def hierarchy_params(dataset):
         "threshold": config["hierarchy"]["tmax_threshold"],
         "min_count": config["hierarchy"]["min_count"],
         "exclude": config["hierarchy"]["exclude"],
+        "spatial_unit": config["hierarchy"]["spatial_unit"],
+        "tmax_window": config["hierarchy"]["tmax_window"],
+        "map_fdr": config["stats"]["map_fdr"],
     }
 
 
@@ -340,7 +344,7 @@ def group_inputs(wildcards):
     ds, model = wildcards.dataset, wildcards.model
     tables = {
         kind: subject_tables(ds, model, kind)
-        for kind in ("encoding", "best_layers", "tmax", "hierarchy")
+        for kind in ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")
     }
     return {
         **tables,
@@ -423,6 +427,7 @@ def final_outputs():
         *figure_outputs(),
         *map_outputs(),
         rules.figures.output.tests,
+        rules.figures.output.summary,
         *paths(rules.truth.output.truth, [{"dataset": ds} for ds in RUN.simulated]),
         *paths(rules.calibration.output.calibration, calibration),
         *paths(rules.calibration.output.figure, calibration),

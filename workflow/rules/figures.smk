@@ -14,6 +14,12 @@ rule figures:
             category="tests",
             labels={"table": "T1, T2, S1a, S1b, E"},
         ),
+        summary=report(
+            RUN.path(catalog.SUMMARY_PAGE),
+            caption="../report/summary.rst",
+            category="tests",
+            labels={"table": "findings and deviations"},
+        ),
     log:
         f"{LOGS}/figures/figures.log",
     benchmark:
@@ -29,6 +35,8 @@ rule figures:
         roi_levels={name: ds["roi_levels"] for name, ds in DATASETS.items()},
         simulated=RUN.simulated,
         alpha=config["stats"]["alpha"],
+        spatial_unit=config["hierarchy"]["spatial_unit"],
+        deviations=run_deviations(config).to_dict("records"),
     script:
         "../scripts/run.py"
 

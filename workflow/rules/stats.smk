@@ -65,6 +65,7 @@ rule compare:
 rule sensitivity:
     input:
         encoding=lambda wc: subject_tables(wc.dataset, wc.model, "encoding"),
+        target_depths=lambda wc: subject_tables(wc.dataset, wc.model, "target_depths"),
         variants=lambda wc: [
             rules.group.output.tests.format(dataset=wc.dataset, model=alias)
             for _, alias in RUN.sensitivity_variants(wc.model)

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .sensors import grouped_sensors
+
 __all__ = [
     "SCENARIOS",
     "SIM_ROIS",
@@ -76,6 +78,7 @@ def params_from_config(dataset: dict) -> dict:
         "plant_grid": sim["plant_pooling"]["grid"],
         "atlas": dataset["atlas"],
         "reference_roi": dataset["reference_roi"],
+        "sensor_groups": dataset["sensor_groups"],
     }
 
 
@@ -443,7 +446,10 @@ def simulate_subject(
         sensors if sensors is not None else simulated_sensors(params["meg"].get("n_sensors")),
         rng,
     )
-    mtab = mtab.assign(modality="meg", atlas="", roi="", hemi="", x=np.nan, y=np.nan, z=np.nan, roi_distance_mm=np.nan)
+    groups = grouped_sensors(mtab["sensor"].to_numpy(), params.get("sensor_groups", "standard"))
+    mtab = mtab.assign(
+        modality="meg", atlas="", roi=groups, hemi="", x=np.nan, y=np.nan, z=np.nan, roi_distance_mm=np.nan
+    )
     parts.append((msig, msnr))
     tables.append(mtab)
     signal = np.concatenate([p[0] for p in parts], axis=1)

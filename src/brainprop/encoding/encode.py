@@ -168,20 +168,26 @@ def _summarize_fmri(table: pd.DataFrame) -> list[dict]:
 
 
 def _summarize_meg(table: pd.DataFrame) -> list[dict]:
-    """One row per time point, pooling all sensors."""
+    """One row per time point pooling all sensors (roi ""), and one per sensor group and time point.
+
+    A MEG target's `roi` is its sensor group ("" for none; `brainprop.brain.sensors`); the group
+    rows follow the all-sensor rows, groups in order of first appearance.
+    """
     if not np.isfinite(table["time"].to_numpy(dtype=np.float64)).all():
         raise ValueError("meg targets have a missing time; expected a time in seconds for every sensor × time")
+    parts = [("", table)] + [(g, part) for g, part in table.groupby("roi", sort=False) if g != ""]
     return [
         {
             "modality": "meg",
             "atlas": "",
-            "roi": "",
+            "roi": group,
             "hemi": "",
             "roi_distance_mm": np.nan,
             "time": float(time),
-            **_group_stats(part),
+            **_group_stats(at),
         }
-        for time, part in table.groupby("time", sort=True)
+        for group, rows in parts
+        for time, at in rows.groupby("time", sort=True)
     ]
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "load_folds",
     "load_joint_summary",
+    "load_score_counts",
     "load_score_identity",
     "load_summary",
     "load_target_scores",
@@ -95,6 +96,17 @@ def load_score_identity(path: str | os.PathLike) -> dict:
     if not isinstance(identity, dict) or any(k not in identity for k in _IDENTITY):
         raise CorruptFileError(f"{path}: per-target scores lack their identity metadata {list(_IDENTITY)}", path)
     return identity
+
+
+def load_score_counts(path: str | os.PathLike) -> dict:
+    """The counts of a per-target score file's fit (n_images, n_folds, n_features, excluded targets, …)."""
+    counts = read_provenance(path).get("counts")
+    if not isinstance(counts, dict) or "n_images" not in counts:
+        raise CorruptFileError(
+            f"{path}: per-target scores lack their counts metadata (n_images, …). "
+            "Delete the file and rerun snakemake to recompute it."
+        )
+    return counts
 
 
 def save_summary(path: str | os.PathLike, summary: pd.DataFrame) -> None:

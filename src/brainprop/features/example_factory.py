@@ -86,3 +86,60 @@ def mobilenet_v2_imagenet(*, pretrained: bool = False) -> dict:
         "output": "logits",
         "classifier": "classifier.1",
     }
+
+
+# OWL-ViT's image preprocessing (OwlViTImageProcessor: CLIP's mean and std, square resize).
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+class OwlViTImageEncoder(nn.Module):
+    """OWL-ViT's image tower: the ViT (`vision_model`) and the projection into the image–text space."""
+
+    def __init__(self, vision_model: nn.Module, visual_projection: nn.Module):
+        super().__init__()
+        self.vision_model = vision_model
+        self.visual_projection = visual_projection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Image embeddings (B, projection_dim): the projected, layer-normed class token."""
+        return self.visual_projection(self.vision_model(pixel_values=x).pooler_output)
+
+
+def owlvit_image_encoder(
+    *,
+    pretrained: bool = False,
+    checkpoint: str = "google/owlvit-base-patch32",
+    config: dict | None = None,
+    input_size: int | None = None,
+) -> dict:
+    """OWL-ViT (Minderer et al. 2022; Hugging Face `transformers`) as an image encoder: the reference study's
+    detection-trained model, whose image tower is a CLIP-style ViT.
+
+    `weights: pretrained` loads `checkpoint` with `OwlViTModel.from_pretrained` from the Hugging
+    Face cache (fetch it on a node with network first, e.g. `huggingface-cli download
+    google/owlvit-base-patch32`; brainprop's `prefetch` rule skips python sources); otherwise the
+    architecture of `config` (keyword arguments of `transformers.OwlViTConfig`; None: the
+    base-patch32 defaults) is built with random weights, which is what the tests and the `meta`
+    device (layer resolution) use. Blocks are the ViT's encoder layers, each (B, 1 + patches, C)
+    with a class token; the output is the image embedding (losses: `self_distillation`). The
+    input size is the config's `image_size` (768 for base-patch32) unless `input_size` is given.
+    """
+    from transformers import OwlViTConfig, OwlViTModel
+
+    full = OwlViTModel.from_pretrained(checkpoint) if pretrained else OwlViTModel(OwlViTConfig(**(config or {})))
+    vision_config = full.config.vision_config
+    module = OwlViTImageEncoder(full.vision_model, full.visual_projection)
+    del full  # the text tower is not needed
+    return {
+        "module": module,
+        "blocks": [f"vision_model.encoder.layers.{i}" for i in range(vision_config.num_hidden_layers)],
+        "preprocessing": {
+            "input_size": int(input_size or vision_config.image_size),
+            "interpolation": "bicubic",
+            "mean": CLIP_MEAN,
+            "std": CLIP_STD,
+        },
+        "output": "embedding",
+        "tokens": {"num_prefix_tokens": 1, "has_class_token": True},
+    }

@@ -18,6 +18,7 @@ __all__ = [
     "MAP_FIGURES",
     "MODALITIES",
     "POWER",
+    "SUMMARY_PAGE",
     "TESTS_PAGE",
     "figure_entries",
     "figure_names",
@@ -29,6 +30,8 @@ FIGURE = "figures/{name}"
 FIGURE_TABLES = ("encoding", "best_layers", "tmax", "hierarchy", "tests", "cka")
 POWER = "figures/power_{dataset}.png"
 TESTS_PAGE = "report/tests.html"
+# The report's opening text (verdicts, findings, deviations), included by workflow/report/workflow.rst.
+SUMMARY_PAGE = "report/summary.rst"
 
 # Figure kind -> (modalities whose rows it draws, scope). Scope "model": one file per dataset ×
 # model (so that a run of many models gives figures of a readable size, grouped by model in the

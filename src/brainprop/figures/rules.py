@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..deviations import DEVIATION_COLUMNS
 from .catalog import FIGURE_TABLES, figure_entries
 from .cka import plot_cka_grid
 from .comparison import plot_model_comparison, plot_rule_signatures
@@ -72,16 +73,24 @@ def make_figures(
     roi_levels: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
     truth: Mapping[str, pd.DataFrame] | None = None,
     alpha: float = 0.05,
+    spatial_unit: str = "roi",
 ) -> list[Path]:
     """Draw every table figure of a run into `out_dir`; return the written paths.
 
     `tables` maps each name of `FIGURE_TABLES` to the run's table; `roi_levels` maps dataset ->
     level -> ROI names (the config's `roi_levels`; default distance thirds); `truth` maps each
     simulated dataset to its planted-truth table; `alpha` is `stats.alpha`: the test level that
-    fills the model comparison's markers and names the CI level (1 − alpha).
+    fills the model comparison's markers and names the CI level (1 − alpha); `spatial_unit`
+    (`hierarchy.spatial_unit`) the spatial score the figures print. The figures draw the
+    all-sensor MEG rows (sensor-group rows are in the tables only).
     """
+    from ..hierarchy.scores import all_sensors, score_rows
+
     out_dir = Path(out_dir)
     tables = dict(tables)
+    for kind in ("encoding", "tmax"):
+        tables[kind] = all_sensors(tables[kind], kind)
+    tables["hierarchy"] = score_rows(tables["hierarchy"], spatial_unit)
     truth = dict(truth or {})
     if truth:
         tables["truth"] = pd.concat([table for _, table in sorted(truth.items())], ignore_index=True)
@@ -113,25 +122,36 @@ def run_figures(*, inputs, outputs, params) -> None:
     """The figures rule: every table figure of the run, and the tests page of the report."""
     from ..brain.files import load_truth
     from ..stats.files import load_run_table
-    from .report import write_tests_html
+    from .report import write_summary_rst, write_tests_html
 
     tables = {name: load_run_table(inputs[name], name) for name in FIGURE_TABLES}
     truth = {ds: load_truth(path) for ds, path in zip(params.simulated, inputs.truth)}
     out_dir = Path(outputs.figures[0]).parent
-    paths = make_figures(tables, out_dir, params.formats, roi_levels=params.roi_levels, truth=truth, alpha=params.alpha)
+    paths = make_figures(
+        tables,
+        out_dir,
+        params.formats,
+        roi_levels=params.roi_levels,
+        truth=truth,
+        alpha=params.alpha,
+        spatial_unit=params.spatial_unit,
+    )
     _check_written(paths, outputs.figures, "figures")
-    write_tests_html(tables["tests"], outputs.tests)
-    log.info("%d figure files and the tests table written", len(paths))
+    deviations = pd.DataFrame(params.deviations, columns=list(DEVIATION_COLUMNS))
+    write_tests_html(tables["tests"], outputs.tests, params.alpha, deviations)
+    write_summary_rst(tables["tests"], outputs.summary, params.alpha, deviations)
+    log.info("%d figure files, the tests page and the report's summary written", len(paths))
 
 
 def _subject_inputs(inputs, params) -> dict:
     """The map rules' per-subject inputs, read through their stages' loaders (subjects in `params.subjects` order)."""
     from ..brain.files import load_targets
     from ..hierarchy.files import load_subject_tables
+    from ..hierarchy.scores import all_sensors
 
     return {
         "targets": {s: load_targets(p) for s, p in zip(params.subjects, inputs.targets)},
-        "encoding": load_subject_tables(inputs.encoding, "encoding"),
+        "encoding": all_sensors(load_subject_tables(inputs.encoding, "encoding"), "encoding"),
     }
 
 
@@ -165,7 +185,9 @@ def run_meg_topomaps(*, inputs, outputs, params) -> None:
 
     data = _subject_inputs(inputs, params)
     out_dir = Path(outputs.figures[0]).parent
-    tmax = load_subject_tables(inputs.tmax, "tmax")
+    from ..hierarchy.scores import all_sensors
+
+    tmax = all_sensors(load_subject_tables(inputs.tmax, "tmax"), "tmax")
     paths = make_meg_topomaps(
         inputs.scores, data["targets"], tmax, out_dir, params.dataset, params.model, params.formats
     )

@@ -42,10 +42,14 @@ TARGET_DEPTHS = "hierarchy/{dataset}/{model}/{subject}/target_depths.parquet"
 # Per-subject tables that are rows of a contract table of the same name.
 SUBJECT_TABLES = ("encoding", "best_layers", "tmax", "hierarchy")
 # Columns (and dtypes) of the per-target depth table: one row per signal × fMRI target.
+# atlas, roi, hemi and roi_distance_mm come from the brain stage's target table; p and q are the
+# map threshold's at the best layer (brainprop.hierarchy.scores.target_thresholds), passes is q <= stats.map_fdr.
 TARGET_DEPTH_TYPES = {
     "dataset": str, "model": str, "subject": str, "signal": str, "target": np.int64,
     "best_layer_index": np.int64, "best_depth": np.float64, "best_r": np.float64,
     "weighted_depth": np.float64, "n_layers": np.int64, "excluded": bool,
+    "atlas": str, "roi": str, "hemi": str, "roi_distance_mm": np.float64,
+    "p": np.float64, "q": np.float64, "passes": bool,
 }  # fmt: skip
 TARGET_DEPTH_COLUMNS = tuple(TARGET_DEPTH_TYPES)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..brain.files import load_targets
-from ..encoding.files import load_score_identity, load_summary, load_target_scores
+from ..encoding.files import load_score_counts, load_score_identity, load_summary, load_target_scores
 from .files import save_subject_table
 from .scores import subject_hierarchy, subject_target_depths
 
@@ -62,17 +62,34 @@ def run_hierarchy(*, inputs, outputs, params) -> None:
     settings = params.hierarchy
     summaries = [load_summary(p) for p in inputs.summaries]
     enc = pd.concat(summaries, ignore_index=True)
+    identity = enc[["dataset", "model", "subject"]].iloc[0].to_dict()
+    targets = load_targets(inputs.targets)
+    long = _fmri_scores(summaries, inputs.scores, targets)
+    threshold = None
+    if len(long):
+        threshold = {"n_images": int(load_score_counts(inputs.scores[0])["n_images"]), "fdr": settings["map_fdr"]}
+    depths = subject_target_depths(long, identity, settings["exclude"], targets, threshold)
     best, tm, hier = subject_hierarchy(
-        enc, settings["atlas"], settings["threshold"], settings["min_count"], settings["exclude"]
+        enc,
+        settings["atlas"],
+        settings["threshold"],
+        settings["min_count"],
+        settings["exclude"],
+        targets=depths if len(long) else None,
+        window=settings["tmax_window"],
     )
-    log.info("scores and exclusions: %s", hier[["signal", "score", "n_used", "n_excluded"]].to_dict("records"))
+    log.info(
+        "scores and exclusions: %s",
+        hier[["signal", "score", "unit", "roi", "n_used", "n_excluded"]].to_dict("records"),
+    )
     save_subject_table(outputs.encoding, enc)
     save_subject_table(outputs.best_layers, best)
     save_subject_table(outputs.tmax, tm)
     save_subject_table(outputs.hierarchy, hier)
-    identity = enc[["dataset", "model", "subject"]].iloc[0].to_dict()
-    long = _fmri_scores(summaries, inputs.scores, load_targets(inputs.targets))
-    depths = subject_target_depths(long, identity, settings["exclude"])
-    counts = {signal: f"{int(part.sum())} of {len(part)}" for signal, part in depths.groupby("signal")["excluded"]}
-    log.info("per-target depths: fMRI targets excluded (%s) per signal: %s", settings["exclude"], counts)
+    counts = {
+        signal: f"{int(part['excluded'].sum())} excluded, {int(part['passes'].sum())} pass q <= {settings['map_fdr']}"
+        f" of {len(part)}"
+        for signal, part in depths.groupby("signal")
+    }
+    log.info("per-target depths (exclude %s; map threshold): %s", settings["exclude"], counts)
     save_subject_table(outputs.target_depths, depths)

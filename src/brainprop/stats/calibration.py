@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..brain.simulate import SIM_ROIS, plan_subject, roi_geometry
-from ..hierarchy.scores import exclusion_mask, layer_tmax, pearson, subject_hierarchy
+from ..hierarchy.scores import exclusion_mask, in_window, layer_tmax, pearson, subject_hierarchy
 from .group import group_from_subjects, subject_statistics
 from .inference import permutation_pvalue, wilcoxon_exact
 from .registry import FORWARD_CHECKS, PREDICTIONS, SCORE_TESTS
@@ -259,8 +259,11 @@ def subject_tests(
     dist = _roi_distances()
     out: dict[tuple[str, str], tuple[float, float]] = {}
     tm = {}
+    inside = in_window(times, params.get("tmax_window"))  # hierarchy.tmax_window, as the hierarchy stage
     for signal, r in s.meg.items():
-        tm[signal] = np.array([layer_tmax(np.asarray(times, np.float64), row, params["threshold"]) for row in r])
+        tm[signal] = np.array(
+            [layer_tmax(np.asarray(times, np.float64)[inside], row[inside], params["threshold"]) for row in r]
+        )
     best = {signal: _best(r) for signal, r in s.fmri.items()}
 
     def score(units: np.ndarray, y: np.ndarray, alternative: str) -> tuple[float, float]:
@@ -329,8 +332,14 @@ def rejections(enc: pd.DataFrame, params: dict, n_subjects: Sequence[int]) -> pd
 
     The first n subjects (sorted) of the encoding table `enc` enter each count n.
     """
+    params = dict(params) | {"spatial_unit": "roi"}  # the calibration's subjects have ROI scores only
     best, tm, hier = subject_hierarchy(
-        enc, params["atlas"], params["threshold"], params["min_count"], params["exclude"]
+        enc,
+        params["atlas"],
+        params["threshold"],
+        params["min_count"],
+        params["exclude"],
+        window=params.get("tmax_window"),
     )
     per_subject = subject_statistics(enc, best, tm, hier, params)
     per_subject = per_subject[per_subject["test"].isin(_TESTS)]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..hierarchy.scores import exclusion_mask, pearson
+from ..hierarchy.scores import all_sensors, exclusion_mask, pearson, score_rows
 from .inference import bh_fdr, bootstrap_ci, permutation_pvalue, wilcoxon_exact
 from .registry import FORWARD_CHECKS, MEASURES, PREDICTIONS, TEST_ORDER, TESTS
 
@@ -27,9 +27,20 @@ _REQUIRED = ("seed", "n_permutations", "n_boot", "alpha", "atlas", "min_count")
 
 
 # reference: the joint models' reference of E's unique-variance rows (joint.reference; METHOD.md §4).
-_OPTIONAL = {"roi_levels": {}, "meg_windows": {}, "threshold": 0.95, "exclude": "nonpositive", "reference": "stack"}
+_OPTIONAL = {
+    "roi_levels": {},
+    "meg_windows": {},
+    "threshold": 0.95,
+    "exclude": "nonpositive",
+    "reference": "stack",
+    "spatial_unit": "roi",
+    "tmax_window": None,
+    "map_fdr": 0.01,
+}
 # What each E measure compares the signal with: r_difference always the same layer's activations.
 _E_REFERENCE = {"r_difference": lambda params: "same_layer", "unique_variance": lambda params: params["reference"]}
+# What S1a and S1b correlate over (config hierarchy.spatial_unit).
+SPATIAL_UNITS = ("roi", "target")
 
 
 TESTS_COLUMNS = {
@@ -90,6 +101,7 @@ class _Context:
     hier: dict  # (signal, subject, score) -> value
     params: dict
     joint: pd.DataFrame  # joint-model summary rows (fmri: params atlas, hemi 'both'; meg); may be empty
+    targets: pd.DataFrame  # per-target depth rows of params atlas (spatial_unit target); may be empty
 
     def rng(self, *key: object) -> np.random.Generator:
         """A generator seeded by the run seed and a stable hash of `key` (independent of row order)."""
@@ -190,38 +202,53 @@ def _best_units(ctx: _Context, best: pd.DataFrame, layer_index: np.ndarray) -> n
     return pos
 
 
+def _kept_units(ctx: _Context, rows: pd.DataFrame, distance: bool) -> pd.DataFrame:
+    """ROI or target rows whose best r passes the exclusion rule (targets: and the map threshold), with a
+    finite best depth and, when `distance`, a finite ROI distance."""
+    keep = ctx.keep(rows["best_r"].to_numpy(np.float64))
+    if ctx.params["spatial_unit"] == "target":
+        keep &= rows["passes"].to_numpy(bool)
+    if distance:
+        keep &= np.isfinite(rows["roi_distance_mm"].to_numpy(np.float64))
+        keep &= np.isfinite(rows["best_depth"].to_numpy(np.float64))
+    return rows[keep]
+
+
+def _spatial_units(ctx: _Context, signal: str, distance: bool = True) -> list[tuple[str, pd.DataFrame]]:
+    """(subject, its kept units' best layers) of `signal`: ROIs (spatial_unit roi) or targets (target)."""
+    table = ctx.best if ctx.params["spatial_unit"] == "roi" else ctx.targets
+    return [
+        (subject, _kept_units(ctx, rows, distance))
+        for subject, rows in table[table["signal"] == signal].groupby("subject", sort=True)
+    ]
+
+
 def _s1a(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, float]]:
-    """Spatial score per subject, with its layer-order permutation p."""
+    """Spatial score per subject (over ROIs or targets, `spatial_unit`), with its layer-order permutation p."""
     out = []
-    for subject, best in ctx.best[ctx.best["signal"] == signal].groupby("subject", sort=True):
+    for subject, units in _spatial_units(ctx, signal):
         enc = ctx.fmri[(ctx.fmri["signal"] == signal) & (ctx.fmri["subject"] == subject)]
         layer_index, layer_depth = _layer_table(enc)
-        dist = best["roi_distance_mm"].to_numpy(np.float64)
-        keep = (
-            ctx.keep(best["best_r"].to_numpy(np.float64))
-            & np.isfinite(dist)
-            & np.isfinite(best["best_depth"].to_numpy(np.float64))
-        )
-        best = best[keep]
+        dist = units["roi_distance_mm"].to_numpy(np.float64)
         observed, p = _score_test(
-            ctx, signal, subject, "S1a", layer_depth, _best_units(ctx, best, layer_index), dist[keep], alternative
+            ctx, signal, subject, "S1a", layer_depth, _best_units(ctx, units, layer_index), dist, alternative
         )
         out.append((subject, _checked(ctx, signal, subject, "spatial", observed), p))
     return out
 
 
 def _s1b(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, float]]:
-    """Pearson over ROIs of the signal's best depth vs the activations' best depth, per subject.
+    """Pearson over ROIs (or targets, `spatial_unit`) of the signal's best depth vs the activations', per subject.
 
-    ROIs enter when both signals' best r pass the exclusion rule; the permutation shuffles the
-    signal's layer order and keeps the activations' fixed.
+    Units enter when both signals' best r pass the exclusion rule (targets: and both pass the map
+    threshold); the permutation shuffles the signal's layer order and keeps the activations' fixed.
     """
     out = []
-    act_all = ctx.best[ctx.best["signal"] == "act"]
-    for subject, best in ctx.best[ctx.best["signal"] == signal].groupby("subject", sort=True):
-        both = best.merge(act_all[act_all["subject"] == subject], on="roi", suffixes=("", "_act"))
-        keep = ctx.keep(both["best_r"].to_numpy(np.float64)) & ctx.keep(both["best_r_act"].to_numpy(np.float64))
-        both = both[keep]
+    act_units = dict(_spatial_units(ctx, "act", distance=False))
+    on = "roi" if ctx.params["spatial_unit"] == "roi" else "target"
+    for subject, units in _spatial_units(ctx, signal, distance=False):
+        act = act_units.get(subject, units.iloc[:0])
+        both = units.merge(act[[on, "best_depth", "best_r"]], on=on, suffixes=("", "_act"))
         enc = ctx.fmri[(ctx.fmri["signal"] == signal) & (ctx.fmri["subject"] == subject)]
         layer_index, layer_depth = _layer_table(enc)
         _, p = _score_test(
@@ -372,7 +399,12 @@ def _params(params: dict) -> dict:
     if not 0 < out["alpha"] < 1:
         raise ValueError(f"group params: alpha={out['alpha']!r}; expected a level in (0, 1)")
     exclusion_mask(np.zeros(0), out["exclude"])
+    if out["spatial_unit"] not in SPATIAL_UNITS:
+        raise ValueError(f"group params: spatial_unit={out['spatial_unit']!r}; expected one of {list(SPATIAL_UNITS)}")
     return out
+
+
+_TARGET_REQUIRED = ("dataset", "model", "signal", "subject", "atlas", "target", "best_layer_index", "best_depth")
 
 
 def _contexts(
@@ -382,8 +414,21 @@ def _contexts(
     hier: pd.DataFrame,
     params: dict,
     joint: pd.DataFrame | None = None,
+    targets: pd.DataFrame | None = None,
 ) -> list[_Context]:
     atlas = params["atlas"]
+    if params["spatial_unit"] == "target":
+        if targets is None:
+            raise ValueError(
+                "group params: spatial_unit 'target' needs the per-target depth tables (the hierarchy rule's "
+                "target_depths); none were given"
+            )
+        missing = [c for c in (*_TARGET_REQUIRED, "best_r", "roi_distance_mm", "passes") if c not in targets.columns]
+        if missing:
+            raise ValueError(f"per-target depth table lacks columns {missing}; rerun the hierarchy rule")
+        targets = targets[targets["atlas"] == atlas]
+    else:
+        targets = pd.DataFrame(columns=list(_TARGET_REQUIRED))
     joint = pd.DataFrame(columns=["dataset", "model"]) if joint is None else joint
     if len(joint):
         missing = [c for c in _JOINT_REQUIRED if c not in joint.columns]
@@ -393,9 +438,12 @@ def _contexts(
                 f"columns {list(_JOINT_REQUIRED)}"
             )
         joint = joint[(joint["modality"] == "meg") | ((joint["atlas"] == atlas) & (joint["hemi"] == "both"))]
+    enc = all_sensors(enc, "encoding")  # the tests read the all-sensor MEG rows
+    tm = all_sensors(tm, "tmax")
     fmri = enc[(enc["modality"] == "fmri") & (enc["atlas"] == atlas) & (enc["hemi"] == "both")]
     meg = enc[enc["modality"] == "meg"]
     best = best[(best["atlas"] == atlas) & (best["hemi"] == "both")]
+    hier = score_rows(hier, params["spatial_unit"])
     hier = hier[(hier["score"] == "temporal") | (hier["atlas"] == atlas)]
     out = []
     for (dataset, model), _ in enc.groupby(["dataset", "model"], sort=True):
@@ -405,7 +453,11 @@ def _contexts(
 
         h = pick(hier)
         values = dict(zip(zip(h["signal"], h["subject"], h["score"]), h["value"].astype(np.float64)))
-        out.append(_Context(dataset, model, pick(fmri), pick(meg), pick(best), pick(tm), values, params, pick(joint)))
+        out.append(
+            _Context(
+                dataset, model, pick(fmri), pick(meg), pick(best), pick(tm), values, params, pick(joint), pick(targets)
+            )
+        )
     return out
 
 
@@ -420,6 +472,7 @@ def subject_statistics(
     hier: pd.DataFrame,
     params: dict,
     joint: pd.DataFrame | None = None,
+    targets: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per-subject statistic (and permutation p for T1, S1a, S1b; NaN otherwise) of every test.
 
@@ -428,7 +481,7 @@ def subject_statistics(
     """
     params = _params(params)
     rows = []
-    for ctx in _contexts(enc, best, tm, hier, params, joint):
+    for ctx in _contexts(enc, best, tm, hier, params, joint, targets):
         for signal in sorted(set(ctx.fmri["signal"]) | set(ctx.meg["signal"])):
             rows += [(ctx.dataset, r[0], ctx.model, signal, *r[1:]) for r in _subject_rows(ctx, signal)]
     return _typed(rows, SUBJECT_COLUMNS)
@@ -482,6 +535,7 @@ def group_tests(
     hier: pd.DataFrame,
     params: dict,
     joint: pd.DataFrame | None = None,
+    targets: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Group tests T1, T2, S1a, S1b and E of every dataset × model × signal (contract `tests` table).
 
@@ -490,12 +544,17 @@ def group_tests(
     enc, best, tm, hier : the contract encoding, best_layers, tmax and hierarchy tables of all
         subjects (one dataset × model at a time in the workflow, but any number works).
     params : seed, n_permutations, n_boot, alpha, atlas, min_count (required); roi_levels
-        (level -> ROI names), meg_windows (name -> [t_start, t_end] s), threshold (unused here,
-        accepted so one params block serves both stages), exclude (default 'nonpositive'),
-        reference (the joint models' reference of E's unique variance: 'stack', the default, or
-        'same_layer').
+        (level -> ROI names), meg_windows (name -> [t_start, t_end] s), exclude (default
+        'nonpositive'), reference (the joint models' reference of E's unique variance: 'stack',
+        the default, or 'same_layer'), spatial_unit ('roi' default, or 'target'); threshold,
+        tmax_window and map_fdr are unused here (the hierarchy stage applied them), accepted so one
+        params block serves both stages. The tests read the all-sensor MEG rows (sensor-group rows
+        are descriptive).
     joint : the joint rule's summary rows of all layers and subjects (`brainprop.encoding.joint`), with
         identity columns dataset, model, subject, layer_index; None when no joint models ran.
+    targets : the per-target depth rows of all subjects (`brainprop.hierarchy.scores.subject_target_depths`);
+        needed when params spatial_unit is 'target' (S1a and S1b over the vertices or voxels
+        that pass the map threshold, each with its ROI's distance), unused for 'roi'.
 
     Notes
     -----
@@ -521,7 +580,7 @@ def group_tests(
     for unique_variance ('stack': every selected layer's activations and the model output); ""
     for the other tests.
     """
-    return group_from_subjects(subject_statistics(enc, best, tm, hier, params, joint), params)
+    return group_from_subjects(subject_statistics(enc, best, tm, hier, params, joint, targets), params)
 
 
 def group_from_subjects(per_subject: pd.DataFrame, params: dict) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from ..hierarchy.files import load_subject_tables
+from ..hierarchy.files import load_subject_tables, load_target_depths
 from .files import (
     load_comparisons,
     load_sensitivity,
@@ -30,6 +30,11 @@ __all__ = ["run_calibration", "run_compare", "run_group", "run_sensitivity", "ru
 log = logging.getLogger(__name__)
 
 
+def _target_depths(paths) -> pd.DataFrame:
+    """Every subject's per-target depth rows (the hierarchy rule's target_depths), concatenated."""
+    return pd.concat([load_target_depths(p) for p in paths], ignore_index=True)
+
+
 def run_group(*, inputs, outputs, params) -> None:
     """The group rule: one dataset × model's tests and the per-subject statistics behind them."""
     from ..encoding.files import load_joint_summary
@@ -40,10 +45,11 @@ def run_group(*, inputs, outputs, params) -> None:
     }
     joint_paths = list(inputs.joint)
     joint = pd.concat([load_joint_summary(p) for p in joint_paths], ignore_index=True) if joint_paths else None
+    targets = _target_depths(inputs.target_depths)
     settings = dict(params.group)
     variant = settings.pop("variant")
     per_subject = subject_statistics(
-        tables["encoding"], tables["best_layers"], tables["tmax"], tables["hierarchy"], settings, joint
+        tables["encoding"], tables["best_layers"], tables["tmax"], tables["hierarchy"], settings, joint, targets
     )
     tests = group_from_subjects(per_subject, settings)
     identity = {"base_model": variant["base_model"], "variant": variant["variant"]}
@@ -77,7 +83,8 @@ def run_sensitivity(*, inputs, outputs, params) -> None:
     variants = {label: load_tests(path) for label, path in zip(settings["variant_labels"], inputs.variants)}
     joint_paths = list(inputs.joint)
     joint = pd.concat([load_joint_summary(p) for p in joint_paths], ignore_index=True) if joint_paths else None
-    table = sensitivity_table(enc, settings["group"], settings["choices"], variants, joint)
+    targets = _target_depths(inputs.target_depths)
+    table = sensitivity_table(enc, settings["group"], settings["choices"], variants, joint, targets)
     save_sensitivity(outputs.sensitivity, table.assign(base_model=settings["model"]))
 
 

@@ -34,11 +34,24 @@ _KEYS = ["dataset", "modality", "model", "signal", "test", "level", "measure"]
 _WITH_E = (*SCORE_TESTS, "E")
 
 
-def _tests(enc: pd.DataFrame, params: dict, joint: pd.DataFrame | None = None, tests=SCORE_TESTS) -> pd.DataFrame:
+def _tests(
+    enc: pd.DataFrame,
+    params: dict,
+    joint: pd.DataFrame | None = None,
+    targets: pd.DataFrame | None = None,
+    tests: tuple[str, ...] = SCORE_TESTS,
+) -> pd.DataFrame:
+    targets = targets if params.get("spatial_unit", "roi") == "target" else None
     best, tm, hier = subject_hierarchy(
-        enc, params["atlas"], params["threshold"], params["min_count"], params["exclude"]
+        enc,
+        params["atlas"],
+        params["threshold"],
+        params["min_count"],
+        params["exclude"],
+        targets=targets,
+        window=params.get("tmax_window"),
     )
-    out = group_tests(enc, best, tm, hier, params, joint)
+    out = group_tests(enc, best, tm, hier, params, joint, targets=targets)
     return out[out["test"].isin(tests)]
 
 
@@ -48,6 +61,7 @@ def sensitivity_table(
     choices: dict,
     variants: dict[str, pd.DataFrame] | None = None,
     joint: pd.DataFrame | None = None,
+    targets: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Tests T1, T2, S1a, S1b and E of one dataset × model under each open choice, one at a time.
 
@@ -60,24 +74,29 @@ def sensitivity_table(
         (list of joint-model references, each besides `params['reference']`).
     variants : `"pooling=mean"`-style label -> that variant's tests table (rows of any model).
     joint : the model's joint-model summary rows of every reference fitted (None without joint models).
+    targets : the model's per-target depth rows (all subjects), for params spatial_unit 'target'.
     """
     params = {"threshold": 0.95, "exclude": "nonpositive", "reference": "stack"} | dict(params)
-    rows = [_tests(enc, params, joint, _WITH_E).assign(choice="default", value="")]
+    rows = [_tests(enc, params, joint, targets, _WITH_E).assign(choice="default", value="")]
     for threshold in choices.get("tmax_threshold", []):
         if threshold != params["threshold"]:
             rows.append(
-                _tests(enc, params | {"threshold": threshold}).assign(choice="tmax_threshold", value=f"{threshold:g}")
+                _tests(enc, params | {"threshold": threshold}, targets=targets).assign(
+                    choice="tmax_threshold", value=f"{threshold:g}"
+                )
             )
     for exclude in choices.get("exclude", []):
         if exclude != params["exclude"]:
-            rows.append(_tests(enc, params | {"exclude": exclude}).assign(choice="exclude", value=exclude))
+            rows.append(
+                _tests(enc, params | {"exclude": exclude}, targets=targets).assign(choice="exclude", value=exclude)
+            )
     fmri = enc[enc["modality"] == "fmri"]
     for atlas in sorted(set(fmri["atlas"]) - {params["atlas"]}):
-        spatial = _tests(enc, params | {"atlas": atlas})
+        spatial = _tests(enc, params | {"atlas": atlas, "spatial_unit": "roi"})
         rows.append(spatial[spatial["modality"] == "fmri"].assign(choice="atlas", value=atlas))
     for reference in choices.get("reference", []):
         if reference != params["reference"] and joint is not None and len(joint):
-            e = _tests(enc, params | {"reference": reference}, joint, ("E",))
+            e = _tests(enc, params | {"reference": reference}, joint, targets, ("E",))
             e = e[e["measure"] == "unique_variance"]
             rows.append(e.assign(choice="reference", value=reference))
     model = str(enc["model"].iloc[0]) if len(enc) else ""

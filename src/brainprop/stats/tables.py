@@ -50,7 +50,13 @@ def _version(name: str) -> str:
 
 
 def provenance(config: dict, models: dict, seed: int) -> dict:
-    """Provenance metadata every run table carries (ARCHITECTURE.md, results contract)."""
+    """Provenance metadata every run table carries (ARCHITECTURE.md, results contract).
+
+    Beside the contract's keys: `alpha` (stats.alpha) and `deviations` (where the config departs
+    from the reference study, `brainprop.deviations.run_deviations`), which `brainprop summary` prints.
+    """
+    from ..deviations import run_deviations
+
     return {
         "contract_version": CONTRACT_VERSION,
         "config_hash": config_hash(config),
@@ -58,6 +64,8 @@ def provenance(config: dict, models: dict, seed: int) -> dict:
         "packages": {name: _version(name) for name in _PACKAGES},
         "weights": models,
         "seeds": {"seed": seed},
+        "alpha": float(config.get("stats", {}).get("alpha", 0.05)),
+        "deviations": run_deviations(config).to_dict("records"),
     }
 
 

@@ -28,6 +28,7 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
+from ..sensors import grouped_sensors
 from ._common import TARGET_COLUMNS, DatasetError, Finding
 from .geometry import roi_distances
 
@@ -195,8 +196,9 @@ def _finish_targets(ds: dict, targets: pd.DataFrame, kind_modality: str) -> pd.D
         table["roi_distance_mm"] = roi_distances(table, ds["reference_roi"])
         table = table.assign(modality="fmri", atlas=ds["atlas"], sensor="", time=np.nan)
     else:
+        groups = grouped_sensors(table["sensor"].to_numpy(), ds.get("sensor_groups", "standard"))
         table = table.assign(
-            modality="meg", atlas="", roi="", hemi="", x=np.nan, y=np.nan, z=np.nan, roi_distance_mm=np.nan
+            modality="meg", atlas="", roi=groups, hemi="", x=np.nan, y=np.nan, z=np.nan, roi_distance_mm=np.nan
         )
     table["target"] = np.arange(len(table), dtype=np.int64)
     return table[list(TARGET_COLUMNS)].astype(

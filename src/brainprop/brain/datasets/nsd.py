@@ -297,8 +297,28 @@ def _volume_hemispheres(path: Path, labels: np.ndarray, affine: np.ndarray) -> n
     return sides
 
 
+def _missing_labels(root: Path, opts: dict, subject: str) -> list[str]:
+    """The names of `nsd.labels` that no ctab of the selected label files holds."""
+    if not opts.get("labels"):
+        return []
+    names = set()
+    for family in _rois(opts):
+        names |= set(read_ctab(_roi_files(root, opts, subject, family)[1]).values())
+    return [name for name in opts["labels"] if name not in names]
+
+
 def _targets(root: Path, opts: dict, subject: str, shapes: dict[str, tuple[int, ...]]) -> pd.DataFrame:
-    """One row per (ROI, vertex or voxel): hemi, family, roi, index/ijk and coordinates."""
+    """One row per (ROI, vertex or voxel): hemi, family, roi, index/ijk and coordinates.
+
+    With `nsd.labels`, only the ROIs of those names are kept (each must be in some ctab).
+    """
+    missing = _missing_labels(root, opts, subject)
+    if missing:
+        raise DatasetError(
+            f"{subject}: nsd.labels {missing} are in no label table of {_rois(opts)}; expected names of their "
+            ".mgz.ctab files (brainprop check lists the tables)"
+        )
+    wanted = set(opts.get("labels") or [])
     rows = []
     for family in _rois(opts):
         label_files, ctab_path = _roi_files(root, opts, subject, family)
@@ -311,6 +331,8 @@ def _targets(root: Path, opts: dict, subject: str, shapes: dict[str, tuple[int, 
             if unknown:
                 raise DatasetError(f"{path}: labels {unknown} have no name in {ctab_path}")
             for number in sorted(set(np.unique(labels[labels > 0]).tolist())):
+                if wanted and names[number] not in wanted:
+                    continue
                 idx = np.argwhere(labels == number)
                 if hemi:
                     xyz = fsaverage_coordinates(hemi, idx[:, 0])
@@ -424,6 +446,18 @@ def check(root: Path, ds: dict, subject: str) -> list[Finding]:
         for path in files:
             key = path.name.split(".")[0] if _is_surface(opts) else "vol"
             probe(f"roi {family}", path, lambda p, k=key: _load_labels(p, shapes.get(k))[0].shape)
+    if opts.get("labels"):
+        ctabs = ", ".join(str(_roi_files(root, opts, subject, f)[1]) for f in _rois(opts))
+        try:
+            missing = _missing_labels(root, opts, subject)
+        except DatasetError:
+            missing = None  # a ctab is missing or unreadable: reported above
+        if missing:
+            found.append(
+                Finding(subject, "roi labels", ctabs, "mismatch", f"nsd.labels {missing} are in none of these tables")
+            )
+        elif missing is not None:
+            found.append(Finding(subject, "roi labels", ctabs, "found", f"all {len(opts['labels'])} of nsd.labels"))
     for path in _ncsnr_files(root, opts, subject):
         probe("ncsnr", path, lambda p: __import__("nibabel").load(p).shape)
     return found
