@@ -187,6 +187,7 @@ def _tests(hier: pd.DataFrame) -> pd.DataFrame:
                 "p_fdr": 0.01 if s == "act" else 0.5,
                 "family": f"{d}/{m}/{s}",
                 "n_subjects": len(g),
+                "reference": "",
                 "n_significant_subjects": 1,
             }
         )
