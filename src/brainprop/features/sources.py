@@ -397,7 +397,8 @@ def pretrained_file(member) -> Path:
 
 def _check_hash_prefix(path: Path) -> None:
     """torch hub's convention: the hex digits after the last '-' of the name start the file's sha256."""
-    from .weights import WeightFileError, file_sha256
+    from ..io import file_sha256
+    from .weights import WeightFileError
 
     match = re.search(r"-([a-f0-9]{6,})\.", path.name)
     if match and not file_sha256(path).startswith(match.group(1)):

@@ -19,7 +19,6 @@ Light to import (no torch).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..io import file_sha256
 
 __all__ = [
     "LOSS_FILES",
@@ -151,15 +152,6 @@ def resolve_checkpoint(weights: str, key: str = "models.<alias>.weights") -> Pat
         f"{key}: checkpoint {path} does not exist (paths with a directory part are taken from the working "
         f"directory {Path.cwd()}; a bare file name is looked up in {weights_dir()})"
     )
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_checkpoint(path: str | os.PathLike, key: str = "models.<alias>.weights") -> Path:
