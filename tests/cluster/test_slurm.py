@@ -29,6 +29,8 @@ from test_recovery import planned_jobs
 pytestmark = pytest.mark.cluster
 
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+# One encode job per subject and fit (the file says why it is a file).
+SEPARATE_FITS = ROOT / "tests" / "cluster" / "separate_fits.yaml"
 OUT = "results/tiny"
 # The user profile as the README gives it, plus what only this account-less test cluster needs.
 SLURM_ARGS = [
@@ -41,10 +43,6 @@ SLURM_ARGS = [
     "--cores",
     "2",
     "--slurm-keep-successful-logs",
-    # One encode job per subject and fit (the grouping and resume tests follow them); the shared
-    # fits of the default give the same numbers (test_results_equal_a_local_run compares).
-    "--config",
-    "encoding={shared_fits: false}",
 ]
 # The extract job peaks at 1.05 to 1.5 GB under SLURM (torch, the model, one batch and the job's
 # own Snakemake; measured in two runs). Asking 500 MB × attempt² gets attempt 1 killed by SLURM
@@ -69,6 +67,7 @@ def _slurm_cmd(workdir: Path, *args: str) -> list[str]:
         str(workdir),
         "--configfile",
         str(TINY),
+        str(SEPARATE_FITS),
         *SLURM_ARGS,
         *OOM_ARGS,
         *args,
