@@ -218,6 +218,12 @@ def test_resumed_run_ran_only_unfinished_jobs(slurm_run):
     assert "extract" not in planned and "layers" not in planned
 
 
+# The SLURM run's extract was retried at half the batch (15 images, after its out-of-memory kill);
+# the local run used 30. That moves gradients by rounding (docs/features.md, "What changes the
+# numbers": cross-validated r by up to 2e-4 per target), so r is compared at that tolerance.
+R_TOLERANCE = 2e-4
+
+
 def test_results_equal_a_local_run(slurm_run, local_run):
     for target in TARGETS:
         slurm = pd.read_parquet(slurm_run["workdir"] / target)
@@ -230,7 +236,7 @@ def test_results_equal_a_local_run(slurm_run, local_run):
         np.testing.assert_allclose(
             slurm[numbers].to_numpy(float),
             local[numbers].to_numpy(float),
-            atol=1e-6,
+            atol=R_TOLERANCE,
             rtol=0,
             equal_nan=True,
             err_msg=target,
