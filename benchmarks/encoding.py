@@ -145,10 +145,13 @@ def cpu_case(n: int, d: int, m: int, repeats: int) -> dict:
     return case
 
 
+# One `encode` job as Snakemake runs it: the script preamble's imports (it unpickles the
+# `snakemake` object, which imports snakemake.script and snakemake.logging), then run.py's work.
 _JOB = """
 import time
 start = time.perf_counter()
 import sys
+import snakemake.script, snakemake.logging
 from types import SimpleNamespace
 import brainprop.encoding.encode as enc
 from brainprop.encoding.rules import run_encode

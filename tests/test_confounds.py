@@ -361,6 +361,30 @@ def test_variants_and_references_of_the_run_model():
     assert run.joint_references("b") == run.joint_references("a__grad_normalize_l2") == ["stack"]
 
 
+def test_joint_controls_false_leaves_only_the_controls_without_joint_fits():
+    from brainprop.run import Run
+
+    model = {"source": "timm", "name": "resnet18", "weights": "pretrained", "loss": "cross_entropy",
+             "loss_params": {}, "pooling": {"mode": "grid", "grid": 2}, "signals": ["act", "grad"],
+             "grad_normalize": "none", "controls": ["random_init", "shuffled_loss"]}  # fmt: skip
+    config = {
+        "run": "r",
+        "models": {"a": model},
+        "datasets": {},
+        "sensitivity": {"models": ["a"], "grad_normalize": ["l2"]},
+        "encoding": {"nuisance": []},
+        "joint": {"enabled": True, "models": None, "reference": "stack"},
+    }
+    fitted = {alias: Run(config).has_joint(alias) for alias in Run(config).models}
+    assert fitted == dict.fromkeys(["a", "a__random_init", "a__shuffled_loss", "a__grad_normalize_l2"], True)
+    config["joint"]["controls"] = False
+    run = Run(config)
+    assert {alias: run.has_joint(alias) for alias in run.models} == fitted | {
+        "a__random_init": False,
+        "a__shuffled_loss": False,
+    }
+
+
 def test_config_names_the_loss_files_and_sensitivity_models(tmp_path):
     from pathlib import Path
 

@@ -465,8 +465,6 @@ def test_encode_input_errors(fmri_job):
         encode(X, Y, targets.iloc[:23], folds, ALPHAS)
     with pytest.raises(ValueError, match="3 images cannot be split into 5 folds"):
         encode(X[:3], Y[:3], targets, folds, ALPHAS)
-    with pytest.raises(ValueError, match="all 12 feature columns are constant"):
-        encode(np.zeros_like(X), Y, targets, folds, ALPHAS)
     with pytest.raises(ValueError, match="modality"):
         encode(X, Y, targets.assign(modality="eeg"), folds, ALPHAS)
 
@@ -522,3 +520,23 @@ def test_subject_rows_select_and_order_features():
     np.testing.assert_array_equal(subject_rows(ids, np.array(["d", "b"]), "F", "S"), [3, 1])
     with pytest.raises(ValueError, match=r"S: 1 image\(s\) have no features in F"):
         subject_rows(ids, np.array(["a", "z"]), "F", "S")
+
+
+def test_encode_of_a_dead_layer_is_the_intercept_model(fmri_job, caplog):
+    """A layer whose features are all constant predicts the training mean: r = 0, R² of that mean, logged."""
+    X, Y, targets, folds = fmri_job
+    with caplog.at_level("WARNING"):
+        per_target, summary, counts = encode(np.full_like(X, 6.0), Y, targets, folds, ALPHAS)
+    assert "all 12 feature columns of this layer are constant" in caplog.text
+    assert counts["n_features_dropped"] == 12
+    np.testing.assert_array_equal(per_target["r"], 0.0)
+    assert per_target["alpha"].isna().all() and not per_target["excluded"].any()
+    Y64 = Y.astype(np.float64)
+    expected = np.mean(
+        [r2_score(Y64[te], np.tile(Y64[tr].mean(0), (len(te), 1)), multioutput="raw_values") for tr, te in folds],
+        axis=0,
+    )
+    np.testing.assert_allclose(per_target["r2"], expected, rtol=1e-12)
+    assert (per_target["r2"] <= 0).all()
+    shared = encode_shared(np.zeros_like(X), [Y, Y], [targets, targets], folds, ALPHAS)
+    pd.testing.assert_frame_equal(shared[0][0], encode(np.zeros_like(X), Y, targets, folds, ALPHAS)[0])

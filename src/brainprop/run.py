@@ -208,9 +208,11 @@ class Run:
         return [f"{int(i):02d}" for i in self._layers(model)]
 
     def has_joint(self, model: str) -> bool:
-        """Whether a model gets joint act + grad fits (config `joint`)."""
+        """Whether a model gets joint act + grad fits (config `joint`; controls only with `joint.controls`)."""
         joint, entry = self.config["joint"], self.models[model]
         if not joint["enabled"] or not {"act", "grad"} <= set(entry["signals"]):
+            return False
+        if entry["variant"] in CONTROLS and not joint.get("controls", True):
             return False
         chosen = joint["models"]
         return chosen is None or model in chosen or entry["base_model"] in chosen
@@ -283,9 +285,16 @@ class Run:
         return [{"dataset": ds} for ds in self.simulated] if self.config["calibration"]["enabled"] else []
 
     def map_keys(self, modality: str) -> list[dict]:
-        """{dataset, model} of each map job of a modality (brain maps: fmri, topomaps: meg)."""
+        """{dataset, model} of each map job of a modality (brain maps: fmri, topomaps: meg), configured models only.
+
+        Controls and sensitivity variants get no maps: their numbers are in the tables, and a map
+        job costs more than a variant's encoding (docs/figures.md).
+        """
         return [
-            {"dataset": ds, "model": m} for ds in self.datasets if modality in self.modalities(ds) for m in self.models
+            {"dataset": ds, "model": m}
+            for ds in self.datasets
+            if modality in self.modalities(ds)
+            for m in self.base_models
         ]
 
     def jobs(self) -> dict[str, list[dict]]:

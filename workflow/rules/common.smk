@@ -409,9 +409,10 @@ def figure_outputs():
 
 
 def map_outputs():
-    """Brain map, glass brain and topomap files of every dataset × model, PNGs registered in the report."""
+    """Brain map, glass brain and topomap files of every dataset × configured model (not its
+    controls or variants), PNGs registered in the report."""
     names = catalog.map_names(
-        dataset_modalities(), list(MODELS), config["figures"]["formats"]
+        dataset_modalities(), RUN.base_models, config["figures"]["formats"]
     )
     return [
         _reported(RUN.path(catalog.FIGURE.format(name=name)), kind, ds, m)

@@ -256,17 +256,20 @@ def encode(
     """
     X, Y = np.asarray(X), np.asarray(Y)
     keep, used, nonfinite, constant = _usable(X, Y, targets, folds)
-    result = ridge_cv(
-        X if keep.all() else X[:, keep],
-        Y if used.all() else Y[:, used],
-        folds,
-        alphas,
-        batch_size,
-        backend,
-        device,
-        dtype,
-        nuisance,
-    )
+    if not keep.any():
+        result = intercept_only(Y[:, used], folds, X.shape[1])
+    else:
+        result = ridge_cv(
+            X if keep.all() else X[:, keep],
+            Y if used.all() else Y[:, used],
+            folds,
+            alphas,
+            batch_size,
+            backend,
+            device,
+            dtype,
+            nuisance,
+        )
     return _encoding_tables(X, Y, targets, folds, keep, (used, nonfinite, constant), result)
 
 
@@ -290,6 +293,11 @@ def encode_shared(
     Ys = [np.asarray(Y) for Y in Ys]
     masks = [_usable(X, Y, t, folds) for Y, t in zip(Ys, targets)]
     keep = masks[0][0]  # depends on X only
+    if not keep.any():
+        return [
+            _encoding_tables(X, Y, t, folds, keep, mask[1:], intercept_only(Y[:, mask[1]], folds, X.shape[1]))
+            for Y, t, mask in zip(Ys, targets, masks)
+        ]
     results = ridge_cv_shared(
         X if keep.all() else X[:, keep],
         [Y if used.all() else Y[:, used] for Y, (_, used, _, _) in zip(Ys, masks)],
@@ -307,12 +315,39 @@ def encode_shared(
     ]
 
 
+def intercept_only(Y: np.ndarray, folds: Sequence[Fold], n_features: int) -> RidgeCVResult:
+    """Scores of a layer whose every feature column is constant: the training mean predicts each test row.
+
+    Such a layer (a saturated or dead block, a gradient that is exactly zero) carries no
+    information about the images. Its prediction does not vary, so its correlation with any
+    response is taken as r = 0 (as the joint stage counts an empty band's R² alone as 0); R² is the
+    intercept model's held-out R² (≤ 0); the penalty is NaN (nothing was penalised). Logged.
+    """
+    log.warning(
+        "all %d feature columns of this layer are constant over the images (a dead or saturated block, or a "
+        "zero gradient): it carries no information, so each of its %d targets gets r = 0 and the intercept "
+        "model's R²; `hierarchy.exclude: nonpositive` leaves the layer out of the scores",
+        n_features,
+        Y.shape[1],
+    )
+    Y = np.asarray(Y, dtype=np.float64)
+    r2_folds = np.empty((len(folds), Y.shape[1]))
+    for i, (train, test) in enumerate(folds):
+        residual = ((Y[test] - Y[train].mean(axis=0)) ** 2).sum(axis=0)
+        total = ((Y[test] - Y[test].mean(axis=0)) ** 2).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2_folds[i] = 1.0 - residual / total
+    r_folds = np.zeros_like(r2_folds)
+    alpha = np.full(r2_folds.shape, np.nan)
+    return RidgeCVResult(
+        r=r_folds.mean(axis=0), r2=r2_folds.mean(axis=0), alpha=alpha, r_folds=r_folds, r2_folds=r2_folds
+    )
+
+
 def _usable(X: np.ndarray, Y: np.ndarray, targets: pd.DataFrame, folds: Sequence[Fold]) -> tuple[np.ndarray, ...]:
     """Checked inputs' masks: feature columns kept, targets used, targets not finite, targets constant."""
     _check_inputs(X, Y, targets, folds)
     keep = np.ptp(X, axis=0) > 0  # zero gradients and dead units: exactly constant columns
-    if not keep.any():
-        raise ValueError(f"all {X.shape[1]} feature columns are constant; nothing to encode from")
     nonfinite, constant = _column_flags(Y)
     used = ~(nonfinite | constant)
     if not used.any():
