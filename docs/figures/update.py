@@ -13,10 +13,10 @@ from PIL import Image
 
 # The README's figures, in the order it shows them.
 KEY_FIGURES = (
-    "encoding_by_layer_sim_backprop_resnet18.png",
-    "spatial_hierarchy_sim_backprop_resnet18.png",
-    "tmax_sim_backprop_resnet18.png",
-    "brain_map_sim_backprop_resnet18.png",
+    "encoding_by_layer_sim_backprop_mobilenet_v2.png",
+    "spatial_hierarchy_sim_backprop_mobilenet_v2.png",
+    "tmax_sim_backprop_mobilenet_v2.png",
+    "brain_map_sim_backprop_mobilenet_v2.png",
     "simulation_recovery_sim_backprop.png",
 )
 MAX_WIDTH = 1400
@@ -24,7 +24,7 @@ MAX_TOTAL_BYTES = 1_500_000
 
 
 # Smooth colormaps on surfaces band visibly in a 256-colour palette; line plots lose nothing.
-FULL_COLOUR = {"brain_map_sim_backprop_resnet18.png"}
+FULL_COLOUR = {"brain_map_sim_backprop_mobilenet_v2.png"}
 
 
 def reduce(source: Path, target: Path) -> int:
