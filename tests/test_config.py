@@ -357,7 +357,7 @@ def test_layers_given_both_ways(demo, n):
 def test_layer_names_alone_get_no_count(demo):
     config = _set(copy.deepcopy(demo), "models.efficientnet_lite0.layers", {"names": ["layer1", "layer2"]})
     assert validate_config(config)["models"]["efficientnet_lite0"]["layers"] == {"names": ["layer1", "layer2"]}
-    assert validate_config(copy.deepcopy(demo))["models"]["efficientnet_lite0"]["layers"] == {"n": 8}
+    assert validate_config(copy.deepcopy(demo))["models"]["efficientnet_lite0"]["layers"] == {"n": 6}
     config = copy.deepcopy(demo)
     del config["models"]["efficientnet_lite0"]["layers"]
     assert validate_config(config)["models"]["efficientnet_lite0"]["layers"] == {"n": 22}

@@ -13,7 +13,8 @@ from brainprop.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = load_config(ROOT / "config" / "config.yaml", check_models=False)
-DEPTHS = np.linspace(0, 1, 8)
+SOURCE = DEMO["models"][DEMO["datasets"]["sim_backprop"]["simulation"]["source_model"]]
+DEPTHS = np.linspace(0, 1, SOURCE["layers"]["n"])  # the demo source model's layers
 DEFAULTS = S.params_from_config(DEMO["datasets"]["sim_backprop"])
 MEG = DEFAULTS["meg"]
 
