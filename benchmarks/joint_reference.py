@@ -1,8 +1,8 @@
 """What E's reference and the nuisances cost per joint job, against an encode job in the same run.
 
-One demo `joint_shared` job's shapes (360 images, a layer's 256 activation and 256 gradient
-features, 8 subjects × 1,440 targets, the forward stack's 8,008 features in 9 blocks reduced to
-64 components, 5 folds, the 5-value grid per band) timed in-process for each reference setting:
+One demo `joint_shared` job's shapes (240 images, a layer's 256 activation and 256 gradient
+features, 8 subjects × 800 targets, the forward stack's 7,656 features in 7 blocks (MobileNetV2's
+6 demo blocks and the output) reduced to 64 components, 5 folds, the 5-value grid per band) timed in-process for each reference setting:
 `same_layer`, `stack` (the default), both (what `sensitivity.reference: [same_layer]` adds), and
 `stack` with the three nuisances partialled out; the baseline is one `encode_shared` fit of the
 gradients (the 10-value single-band grid) on the same targets. Writes
@@ -24,8 +24,8 @@ from brainprop.encoding._ridge import ridge_cv_shared
 from brainprop.encoding.joint import joint_encode_shared
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
-N_IMAGES, WIDTH, N_SUBJECTS, N_TARGETS = 360, 256, 8, 1440
-STACK_DIMS = (96, 128, 256, 384, 640, 1024, 1280, 3200, 1000)  # 8 layers and the output: 8,008 columns
+N_IMAGES, WIDTH, N_SUBJECTS, N_TARGETS = 240, 256, 8, 800
+STACK_DIMS = (128, 128, 256, 384, 640, 5120, 1000)  # 6 layers and the output: 7,656 columns
 ENCODE_ALPHAS = np.logspace(0, 8, 10)
 JOINT_ALPHAS = np.logspace(0, 8, 5)
 

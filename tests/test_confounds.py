@@ -18,13 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LinearRegression, RidgeCV
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from test_group import PARAMS, simulate
 
 from brainprop.encoding import _banded
-from brainprop.encoding._banded import banded_grid, fold_predict
+from brainprop.encoding._banded import banded_grid, fold_predict, joint_ridge_cv
 from brainprop.encoding._ridge import Partial, fold_partial, ridge_cv
 from brainprop.encoding.folds import make_folds
 from brainprop.encoding.joint import StackBand, joint_encode
@@ -172,25 +170,62 @@ def test_fitted_reductions_and_nuisance_fits_see_no_test_row(monkeypatch):
 # ---------------------------------------------------------------- nuisances against scikit-learn and a plant
 
 
-def test_ridge_cv_with_nuisances_equals_scikit_learn():
-    rng = np.random.default_rng(3)
-    n = 90
-    nuisance = rng.standard_normal((n, 2))
-    X = rng.standard_normal((n, 8)) + nuisance[:, :1] * 2.0
-    Y = X[:, :3] @ rng.standard_normal((3, 4)) + nuisance @ rng.standard_normal((2, 4)) + rng.standard_normal((n, 4))
-    folds = make_folds(n, None, 5, 0)
-    got = ridge_cv(X, Y, folds, ALPHAS, nuisance=nuisance)
+def _nuisance_ridge_by_refits(X, Y, nuisance, train, test, alphas):
+    """Ridge with an intercept and unpenalised nuisance columns, the penalty of each target chosen by
+    leaving each training row out and refitting: the independent reference of `ridge_cv(nuisance=...)`.
+
+    The features are the training rows' nuisance residuals, standardised (a fixed transform, as in
+    the pipeline); returns the chosen penalties and the held-out r against the test rows' residuals.
+    """
+    D = np.column_stack([np.ones(len(train)), nuisance[train]])
+    D_test = np.column_stack([np.ones(len(test)), nuisance[test]])
+    coef_x = np.linalg.lstsq(D, X[train], rcond=None)[0]
+    x_train, x_test = X[train] - D @ coef_x, X[test] - D_test @ coef_x
+    scaler = StandardScaler().fit(x_train)
+    x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+    A = np.hstack([D, x_train])
+    y = Y[train]
+
+    def solve(rows, alpha):
+        penalty = np.diag(np.r_[np.zeros(D.shape[1]), np.full(x_train.shape[1], alpha)])
+        return np.linalg.solve(A[rows].T @ A[rows] + penalty, A[rows].T @ y[rows])
+
+    errors = []
+    for alpha in alphas:
+        loo = np.array([A[i] @ solve(np.delete(np.arange(len(train)), i), alpha) for i in range(len(train))])
+        errors.append(((y - loo) ** 2).mean(axis=0))
+    best = np.argmin(np.array(errors), axis=0)  # first minimum: ties to the smaller penalty
+    coef_y = np.linalg.lstsq(D, y, rcond=None)[0]
+    y_test = Y[test] - D_test @ coef_y
     r = []
-    for train, test in folds:
-        residual = []
-        for A in (X, Y):  # least squares with an intercept on the training rows, applied to both splits
-            fit = LinearRegression().fit(nuisance[train], A[train])
-            residual.append((A[train] - fit.predict(nuisance[train]), A[test] - fit.predict(nuisance[test])))
-        (x_train, x_test), (y_train, y_test) = residual
-        pred = make_pipeline(StandardScaler(), RidgeCV(ALPHAS, alpha_per_target=True)).fit(x_train, y_train)
-        p = pred.predict(x_test)
-        r.append([np.corrcoef(p[:, j], y_test[:, j])[0, 1] for j in range(Y.shape[1])])
-    np.testing.assert_allclose(got.r, np.mean(r, axis=0), atol=1e-6)
+    for j, b in enumerate(best):
+        beta = solve(np.arange(len(train)), alphas[b])[D.shape[1] :, j]
+        r.append(np.corrcoef(x_test @ beta, y_test[:, j])[0, 1])
+    return np.asarray(alphas)[best], np.array(r)
+
+
+def test_ridge_cv_with_nuisances_equals_refits_with_unpenalised_nuisance_columns():
+    """Wide features (d > n_train, as every demo layer): the leave-one-out error must count the nuisance fit."""
+    rng = np.random.default_rng(3)
+    n = 60
+    nuisance = rng.standard_normal((n, 3))
+    nuisance[:, 2] = nuisance[:, 0] + 0.1 * rng.standard_normal(n)  # collinear, as confidence and entropy are
+    X = rng.standard_normal((n, 80)) + nuisance[:, :1] * 2.0
+    Y = (
+        X[:, :3] @ rng.standard_normal((3, 4))
+        + nuisance @ rng.standard_normal((3, 4))
+        + 3 * rng.standard_normal((n, 4))
+    )
+    folds = make_folds(n, None, 4, 0)
+    got = ridge_cv(X, Y, folds, ALPHAS, nuisance=nuisance)
+    banded = joint_ridge_cv([X], Y, folds, ALPHAS, nuisance=nuisance)
+    for f, (train, test) in enumerate(folds):
+        alpha, r = _nuisance_ridge_by_refits(X, Y, nuisance, train, test, ALPHAS)
+        np.testing.assert_array_equal(got.alpha[f], alpha)
+        np.testing.assert_allclose(got.r_folds[f], r, atol=1e-8)
+        np.testing.assert_array_equal(banded.alpha[f, :, 0], alpha)
+        np.testing.assert_allclose(banded.r_folds[f], r, atol=1e-8)
+    assert len(set(got.alpha.ravel())) > 1  # the check has penalties to tell apart
     assert not np.allclose(got.r, ridge_cv(X, Y, folds, ALPHAS).r, atol=1e-3)  # the nuisances did something
 
 

@@ -166,12 +166,14 @@ def _fold_fit(
     grid: np.ndarray,
     y_train: np.ndarray,
     batch_size: int | None = None,
+    leverage: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best combination index (m,), its leave-one-out MSE (m,) and held-out prediction (n_test, m).
 
     `y_train` must be finite; the first combination in grid order wins ties of the leave-one-out
     error. Combinations with the same penalty ratios share one eigendecomposition
-    (`_ratio_groups`), and all their penalties one pass over the targets.
+    (`_ratio_groups`), and all their penalties one pass over the targets. `leverage`: the
+    nuisance design's hat diagonal when nuisances were partialled out (`_ridge._loo_terms`).
     """
     ops = get_backend("numpy", "cpu", None)
     n_train, m = y_train.shape
@@ -181,7 +183,7 @@ def _fold_fit(
     for weights, combos in _ratio_groups(grid):
         basis = _weighted_basis(K, C, weights)
         scales = grid[combos, -1]
-        groups.append((basis, combos, scales, *_loo_terms(basis, scales)))
+        groups.append((basis, combos, scales, *_loo_terms(basis, scales, leverage)))
     best = np.zeros(m, dtype=np.intp)
     best_err = np.full(m, np.inf)
     pred = np.zeros((C.shape[1], m))
@@ -225,7 +227,8 @@ def fold_predict(
         y_train, y_test = partial(y_train, y_test)
     valid = _valid(y_train, y_test)
     K, C = _kernels(list(Xs), train, test, partial)
-    best, _, pred = _fold_fit(K, C, grid, np.where(valid, y_train, 0.0), batch_size)
+    leverage = None if partial is None else partial.leverage()
+    best, _, pred = _fold_fit(K, C, grid, np.where(valid, y_train, 0.0), batch_size, leverage)
     return best, pred, y_test, valid
 
 

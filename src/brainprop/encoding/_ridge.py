@@ -121,6 +121,10 @@ class Partial:
         coef = self.pinv @ A_train
         return A_train - self.design_train @ coef, A_test - self.design_test @ coef
 
+    def leverage(self) -> np.ndarray:
+        """(n_train,) diagonal of the training rows' hat matrix of the design (intercept included)."""
+        return np.einsum("ij,ji->i", self.design_train, self.pinv)
+
 
 def check_nuisance(nuisance: np.ndarray | None, n_samples: int) -> np.ndarray | None:
     """The nuisance regressors as a finite float64 (n_samples, p) array (None stays None)."""
@@ -218,18 +222,24 @@ def _decompose(ops: Backend, X_train: np.ndarray, X_test: np.ndarray) -> _Basis:
     return _Basis(U=ops.cast(basis.U), lam=ops.cast(basis.lam), P=ops.cast(basis.P))
 
 
-def _loo_terms(basis: _Basis, alphas: Any) -> tuple[Any, Any]:
+def _loo_terms(basis: _Basis, alphas: Any, leverage: Any = None) -> tuple[Any, Any]:
     """Shrinkage M (k, n_alphas) and leave-one-out denominators (n_train, n_alphas).
 
     With intercept, scikit-learn's `_RidgeGCV` treats the constant direction as unpenalised:
     looe = c / d with c = y + U M U^T y and d = 1 + diag(U M U^T) - (U M U^T 1 + 1) / n,
-    where M = -lam / (lam + alpha); directions outside U have M = 0.
+    where M = -lam / (lam + alpha); directions outside U have M = 0. The 1 / n is the
+    intercept's leverage. With nuisance regressors partialled out of X and y (`fold_partial`),
+    the fit is a ridge whose nuisance coefficients are unpenalised (Frisch-Waugh-Lovell), its hat
+    matrix is the design's plus the ridge's, and `leverage` (n_train,), the design's hat diagonal
+    with the intercept in it, takes the place of 1 / n: without it the leave-one-out error
+    forgets that each row also fitted the nuisances, and favours the smallest penalty.
     """
     U, lam = basis.U, basis.lam
     n = U.shape[0]
     M = -lam[:, None] / (lam[:, None] + alphas[None, :])
     UT1 = U.sum(0)
-    denom = 1.0 + (U**2) @ M - (U @ (M * UT1[:, None]) + 1.0) / n
+    own = 1.0 / n if leverage is None else leverage[:, None]
+    denom = 1.0 + (U**2) @ M - (U @ (M * UT1[:, None])) / n - own
     return M, denom
 
 
@@ -299,14 +309,22 @@ def _maps_pay_off(n_train: int, n_test: int, k: int, n_alphas: int, n_targets: i
     return maps < (k * n_train + n_test * k) * n_targets
 
 
-def _search_terms(ops: Backend, low: Backend | None, basis: _Basis, alphas: np.ndarray, n_targets: int = 0) -> _Search:
+def _search_terms(
+    ops: Backend,
+    low: Backend | None,
+    basis: _Basis,
+    alphas: np.ndarray,
+    n_targets: int = 0,
+    leverage: np.ndarray | None = None,
+) -> _Search:
     """Leave-one-out terms of every penalty for one fold, plus float32 copies when `low` is given.
 
     With `low`, the prediction maps B are built when they cost less than a float64 U^T y for
-    the fold's `n_targets` targets (`_maps_pay_off`).
+    the fold's `n_targets` targets (`_maps_pay_off`). `leverage`: the nuisance design's hat
+    diagonal (`Partial.leverage`), or None (intercept only).
     """
     A = ops.asarray(alphas)
-    M, denom = _loo_terms(basis, A)
+    M, denom = _loo_terms(basis, A, None if leverage is None else ops.asarray(leverage))
     d2 = ops.to_numpy(denom) ** 2
     with np.errstate(divide="ignore"):
         q_mean = (1.0 / d2).mean(axis=0)
@@ -655,7 +673,8 @@ def ridge_cv_shared(
         X_train, X_test = _standardize(X_train, X_test)
         basis = _decompose(ops, X_train, X_test)
         del X_train, X_test
-        search = _search_terms(ops, low, basis, alphas, sum(Y.shape[1] for Y in Ys))
+        leverage = None if partial is None else partial.leverage()
+        search = _search_terms(ops, low, basis, alphas, sum(Y.shape[1] for Y in Ys), leverage)
         step = batch_size or _batch_size(ops, len(train))
         for Y, (alpha, r, r2) in zip(Ys, scores):
             for start in range(0, Y.shape[1], step):
