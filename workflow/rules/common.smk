@@ -432,4 +432,5 @@ def final_outputs():
         *paths(rules.truth.output.truth, [{"dataset": ds} for ds in RUN.simulated]),
         *paths(rules.calibration.output.calibration, calibration),
         *paths(rules.calibration.output.figure, calibration),
+        *paths(rules.calibration.output.nulls, calibration),
     ]

@@ -89,12 +89,13 @@ def run_sensitivity(*, inputs, outputs, params) -> None:
 
 
 def run_calibration(*, inputs, outputs, params) -> None:
-    """The calibration rule: type I error (shuffled) and power (backprop) of the tests over SNRs."""
+    """The calibration rule: type I error (shuffled, smooth_null) and power (backprop) of the tests over SNRs,
+    under each per-subject null of `calibration.nulls`."""
     from ..brain.simulate import simulated_sensors
     from ..encoding.files import load_folds
     from ..encoding.folds import folds_from_table
     from ..features.files import load_features, load_layers, load_samples
-    from ..figures.calibration import power_figure
+    from ..figures.calibration import null_figure, power_figure
     from .calibration import calibration_table, rejection_rates
 
     dataset = params.dataset
@@ -112,9 +113,17 @@ def run_calibration(*, inputs, outputs, params) -> None:
     rates = rejection_rates(table, alpha)
     log.info("rejection rates:\n%s", rates.to_string())
     n_seeds = settings["calibration"]["n_seeds"]
-    legend = "solid: backprop = power; dashed: shuffled = type I error"
+    first = settings["calibration"]["nulls"][0]
+    legend = f"solid: backprop = power; dashed: shuffled = type I error; per-subject null {first}"
     title = f"{dataset}: gradient tests, {n_seeds} seeds per point ({legend})"
-    power_figure(rates, outputs.figure, alpha, title)
+    shown = rates[(rates["null"] == first) & rates["scenario"].isin(["shuffled", "backprop"])]
+    power_figure(shown, outputs.figure, alpha, title)
+    # The nulls side by side: type I error against the length-scale at the highest SNR, power against SNR.
+    top = rates[rates["snr_fmri"] == rates["snr_fmri"].max()]
+    n_max = int(rates["n_subjects"].max())
+    power = rates[(rates["scenario"] == "backprop") & (rates["n_subjects"] == n_max) & (rates["signal"] == "grad")]
+    title = f"{dataset}: per-subject nulls, {n_seeds} seeds, {n_max} subjects, fMRI SNR {top['snr_fmri'].max():g}"
+    null_figure(top[top["n_subjects"] == n_max], outputs.nulls, alpha, title, power)
 
 
 def run_tables(*, inputs, outputs, params, runtime: dict) -> None:
