@@ -20,10 +20,12 @@ from scipy import stats
 from brainprop.brain import simulate as S
 from brainprop.config import load_config
 from brainprop.encoding.folds import make_folds
-from brainprop.figures.calibration import null_figure, power_figure
+from brainprop.figures.calibration import calibration_figures, null_figure, power_figure
 from brainprop.hierarchy.scores import subject_hierarchy
 from brainprop.stats.calibration import (
+    CALIBRATION_COLUMNS,
     DEMO_TIMES,
+    calibration_table,
     encoded_scores,
     group_rejections,
     null_calibration,
@@ -254,3 +256,42 @@ def test_power_falls_with_noise_and_the_figure_is_written(tmp_path):
     path = tmp_path / "power_sim.png"
     power_figure(rates, str(path), ALPHA, "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_calibration_rule_runs_every_scenario_and_null_and_draws_both_figures(tmp_path):
+    """`calibration_table` (the rule's core) on tiny features: shuffled, smooth_null, backprop × both nulls."""
+    depths, n_images = np.linspace(0, 1, 4), 60
+    rng = np.random.default_rng(0)
+    plant = {s: [rng.standard_normal((n_images, 8 * 16)) for _ in depths] for s in ("act", "grad")}
+    features = {
+        s: [f.reshape(n_images, 8, 2, 2, 2, 2).mean(axis=(3, 5)).reshape(n_images, -1) for f in fs]
+        for s, fs in plant.items()
+    }
+    cal = {
+        "n_subjects": [3],
+        "snr_fmri": [1.0],
+        "snr_meg_ratio": 4.0,
+        "n_seeds": 1,
+        "nulls": ["variogram", "layer_shuffle"],
+        "length_scales": [2.0],
+    }
+    params = {
+        "simulation": dict(SIM, shared_components=1, meg=dict(SIM["meg"])),
+        "calibration": cal,
+        "group": GROUP | {"n_permutations": 19},
+        "encoding": {"alphas": {"log10_min": 0, "log10_max": 8, "n": 3}},
+        "seed": 0,
+    }
+    sensors = S.ctf275_sensors().iloc[::90].reset_index(drop=True)
+    table = calibration_table(plant, features, depths, make_folds(n_images, None, 3, 0), sensors, params, "sim")
+    assert list(table.columns) == CALIBRATION_COLUMNS
+    assert set(zip(table["scenario"], table["length_scale"].fillna(0))) == {
+        ("shuffled", 0),
+        ("smooth_null", 2.0),
+        ("backprop", 0),
+    }
+    assert set(table["null"]) == {"variogram", "layer_shuffle"}
+    rates = rejection_rates(table, ALPHA)
+    power, nulls = tmp_path / "power_sim.png", tmp_path / "calibration_sim.png"
+    calibration_figures(rates, ALPHA, "sim", cal, str(power), str(nulls))
+    assert power.read_bytes()[:4] == nulls.read_bytes()[:4] == b"\x89PNG"

@@ -7,7 +7,7 @@ import pandas as pd
 
 from ..stats.registry import SCORE_TESTS
 
-__all__ = ["null_figure", "power_figure"]
+__all__ = ["calibration_figures", "null_figure", "power_figure"]
 
 _TESTS = SCORE_TESTS
 
@@ -78,7 +78,8 @@ def null_figure(rates: pd.DataFrame, path: str, alpha: float, title: str, power:
     binomial 95 % interval of alpha for the number of per-subject tests, so a null above it
     rejects a true null too often. `power` (optional: rows with snr_fmri, null, test,
     subject_rate, group_rate of the backprop scenario) adds a last panel: the per-subject
-    rejection rate against fMRI SNR, one line per null and test (dashed: the group test).
+    rejection rate against fMRI SNR, one colour per test and one line style per null (wide pale
+    lines: the group test, the same under every null).
     """
     import matplotlib
 
@@ -112,17 +113,21 @@ def null_figure(rates: pd.DataFrame, path: str, alpha: float, title: str, power:
     axes[0][0].legend(fontsize=7, loc="upper left")
     if power is not None:
         ax = axes[0][-1]
-        for (null, test), line in power[power["test"].isin(_SUBJECT_TESTS)].groupby(["null", "test"], sort=True):
-            line = line.sort_values("snr_fmri")
-            ax.plot(line["snr_fmri"], line["subject_rate"], "-o", ms=3, label=f"{test}, {null}")
+        styles = ("-", "--", ":", "-.")
+        for i, null in enumerate(nulls):
+            for j, test in enumerate(_SUBJECT_TESTS):
+                line = power[(power["null"] == null) & (power["test"] == test)].sort_values("snr_fmri")
+                label = f"{test}, {null}" if len(line) else None
+                style = {"ls": styles[i % 4], "color": f"C{j}", "marker": "o", "ms": 3}
+                ax.plot(line["snr_fmri"], line["subject_rate"], **style, label=label)
         groups = power[power["test"].isin(_SUBJECT_TESTS)].drop_duplicates(["test", "snr_fmri"])
-        for _, line in groups.groupby("test", sort=True):
-            line = line.sort_values("snr_fmri")
-            ax.plot(line["snr_fmri"], line["group_rate"], "--", color="0.4", lw=0.8)
+        for j, test in enumerate(_SUBJECT_TESTS):
+            line = groups[groups["test"] == test].sort_values("snr_fmri")
+            ax.plot(line["snr_fmri"], line["group_rate"], "-", color=f"C{j}", lw=3, alpha=0.25)
         ax.axhline(0.8, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("SNR (dashed: group Wilcoxon)")
+        ax.set_xlabel("SNR (wide pale lines: group Wilcoxon)")
         ax.set_title("power on backprop", fontsize=9)
         ax.legend(fontsize=6, loc="lower right")
     fig.suptitle(title, fontsize=9)
@@ -132,3 +137,23 @@ def null_figure(rates: pd.DataFrame, path: str, alpha: float, title: str, power:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def calibration_figures(
+    rates: pd.DataFrame, alpha: float, dataset: str, calibration: dict, power_path: str, nulls_path: str
+) -> None:
+    """The calibration rule's two figures from its `rejection_rates`.
+
+    `power_path`: `power_figure` of shuffled and backprop under the first null of
+    `calibration['nulls']`; `nulls_path`: `null_figure` of every null at the highest SNR and
+    subject count, with the power of backprop against SNR.
+    """
+    n_seeds, first = calibration["n_seeds"], calibration["nulls"][0]
+    legend = f"solid: backprop = power; dashed: shuffled = type I error; per-subject null {first}"
+    shown = rates[(rates["null"] == first) & rates["scenario"].isin(["shuffled", "backprop"])]
+    power_figure(shown, power_path, alpha, f"{dataset}: gradient tests, {n_seeds} seeds per point ({legend})")
+    snr, n_max = rates["snr_fmri"].max(), int(rates["n_subjects"].max())
+    top = rates[(rates["snr_fmri"] == snr) & (rates["n_subjects"] == n_max)]
+    power = rates[(rates["scenario"] == "backprop") & (rates["n_subjects"] == n_max) & (rates["signal"] == "grad")]
+    title = f"{dataset}: per-subject nulls, {n_seeds} seeds, {n_max} subjects, fMRI SNR {snr:g}"
+    null_figure(top, nulls_path, alpha, title, power)

@@ -95,7 +95,7 @@ def run_calibration(*, inputs, outputs, params) -> None:
     from ..encoding.files import load_folds
     from ..encoding.folds import folds_from_table
     from ..features.files import load_features, load_layers, load_samples
-    from ..figures.calibration import null_figure, power_figure
+    from ..figures.calibration import calibration_figures
     from .calibration import calibration_table, rejection_rates
 
     dataset = params.dataset
@@ -112,18 +112,7 @@ def run_calibration(*, inputs, outputs, params) -> None:
     alpha = float(settings["group"]["alpha"])
     rates = rejection_rates(table, alpha)
     log.info("rejection rates:\n%s", rates.to_string())
-    n_seeds = settings["calibration"]["n_seeds"]
-    first = settings["calibration"]["nulls"][0]
-    legend = f"solid: backprop = power; dashed: shuffled = type I error; per-subject null {first}"
-    title = f"{dataset}: gradient tests, {n_seeds} seeds per point ({legend})"
-    shown = rates[(rates["null"] == first) & rates["scenario"].isin(["shuffled", "backprop"])]
-    power_figure(shown, outputs.figure, alpha, title)
-    # The nulls side by side: type I error against the length-scale at the highest SNR, power against SNR.
-    top = rates[rates["snr_fmri"] == rates["snr_fmri"].max()]
-    n_max = int(rates["n_subjects"].max())
-    power = rates[(rates["scenario"] == "backprop") & (rates["n_subjects"] == n_max) & (rates["signal"] == "grad")]
-    title = f"{dataset}: per-subject nulls, {n_seeds} seeds, {n_max} subjects, fMRI SNR {top['snr_fmri'].max():g}"
-    null_figure(top[top["n_subjects"] == n_max], outputs.nulls, alpha, title, power)
+    calibration_figures(rates, alpha, dataset, settings["calibration"], outputs.figure, outputs.nulls)
 
 
 def run_tables(*, inputs, outputs, params, runtime: dict) -> None:
