@@ -50,6 +50,13 @@ def test_variogram_surrogates_of_a_shuffled_profile_are_its_permutations():
     assert np.median(sur.std(axis=1)) == pytest.approx(x.std(), rel=0.35)
 
 
+def test_three_points_have_no_variogram_and_get_permutations():
+    rng = np.random.default_rng(6)
+    x = np.array([0.3, 1.0, 2.0])
+    sur = variogram_surrogates(x, np.arange(3.0), 50, rng)
+    np.testing.assert_allclose(np.sort(sur, axis=1), np.broadcast_to(np.sort(x), (50, 3)))
+
+
 def test_the_grouped_statistic_is_the_pearson_over_units():
     """Units sharing a position (targets of one ROI) are collapsed; the observed r is unchanged."""
     rng = np.random.default_rng(2)

@@ -116,13 +116,16 @@ def variogram_surrogates(
     kernel of each width in `VARIOGRAM_WIDTHS`, regress the observed variogram on the surrogate's
     (γ_obs ≈ a·γ_sur + b, least squares over the distance bins), keep the width with the smallest
     residual (per surrogate), and return √|a|·smoothed + √|b|·N(0, 1), shifted to the profile's mean.
+    With fewer than two non-empty distance bins (three points) the surrogates are permutations.
     """
     x = np.asarray(profile, dtype=np.float64)
     pos = np.asarray(positions, dtype=np.float64)
     n = x.size
     forms, kernels = _variogram_geometry(pos.tobytes())
-    observed = (forms @ x) @ x
     perms = rng.permuted(np.broadcast_to(x, (n_surrogates, n)), axis=1)
+    if forms.shape[0] < 2:  # too few points for a variogram (3 layers): the permutations themselves
+        return perms
+    observed = (forms @ x) @ x
     n_widths, n_bins = kernels.shape[0], forms.shape[0]
     # Matrix products (BLAS) rather than einsum: smooth[s, w] = kernels[w] @ perms[s], and
     # gamma[s, w, b] = smooth[s, w]ᵀ forms[b] smooth[s, w].
