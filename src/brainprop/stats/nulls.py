@@ -13,7 +13,8 @@ up by name (config `stats.subject_null`):
   surrogate permutes the profile, smooths it with a Gaussian kernel, and rescales it
   (a·smoothed + √b·white noise) so that its variogram matches the observed one; the kernel width
   is the one, among `VARIOGRAM_WIDTHS` (in units of the median spacing of the positions), whose
-  least-squares fit of the variogram is best, chosen per surrogate.
+  least-squares fit of the short-range variogram (up to the 25th percentile of the distances, as
+  `brainsmash` by default) is best, chosen per surrogate.
 - `gp`: a parametric version: a Gaussian process with a squared-exponential kernel and a
   nugget is fitted to the standardised profile by maximum likelihood over a grid
   (`GP_LENGTHS` × `GP_NUGGETS`), and surrogates are drawn from it.
@@ -52,9 +53,13 @@ __all__ = [
 # Kernel widths tried by the variogram matching, in units of the median spacing of the positions
 # (0: no smoothing, the permutation itself).
 VARIOGRAM_WIDTHS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-# Distance bins of the variogram: this many equal bins up to this percentile of the pairwise distances.
+# Distance bins of the variogram: this many equal bins up to this percentile of the pairwise distances
+# (brainsmash's default, pv = 25: the short-range variogram, where a smooth accident and a smooth
+# trend differ least, and a noisy trend looks rough)
 _N_BINS = 6
-_MAX_PERCENTILE = 70.0
+_MAX_PERCENTILE = 25.0
+# ... and at least up to the fifth smallest distinct distance, so that a short profile has a variogram
+_MIN_DISTANCES = 5
 # Length-scales (in units of the median spacing) and nugget fractions of the fitted Gaussian process.
 GP_LENGTHS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 GP_NUGGETS = (1e-3, 0.05, 0.2, 0.5)
@@ -74,6 +79,9 @@ def _bin_forms(pos: np.ndarray) -> np.ndarray:
     i, j = np.triu_indices(n, 1)
     dist = np.abs(pos[i] - pos[j])
     top = np.percentile(dist, _MAX_PERCENTILE)
+    distinct = np.unique(dist)
+    if np.count_nonzero(distinct <= top + 1e-12) < _MIN_DISTANCES:  # few points: reach the 5th distance
+        top = distinct[min(_MIN_DISTANCES, distinct.size) - 1]
     edges = np.linspace(0.0, top, _N_BINS + 1)
     which = np.clip(np.digitize(dist, edges[1:-1], right=True), 0, _N_BINS - 1)
     forms = []
@@ -116,14 +124,14 @@ def variogram_surrogates(
     kernel of each width in `VARIOGRAM_WIDTHS`, regress the observed variogram on the surrogate's
     (γ_obs ≈ a·γ_sur + b, least squares over the distance bins), keep the width with the smallest
     residual (per surrogate), and return √|a|·smoothed + √|b|·N(0, 1), shifted to the profile's mean.
-    With fewer than two non-empty distance bins (three points) the surrogates are permutations.
+    With fewer than three non-empty distance bins (three points) the surrogates are permutations.
     """
     x = np.asarray(profile, dtype=np.float64)
     pos = np.asarray(positions, dtype=np.float64)
     n = x.size
     forms, kernels = _variogram_geometry(pos.tobytes())
     perms = rng.permuted(np.broadcast_to(x, (n_surrogates, n)), axis=1)
-    if forms.shape[0] < 2:  # too few points for a variogram (3 layers): the permutations themselves
+    if forms.shape[0] < 3:  # a two-parameter fit needs three bins (three points have two): permutations
         return perms
     observed = (forms @ x) @ x
     n_widths, n_bins = kernels.shape[0], forms.shape[0]
