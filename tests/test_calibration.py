@@ -1,4 +1,11 @@
-"""Calibration of T1, S1a, S1b: type I error on the shuffled scenario, power on the backprop scenario."""
+"""Calibration of T1, S1a, S1b: type I error on the shuffled and smooth_null scenarios, power on backprop.
+
+The per-subject null (stats.subject_null) must hold its level on both nulls of METHOD.md §7:
+exchangeable layers (`shuffled`) and layers whose gradient latencies and ROI assignments vary
+smoothly, but randomly, with depth (`smooth_null`, length-scales 1, 2 and 4 layers). The former
+layer shuffle holds it on the first only; the tests show that it fails on the second, so this
+calibration can fail.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +20,15 @@ from scipy import stats
 from brainprop.brain import simulate as S
 from brainprop.config import load_config
 from brainprop.encoding.folds import make_folds
-from brainprop.figures.calibration import power_figure
+from brainprop.figures.calibration import calibration_figures, null_figure, power_figure
 from brainprop.hierarchy.scores import subject_hierarchy
 from brainprop.stats.calibration import (
+    CALIBRATION_COLUMNS,
     DEMO_TIMES,
+    calibration_table,
     encoded_scores,
     group_rejections,
+    null_calibration,
     planted_scores,
     rejection_rates,
     rejections,
@@ -43,6 +53,9 @@ GROUP = {
     "alpha": 0.05,
 }
 ALPHA = 0.05
+# The default per-subject null and the former one (tests/test_calibration.py measures both).
+NULLS = ("variogram", "layer_shuffle")
+N_NULL_SEEDS = 200
 
 
 def _wilcoxon_size(n: int) -> float:
@@ -65,9 +78,24 @@ def null_runs() -> pd.DataFrame:
     rows = []
     for seed in range(200):
         scores = planted_scores("shuffled", SUBJECTS, DEPTHS, SIM["meg"], seed, noise=0.3)
-        rej = group_rejections(scores, DEPTHS, DEMO_TIMES, GROUP, [8], seed)
+        rej = group_rejections(scores, DEPTHS, DEMO_TIMES, GROUP, [8], seed, NULLS, signals=("grad",))
         rows.append(rej[rej["signal"] == "grad"].assign(seed=seed))
     return pd.concat(rows, ignore_index=True)
+
+
+LENGTH_SCALES = (1.0, 2.0, 4.0)
+
+
+@pytest.fixture(scope="module")
+def smooth_runs() -> pd.DataFrame:
+    """200 seeds of the smooth null (`smooth_null`) at each length-scale: 8 subjects, gradient tests.
+
+    99 surrogates per subject test (p < 0.05 means at most 3 as extreme: exact size 4/100 for a
+    valid null), the statistics computed once and tested under both nulls.
+    """
+    scenarios = [("smooth_null", length) for length in LENGTH_SCALES]
+    params = GROUP | {"n_permutations": 99}
+    return null_calibration(DEPTHS, SIM["meg"], params, NULLS, scenarios, N_NULL_SEEDS, noise=0.3)
 
 
 def test_array_statistics_equal_the_group_stage():
@@ -90,7 +118,7 @@ def test_array_statistics_equal_the_group_stage():
 
 @pytest.mark.parametrize("test", ["T1", "S1a", "S1b"])
 def test_type_one_error_of_the_group_test(null_runs, test):
-    runs = null_runs[null_runs["test"] == test]
+    runs = null_runs[(null_runs["test"] == test) & (null_runs["null"] == "variogram")]  # p is the same under both
     assert len(runs) == 200 and (runs["n_used"] == 8).all()
     size = _wilcoxon_size(8)
     assert 0.03 < size <= ALPHA
@@ -100,11 +128,61 @@ def test_type_one_error_of_the_group_test(null_runs, test):
 
 @pytest.mark.parametrize("test", ["T1", "S1a", "S1b"])
 def test_type_one_error_of_the_per_subject_permutation_tests(null_runs, test):
+    """The former layer shuffle is exact on exchangeable layers; the variogram null is at or below its level."""
     runs = null_runs[null_runs["test"] == test]
+    assert len(runs) == 2 * 200
+    shuffle, variogram = (runs[runs["null"] == null] for null in ("layer_shuffle", "variogram"))
     # p = (1 + #as extreme) / 200 < 0.05 for at most 8 of 199 nulls: exact size 9/200 without ties.
-    size, trials = 9 / 200, int(runs["n_used"].sum())
-    rate = runs["n_significant_subjects"].sum() / trials
+    size, trials = 9 / 200, int(shuffle["n_used"].sum())
+    rate = shuffle["n_significant_subjects"].sum() / trials
     assert _inside(rate, size, trials), (test, rate, size)
+    rate = variogram["n_significant_subjects"].sum() / trials
+    assert _at_or_below(rate, ALPHA, trials), (test, rate)
+
+
+def _at_or_below(rate: float, size: float, trials: int) -> bool:
+    """Inside the binomial 95 % interval of `size` over `trials`, or below it."""
+    return rate <= stats.binom.interval(0.95, trials, size)[1] / trials
+
+
+def _subject_rate(runs: pd.DataFrame) -> tuple[float, int]:
+    trials = int(runs["n_used"].sum())
+    return float(runs["n_significant_subjects"].sum() / trials), trials
+
+
+@pytest.mark.parametrize("length", LENGTH_SCALES)
+@pytest.mark.parametrize("test", ["T1", "S1a", "S1b"])
+def test_the_default_null_holds_its_level_on_smooth_null(smooth_runs, test, length):
+    """METHOD.md §6: the per-subject test rejects a smooth null at most at its level, and so does the group."""
+    runs = smooth_runs[(smooth_runs["test"] == test) & (smooth_runs["length_scale"] == length)]
+    runs = runs[runs["null"] == "variogram"]
+    assert len(runs) == N_NULL_SEEDS
+    rate, trials = _subject_rate(runs)
+    assert _at_or_below(rate, ALPHA, trials), (test, length, rate)
+    group = float((runs["p"] < ALPHA).mean())
+    assert _at_or_below(group, _wilcoxon_size(8), len(runs)), (test, length, group)
+
+
+@pytest.mark.parametrize(
+    "test, lengths", [("T1", LENGTH_SCALES), ("S1a", LENGTH_SCALES[1:]), ("S1b", LENGTH_SCALES[1:])]
+)
+def test_the_layer_shuffle_fails_on_smooth_null(smooth_runs, test, lengths):
+    """The calibration can fail: the exchangeable layer shuffle rejects a smooth null above its interval."""
+    for length in lengths:
+        runs = smooth_runs[(smooth_runs["test"] == test) & (smooth_runs["length_scale"] == length)]
+        rate, trials = _subject_rate(runs[runs["null"] == "layer_shuffle"])
+        assert not _at_or_below(rate, ALPHA, trials), (test, length, rate)
+
+
+def test_the_null_figure_is_written(null_runs, smooth_runs, tmp_path):
+    shuffled = null_runs.assign(scenario="shuffled", length_scale=np.nan, snr_fmri=1.0)
+    table = pd.concat([shuffled, smooth_runs.assign(snr_fmri=1.0)], ignore_index=True)
+    rates = rejection_rates(table, ALPHA)
+    assert {"null", "length_scale", "n_subject_tests"} <= set(rates.columns)
+    assert rates["n_seeds"].eq(200).all()
+    path = tmp_path / "calibration_sim.png"
+    null_figure(rates, str(path), ALPHA, "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_shuffled_scores_are_centred_and_backprop_scores_are_not():
@@ -178,3 +256,42 @@ def test_power_falls_with_noise_and_the_figure_is_written(tmp_path):
     path = tmp_path / "power_sim.png"
     power_figure(rates, str(path), ALPHA, "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_calibration_rule_runs_every_scenario_and_null_and_draws_both_figures(tmp_path):
+    """`calibration_table` (the rule's core) on tiny features: shuffled, smooth_null, backprop × both nulls."""
+    depths, n_images = np.linspace(0, 1, 4), 60
+    rng = np.random.default_rng(0)
+    plant = {s: [rng.standard_normal((n_images, 8 * 16)) for _ in depths] for s in ("act", "grad")}
+    features = {
+        s: [f.reshape(n_images, 8, 2, 2, 2, 2).mean(axis=(3, 5)).reshape(n_images, -1) for f in fs]
+        for s, fs in plant.items()
+    }
+    cal = {
+        "n_subjects": [3],
+        "snr_fmri": [1.0],
+        "snr_meg_ratio": 4.0,
+        "n_seeds": 1,
+        "nulls": ["variogram", "layer_shuffle"],
+        "length_scales": [2.0],
+    }
+    params = {
+        "simulation": dict(SIM, shared_components=1, meg=dict(SIM["meg"])),
+        "calibration": cal,
+        "group": GROUP | {"n_permutations": 19},
+        "encoding": {"alphas": {"log10_min": 0, "log10_max": 8, "n": 3}},
+        "seed": 0,
+    }
+    sensors = S.ctf275_sensors().iloc[::90].reset_index(drop=True)
+    table = calibration_table(plant, features, depths, make_folds(n_images, None, 3, 0), sensors, params, "sim")
+    assert list(table.columns) == CALIBRATION_COLUMNS
+    assert set(zip(table["scenario"], table["length_scale"].fillna(0))) == {
+        ("shuffled", 0),
+        ("smooth_null", 2.0),
+        ("backprop", 0),
+    }
+    assert set(table["null"]) == {"variogram", "layer_shuffle"}
+    rates = rejection_rates(table, ALPHA)
+    power, nulls = tmp_path / "power_sim.png", tmp_path / "calibration_sim.png"
+    calibration_figures(rates, ALPHA, "sim", cal, str(power), str(nulls))
+    assert power.read_bytes()[:4] == nulls.read_bytes()[:4] == b"\x89PNG"

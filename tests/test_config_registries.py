@@ -25,6 +25,8 @@ CASES = {
     # simulated datasets have no reader: the brain stage plants them
     "kinds": (DATASET["kind"], "brainprop.brain.datasets:DATASET_KINDS", {"simulated"}),
     "scenarios": (DATASET["simulation"]["properties"]["scenario"], "brainprop.brain.simulate:SCENARIOS", set()),
+    "nulls": (TOP["stats"]["properties"]["subject_null"], "brainprop.stats.nulls:NULLS", set()),
+    "calibration nulls": (TOP["calibration"]["properties"]["nulls"], "brainprop.stats.nulls:NULLS", set()),
     "backends": (TOP["encoding"]["properties"]["backend"], "brainprop.encoding._backends:BACKENDS", set()),
     "exclude": (TOP["hierarchy"]["properties"]["exclude"], "brainprop.hierarchy.scores:EXCLUSION_RULES", set()),
     "imagesets": (

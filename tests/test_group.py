@@ -212,7 +212,10 @@ def test_group_tests_contract_and_rows(planted):
         ("grad", "E", "early", "meg", "two-sided", e),
         ("grad", "E", "late", "meg", "two-sided", e),
     }
-    assert (planted["method"] == "wilcoxon").all() and (planted["n_subjects"] == 8).all()
+    # The method names the per-subject null of the tests that have one (stats.subject_null).
+    per_subject = planted["test"].isin(["T1", "S1a", "S1b"])
+    assert (planted.loc[per_subject, "method"] == "wilcoxon+variogram").all()
+    assert (planted.loc[~per_subject, "method"] == "wilcoxon").all() and (planted["n_subjects"] == 8).all()
 
 
 def test_group_tests_recover_planted_effects(planted):
@@ -280,7 +283,7 @@ def test_nan_subjects_are_dropped_and_counted():
 
 
 def test_null_calibration_of_t1():
-    """Pure-noise subjects: group T1 and per-subject permutation tests reject at about the nominal rate."""
+    """Pure-noise subjects: group T1 and per-subject layer-shuffle tests reject at about the nominal rate."""
     n_sub, n_seeds, times = 8, 200, np.arange(30) * 0.02
     group_hits, subject_hits = 0, 0
     base = pd.DataFrame(
@@ -303,8 +306,9 @@ def test_null_calibration_of_t1():
             for t in times
         ]
     )
-    # With 199 permutations p < 0.05 means at most 8 nulls as extreme: nominal size 9/200.
-    params = PARAMS | {"n_permutations": 199, "n_boot": 1}
+    # With 199 permutations p < 0.05 means at most 8 nulls as extreme: nominal size 9/200. The
+    # layer shuffle is exact on exchangeable layers (the smooth nulls: tests/test_calibration.py).
+    params = PARAMS | {"n_permutations": 199, "n_boot": 1, "null": "layer_shuffle"}
     for seed in range(n_seeds):
         enc = base.assign(r=np.random.default_rng(seed).normal(0.5, 0.1, len(base)))
         best, tm, hier = subject_hierarchy(enc, "glasser", 0.95, 3)

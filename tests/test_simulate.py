@@ -57,6 +57,42 @@ def test_shuffled_permutes_gradient_latencies_per_subject():
     assert len({tuple(row) for row in lat}) > 1
 
 
+def test_smooth_null_is_smooth_in_depth_and_has_no_order():
+    """smooth_null (METHOD.md §7): latencies and ROI gradient layers are smooth random functions of depth.
+
+    Neighbouring layers' latencies are alike (lag-1 correlation rising with the length-scale),
+    yet across subjects their correlation with depth is centred on 0, and the ROIs' gradient
+    layers vary between subjects.
+    """
+    depths = np.linspace(0, 1, 22)
+    t0, t1 = MEG["backward_window"]
+    lag1, order = {}, {}
+    for length in (1.0, 4.0):
+        plans = [S.plan_subject("smooth_null", depths, MEG, 0, "sim", f"sub-{i:03d}", length) for i in range(200)]
+        lat = np.stack([p.grad_latency for p in plans])
+        assert ((lat >= t0) & (lat <= t1)).all()
+        lag1[length] = np.mean([np.corrcoef(row[:-1], row[1:])[0, 1] for row in lat])
+        order[length] = np.array([np.corrcoef(depths, row)[0, 1] for row in lat])
+        assert abs(order[length].mean()) < 0.1
+        layers = {tuple(p.roi_grad_layer[r] for r in S.SIM_ROIS) for p in plans}
+        assert len(layers) > 100
+    assert 0.5 < lag1[1.0] < lag1[4.0]
+    # a smooth profile correlates with depth by chance more often than an exchangeable one
+    assert np.std(order[4.0]) > np.std(order[1.0]) > 0.3
+    # the planted truth reads the same length-scale; the other scenarios ignore it
+    truth = S.planted_truth("sim", ["sub-001"], "m", "smooth_null", depths, MEG, 0, 4.0)
+    grad = truth[(truth.kind == "layer") & (truth.signal == "grad")]
+    np.testing.assert_allclose(grad["latency_s"], plans[1].grad_latency)
+    same = S.plan_subject("backprop", depths, MEG, 0, "sim", "sub-001", 4.0)
+    default = S.plan_subject("backprop", depths, MEG, 0, "sim", "sub-001")
+    np.testing.assert_array_equal(same.grad_latency, default.grad_latency)
+
+
+def test_smooth_profile_rejects_a_bad_length_scale():
+    with pytest.raises(ValueError, match="length_scale=0"):
+        S.smooth_profile(5, 0, np.random.default_rng(0))
+
+
 def test_unknown_scenario_raises():
     with pytest.raises(ValueError, match="scenario 'nope' unknown"):
         S.plan_subject("nope", DEPTHS, MEG, 0, "sim", "sub-01")

@@ -245,6 +245,7 @@ def group_params(dataset, n_boot, n_permutations):
         **hierarchy_params(dataset),
         "seed": config["seed"],
         "n_permutations": n_permutations,
+        "null": config["stats"]["subject_null"],
         "n_boot": n_boot,
         "alpha": config["stats"]["alpha"],
     }
@@ -432,4 +433,5 @@ def final_outputs():
         *paths(rules.truth.output.truth, [{"dataset": ds} for ds in RUN.simulated]),
         *paths(rules.calibration.output.calibration, calibration),
         *paths(rules.calibration.output.figure, calibration),
+        *paths(rules.calibration.output.nulls, calibration),
     ]

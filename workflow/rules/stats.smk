@@ -121,6 +121,7 @@ rule calibration:
     output:
         calibration=RUN.path(stats_files.CALIBRATION),
         figure=RUN.path(catalog.POWER),
+        nulls=RUN.path(catalog.NULLS),
     log:
         f"{LOGS}/calibration/{{dataset}}.log",
     benchmark:

@@ -77,11 +77,18 @@ def run_brain(*, inputs, outputs, params) -> None:
 
 def run_truth(*, inputs, outputs, params) -> None:
     """The truth rule: the planted truth table of a simulated dataset (METHOD.md §7)."""
-    from .simulate import planted_truth
+    from .simulate import DEFAULT_LENGTH_SCALE, planted_truth
 
     sim = params.simulation
     depths = load_layers(inputs.layers)["depth"].to_numpy()
     truth = planted_truth(
-        params.dataset, params.subjects, sim["source_model"], sim["scenario"], depths, sim["meg"], params.seed
+        params.dataset,
+        params.subjects,
+        sim["source_model"],
+        sim["scenario"],
+        depths,
+        sim["meg"],
+        params.seed,
+        sim.get("length_scale", DEFAULT_LENGTH_SCALE),
     )
     save_truth(outputs.truth, truth)

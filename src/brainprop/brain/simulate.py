@@ -6,7 +6,10 @@ one planted layer whose depth rises with the ROI's distance from V1 (in `backpro
 that layer's gradient). MEG: layer k's activation appears with a latency rising with depth; in
 `backprop` each layer's gradient appears after the forward sweep in reverse depth order;
 `shuffled` assigns gradient latencies (and gradient layers of ROIs) in a random order per
-subject, the exact null of T1 and S1. `fa` plants the feedback-alignment error (signal `fa`)
+subject, the exact null of T1 and S1 for exchangeable layers; `smooth_null` draws them per
+subject as a smooth random function of depth (a Gaussian process over the layers with
+length-scale `length_scale` layers, independent of depth order), the null that real networks
+pose: neighbouring layers alike, no order. `fa` plants the feedback-alignment error (signal `fa`)
 with backprop's timing; `dfa` plants the direct-feedback-alignment error (signal `dfa`), which
 reaches every layer at once (one latency for all layers).
 
@@ -54,6 +57,7 @@ __all__ = [
     "planted_truth",
     "roi_geometry",
     "simulate_subject",
+    "smooth_profile",
 ]
 
 # Approximate MNI centroids (right hemisphere, mm) of ventral-stream ROIs, ordered from V1
@@ -71,8 +75,14 @@ SIM_ROIS: dict[str, tuple[float, float, float]] = {
 
 
 def params_from_config(dataset: dict) -> dict:
-    """Simulation parameters of a validated dataset entry (defaults come from the config schema)."""
-    sim = dataset["simulation"]
+    """Simulation parameters of a validated dataset entry (defaults come from the config schema).
+
+    `length_scale` is kept only for `smooth_null`, the one scenario that reads it, so the key's
+    arrival changes no other scenario's params (and reruns none of their jobs).
+    """
+    sim = dict(dataset["simulation"])
+    if sim["scenario"] != "smooth_null":
+        sim.pop("length_scale", None)
     return {
         **sim,
         "plant_grid": sim["plant_pooling"]["grid"],
@@ -115,17 +125,37 @@ def _backward_latency(depths: np.ndarray, meg: dict) -> np.ndarray:
     return t0 + (t1 - t0) * (1.0 - depths)
 
 
-def _plan_forward(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> Plan:
+def smooth_profile(n_layers: int, length_scale: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random function of depth in (0, 1): (n_layers,).
+
+    One draw of a zero-mean, unit-variance Gaussian process over the layer ordinals with the
+    squared-exponential kernel exp(−(i − j)² / (2 length_scale²)), mapped through the normal
+    CDF so that every layer's value is uniform on (0, 1): no trend, no order, only smoothness.
+    """
+    if not length_scale > 0:
+        raise ValueError(f"length_scale={length_scale!r}; expected a positive number of layers")
+    i = np.arange(n_layers, dtype=np.float64)
+    cov = np.exp(-((i[:, None] - i[None, :]) ** 2) / (2.0 * float(length_scale) ** 2))
+    # The kernel is nearly singular for long length-scales: an eigendecomposition with the
+    # negative rounding clipped draws from it stably.
+    vals, vecs = np.linalg.eigh(cov)
+    draw = vecs @ (np.sqrt(np.clip(vals, 0.0, None)) * rng.standard_normal(n_layers))
+    from scipy.special import ndtr
+
+    return ndtr(draw)
+
+
+def _plan_forward(depths: np.ndarray, meg: dict, rng: np.random.Generator, options: dict) -> Plan:
     n = len(depths)
     return Plan(_roi_layers(depths), {}, _forward_latency(depths, meg), np.full(n, np.nan))
 
 
-def _plan_backprop(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> Plan:
+def _plan_backprop(depths: np.ndarray, meg: dict, rng: np.random.Generator, options: dict) -> Plan:
     roi = _roi_layers(depths)
     return Plan(roi, dict(roi), _forward_latency(depths, meg), _backward_latency(depths, meg))
 
 
-def _plan_shuffled(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> Plan:
+def _plan_shuffled(depths: np.ndarray, meg: dict, rng: np.random.Generator, options: dict) -> Plan:
     roi = _roi_layers(depths)
     grad_layers = rng.permutation(sorted(set(roi.values())))
     remap = dict(zip(sorted(set(roi.values())), grad_layers))
@@ -133,7 +163,20 @@ def _plan_shuffled(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> P
     return Plan(roi, {r: int(remap[k]) for r, k in roi.items()}, _forward_latency(depths, meg), latency)
 
 
-def _plan_dfa(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> Plan:
+def _plan_smooth_null(depths: np.ndarray, meg: dict, rng: np.random.Generator, options: dict) -> Plan:
+    # Two independent smooth functions of depth: one gives each layer's gradient latency within
+    # the backward window, the other each ROI's gradient depth (read at its activation layer,
+    # snapped to the nearest layer), so both vary smoothly with depth and neither follows it.
+    roi = _roi_layers(depths)
+    n, length = len(depths), float(options["length_scale"])
+    t0, t1 = meg["backward_window"]
+    latency = t0 + (t1 - t0) * smooth_profile(n, length, rng)
+    grad_depth = smooth_profile(n, length, rng)
+    grad_layer = {r: int(np.argmin(np.abs(depths - grad_depth[k]))) for r, k in roi.items()}
+    return Plan(roi, grad_layer, _forward_latency(depths, meg), latency)
+
+
+def _plan_dfa(depths: np.ndarray, meg: dict, rng: np.random.Generator, options: dict) -> Plan:
     # Direct feedback alignment sends the output error to every layer at once: one latency for
     # all layers, at the start of the backward window.
     roi = _roi_layers(depths)
@@ -141,16 +184,26 @@ def _plan_dfa(depths: np.ndarray, meg: dict, rng: np.random.Generator) -> Plan:
     return Plan(roi, dict(roi), _forward_latency(depths, meg), latency)
 
 
-SCENARIOS: dict[str, Callable[[np.ndarray, dict, np.random.Generator], Plan]] = {
+SCENARIOS: dict[str, Callable[[np.ndarray, dict, np.random.Generator, dict], Plan]] = {
     "forward": _plan_forward,
     "backprop": _plan_backprop,
     "shuffled": _plan_shuffled,
+    "smooth_null": _plan_smooth_null,
     "fa": _plan_backprop,  # feedback alignment keeps backprop's reversed order, with fa's errors
     "dfa": _plan_dfa,
 }
 
 # The feature signal whose values a scenario plants as the error (the source model extracts it).
-ERROR_SIGNALS: dict[str, str] = {"forward": "grad", "backprop": "grad", "shuffled": "grad", "fa": "fa", "dfa": "dfa"}
+ERROR_SIGNALS: dict[str, str] = {
+    "forward": "grad",
+    "backprop": "grad",
+    "shuffled": "grad",
+    "smooth_null": "grad",
+    "fa": "fa",
+    "dfa": "dfa",
+}
+# The smooth_null scenario's default length-scale in layers (the schema's simulation.length_scale).
+DEFAULT_LENGTH_SCALE = 2.0
 
 
 def error_signal(scenario: str) -> str:
@@ -160,20 +213,39 @@ def error_signal(scenario: str) -> str:
     return ERROR_SIGNALS[scenario]
 
 
-def plan_subject(scenario: str, depths: np.ndarray, meg: dict, seed: int, dataset: str, subject: str) -> Plan:
-    """The planted hierarchy of one subject (deterministic in seed, dataset and subject)."""
+def plan_subject(
+    scenario: str,
+    depths: np.ndarray,
+    meg: dict,
+    seed: int,
+    dataset: str,
+    subject: str,
+    length_scale: float = DEFAULT_LENGTH_SCALE,
+) -> Plan:
+    """The planted hierarchy of one subject (deterministic in seed, dataset and subject).
+
+    `length_scale` (layers) is read by `smooth_null` only.
+    """
     if scenario not in SCENARIOS:
         raise ValueError(f"simulation scenario {scenario!r} unknown; valid: {sorted(SCENARIOS)}")
-    return SCENARIOS[scenario](np.asarray(depths, float), meg, _rng(seed, dataset, subject, "plan"))
+    options = {"length_scale": float(length_scale)}
+    return SCENARIOS[scenario](np.asarray(depths, float), meg, _rng(seed, dataset, subject, "plan"), options)
 
 
 def planted_truth(
-    dataset: str, subjects: list[str], source_model: str, scenario: str, depths: np.ndarray, meg: dict, seed: int
+    dataset: str,
+    subjects: list[str],
+    source_model: str,
+    scenario: str,
+    depths: np.ndarray,
+    meg: dict,
+    seed: int,
+    length_scale: float = DEFAULT_LENGTH_SCALE,
 ) -> pd.DataFrame:
     """The truth table of METHOD.md §7: planted ROI depths and layer latencies per subject."""
     rows = []
     for subject in subjects:
-        plan = plan_subject(scenario, depths, meg, seed, dataset, subject)
+        plan = plan_subject(scenario, depths, meg, seed, dataset, subject, length_scale)
         error = error_signal(scenario)
         for signal, mapping in (("act", plan.roi_act_layer), (error, plan.roi_grad_layer)):
             for roi, k in mapping.items():
@@ -427,7 +499,15 @@ def simulate_subject(
     Noise is drawn per repetition and averaged; the noise ceiling is estimated from the
     repetitions with the NSD formula, as for real data.
     """
-    plan = plan_subject(params["scenario"], depths, params["meg"], seed, dataset, subject)
+    plan = plan_subject(
+        params["scenario"],
+        depths,
+        params["meg"],
+        seed,
+        dataset,
+        subject,
+        params.get("length_scale", DEFAULT_LENGTH_SCALE),
+    )
     rng = _rng(seed, dataset, subject, "responses")
     act, grad = _prepare([act, grad], params)
     parts, tables = [], []

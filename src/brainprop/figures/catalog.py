@@ -17,6 +17,7 @@ __all__ = [
     "FIGURE_TITLES",
     "MAP_FIGURES",
     "MODALITIES",
+    "NULLS",
     "POWER",
     "SUMMARY_PAGE",
     "TESTS_PAGE",
@@ -29,6 +30,8 @@ FIGURE = "figures/{name}"
 # The run tables (brainprop.contract.TABLES) the figures are drawn from.
 FIGURE_TABLES = ("encoding", "best_layers", "tmax", "hierarchy", "tests", "cka")
 POWER = "figures/power_{dataset}.png"
+# Type I error of the per-subject nulls against the smooth_null length-scale, null beside null.
+NULLS = "figures/calibration_{dataset}.png"
 TESTS_PAGE = "report/tests.html"
 # The report's opening text (verdicts, findings, deviations), included by workflow/report/workflow.rst.
 SUMMARY_PAGE = "report/summary.rst"

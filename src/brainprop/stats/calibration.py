@@ -6,20 +6,25 @@ Scores of simulated subjects come as arrays (`SubjectScores`) from two sources, 
 - `planted_scores`: drawn directly from each subject's planted hierarchy
   (`brainprop.brain.simulate.plan_subject`): each ROI's r over layers peaks at its planted layer,
   each layer's r(t) at its planted latency, plus Gaussian noise on r. Cheap enough for
-  hundreds of seeds (the type I error tests on the `shuffled` scenario).
+  hundreds of seeds (the type I error tests on the `shuffled` and `smooth_null` scenarios).
 - `encoded_scores`: the real chain on cached features: `simulate_subject` builds responses
   from the source model's plant features and `ridge_cv` encodes all subjects' targets of a
   batch from one decomposition per layer, signal and fold.
 
 `group_rejections` applies the group stage's definitions to the arrays (the same exclusions,
-minimum counts, `permutation_pvalue` and `wilcoxon_exact`); `rejections` runs the workflow's
-own table functions instead, and a test checks that both agree. The `calibration` rule (off
-by default; on in `config/calibration.yaml`) runs the `shuffled` scenario (type I error) and
-`backprop` (power) over SNRs, seeds and subject counts, and draws `figures/power_{dataset}.png`.
+minimum counts, per-subject nulls `subject_null_pvalue` and `wilcoxon_exact`), under several
+per-subject nulls at once; `rejections` runs the workflow's own table functions instead, and a
+test checks that both agree. `null_calibration` runs the planted path over scenarios,
+length-scales, nulls and hundreds of seeds (the type I error tests, docs/calibration.md). The
+`calibration` rule (off by default; on in `config/calibration.yaml`) runs the `shuffled` and
+`smooth_null` scenarios (type I error) and `backprop` (power) over SNRs, seeds and subject
+counts through the real encoding, and draws `figures/power_{dataset}.png` and
+`figures/calibration_{dataset}.png` (type I error against length-scale, null beside null).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +35,8 @@ import pandas as pd
 from ..brain.simulate import SIM_ROIS, plan_subject, roi_geometry
 from ..hierarchy.scores import exclusion_mask, in_window, layer_tmax, pearson, subject_hierarchy
 from .group import group_from_subjects, subject_statistics
-from .inference import permutation_pvalue, wilcoxon_exact
+from .inference import wilcoxon_exact
+from .nulls import subject_null_pvalue
 from .registry import FORWARD_CHECKS, PREDICTIONS, SCORE_TESTS
 
 __all__ = [
@@ -38,11 +44,13 @@ __all__ = [
     "SubjectScores",
     "encoded_scores",
     "group_rejections",
+    "null_calibration",
     "planted_scores",
     "rejection_rates",
     "rejections",
     "calibration_table",
     "scores_table",
+    "subject_pvalues",
     "subject_tests",
 ]
 
@@ -50,6 +58,8 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_COLUMNS = [
     "scenario",
+    "length_scale",
+    "null",
     "snr_fmri",
     "seed",
     "n_subjects",
@@ -79,10 +89,16 @@ class SubjectScores:
     meg: dict[str, np.ndarray]
 
 
-def _roi_distances() -> np.ndarray:
+@functools.lru_cache(maxsize=1)
+def _roi_distance_table() -> tuple[float, ...]:
     coords = pd.DataFrame([(roi, *xyz) for roi, xyz in SIM_ROIS.items()], columns=["roi", "x", "y", "z"])
     dist = roi_geometry(coords, "V1")
-    return np.array([dist[roi] for roi in SIM_ROIS])
+    return tuple(float(dist[roi]) for roi in SIM_ROIS)
+
+
+def _roi_distances() -> np.ndarray:
+    """Distance (mm) of each simulated ROI from V1, in `SIM_ROIS` order: (n_rois,)."""
+    return np.array(_roi_distance_table())
 
 
 def planted_scores(
@@ -96,8 +112,11 @@ def planted_scores(
     dataset: str = "sim",
     width_layers: float = 1.5,
     width_s: float = 0.05,
+    length_scale: float = 2.0,
 ) -> list[SubjectScores]:
     """Scores drawn from each subject's planted hierarchy (`plan_subject`) plus N(0, noise²) on r.
+
+    `length_scale` (layers) is that of the `smooth_null` scenario (`plan_subject`).
 
     fMRI: per ROI, exp(−(k − k*)² / (2 width_layers²)) over layers k, k* the planted layer;
     MEG: per layer, exp(−(t − t_k)² / (2 width_s²)) over `times`, t_k the planted latency. A
@@ -108,7 +127,7 @@ def planted_scores(
     rng = np.random.default_rng([seed, depths.size, 7])
     out = []
     for subject in subjects:
-        plan = plan_subject(scenario, depths, meg, seed, dataset, subject)
+        plan = plan_subject(scenario, depths, meg, seed, dataset, subject, length_scale)
         fmri, meg_r = {}, {}
         for signal, roi_layer, latency in (
             ("act", plan.roi_act_layer, plan.act_latency),
@@ -245,54 +264,100 @@ def _best(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(undefined, -1, best), np.where(undefined, np.nan, best_r)
 
 
-def subject_tests(
-    s: SubjectScores, depths: np.ndarray, times: np.ndarray, params: dict, rng: np.random.Generator
-) -> dict[tuple[str, str], tuple[float, float]]:
-    """(statistic, permutation p) of one subject per (signal, test), with the group stage's conventions.
+def _subject_units(
+    s: SubjectScores, depths: np.ndarray, times: np.ndarray, params: dict, signals: Sequence[str] | None = None
+) -> dict[tuple[str, str], tuple]:
+    """What each (signal, test) of one subject correlates, with the group stage's conventions.
 
-    The same definitions as `brainprop.stats.group` (exclusions, minimum counts, layer-order
-    permutations by `permutation_pvalue`) on arrays, for hundreds of seeds; a test checks that
-    both give the same statistics.
+    Values are (units, y, alternative, moving) for T1, S1a, S1b (`subject_null_pvalue`'s
+    arguments; units index `depths`) and (value,) for T2.
     """
     depths = np.asarray(depths, dtype=np.float64)
-    exclude, min_count, n_perm = params["exclude"], int(params["min_count"]), int(params["n_permutations"])
+    exclude = params["exclude"]
     dist = _roi_distances()
-    out: dict[tuple[str, str], tuple[float, float]] = {}
+    out: dict[tuple[str, str], tuple] = {}
     tm = {}
     inside = in_window(times, params.get("tmax_window"))  # hierarchy.tmax_window, as the hierarchy stage
+    wanted = set(s.meg) | set(s.fmri) if signals is None else set(signals)
     for signal, r in s.meg.items():
-        tm[signal] = np.array(
-            [layer_tmax(np.asarray(times, np.float64)[inside], row[inside], params["threshold"]) for row in r]
-        )
-    best = {signal: _best(r) for signal, r in s.fmri.items()}
-
-    def score(units: np.ndarray, y: np.ndarray, alternative: str) -> tuple[float, float]:
-        if units.size < min_count:
-            return float("nan"), float("nan")
-        return permutation_pvalue(depths, units, y, alternative, n_perm, rng)
-
-    for signal in s.meg:
+        if signal in wanted or signal == "act":
+            tm[signal] = np.array(
+                [layer_tmax(np.asarray(times, np.float64)[inside], row[inside], params["threshold"]) for row in r]
+            )
+    best = {signal: _best(r) for signal, r in s.fmri.items() if signal in wanted or signal == "act"}
+    for signal in tm:
+        if signal not in wanted:
+            continue
         alternative = PREDICTIONS["T1"] if signal != "act" else FORWARD_CHECKS["T1"]
         t_max, peak = tm[signal][:, 0], tm[signal][:, 1]
         keep = exclusion_mask(peak, exclude) & np.isfinite(t_max)
-        out[(signal, "T1")] = score(np.flatnonzero(keep), t_max[keep], alternative)
+        out[(signal, "T1")] = (np.flatnonzero(keep), t_max[keep], alternative, "y")
         if signal != "act" and "act" in tm:
             act_last = tm["act"][-1]
             value = float("nan")
             if keep.any() and exclusion_mask(act_last[1:], exclude)[0]:
                 value = float(t_max[keep].min() - act_last[0])
-            out[(signal, "T2")] = (value, float("nan"))
+            out[(signal, "T2")] = (value,)
     for signal, (layer, best_r) in best.items():
+        if signal not in wanted:
+            continue
         alternative = PREDICTIONS["S1a"] if signal != "act" else FORWARD_CHECKS["S1a"]
         keep = exclusion_mask(best_r, exclude) & (layer >= 0)
-        out[(signal, "S1a")] = score(layer[keep], dist[keep], alternative)
+        out[(signal, "S1a")] = (layer[keep], dist[keep], alternative, "depth")
         if signal != "act" and "act" in best:
             act_layer, act_r = best["act"]
             both = keep & exclusion_mask(act_r, exclude) & (act_layer >= 0)
-            _, p = score(layer[both], depths[act_layer[both]], PREDICTIONS["S1b"])
-            value = pearson(depths[layer[both]], depths[act_layer[both]]) if both.sum() >= min_count else float("nan")
-            out[(signal, "S1b")] = (value, p)
+            out[(signal, "S1b")] = (layer[both], depths[act_layer[both]], PREDICTIONS["S1b"], "depth")
     return out
+
+
+def subject_pvalues(
+    s: SubjectScores,
+    depths: np.ndarray,
+    times: np.ndarray,
+    params: dict,
+    rng: np.random.Generator,
+    nulls: Sequence[str],
+    signals: Sequence[str] | None = None,
+) -> dict[tuple[str, str], tuple[float, dict[str, float]]]:
+    """(statistic, {null: per-subject p}) of one subject per (signal, test), for several nulls at once.
+
+    The statistics are computed once; each null in `nulls` (`brainprop.stats.nulls.NULLS`) gets
+    its own draws. `signals` restricts the tests to those signals (None: all). T2 has no
+    per-subject test: its p is NaN under every null.
+    """
+    depths = np.asarray(depths, dtype=np.float64)
+    min_count, n_perm = int(params["min_count"]), int(params["n_permutations"])
+    out = {}
+    for key, spec in _subject_units(s, depths, times, params, signals).items():
+        if len(spec) == 1:
+            out[key] = (spec[0], {null: float("nan") for null in nulls})
+            continue
+        units, y, alternative, moving = spec
+        if units.size < min_count:
+            out[key] = (float("nan"), {null: float("nan") for null in nulls})
+            continue
+        ps, value = {}, float("nan")
+        for null in nulls:
+            value, ps[null] = subject_null_pvalue(null, depths, units, y, alternative, n_perm, rng, moving)
+        if key[1] == "S1b":  # the statistic is Pearson of the two best depths, as the group stage computes it
+            value = pearson(depths[units], y)
+        out[key] = (value, ps)
+    return out
+
+
+def subject_tests(
+    s: SubjectScores, depths: np.ndarray, times: np.ndarray, params: dict, rng: np.random.Generator
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """(statistic, per-subject p) of one subject per (signal, test), with the group stage's conventions.
+
+    The same definitions as `brainprop.stats.group` (exclusions, minimum counts, the per-subject
+    null `params['null']`, default variogram, by `subject_null_pvalue`) on arrays, for hundreds
+    of seeds; a test checks that both give the same statistics.
+    """
+    null = params.get("null", "variogram")
+    per = subject_pvalues(s, depths, times, params, rng, [null])
+    return {key: (value, ps[null]) for key, (value, ps) in per.items()}
 
 
 def group_rejections(
@@ -302,29 +367,71 @@ def group_rejections(
     params: dict,
     n_subjects: Sequence[int],
     seed: int,
+    nulls: Sequence[str] | None = None,
+    signals: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Exact Wilcoxon p, effect and permutation prevalence of every test for the first n subjects.
+    """Exact Wilcoxon p, effect and per-subject prevalence of every test for the first n subjects.
 
-    Columns: n_subjects, test, signal, alternative, p, effect, n_significant_subjects (−1 for
-    T2), n_used (subjects with a finite statistic).
+    `nulls` are the per-subject nulls to count significant subjects under (default
+    `[params['null']]`, itself variogram by default); the group test does not depend on them.
+    `signals` restricts the signals tested (None: all). Columns: n_subjects, null, test, signal,
+    alternative, p, effect, n_significant_subjects (−1 for T2), n_used (subjects with a finite
+    statistic).
     """
+    nulls = list(nulls) if nulls is not None else [params.get("null", "variogram")]
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(np.random.SeedSequence([int(params["seed"]), seed, 11]))
-    per = [subject_tests(s, depths, times, params, rng) for s in scores]
+    # The surrogates' matrix products are small: BLAS threads cost more than they give.
+    with threadpool_limits(1, user_api="blas"):
+        per = [subject_pvalues(s, depths, times, params, rng, nulls, signals) for s in scores]
     rows = []
     for n in n_subjects:
         if n > len(per):
             raise ValueError(f"n_subjects {n} exceeds the {len(per)} simulated subjects")
         for signal, test in sorted(per[0]):
-            values = np.array([p[(signal, test)] for p in per[:n]], dtype=np.float64)
-            finite = np.isfinite(values[:, 0])
+            values = np.array([p[(signal, test)][0] for p in per[:n]], dtype=np.float64)
+            finite = np.isfinite(values)
             alternative = (PREDICTIONS if signal != "act" else FORWARD_CHECKS)[test]
-            _, p, _, used = wilcoxon_exact(values[finite, 0], alternative)
-            n_sig = int(np.count_nonzero(values[finite, 1] < params["alpha"])) if test != "T2" else -1
-            effect = float(values[finite, 0].mean()) if used else float("nan")
-            rows.append((n, test, signal, alternative, p, effect, n_sig, used))
-    return pd.DataFrame(
-        rows, columns=["n_subjects", "test", "signal", "alternative", "p", "effect", "n_significant_subjects", "n_used"]
-    )
+            _, p, _, used = wilcoxon_exact(values[finite], alternative)
+            effect = float(values[finite].mean()) if used else float("nan")
+            for null in nulls:
+                p_sub = np.array([q[(signal, test)][1][null] for q in per[:n]], dtype=np.float64)[finite]
+                n_sig = int(np.count_nonzero(p_sub < params["alpha"])) if test != "T2" else -1
+                rows.append((n, null, test, signal, alternative, p, effect, n_sig, used))
+    columns = ["n_subjects", "null", "test", "signal", "alternative", "p", "effect", "n_significant_subjects"]
+    return pd.DataFrame(rows, columns=[*columns, "n_used"])
+
+
+def null_calibration(
+    depths: np.ndarray,
+    meg: dict,
+    params: dict,
+    nulls: Sequence[str],
+    scenarios: Sequence[tuple[str, float]],
+    n_seeds: int,
+    n_subjects: int = 8,
+    noise: float = 0.3,
+    times: np.ndarray = DEMO_TIMES,
+    signals: Sequence[str] = ("grad",),
+) -> pd.DataFrame:
+    """Rejections of the per-subject and group tests over seeds, on scores drawn from planted plans.
+
+    The fast path of the calibration (`planted_scores`, no encoding): for each (scenario,
+    length_scale) in `scenarios` and seed, `n_subjects` subjects are drawn with N(0, noise²) on
+    r and tested under every null of `nulls`. Columns: those of `group_rejections` plus
+    scenario, length_scale (NaN where the scenario has none), seed.
+    """
+    subjects = [f"sub-{i + 1:02d}" for i in range(n_subjects)]
+    rows = []
+    for scenario, length in scenarios:
+        for seed in range(int(n_seeds)):
+            scores = planted_scores(
+                scenario, subjects, depths, meg, seed, noise, times, length_scale=length if length else 2.0
+            )
+            rej = group_rejections(scores, depths, times, params, [n_subjects], seed, nulls, signals)
+            rows.append(rej.assign(scenario=scenario, length_scale=float(length or np.nan), seed=seed))
+    return pd.concat(rows, ignore_index=True)
 
 
 def rejections(enc: pd.DataFrame, params: dict, n_subjects: Sequence[int]) -> pd.DataFrame:
@@ -354,6 +461,7 @@ def rejections(enc: pd.DataFrame, params: dict, n_subjects: Sequence[int]) -> pd
     return pd.DataFrame(
         {
             "n_subjects": out["n_subjects_requested"].astype(np.int64),
+            "null": params.get("null", "variogram"),
             "test": out["test"],
             "signal": out["signal"],
             "alternative": out["alternative"],
@@ -366,16 +474,35 @@ def rejections(enc: pd.DataFrame, params: dict, n_subjects: Sequence[int]) -> pd
 
 
 def rejection_rates(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
-    """Per scenario × SNR × subject count × test × signal: group rejection rate (p < alpha) over
-    seeds and the per-subject rejection rate (permutation p < alpha; NaN for T2)."""
-    keys = ["scenario", "snr_fmri", "n_subjects", "test", "signal"]
+    """Per scenario × length-scale × null × SNR × subject count × test × signal (the keys present):
+    group rejection rate (p < alpha) over seeds, the per-subject rejection rate (per-subject p <
+    alpha, pooled over seeds and subjects; NaN for T2) and the number of per-subject tests."""
+    keys = [k for k in ("scenario", "length_scale", "null", "snr_fmri", "n_subjects", "test", "signal") if k in table]
     subject_level = table["n_significant_subjects"].where(table["n_significant_subjects"] >= 0)
-    out = table.assign(reject=table["p"] < alpha, subject_rate=subject_level / table["n_used"].clip(lower=1))
-    return (
-        out.groupby(keys, sort=True)
-        .agg(group_rate=("reject", "mean"), subject_rate=("subject_rate", "mean"), n_seeds=("seed", "nunique"))
+    out = table.assign(
+        reject=table["p"] < alpha, significant=subject_level, tested=table["n_used"].where(subject_level.notna())
+    )
+    rates = (
+        out.groupby(keys, sort=True, dropna=False)
+        .agg(
+            group_rate=("reject", "mean"),
+            significant=("significant", "sum"),
+            n_subject_tests=("tested", "sum"),
+            n_seeds=("seed", "nunique"),
+        )
         .reset_index()
     )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        subject_rate = rates["significant"] / rates["n_subject_tests"]
+    rates["subject_rate"] = subject_rate.where(rates["n_subject_tests"] > 0)
+    rates["n_subject_tests"] = rates["n_subject_tests"].astype(np.int64)
+    return rates.drop(columns="significant")
+
+
+def _scenarios(cal: dict) -> list[tuple[str, float]]:
+    """The calibration's (scenario, length_scale) pairs: shuffled, smooth_null at each length-scale, backprop."""
+    smooth = [("smooth_null", float(length)) for length in cal["length_scales"]]
+    return [("shuffled", float("nan")), *smooth, ("backprop", float("nan"))]
 
 
 def calibration_table(
@@ -387,8 +514,11 @@ def calibration_table(
     params: dict,
     dataset: str,
 ) -> pd.DataFrame:
-    """Group rejections of every test over scenarios (shuffled: type I error; backprop: power), SNRs and seeds.
+    """Group and per-subject rejections of every test over scenarios, SNRs, seeds and per-subject nulls.
 
+    Scenarios: shuffled (type I error, exchangeable layers), smooth_null at each
+    `calibration.length_scales` (type I error when neighbouring layers are alike), backprop
+    (power). Every seed's subjects are encoded once and tested under each `calibration.nulls`.
     `plant` and `features` are the source model's plant and analysis features per signal and layer;
     `params` has `simulation` (the dataset's), `calibration` (the config entry), `group` (the
     group stage's settings), `encoding` (the `encoding` config entry) and `seed`. Columns
@@ -401,7 +531,7 @@ def calibration_table(
     alphas = alpha_grid(params["encoding"])
     backend = {k: params["encoding"][k] for k in ("backend", "device", "dtype") if k in params["encoding"]}
     rows = []
-    for scenario in ("shuffled", "backprop"):
+    for scenario, length in _scenarios(cal):
         for snr in cal["snr_fmri"]:
             sim = dict(
                 params["simulation"],
@@ -409,18 +539,23 @@ def calibration_table(
                 snr_fmri=float(snr),
                 snr_meg=float(snr) * float(cal["snr_meg_ratio"]),
             )
+            if np.isfinite(length):
+                sim["length_scale"] = length
             for seed in range(int(cal["n_seeds"])):
                 run_seed = int(params["seed"]) * 100_003 + seed
                 scores, times = encoded_scores(
                     plant, features, depths, sim, run_seed, subjects, folds, alphas, sensors, dataset, **backend
                 )
-                rej = group_rejections(scores, depths, times, group, cal["n_subjects"], run_seed)
-                rows.append(rej.assign(scenario=scenario, snr_fmri=float(snr), seed=seed))
+                rej = group_rejections(scores, depths, times, group, cal["n_subjects"], run_seed, cal["nulls"])
+                rows.append(rej.assign(scenario=scenario, length_scale=length, snr_fmri=float(snr), seed=seed))
                 log.info(
-                    "%s snr %g seed %d: %s",
+                    "%s (length-scale %g) snr %g seed %d: %s",
                     scenario,
+                    length,
                     snr,
                     seed,
-                    rej[rej["signal"] == "grad"][["n_subjects", "test", "p"]].to_dict("records"),
+                    rej[rej["signal"] == "grad"][["n_subjects", "null", "test", "p", "n_significant_subjects"]].to_dict(
+                        "records"
+                    ),
                 )
     return pd.concat(rows, ignore_index=True)[CALIBRATION_COLUMNS]

@@ -1,7 +1,8 @@
 """Group tests of the backpropagation predictions (METHOD.md §6): T1, T2, S1a, S1b and E across subjects.
 
-Each test first gives one statistic per subject (and, for T1, S1a and S1b, a per-subject
-permutation p that shuffles the layer order); the group row then holds an exact Wilcoxon
+Each test first gives one statistic per subject (and, for T1, S1a and S1b, a per-subject p
+under the null `params['null']`, `brainprop.stats.nulls`: by default variogram-matched
+surrogates that keep the smoothness of the layer profile); the group row then holds an exact Wilcoxon
 signed-rank test of those statistics against 0, a seeded percentile-bootstrap interval of their
 mean, the smallest p the test can reach with that many subjects, and Benjamini–Hochberg FDR
 within its family. E has two measures per level: the r difference to the activations and,
@@ -18,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from ..hierarchy.scores import all_sensors, exclusion_mask, pearson, score_rows
-from .inference import bh_fdr, bootstrap_ci, permutation_pvalue, wilcoxon_exact
+from .inference import bh_fdr, bootstrap_ci, wilcoxon_exact
+from .nulls import NULLS, subject_null_pvalue
 from .registry import FORWARD_CHECKS, MEASURES, PREDICTIONS, TEST_ORDER, TESTS
 
 __all__ = ["SUBJECT_COLUMNS", "TESTS_COLUMNS", "group_from_subjects", "group_tests", "subject_statistics"]
@@ -36,6 +38,7 @@ _OPTIONAL = {
     "spatial_unit": "roi",
     "tmax_window": None,
     "map_fdr": 0.01,
+    "null": "variogram",
 }
 # What each E measure compares the signal with: r_difference always the same layer's activations.
 _E_REFERENCE = {"r_difference": lambda params: "same_layer", "unique_variance": lambda params: params["reference"]}
@@ -148,23 +151,40 @@ def _score_test(
     unit_layer: np.ndarray,
     y: np.ndarray,
     alternative: str,
+    moving: str,
 ) -> tuple[float, float]:
+    """Observed r and per-subject p under `params['null']` (`brainprop.stats.nulls`)."""
     if unit_layer.size < ctx.params["min_count"]:
         return float("nan"), float("nan")
-    return permutation_pvalue(
-        layer_depth, unit_layer, y, alternative, ctx.params["n_permutations"], ctx.rng(signal, test, subject)
+    return subject_null_pvalue(
+        ctx.params["null"],
+        layer_depth,
+        unit_layer,
+        y,
+        alternative,
+        ctx.params["n_permutations"],
+        ctx.rng(signal, test, subject),
+        moving,
     )
 
 
 def _t1(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, float]]:
-    """Temporal score per subject, with its layer-order permutation p."""
+    """Temporal score per subject, with its per-subject p (surrogates move the T_max profile along depth)."""
     out = []
     for subject, tm in ctx.tm[ctx.tm["signal"] == signal].groupby("subject", sort=True):
         tm = tm.sort_values("layer_index")
         t_max = tm["t_max_s"].to_numpy(np.float64)
         keep = ctx.keep(tm["peak_r"].to_numpy(np.float64)) & np.isfinite(t_max)
         observed, p = _score_test(
-            ctx, signal, subject, "T1", tm["depth"].to_numpy(np.float64), np.flatnonzero(keep), t_max[keep], alternative
+            ctx,
+            signal,
+            subject,
+            "T1",
+            tm["depth"].to_numpy(np.float64),
+            np.flatnonzero(keep),
+            t_max[keep],
+            alternative,
+            "y",
         )
         out.append((subject, _checked(ctx, signal, subject, "temporal", observed), p))
     return out
@@ -224,14 +244,15 @@ def _spatial_units(ctx: _Context, signal: str, distance: bool = True) -> list[tu
 
 
 def _s1a(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float, float]]:
-    """Spatial score per subject (over ROIs or targets, `spatial_unit`), with its layer-order permutation p."""
+    """Spatial score per subject (over ROIs or targets, `spatial_unit`), with its per-subject p (surrogates
+    move the best depths along the ROI distance)."""
     out = []
     for subject, units in _spatial_units(ctx, signal):
         enc = ctx.fmri[(ctx.fmri["signal"] == signal) & (ctx.fmri["subject"] == subject)]
         layer_index, layer_depth = _layer_table(enc)
         dist = units["roi_distance_mm"].to_numpy(np.float64)
         observed, p = _score_test(
-            ctx, signal, subject, "S1a", layer_depth, _best_units(ctx, units, layer_index), dist, alternative
+            ctx, signal, subject, "S1a", layer_depth, _best_units(ctx, units, layer_index), dist, alternative, "depth"
         )
         out.append((subject, _checked(ctx, signal, subject, "spatial", observed), p))
     return out
@@ -241,7 +262,8 @@ def _s1b(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float,
     """Pearson over ROIs (or targets, `spatial_unit`) of the signal's best depth vs the activations', per subject.
 
     Units enter when both signals' best r pass the exclusion rule (targets: and both pass the map
-    threshold); the permutation shuffles the signal's layer order and keeps the activations' fixed.
+    threshold); the null moves the signal's best depths (along the activations' best depths, or by
+    shuffling the signal's layer order under `layer_shuffle`) and keeps the activations' fixed.
     """
     out = []
     act_units = dict(_spatial_units(ctx, "act", distance=False))
@@ -260,6 +282,7 @@ def _s1b(ctx: _Context, signal: str, alternative: str) -> list[tuple[str, float,
             _best_units(ctx, both, layer_index),
             both["best_depth_act"].to_numpy(np.float64),
             alternative,
+            "depth",
         )
         value = (
             pearson(both["best_depth"].to_numpy(), both["best_depth_act"].to_numpy())
@@ -399,6 +422,8 @@ def _params(params: dict) -> dict:
     if not 0 < out["alpha"] < 1:
         raise ValueError(f"group params: alpha={out['alpha']!r}; expected a level in (0, 1)")
     exclusion_mask(np.zeros(0), out["exclude"])
+    if out["null"] not in NULLS:
+        raise ValueError(f"group params: null={out['null']!r}; expected one of {list(NULLS)} (stats.subject_null)")
     if out["spatial_unit"] not in SPATIAL_UNITS:
         raise ValueError(f"group params: spatial_unit={out['spatial_unit']!r}; expected one of {list(SPATIAL_UNITS)}")
     return out
@@ -474,7 +499,7 @@ def subject_statistics(
     joint: pd.DataFrame | None = None,
     targets: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Per-subject statistic (and permutation p for T1, S1a, S1b; NaN otherwise) of every test.
+    """Per-subject statistic (and per-subject p for T1, S1a, S1b under `params['null']`; NaN otherwise) of every test.
 
     Columns: dataset, modality, model, signal, test, level, measure, alternative, family,
     subject, statistic, p_perm. Arguments as for `group_tests`.
@@ -485,6 +510,12 @@ def subject_statistics(
         for signal in sorted(set(ctx.fmri["signal"]) | set(ctx.meg["signal"])):
             rows += [(ctx.dataset, r[0], ctx.model, signal, *r[1:]) for r in _subject_rows(ctx, signal)]
     return _typed(rows, SUBJECT_COLUMNS)
+
+
+def _method(test: str, null: str) -> str:
+    """The `method` of a tests row: the group test, and for T1, S1a, S1b the per-subject null
+    ('wilcoxon+variogram'), so rows computed under different nulls never look alike."""
+    return f"wilcoxon+{null}" if TESTS[test].per_subject_p else "wilcoxon"
 
 
 def _group_row(key: tuple, sub: pd.DataFrame, params: dict) -> tuple:
@@ -501,7 +532,7 @@ def _group_row(key: tuple, sub: pd.DataFrame, params: dict) -> tuple:
     low, high = bootstrap_ci(x, int(params["n_boot"]), rng, level=1.0 - params["alpha"])
     p_perm = sub["p_perm"].to_numpy(np.float64)[finite]
     # Only T1, S1a and S1b have a per-subject test; the others report -1, not a sign count.
-    n_sig = int(np.count_nonzero(p_perm < params["alpha"])) if test in ("T1", "S1a", "S1b") else -1
+    n_sig = int(np.count_nonzero(p_perm < params["alpha"])) if TESTS[test].per_subject_p else -1
     effect = float(x.mean()) if n else float("nan")
     return (
         dataset,
@@ -512,7 +543,7 @@ def _group_row(key: tuple, sub: pd.DataFrame, params: dict) -> tuple:
         level,
         measure,
         reference,
-        "wilcoxon",
+        _method(test, params["null"]),
         alternative,
         w,
         effect,
@@ -543,7 +574,9 @@ def group_tests(
     ----------
     enc, best, tm, hier : the contract encoding, best_layers, tmax and hierarchy tables of all
         subjects (one dataset × model at a time in the workflow, but any number works).
-    params : seed, n_permutations, n_boot, alpha, atlas, min_count (required); roi_levels
+    params : seed, n_permutations, n_boot, alpha, atlas, min_count (required); null (the per-subject
+        null of T1, S1a, S1b: 'variogram', the default, 'gp' or 'layer_shuffle'; `stats.subject_null`,
+        n_permutations surrogates or permutations each); roi_levels
         (level -> ROI names), meg_windows (name -> [t_start, t_end] s), exclude (default
         'nonpositive'), reference (the joint models' reference of E's unique variance: 'stack',
         the default, or 'same_layer'), spatial_unit ('roi' default, or 'target'); threshold,
@@ -567,9 +600,11 @@ def group_tests(
 
     statistic is the Wilcoxon W, effect the mean of the per-subject statistics, [ci_low, ci_high]
     their (1 − alpha) percentile bootstrap over subjects (seeded per row), p exact, p_min the
-    smallest reachable p, p_fdr Benjamini–Hochberg within the family. NaN subject values are
-    dropped; n_subjects counts the rest. n_significant_subjects counts subjects with a layer-order
-    permutation p < alpha for T1, S1a and S1b; it is -1 for T2 and E, which have no per-subject
+    smallest reachable p, p_fdr Benjamini–Hochberg within the family; method names the group
+    test and, for T1, S1a and S1b, the per-subject null ('wilcoxon+variogram'; 'wilcoxon' for T2
+    and E). NaN subject values are
+    dropped; n_subjects counts the rest. n_significant_subjects counts subjects with a per-subject
+    p < alpha for T1, S1a and S1b; it is -1 for T2 and E, which have no per-subject
     test (a sign count is not significance). The extra column n_positive counts subjects whose
     statistic is > 0, for every row.
     E has two rows per level (column `measure`): 'r_difference', r(signal) − r(act) in raw r

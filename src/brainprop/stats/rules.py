@@ -89,12 +89,13 @@ def run_sensitivity(*, inputs, outputs, params) -> None:
 
 
 def run_calibration(*, inputs, outputs, params) -> None:
-    """The calibration rule: type I error (shuffled) and power (backprop) of the tests over SNRs."""
+    """The calibration rule: type I error (shuffled, smooth_null) and power (backprop) of the tests over SNRs,
+    under each per-subject null of `calibration.nulls`."""
     from ..brain.simulate import simulated_sensors
     from ..encoding.files import load_folds
     from ..encoding.folds import folds_from_table
     from ..features.files import load_features, load_layers, load_samples
-    from ..figures.calibration import power_figure
+    from ..figures.calibration import calibration_figures
     from .calibration import calibration_table, rejection_rates
 
     dataset = params.dataset
@@ -111,10 +112,7 @@ def run_calibration(*, inputs, outputs, params) -> None:
     alpha = float(settings["group"]["alpha"])
     rates = rejection_rates(table, alpha)
     log.info("rejection rates:\n%s", rates.to_string())
-    n_seeds = settings["calibration"]["n_seeds"]
-    legend = "solid: backprop = power; dashed: shuffled = type I error"
-    title = f"{dataset}: gradient tests, {n_seeds} seeds per point ({legend})"
-    power_figure(rates, outputs.figure, alpha, title)
+    calibration_figures(rates, alpha, dataset, settings["calibration"], outputs.figure, outputs.nulls)
 
 
 def run_tables(*, inputs, outputs, params, runtime: dict) -> None:
