@@ -2,7 +2,8 @@
 
 One demo `joint_shared` job's shapes (240 images, a layer's 256 activation and 256 gradient
 features, 8 subjects × 800 targets, the forward stack's 7,656 features in 7 blocks (MobileNetV2's
-6 demo blocks and the output) reduced to 64 components, 5 folds, the 5-value grid per band) timed in-process for each reference setting:
+6 demo blocks and the output) reduced to 64 components, 5 folds, the 5-value grid per band)
+timed in-process for each reference setting:
 `same_layer`, `stack` (the default), both (what `sensitivity.reference: [same_layer]` adds), and
 `stack` with the three nuisances partialled out; the baseline is one `encode_shared` fit of the
 gradients (the 10-value single-band grid) on the same targets. Writes
