@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brainprop import contract
-from brainprop.encoding._ridge import ridge_cv, ridge_cv_shared
+from brainprop.encoding._ridge import TargetNull, combine_fold_p, ridge_cv, ridge_cv_shared
 from brainprop.encoding.encode import DEFAULT_ALPHAS, RidgeEncoder, encode, encode_shared
 from brainprop.encoding.files import SUMMARY_COLUMNS, load_target_scores
 from brainprop.encoding.folds import make_folds
@@ -540,3 +540,114 @@ def test_encode_of_a_dead_layer_is_the_intercept_model(fmri_job, caplog):
     assert (per_target["r2"] <= 0).all()
     shared = encode_shared(np.zeros_like(X), [Y, Y], [targets, targets], folds, ALPHAS)
     pd.testing.assert_frame_equal(shared[0][0], encode(np.zeros_like(X), Y, targets, folds, ALPHAS)[0])
+
+
+# ---------------------------------------------------------------- the per-target encoding null (METHOD.md §6)
+
+
+def brute_force_fold_p(X, Y, folds, null):
+    """Each fold's permutation p by hand: the reference pipeline's held-out predictions, permuted, scipy r."""
+    p = np.empty((len(folds), Y.shape[1]))
+    for f, (train, test) in enumerate(folds):
+        pipe = make_pipeline(StandardScaler(), RidgeCV(ALPHAS, alpha_per_target=True))
+        pred = pipe.fit(X[train], Y[train]).predict(X[test])
+        for j in range(Y.shape[1]):
+            r = stats.pearsonr(pred[:, j], Y[test, j])[0]
+            r_null = np.array([stats.pearsonr(pred[perm, j], Y[test, j])[0] for perm in null.fold(f, len(test))])
+            p[f, j] = (1 + (r_null >= r - 1e-9).sum()) / (1 + null.n_permutations)
+    return p
+
+
+def test_target_null_equals_permuting_the_reference_predictions():
+    rng = np.random.default_rng(41)
+    X, Y = random_data(rng, 50, 8, 6)
+    folds = make_folds(50, None, 5, seed=2)
+    null = TargetNull(99, (0, 7))
+    got = ridge_cv(X, Y, folds, ALPHAS, null=null)
+    np.testing.assert_array_equal(got.p_folds, brute_force_fold_p(X, Y, folds, null))
+    np.testing.assert_array_equal(got.p_null, combine_fold_p(got.p_folds, "cauchy", 99))
+    assert ridge_cv(X, Y, folds, ALPHAS).p_null is None
+    # The permutations depend on the seed and fold sizes only: every layer and signal of a subject shares them.
+    np.testing.assert_array_equal(null.fold(3, 10), TargetNull(99, (0, 7)).fold(3, 10))
+    assert not np.array_equal(null.fold(3, 10), TargetNull(99, (0, 8)).fold(3, 10))
+    with pytest.raises(ValueError, match="n_permutations=0"):
+        TargetNull(0, (0,))
+    with pytest.raises(ValueError, match="combine='fisher'"):
+        TargetNull(10, (0,), "fisher")
+
+
+def test_combine_fold_p_closed_forms():
+    p = np.array([[0.01, 0.2, 1.0], [0.01, 0.4, 0.5], [0.01, 0.9, 0.5]])
+    cauchy = combine_fold_p(p, "cauchy", 999)
+    assert cauchy[0] == pytest.approx(0.01)  # equal p combine to themselves
+    t = np.tan((0.5 - np.array([0.2, 0.4, 0.9])) * np.pi).mean()
+    assert cauchy[1] == pytest.approx(0.5 - np.arctan(t) / np.pi)
+    assert 0.5 < cauchy[2] < 1.0  # a fold's p of 1 does not make the target's p 1
+    np.testing.assert_allclose(combine_fold_p(p, "bonferroni"), [0.03, 0.6, 1.0])
+
+
+@pytest.mark.parametrize("combine", ["cauchy", "bonferroni"])
+def test_target_null_holds_its_level_on_null_targets(combine):
+    # 2,000 targets of noise unrelated to X: rejections at p <= 0.01 inside the binomial 95 % interval
+    # of the level (or below), and Benjamini–Hochberg at 0.05 passes none.
+    rng = np.random.default_rng(42)
+    X = rng.standard_normal((60, 10)) @ rng.standard_normal((10, 10))
+    Y = rng.standard_normal((60, 2000))
+    folds = make_folds(60, None, 5, seed=0)
+    p = ridge_cv(X, Y, folds, ALPHAS, null=TargetNull(499, (1, 2), combine)).p_null
+    hi = stats.binom.ppf(0.975, 2000, 0.01) / 2000
+    assert (p <= 0.01).mean() <= hi
+    if combine == "cauchy":  # about uniform, not conservative everywhere (Bonferroni is, above its smallest p)
+        assert (p <= 0.5).mean() == pytest.approx(0.5, abs=0.1)
+    targets = fmri_targets()
+    Y_t = rng.standard_normal((60, len(targets)))
+    per_target, summary, counts = encode(X, Y_t, targets, folds, ALPHAS, null=TargetNull(199, (1, 2), combine))
+    assert (per_target["q"] <= 0.05).sum() == 0 and (summary["n_significant"] == 0).all()
+    assert counts["n_permutations"] == 199 and counts["n_significant"] == 0
+
+
+def test_target_null_finds_planted_targets_and_counts_them_per_roi():
+    rng = np.random.default_rng(43)
+    targets = fmri_targets()  # 24 targets: V1, V2, LO × lh, rh × 4
+    X = rng.standard_normal((80, 10))
+    Y = rng.standard_normal((80, len(targets)))
+    planted = (targets["roi"] == "LO").to_numpy()
+    Y[:, planted] += X @ rng.standard_normal((10, planted.sum())) * 0.5
+    folds = make_folds(80, None, 5, seed=0)
+    per_target, summary, counts = encode(X, Y, targets, folds, ALPHAS, null=TargetNull(499, (0, 1)), fdr=0.05)
+    significant = (per_target["q"] <= 0.05).to_numpy()
+    assert significant[planted].all() and significant[~planted].sum() <= 1
+    assert per_target.loc[planted, "p"].min() == pytest.approx(1 / 500)  # the smallest p 499 permutations give
+    assert per_target.loc[planted, "p"].max() < 0.005
+    by_roi = summary.set_index(["roi", "hemi"])["n_significant"]
+    assert by_roi[("LO", "both")] == 8 and by_roi[("LO", "lh")] == 4
+    assert by_roi[("V1", "both")] + by_roi[("V2", "both")] == significant[~planted].sum()
+    assert counts["n_significant"] == significant.sum()
+    # Without the null the columns are there, NaN.
+    plain, plain_summary, _ = encode(X, Y, targets, folds, ALPHAS)
+    assert plain[["p", "q"]].isna().all().all() and plain_summary["n_significant"].isna().all()
+    np.testing.assert_array_equal(plain["r"], per_target["r"])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_target_null_of_shared_fits_equals_separate_fits(backend, fmri_job):
+    if backend == "torch":
+        pytest.importorskip("torch")
+    X, Y, targets, folds = fmri_job
+    Y2 = Y[:, ::-1] * 3.0 + 1.0
+    nulls = [TargetNull(50, (0, 1)), TargetNull(50, (0, 2))]
+    kwargs = {"backend": backend, "device": "cpu"}
+    fits = encode_shared(X, [Y, Y2], [targets, targets], folds, ALPHAS, **kwargs, nulls=nulls)
+    for (per_target, summary, _), Y_s, null in zip(fits, [Y, Y2], nulls):
+        alone, alone_summary, _ = encode(X, Y_s, targets, folds, ALPHAS, **kwargs, null=null)
+        pd.testing.assert_frame_equal(per_target, alone)
+        pd.testing.assert_frame_equal(summary, alone_summary)
+    if backend == "torch":  # float32 r; p counts permutations, so a near-tie may move it by one step
+        ref = encode(X, Y, targets, folds, ALPHAS, null=nulls[0])[0]
+        np.testing.assert_allclose(fits[0][0]["p"], ref["p"], atol=2 / 51)
+
+
+def test_target_null_of_a_dead_layer_is_one(fmri_job):
+    X, Y, targets, folds = fmri_job
+    per_target, summary, _ = encode(np.zeros_like(X), Y, targets, folds, ALPHAS, null=TargetNull(20, (0,)))
+    assert (per_target["p"] == 1.0).all() and (summary["n_significant"] == 0).all()

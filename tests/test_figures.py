@@ -594,6 +594,11 @@ def test_make_figures_writes_the_announced_files(tables, tmp_path):
     )
     assert sorted(p.name for p in written) == sorted(expected)
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(expected)
+    # Two drawing processes write the same files, pixel for pixel.
+    forked = make_figures(read, tmp_path / "forked", formats=("png",), truth=paths, workers=2)
+    assert [p.name for p in forked] == [p.name for p in written if p.suffix == ".png"]
+    for path in forked:
+        assert path.read_bytes() == (tmp_path / "figures" / path.name).read_bytes(), path.name
     assert all(p.stat().st_size > 10_000 for p in written)
     assert all(p.read_text().lstrip().startswith("<?xml") for p in written if p.suffix == ".svg")
     assert plt.get_fignums() == []  # every figure closed once written

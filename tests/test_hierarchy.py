@@ -12,7 +12,7 @@ from scipy import stats
 from brainprop.contract import validate_table
 from brainprop.encoding.files import save_target_scores
 from brainprop.hierarchy.files import TARGET_DEPTH_COLUMNS, load_target_depths
-from brainprop.hierarchy.rules import run_hierarchy
+from brainprop.hierarchy.rules import run_hierarchy, run_hierarchy_shared
 from brainprop.hierarchy.scores import (
     best_layers,
     exclusion_mask,
@@ -25,7 +25,7 @@ from brainprop.hierarchy.scores import (
     tmax,
     weighted_depth,
 )
-from brainprop.io import write_table
+from brainprop.io import read_table, write_table
 
 DEPTHS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 BASE = {
@@ -38,6 +38,7 @@ BASE = {
     "noise_ceiling": np.nan,
     "n_targets": 10,
     "n_excluded": 0,
+    "n_significant": np.nan,
 }
 
 
@@ -321,8 +322,12 @@ def test_subject_target_depths_keeps_and_marks_excluded_targets(exclude, exclude
         subject_target_depths(pd.concat([scores, scores]), {"dataset": "d", "model": "m", "subject": "01"})
 
 
-def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path):
-    # One subject's encode outputs on disk: per layer a summary and per-target scores; target 99 is MEG.
+def _subject_files(folder, subject: str = "01", null: bool = False):
+    """One subject's encode outputs on disk: per layer a summary and per-target scores; target 99 is MEG.
+
+    With `null` the scores carry the encoding null's p: 0.001 for targets 10 and 11, 0.9 for 12 and 13.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
     fmri, meg = np.array([10, 11, 12, 13]), 99
     n = len(fmri) + 1
     targets = pd.DataFrame(
@@ -333,12 +338,12 @@ def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path):
             "noise_ceiling": [np.nan] * n,
         }
     )  # fmt: skip
-    write_table(tmp_path / "targets.parquet", targets)
-    enc = fmri_rows(R_ROI, DIST)
+    write_table(folder / "targets.parquet", targets)
+    enc = fmri_rows(R_ROI, DIST).assign(subject=subject)
     summaries, scores = [], []
     for k in range(len(DEPTHS)):
-        summaries.append(tmp_path / f"{k}.summary.parquet")
-        scores.append(tmp_path / f"{k}.targets.parquet")
+        summaries.append(folder / f"{k}.summary.parquet")
+        scores.append(folder / f"{k}.targets.parquet")
         write_table(summaries[-1], enc[enc["layer_index"] == k])
         per_target = pd.DataFrame(
             {
@@ -348,29 +353,48 @@ def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path):
                 "alpha": 1.0,
                 "r_normalized": np.nan,
                 "excluded": False,
+                "p": [0.9, 0.9, 0.001, 0.001, 0.5] if null else np.nan,
+                "q": np.nan,
             }
         )
-        identity = {"dataset": "sim", "model": "m", "signal": "act", "layer_index": k, "subject": "01"}
+        identity = {"dataset": "sim", "model": "m", "signal": "act", "layer_index": k, "subject": subject}
         save_target_scores(scores[-1], per_target, identity, {"n_images": 50})
-    outputs = SimpleNamespace(
-        **{k: tmp_path / f"{k}.parquet" for k in ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")}
-    )
-    params = SimpleNamespace(
-        hierarchy={
-            "atlas": "glasser",
-            "threshold": 0.95,
-            "min_count": 3,
-            "exclude": "nonpositive",
-            "spatial_unit": "roi",
-            "tmax_window": [0.0, None],
-            "map_fdr": 0.01,
-        }  # fmt: skip
-    )
-    inputs = SimpleNamespace(summaries=summaries, scores=scores, targets=tmp_path / "targets.parquet")
+    return SimpleNamespace(summaries=summaries, scores=scores, targets=folder / "targets.parquet")
+
+
+HIERARCHY_PARAMS = SimpleNamespace(
+    hierarchy={
+        "atlas": "glasser",
+        "threshold": 0.95,
+        "min_count": 3,
+        "exclude": "nonpositive",
+        "spatial_unit": "roi",
+        "tmax_window": [0.0, None],
+        "map_fdr": 0.01,
+    }  # fmt: skip
+)
+HIERARCHY_OUTPUTS = ("encoding", "best_layers", "tmax", "hierarchy", "target_depths")
+
+
+@pytest.mark.parametrize("null", [False, True], ids=["t-test", "encoding null"])
+def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path, null):
+    # With the encoding null's p in the scores, the map threshold is theirs: targets 10 and 11 pass, 12 and 13 not.
+    fmri = np.array([10, 11, 12, 13])
+    inputs = _subject_files(tmp_path, null=null)
+    params = HIERARCHY_PARAMS
+    outputs = SimpleNamespace(**{k: tmp_path / f"{k}.parquet" for k in HIERARCHY_OUTPUTS})
+    scores = inputs.scores
     run_hierarchy(inputs=inputs, outputs=outputs, params=params)
     table = load_target_depths(outputs.target_depths)
     assert table["target"].tolist() == fmri.tolist() and set(table["subject"]) == {"01"}
     np.testing.assert_allclose(table["weighted_depth"], EXPECTED_TARGET["weighted_depth"], rtol=1e-12)
+    if null:
+        assert table["passes"].tolist() == [True, True, False, False]
+        # BH over the 13 finite targets × layers: ten p of 0.001, three of 0.9; target 13 has no r
+        np.testing.assert_allclose(table["q"], [0.0013, 0.0013, 0.9, np.nan])
+    else:
+        t_test = target_depths(R_TARGET, DEPTHS, np.arange(len(DEPTHS)), 50, 0.01)
+        np.testing.assert_allclose(table["p"], t_test["p"], rtol=1e-12)
     with pytest.raises(ValueError, match="one per signal × layer"):
         run_hierarchy(inputs=SimpleNamespace(**{**vars(inputs), "scores": scores[:2]}), outputs=outputs, params=params)
     with pytest.raises(ValueError, match="holds the scores of act layer 1"):
@@ -378,6 +402,32 @@ def test_run_hierarchy_writes_target_depths_of_fmri_targets_only(tmp_path):
         run_hierarchy(inputs=SimpleNamespace(**{**vars(inputs), "scores": swapped}), outputs=outputs, params=params)
     with pytest.raises(ValueError, match="lacks columns"):
         load_target_depths(outputs.best_layers)
+
+
+def test_run_hierarchy_shared_equals_one_job_per_subject(tmp_path):
+    subjects = ["01", "02"]
+    each = [_subject_files(tmp_path / s, s, null=(s == "02")) for s in subjects]
+    alone = [SimpleNamespace(**{k: tmp_path / s / f"alone.{k}.parquet" for k in HIERARCHY_OUTPUTS}) for s in subjects]
+    for inputs, outputs in zip(each, alone):
+        run_hierarchy(inputs=inputs, outputs=outputs, params=HIERARCHY_PARAMS)
+    shared = SimpleNamespace(**{k: [tmp_path / s / f"shared.{k}.parquet" for s in subjects] for k in HIERARCHY_OUTPUTS})
+    inputs = SimpleNamespace(
+        summaries=[p for i in each for p in i.summaries],
+        scores=[p for i in each for p in i.scores],
+        targets=[i.targets for i in each],
+    )
+    run_hierarchy_shared(
+        inputs=inputs, outputs=shared, params=SimpleNamespace(**vars(HIERARCHY_PARAMS), subjects=subjects)
+    )
+    for i, outputs in enumerate(alone):
+        for kind in HIERARCHY_OUTPUTS:
+            pd.testing.assert_frame_equal(read_table(getattr(shared, kind)[i]), read_table(getattr(outputs, kind)))
+    assert read_table(shared.target_depths[1])["passes"].tolist() == [True, True, False, False]
+    short = SimpleNamespace(**{**vars(inputs), "scores": inputs.scores[:-1]})
+    with pytest.raises(ValueError, match="expected the same number of fits for every subject"):
+        run_hierarchy_shared(
+            inputs=short, outputs=shared, params=SimpleNamespace(**vars(HIERARCHY_PARAMS), subjects=subjects)
+        )
 
 
 def _planted_targets(seed: int = 3):

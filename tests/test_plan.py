@@ -70,8 +70,10 @@ def test_plan_command_prints_jobs_and_disk(tmp_path):
     # The three simulated subjects saw the same images in one order: one shared fit per signal x layer.
     assert re.search(r"^\s+encode_shared_sim_backprop\s+8$", done.stdout, flags=re.MULTILINE)
     assert re.search(r"^\s+joint_shared_sim_backprop\s+4$", done.stdout, flags=re.MULTILINE)
-    # 25 of the spine + 4 joint fits + brain_map, meg_topomaps, sensitivity and compare.
-    assert re.search(r"^\s+total\s+33$", done.stdout, flags=re.MULTILINE)
+    # 23 of the spine (one hierarchy job for the three subjects) + 4 joint fits + brain_map,
+    # meg_topomaps, sensitivity and compare.
+    assert re.search(r"^\s+hierarchy_shared_sim_backprop\s+1$", done.stdout, flags=re.MULTILINE)
+    assert re.search(r"^\s+total\s+31$", done.stdout, flags=re.MULTILINE)
     assert "resnet18/demo" in done.stdout and ": ok" in done.stdout
 
 

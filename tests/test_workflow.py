@@ -79,6 +79,13 @@ def test_tables_have_every_job(tiny_run):
     assert set(enc["signal"]) == {"act", "grad"}
     assert enc["layer_index"].nunique() == 4
     assert set(enc["modality"]) == {"fmri", "meg"}
+    # The encoding null ran: every row counts its significant targets, every scored target has p and q.
+    assert enc["n_significant"].between(0, enc["n_targets"]).all()
+    from brainprop.encoding.files import load_target_scores
+
+    scores = load_target_scores(next((tiny_run / "results" / "tiny" / "encoding").rglob("*.targets.parquet")))
+    scored = scores[~scores["excluded"]]
+    assert scored["p"].between(1 / 1001, 1).all() and scored["q"].between(0, 1).all()
     tests = pd.read_parquet(tables / "tests.parquet")
     assert {"T1", "T2", "S1a", "S1b", "E"} <= set(tests["test"])
     truth = pd.read_parquet(tiny_run / "results" / "tiny" / "truth" / "sim_backprop.parquet")
@@ -111,7 +118,8 @@ def test_runtime_settings_rerun_nothing(tiny_run, tmp_path):
 def test_one_subjects_new_data_reruns_its_datasets_shared_fits(tiny_run, tmp_path):
     # The tiny run's three simulated subjects share one image order: their fits are one job per
     # signal x layer (encode_shared_*, joint_shared_*). New data of one subject reruns those jobs
-    # (each fits every subject, one decomposition per fold) and the dataset's hierarchy onward;
+    # (each fits every subject, one decomposition per fold) and the dataset's hierarchy (one job
+    # for every subject) onward;
     # nothing upstream of the fits (docs/method.md, "Shared fits").
     from conftest import copy_run
     from test_recovery import planned_jobs
@@ -126,7 +134,7 @@ def test_one_subjects_new_data_reruns_its_datasets_shared_fits(tiny_run, tmp_pat
     assert rules == {
         "encode_shared_sim_backprop": 2 * 4,  # signals x layers
         "joint_shared_sim_backprop": 4,
-        "hierarchy": 3,  # every subject: each subject's fit files are rewritten by the shared jobs
+        "hierarchy_shared_sim_backprop": 1,  # every subject in one job: the shared fits rewrite each one's files
         "group": 1,
         "compare": 1,
         "sensitivity": 1,

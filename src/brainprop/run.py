@@ -316,7 +316,7 @@ class Run:
             "joint": [
                 k for ds in self.datasets if ds not in self.shared for m in self.models for k in self.joint_keys(ds, m)
             ],
-            "hierarchy": self.hierarchy_keys(),
+            "hierarchy": [k for k in self.hierarchy_keys() if k["dataset"] not in self.shared],
             "group": [{"dataset": ds, "model": m} for ds in self.datasets for m in self.models],
             "compare": each_dataset,
             "sensitivity": [{"dataset": ds, "model": m} for ds in self.datasets for m in self.base_models],
@@ -337,6 +337,7 @@ class Run:
             jobs[f"joint_shared_{ds}"] = [
                 {"model": m, "layer": layer} for m in self.models if self.has_joint(m) for layer in self.layers(m)
             ]
+            jobs[f"hierarchy_shared_{ds}"] = [{"model": m} for m in self.models]
         return {rule: keys for rule, keys in jobs.items() if keys}
 
     def job_counts(self) -> Counter:

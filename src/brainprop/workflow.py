@@ -42,6 +42,7 @@ ENTRY_POINTS: dict[str, str] = {
     "joint": "brainprop.encoding.rules:run_joint",
     "joint_shared": "brainprop.encoding.rules:run_joint_shared",
     "hierarchy": "brainprop.hierarchy.rules:run_hierarchy",
+    "hierarchy_shared": "brainprop.hierarchy.rules:run_hierarchy_shared",
     "group": "brainprop.stats.rules:run_group",
     "compare": "brainprop.stats.rules:run_compare",
     "sensitivity": "brainprop.stats.rules:run_sensitivity",

@@ -182,6 +182,11 @@ def encode_params(model=None):
     return params
 
 
+def target_null_params():
+    """The encode jobs' per-target null: permutations, FDR level and the run's seed."""
+    return {**config["encoding"]["target_null"], "seed": config["seed"]}
+
+
 def joint_params(model):
     """What a joint job depends on: the grid, its references (the stack's width) and the model's nuisances."""
     references = RUN.joint_references(model)
@@ -330,6 +335,17 @@ def hierarchy_inputs(wildcards):
         "targets": rules.brain.output.targets.format(
             dataset=wildcards.dataset, subject=wildcards.subject
         ),
+    }
+
+
+def hierarchy_shared_inputs(dataset, model):
+    """Every subject's encode outputs (subject-major, then signal, then layer) and target tables."""
+    subjects = DATASETS[dataset]["subjects"]
+    keys = [k for s in subjects for k in RUN.encode_keys(dataset, model, s)]
+    return {
+        "summaries": paths(rules.encode.output.summary, keys),
+        "scores": paths(rules.encode.output.scores, keys),
+        "targets": subject_files(dataset, rules.brain.output.targets),
     }
 
 

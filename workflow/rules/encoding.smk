@@ -64,6 +64,7 @@ rule encode:
         },
         layer=lambda wc: int(wc.layer),
         encoding=lambda wc: encode_params(wc.model),
+        null=target_null_params(),
     script:
         "../scripts/run.py"
 
@@ -107,6 +108,7 @@ for shared_dataset in RUN.shared:
             },
             layer=lambda wc: int(wc.layer),
             encoding=lambda wc: encode_params(wc.model),
+            null=target_null_params(),
             subjects=DATASETS[shared_dataset]["subjects"],
         script:
             "../scripts/run.py"

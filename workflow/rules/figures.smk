@@ -26,7 +26,8 @@ rule figures:
         f"{BENCH}/figures/figures.tsv"
     conda:
         "../../envs/brainprop.yaml"
-    threads: 1
+    # The run's last job: its figures are drawn by two processes, so the demo's tail uses both cores.
+    threads: 2
     resources:
         mem_mb=mem_mb(4000),
         runtime=runtime(10),

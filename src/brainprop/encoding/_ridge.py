@@ -16,6 +16,9 @@ __all__ = [
     "check_alphas",
     "check_folds",
     "check_nuisance",
+    "COMBINE_RULES",
+    "TargetNull",
+    "combine_fold_p",
     "fold_partial",
     "ridge_cv",
     "ridge_cv_shared",
@@ -46,6 +49,8 @@ class RidgeCVResult:
     alpha : (n_folds, n_targets) penalty chosen by leave-one-out inside each training split.
     r_folds : (n_folds, n_targets) Pearson r of each fold.
     r2_folds : (n_folds, n_targets) R² of each fold.
+    p_folds : (n_folds, n_targets) each fold's one-sided permutation p of its r (`TargetNull`), or None.
+    p_null : (n_targets,) the folds' p combined (`combine_fold_p`), or None without a null.
     """
 
     r: np.ndarray
@@ -53,6 +58,67 @@ class RidgeCVResult:
     alpha: np.ndarray
     r_folds: np.ndarray
     r2_folds: np.ndarray
+    p_folds: np.ndarray | None = None
+    p_null: np.ndarray | None = None
+
+
+# How the target null combines its folds' p (`combine_fold_p`).
+COMBINE_RULES = ("cauchy", "bonferroni")
+
+
+@dataclass(frozen=True)
+class TargetNull:
+    """Image permutations of held-out predictions against responses: the per-target null of r (METHOD.md §6).
+
+    Within each fold's test rows the predictions are permuted against the responses (no refit),
+    each permutation's r is averaged over folds as the observed r is, and
+    p = (1 + #{r_perm >= r}) / (1 + n_permutations). The permutations depend on `seed` and the
+    fold sizes only, so every layer and signal of a subject (one seed) sees the same ones.
+
+    Attributes
+    ----------
+    n_permutations : permutations per fold (>= 1).
+    seed : entropy of the permutations, e.g. (config seed, a number of the subject).
+    combine : how the folds' p make one (`combine_fold_p`: cauchy | bonferroni).
+    """
+
+    n_permutations: int
+    seed: tuple[int, ...]
+    combine: str = "cauchy"
+
+    def __post_init__(self):
+        if int(self.n_permutations) < 1:
+            raise ValueError(f"n_permutations={self.n_permutations!r}; expected at least 1")
+        if self.combine not in COMBINE_RULES:
+            raise ValueError(f"combine={self.combine!r}; expected one of {list(COMBINE_RULES)}")
+
+    def p_values(self, p_folds: np.ndarray) -> np.ndarray:
+        """Each target's p from its folds' permutation p (n_folds, n_targets)."""
+        return combine_fold_p(p_folds, self.combine, int(self.n_permutations))
+
+    def fold(self, f: int, n_test: int) -> np.ndarray:
+        """(n_permutations, n_test) permutations of fold f's test rows."""
+        rng = np.random.default_rng([*self.seed, f])
+        return rng.permuted(np.tile(np.arange(n_test), (int(self.n_permutations), 1)), axis=1)
+
+
+def combine_fold_p(p_folds: np.ndarray, rule: str = "cauchy", n_permutations: int | None = None) -> np.ndarray:
+    """One p per target from its folds' permutation p (n_folds, n_targets), for folds that depend on each other.
+
+    The folds' r are positively correlated under the null (each fold's model is trained on the
+    other folds' test images), so their average cannot be tested against independently permuted
+    folds. `cauchy`: the Cauchy combination (Liu & Xie 2020), accurate at small p under any
+    dependence; `bonferroni`: n_folds × the smallest p, exact but coarse. A fold's p of 1 is
+    taken as 1 - 1 / (n_permutations + 1) (the Cauchy transform of 1 is -inf).
+    """
+    p = np.asarray(p_folds, dtype=np.float64)
+    if rule == "bonferroni":
+        return np.minimum(1.0, p.shape[0] * p.min(axis=0))
+    if rule != "cauchy":
+        raise ValueError(f"rule={rule!r}; expected one of {list(COMBINE_RULES)}")
+    p = np.minimum(p, 1.0 - 1.0 / (1.0 + (n_permutations or 1000)))
+    t = np.tan((0.5 - p) * np.pi).mean(axis=0)
+    return 0.5 - np.arctan(t) / np.pi
 
 
 @dataclass(frozen=True)
@@ -550,6 +616,23 @@ def _scores(ops: Backend, pred: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         return (np.where(den > 0, cross / den, np.nan), np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan))
 
 
+def _fold_p(ops: Backend, pred: Any, y: Any, perms: np.ndarray) -> np.ndarray:
+    """One-sided permutation p of each column's Pearson r of pred against y over row permutations, (m,) host."""
+    # float32 on the host: the null is B gathers of (n_test, m), memory-bound, and a count needs no more precision.
+    pc = ops.to_numpy(pred - pred.mean(0)).astype(np.float32)
+    yc = ops.to_numpy(y - y.mean(0)).astype(np.float32)
+    observed = np.einsum("ij,ij->j", pc, yc)
+    exceed = np.zeros(pc.shape[1], dtype=np.int64)
+    for perm in perms:
+        exceed += np.einsum("ij,ij->j", pc[perm], yc) >= observed - _tolerance(pc, yc)
+    return (1.0 + exceed) / (1.0 + len(perms))
+
+
+def _tolerance(pc: np.ndarray, yc: np.ndarray) -> np.ndarray:
+    """float32 rounding of a cross product summed in another order: a permutation equal to the data counts."""
+    return 1e-5 * np.sqrt((pc * pc).sum(0) * (yc * yc).sum(0))
+
+
 def _pearson(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson r per column of two (n, m) arrays, NaN where either column is constant."""
     pc = pred - pred.mean(axis=0)
@@ -586,8 +669,12 @@ def _fit_batch(
     alphas: np.ndarray,
     y_train: np.ndarray,
     y_test: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chosen penalty, held-out r and R² of one batch of targets, each (batch,).
+    perms: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Chosen penalty, held-out r and R² of one batch of targets, each (batch,), and the permuted r.
+
+    With `perms` (n_permutations, n_test) the last item is r of each permutation of the held-out
+    predictions against the responses, (n_permutations, batch); else None.
 
     The responses travel to the backend in their own precision and are checked, centred and
     scored there (so a GPU does the per-element work); the means are in the backend's precision.
@@ -612,7 +699,11 @@ def _fit_batch(
     y_test -= ops.asarray(mean)[None, :]
     r, r2 = _scores(ops, pred, y_test)
     nan = np.full(valid.shape, np.nan)
-    return np.where(valid, alphas[chosen], nan), np.where(valid, r, nan), np.where(valid, r2, nan)
+    r = np.where(valid, r, nan)
+    p = None
+    if perms is not None:
+        p = np.where(np.isfinite(r), _fold_p(ops, pred, y_test, perms), np.nan)
+    return np.where(valid, alphas[chosen], nan), r, np.where(valid, r2, nan), p
 
 
 def _check_xy(X: np.ndarray, Ys: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -639,6 +730,7 @@ def ridge_cv_shared(
     device: str = "auto",
     dtype: Any = None,
     nuisance: np.ndarray | None = None,
+    nulls: Sequence[TargetNull | None] | None = None,
 ) -> list[RidgeCVResult]:
     """`ridge_cv` of several response sets that share X: one decomposition per fold serves all.
 
@@ -651,6 +743,7 @@ def ridge_cv_shared(
     X : (n_images, n_features) features, finite.
     Ys : one (n_images, n_targets_s) response array per subject, rows in X's order.
     folds, alphas, batch_size, backend, device, dtype, nuisance : as in `ridge_cv`.
+    nulls : one `TargetNull` (or None) per entry of `Ys`, or None for no null.
 
     Returns
     -------
@@ -663,8 +756,12 @@ def ridge_cv_shared(
     nuisance = check_nuisance(nuisance, X.shape[0])
     ops = get_backend(backend, device, dtype)
     low = get_backend(ops.name, ops.device, "float32") if ops.dtype == "float64" else None
+    nulls = list(nulls) if nulls is not None else [None] * len(Ys)
+    if len(nulls) != len(Ys):
+        raise ValueError(f"{len(nulls)} nulls for {len(Ys)} response sets; expected one (or None) per set")
     shapes = [(len(folds), Y.shape[1]) for Y in Ys]
     scores = [tuple(np.full(shape, np.nan) for _ in range(3)) for shape in shapes]
+    p_folds = [None if n is None else np.full(shape, np.nan) for n, shape in zip(nulls, shapes)]
     for f, (train, test) in enumerate(folds):
         partial = fold_partial(nuisance, train, test)
         X_train, X_test = X[train].astype(np.float64), X[test].astype(np.float64)
@@ -676,24 +773,29 @@ def ridge_cv_shared(
         leverage = None if partial is None else partial.leverage()
         search = _search_terms(ops, low, basis, alphas, sum(Y.shape[1] for Y in Ys), leverage)
         step = batch_size or _batch_size(ops, len(train))
-        for Y, (alpha, r, r2) in zip(Ys, scores):
+        for Y, (alpha, r, r2), null, p_fold in zip(Ys, scores, nulls, p_folds):
+            perms = None if null is None else null.fold(f, len(test))
             for start in range(0, Y.shape[1], step):
                 cols = slice(start, min(start + step, Y.shape[1]))
                 y_train, y_test = Y[train, cols], Y[test, cols]
                 if partial is not None:
                     y_train, y_test = partial(y_train, y_test)
-                alpha[f, cols], r[f, cols], r2[f, cols] = _fit_batch(
-                    ops,
-                    low,
-                    basis,
-                    search,
-                    alphas,
-                    y_train,
-                    y_test,
+                alpha[f, cols], r[f, cols], r2[f, cols], p = _fit_batch(
+                    ops, low, basis, search, alphas, y_train, y_test, perms
                 )
+                if p is not None:
+                    p_fold[f, cols] = p
     return [
-        RidgeCVResult(r=r.mean(axis=0), r2=r2.mean(axis=0), alpha=alpha, r_folds=r, r2_folds=r2)
-        for alpha, r, r2 in scores
+        RidgeCVResult(
+            r=r.mean(axis=0),
+            r2=r2.mean(axis=0),
+            alpha=alpha,
+            r_folds=r,
+            r2_folds=r2,
+            p_folds=p_fold,
+            p_null=None if null is None else null.p_values(p_fold),
+        )
+        for (alpha, r, r2), p_fold, null in zip(scores, p_folds, nulls)
     ]
 
 
@@ -707,6 +809,7 @@ def ridge_cv(
     device: str = "auto",
     dtype: Any = None,
     nuisance: np.ndarray | None = None,
+    null: TargetNull | None = None,
 ) -> RidgeCVResult:
     """Cross-validated ridge scores, equal to StandardScaler + RidgeCV(alpha_per_target) per fold.
 
@@ -740,9 +843,10 @@ def ridge_cv(
         each training split (`fold_partial`: least squares with an intercept fitted on the
         training rows, applied to both splits; the held-out scores are then those of the
         residual responses), or None. The leave-one-out penalty choice treats that fit as fixed.
+    null : image permutations of the held-out predictions for each target's p (`TargetNull`), or None.
 
     Returns
     -------
     RidgeCVResult
     """
-    return ridge_cv_shared(X, [Y], folds, alphas, batch_size, backend, device, dtype, nuisance)[0]
+    return ridge_cv_shared(X, [Y], folds, alphas, batch_size, backend, device, dtype, nuisance, [null])[0]

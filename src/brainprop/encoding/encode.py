@@ -8,11 +8,19 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ._ridge import Fold, RidgeCVResult, check_folds, ridge_cv, ridge_cv_shared
+from ._ridge import Fold, RidgeCVResult, TargetNull, check_folds, ridge_cv, ridge_cv_shared
 from .files import SUMMARY_COLUMNS
 from .folds import make_folds
 
-__all__ = ["DEFAULT_ALPHAS", "NoUsableTargetsError", "RidgeEncoder", "TARGET_COLUMNS", "encode", "encode_shared"]
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "NoUsableTargetsError",
+    "RidgeEncoder",
+    "TARGET_COLUMNS",
+    "TargetNull",
+    "encode",
+    "encode_shared",
+]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +149,7 @@ def _group_stats(part: pd.DataFrame) -> dict:
         "noise_ceiling": _mean(used["noise_ceiling"]),
         "n_targets": len(used),
         "n_excluded": len(part) - len(used),
+        "n_significant": float(used["significant"].sum(min_count=1)),
     }
 
 
@@ -200,15 +209,21 @@ _SUMMARIES: dict[str, Callable[[pd.DataFrame], list[dict]]] = {
 def _summary_table(rows: list[dict]) -> pd.DataFrame:
     """Rows to a DataFrame with the contract's column order and types."""
     table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    floats = ["roi_distance_mm", "time", "r", "r_normalized", "noise_ceiling"]
+    floats = ["roi_distance_mm", "time", "r", "r_normalized", "noise_ceiling", "n_significant"]
     types = {**{c: "float64" for c in floats}, "n_targets": "int64", "n_excluded": "int64"}
     return table.astype(types)
 
 
 def _per_target_table(targets: pd.DataFrame, used: np.ndarray, result: RidgeCVResult) -> pd.DataFrame:
     """Scores of every target (NaN and `excluded` for those not fitted or degenerate in a split)."""
-    r, r2, alpha = (np.full(len(targets), np.nan) for _ in range(3))
+    from ..stats.inference import bh_fdr
+
+    r, r2, alpha, p, q = (np.full(len(targets), np.nan) for _ in range(5))
     r[used], r2[used], alpha[used] = result.r, result.r2, np.median(result.alpha, axis=0)
+    if result.p_null is not None:
+        p[used] = result.p_null
+        finite = np.isfinite(p)
+        q[finite] = bh_fdr(p[finite])
     ceiling = targets["noise_ceiling"].to_numpy(dtype=np.float64)
     return pd.DataFrame(
         {
@@ -218,6 +233,8 @@ def _per_target_table(targets: pd.DataFrame, used: np.ndarray, result: RidgeCVRe
             "alpha": alpha,
             "r_normalized": _normalize(r, ceiling),
             "excluded": ~np.isfinite(r),
+            "p": p,
+            "q": q,
         }
     )
 
@@ -233,6 +250,8 @@ def encode(
     device: str = "auto",
     dtype: str | None = None,
     nuisance: np.ndarray | None = None,
+    null: TargetNull | None = None,
+    fdr: float = 0.05,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Encode one subject's targets from one layer's features and summarise per ROI or time.
 
@@ -247,6 +266,8 @@ def encode(
     backend, device, dtype : array backend of the fits, as in `ridge_cv` (default NumPy float64).
     nuisance : (n_images, p) regressors partialled out of X and Y inside each training split
         (`encoding.nuisance`; `ridge_cv`), or None.
+    null : the target null (`TargetNull`: permutations of the held-out predictions), or None.
+    fdr : level of the Benjamini–Hochberg q that the summaries' `n_significant` counts.
 
     Returns
     -------
@@ -254,23 +275,7 @@ def encode(
     summary : the encoding table's rows without identity columns, columns `SUMMARY_COLUMNS`.
     counts : numbers of dropped features and excluded targets, for the log.
     """
-    X, Y = np.asarray(X), np.asarray(Y)
-    keep, used, nonfinite, constant = _usable(X, Y, targets, folds)
-    if not keep.any():
-        result = intercept_only(Y[:, used], folds, X.shape[1])
-    else:
-        result = ridge_cv(
-            X if keep.all() else X[:, keep],
-            Y if used.all() else Y[:, used],
-            folds,
-            alphas,
-            batch_size,
-            backend,
-            device,
-            dtype,
-            nuisance,
-        )
-    return _encoding_tables(X, Y, targets, folds, keep, (used, nonfinite, constant), result)
+    return encode_shared(X, [Y], [targets], folds, alphas, batch_size, backend, device, dtype, nuisance, [null], fdr)[0]
 
 
 def encode_shared(
@@ -284,19 +289,25 @@ def encode_shared(
     device: str = "auto",
     dtype: str | None = None,
     nuisance: np.ndarray | None = None,
+    nulls: Sequence[TargetNull | None] | None = None,
+    fdr: float = 0.05,
 ) -> list[tuple[pd.DataFrame, pd.DataFrame, dict]]:
     """`encode` of several subjects who saw the images of X in the same order: one decomposition per fold.
 
-    Returns one (per_target, summary, counts) per subject, each equal to a separate `encode` call.
+    `nulls` has one `TargetNull` (or None) per subject. Returns one (per_target, summary, counts)
+    per subject, each equal to a separate `encode` call.
     """
     X = np.asarray(X)
     Ys = [np.asarray(Y) for Y in Ys]
+    nulls = list(nulls) if nulls is not None else [None] * len(Ys)
     masks = [_usable(X, Y, t, folds) for Y, t in zip(Ys, targets)]
     keep = masks[0][0]  # depends on X only
     if not keep.any():
         return [
-            _encoding_tables(X, Y, t, folds, keep, mask[1:], intercept_only(Y[:, mask[1]], folds, X.shape[1]))
-            for Y, t, mask in zip(Ys, targets, masks)
+            _encoding_tables(
+                X, Y, t, folds, keep, mask[1:], intercept_only(Y[:, mask[1]], folds, X.shape[1], null), null, fdr
+            )
+            for Y, t, mask, null in zip(Ys, targets, masks, nulls)
         ]
     results = ridge_cv_shared(
         X if keep.all() else X[:, keep],
@@ -308,20 +319,24 @@ def encode_shared(
         device,
         dtype,
         nuisance,
+        nulls,
     )
     return [
-        _encoding_tables(X, Y, t, folds, keep, mask[1:], result)
-        for Y, t, mask, result in zip(Ys, targets, masks, results)
+        _encoding_tables(X, Y, t, folds, keep, mask[1:], result, null, fdr)
+        for Y, t, mask, result, null in zip(Ys, targets, masks, results, nulls)
     ]
 
 
-def intercept_only(Y: np.ndarray, folds: Sequence[Fold], n_features: int) -> RidgeCVResult:
+def intercept_only(
+    Y: np.ndarray, folds: Sequence[Fold], n_features: int, null: TargetNull | None = None
+) -> RidgeCVResult:
     """Scores of a layer whose every feature column is constant: the training mean predicts each test row.
 
     Such a layer (a saturated or dead block, a gradient that is exactly zero) carries no
     information about the images. Its prediction does not vary, so its correlation with any
     response is taken as r = 0 (as the joint stage counts an empty band's R² alone as 0); R² is the
-    intercept model's held-out R² (≤ 0); the penalty is NaN (nothing was penalised). Logged.
+    intercept model's held-out R² (≤ 0); the penalty is NaN (nothing was penalised); with a
+    null, p = 1 (no permutation can do worse than r = 0). Logged.
     """
     log.warning(
         "all %d feature columns of this layer are constant over the images (a dead or saturated block, or a "
@@ -339,9 +354,9 @@ def intercept_only(Y: np.ndarray, folds: Sequence[Fold], n_features: int) -> Rid
             r2_folds[i] = 1.0 - residual / total
     r_folds = np.zeros_like(r2_folds)
     alpha = np.full(r2_folds.shape, np.nan)
-    return RidgeCVResult(
-        r=r_folds.mean(axis=0), r2=r2_folds.mean(axis=0), alpha=alpha, r_folds=r_folds, r2_folds=r2_folds
-    )
+    r = r_folds.mean(axis=0)
+    p_null = None if null is None else np.where(np.isfinite(r), 1.0, np.nan)
+    return RidgeCVResult(r=r, r2=r2_folds.mean(axis=0), alpha=alpha, r_folds=r_folds, r2_folds=r2_folds, p_null=p_null)
 
 
 def _usable(X: np.ndarray, Y: np.ndarray, targets: pd.DataFrame, folds: Sequence[Fold]) -> tuple[np.ndarray, ...]:
@@ -389,15 +404,19 @@ def _encoding_tables(
     keep: np.ndarray,
     flags: tuple[np.ndarray, np.ndarray, np.ndarray],
     result: RidgeCVResult,
+    null: TargetNull | None = None,
+    fdr: float = 0.05,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Per-target scores, summary rows and counts of one subject's fit."""
     used, nonfinite, constant = flags
     per_target = _per_target_table(targets, used, result)
     excluded = per_target["excluded"].to_numpy()
+    q = per_target["q"].to_numpy()
+    significant = np.where(np.isfinite(q), q <= fdr, np.nan) if result.p_null is not None else np.full(len(q), np.nan)
     table = (
         targets[list(TARGET_COLUMNS[1:])]
         .reset_index(drop=True)
-        .assign(r=per_target["r"], r_normalized=per_target["r_normalized"], excluded=excluded)
+        .assign(r=per_target["r"], r_normalized=per_target["r_normalized"], excluded=excluded, significant=significant)
     )
     rows = [row for modality, part in table.groupby("modality", sort=True) for row in _SUMMARIES[modality](part)]
     counts = {
@@ -410,5 +429,7 @@ def _encoding_tables(
         "n_targets_nonfinite": int(nonfinite.sum()),
         "n_targets_constant": int(constant.sum()),
         "n_targets_degenerate_split": int((excluded & used).sum()),
+        "n_permutations": 0 if null is None else int(null.n_permutations),
+        "n_significant": int(np.nansum(significant)),
     }
     return per_target, _summary_table(rows), counts

@@ -42,13 +42,16 @@ SUMMARY = "encoding/{dataset}/{model}/{signal}/{layer}/{subject}.summary.parquet
 JOINT = "joint/{dataset}/{model}/{layer}/{subject}.summary.parquet"
 
 FOLD_COLUMNS = ("image_id", "group", "fold")
-# Per-target table: one row per target of the subject, NaN scores for excluded targets.
-SCORE_COLUMNS = ("target", "r", "r2", "alpha", "r_normalized", "excluded")
+# Per-target table: one row per target of the subject, NaN scores for excluded targets. p and q are
+# the target null's (image permutations of the held-out predictions; Benjamini–Hochberg over the
+# fit's targets), NaN where encoding.target_null.permutations is 0.
+SCORE_COLUMNS = ("target", "r", "r2", "alpha", "r_normalized", "excluded", "p", "q")
 # Summary table: the results contract's encoding table minus identity columns.
 SUMMARY_COLUMNS = (
     "modality", "atlas", "roi", "hemi", "roi_distance_mm", "time",
-    "r", "r_normalized", "noise_ceiling", "n_targets", "n_excluded",
+    "r", "r_normalized", "noise_ceiling", "n_targets", "n_excluded", "n_significant",
 )  # fmt: skip
+# n_significant: the group's used targets with q <= encoding.target_null.fdr (float: NaN without the null).
 # Joint summary (beside the identity columns dataset, model, layer, layer_index, depth, subject).
 # `reference`: what the gradients were fitted against (stack | same_layer); the `act` columns are its.
 JOINT_SUMMARY_COLUMNS = (

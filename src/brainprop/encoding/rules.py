@@ -8,6 +8,7 @@ files modules of the stages that wrote them (`brainprop.features.files`, `brainp
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,6 +19,7 @@ from ..brain.files import load_samples, load_targets, load_y
 from ..config import alphas as penalty_grid
 from ..features import files as features
 from ..io import forcerun_hint
+from ._ridge import TargetNull
 from .files import load_folds, save_folds, save_joint_summary, save_summary, save_target_scores
 from .folds import folds_from_table, folds_table, subject_rows
 
@@ -33,6 +35,15 @@ def _backend(params: dict) -> dict:
         "device": params.get("device", "auto"),
         "dtype": params.get("dtype"),
     }
+
+
+def _target_null(params: dict, subject: str) -> TargetNull | None:
+    """The subject's per-target null from `params.null` (permutations, combine, seed); None for 0 permutations."""
+    n = int(params["permutations"])
+    # Seeded by the run's seed and the subject alone: every model, layer and signal of a subject
+    # sees the same permutations, as the hierarchy's comparisons across layers need.
+    seed = (int(params["seed"]), zlib.crc32(subject.encode()))
+    return TargetNull(n, seed, params["combine"]) if n else None
 
 
 def _subject_nuisance(features_dir: str, samples_path: str, names: list[str], layer_index: int) -> np.ndarray | None:
@@ -122,6 +133,8 @@ def run_encode(*, inputs, outputs, params) -> None:
             penalty_grid(settings),
             **_backend(settings),
             nuisance=nuisance,
+            null=_target_null(params.null, identity["subject"]),
+            fdr=float(params.null["fdr"]),
         )
     log.info("backend: %s; nuisance: %s; counts: %s", _backend(settings), settings.get("nuisance") or [], fit[2])
     _save_fit((outputs.scores, outputs.summary), fit, identity, features.load_layers(inputs.layers), k)
@@ -140,6 +153,8 @@ def run_encode_shared(*, inputs, outputs, params) -> None:
     identity, k, settings, subjects = dict(params.identity), int(params.layer), params.encoding, params.subjects
     alphas, backend = penalty_grid(settings), _backend(settings)
     names = list(settings.get("nuisance") or [])
+    nulls = [_target_null(params.null, subject) for subject in subjects]
+    fdr = float(params.null["fdr"])
     orders = [load_samples(path)["image_id"].to_numpy() for path in inputs.samples]
     table = load_folds(inputs.folds)
     targets = [load_targets(path) for path in inputs.targets]
@@ -147,7 +162,8 @@ def run_encode_shared(*, inputs, outputs, params) -> None:
         X, image_ids = _subject_features(inputs.features, inputs.samples[0], identity["signal"], k)
         Ys = [load_y(path, samples) for path, samples in zip(inputs.Y, inputs.samples)]
         nuisance = _subject_nuisance(inputs.features, inputs.samples[0], names, k)
-        fits = encode_shared(X, Ys, targets, folds_from_table(table, image_ids), alphas, **backend, nuisance=nuisance)
+        folds = folds_from_table(table, image_ids)
+        fits = encode_shared(X, Ys, targets, folds, alphas, **backend, nuisance=nuisance, nulls=nulls, fdr=fdr)
         log.info(
             "%d subjects share one decomposition per fold (%d images in the same order)", len(subjects), len(image_ids)
         )
@@ -159,11 +175,14 @@ def run_encode_shared(*, inputs, outputs, params) -> None:
             subjects[0],
         )
         fits = []
-        for samples, Y, target_table in zip(inputs.samples, inputs.Y, targets):
+        for samples, Y, target_table, null in zip(inputs.samples, inputs.Y, targets, nulls):
             X, image_ids = _subject_features(inputs.features, samples, identity["signal"], k)
             nuisance = _subject_nuisance(inputs.features, samples, names, k)
             folds = folds_from_table(table, image_ids)
-            fits.append(encode(X, load_y(Y, samples), target_table, folds, alphas, **backend, nuisance=nuisance))
+            fit = encode(
+                X, load_y(Y, samples), target_table, folds, alphas, **backend, nuisance=nuisance, null=null, fdr=fdr
+            )
+            fits.append(fit)
     layers = features.load_layers(inputs.layers)
     for subject, fit, scores, summary in zip(subjects, fits, outputs.scores, outputs.summary):
         log.info("%s: backend: %s; counts: %s", subject, backend, fit[2])

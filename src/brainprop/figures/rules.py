@@ -74,6 +74,7 @@ def make_figures(
     truth: Mapping[str, pd.DataFrame] | None = None,
     alpha: float = 0.05,
     spatial_unit: str = "roi",
+    workers: int = 1,
 ) -> list[Path]:
     """Draw every table figure of a run into `out_dir`; return the written paths.
 
@@ -81,7 +82,8 @@ def make_figures(
     level -> ROI names (the config's `roi_levels`; default distance thirds); `truth` maps each
     simulated dataset to its planted-truth table; `alpha` is `stats.alpha`: the test level that
     fills the model comparison's markers and names the CI level (1 − alpha); `spatial_unit`
-    (`hierarchy.spatial_unit`) the spatial score the figures print. The figures draw the
+    (`hierarchy.spatial_unit`) the spatial score the figures print; `workers` processes draw
+    them (forked, so each inherits the tables; 1 draws in this process). The figures draw the
     all-sensor MEG rows (sensor-group rows are in the tables only).
     """
     from ..hierarchy.scores import all_sensors, score_rows
@@ -99,13 +101,36 @@ def make_figures(
     plotters = _plotters(tables, roi_levels, alpha)
     models = sorted(tables["encoding"]["model"].unique())
     signals = tables["encoding"]["signal"].unique()
-    paths = []
-    for kind, dataset, model, name in figure_entries(
-        datasets, formats[:1], models=models, simulated=truth, signals=signals
-    ):
-        stem = out_dir / name.rsplit(".", 1)[0]
-        paths += save_figure(plotters[kind](dataset, model), stem, formats)
-    return paths
+    entries = [
+        (kind, dataset, model, out_dir / name.rsplit(".", 1)[0])
+        for kind, dataset, model, name in figure_entries(
+            datasets, formats[:1], models=models, simulated=truth, signals=signals
+        )
+    ]
+    global _DRAWING
+    _DRAWING = (plotters, entries, tuple(formats))
+    try:
+        if workers <= 1 or len(entries) < 2:
+            drawn = [_draw_entry(i) for i in range(len(entries))]
+        else:
+            import multiprocessing
+
+            with multiprocessing.get_context("fork").Pool(min(workers, len(entries))) as pool:
+                drawn = pool.map(_draw_entry, range(len(entries)), chunksize=1)
+    finally:
+        _DRAWING = None
+    return [path for paths in drawn for path in paths]
+
+
+# What `make_figures` draws: (plotters, entries, formats), set while it runs (forked workers inherit it).
+_DRAWING = None
+
+
+def _draw_entry(i: int) -> list[Path]:
+    """Draw and save entry i of the running `make_figures` call."""
+    plotters, entries, formats = _DRAWING
+    kind, dataset, model, stem = entries[i]
+    return save_figure(plotters[kind](dataset, model), stem, formats)
 
 
 def _check_written(written: Sequence[Path], declared: Sequence[str], rule: str) -> None:
@@ -118,8 +143,8 @@ def _check_written(written: Sequence[Path], declared: Sequence[str], rule: str) 
         )
 
 
-def run_figures(*, inputs, outputs, params) -> None:
-    """The figures rule: every table figure of the run, and the tests page of the report."""
+def run_figures(*, inputs, outputs, params, runtime=None) -> None:
+    """The figures rule: every table figure of the run (drawn by the job's threads) and the report's tests page."""
     from ..brain.files import load_truth
     from ..stats.files import load_run_table
     from .report import write_summary_rst, write_tests_html
@@ -135,6 +160,7 @@ def run_figures(*, inputs, outputs, params) -> None:
         truth=truth,
         alpha=params.alpha,
         spatial_unit=params.spatial_unit,
+        workers=int((runtime or {}).get("threads", 1)),
     )
     _check_written(paths, outputs.figures, "figures")
     deviations = pd.DataFrame(params.deviations, columns=list(DEVIATION_COLUMNS))

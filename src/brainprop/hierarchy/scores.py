@@ -436,13 +436,18 @@ def weighted_depth(r: np.ndarray, depths: np.ndarray) -> np.ndarray:
         return np.where(total > 0, depths @ w / total, np.nan)
 
 
-def target_thresholds(r: np.ndarray, n_images: int, fdr: float) -> tuple[np.ndarray, np.ndarray]:
+def target_thresholds(
+    r: np.ndarray, n_images: int, fdr: float, p: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One-sided p of r > 0 and its Benjamini–Hochberg q over every finite entry of r (n_layers, n_targets).
 
-    p is the t-test of a Pearson r over `n_images` held-out images (t = r √((n−2)/(1−r²)), n − 2
-    degrees of freedom): the fold-averaged r has the null variance of one r over all n images.
-    BH runs over all targets × layers of one subject and signal, as the brain maps' threshold
-    does over vertices × layers (`stats.map_fdr`). Returns (p, q), NaN where r is.
+    p is the encoding null's (`p`, the per-target image-permutation p of each layer's fit;
+    `brainprop.encoding.encode`) where given, else the t-test of a Pearson r over `n_images`
+    held-out images (t = r √((n−2)/(1−r²)), n − 2 degrees of freedom), which treats the
+    fold-averaged r as one r over all n images and so rejects a true null more often than its
+    level (docs/encoding.md, "The encoding null"). BH runs over all targets × layers of one subject
+    and signal, as the brain maps' threshold does over vertices × layers (`stats.map_fdr`).
+    Returns (p, q), NaN where r is.
     """
     from scipy.special import stdtr
 
@@ -453,10 +458,15 @@ def target_thresholds(r: np.ndarray, n_images: int, fdr: float) -> tuple[np.ndar
     if not 0 < fdr < 1:
         raise ValueError(f"fdr={fdr!r}; expected a level in (0, 1) (stats.map_fdr)")
     r = np.asarray(r, dtype=np.float64)
-    df = int(n_images) - 2
     finite = np.isfinite(r)
-    rc = np.clip(np.where(finite, r, 0.0), -1 + 1e-12, 1 - 1e-12)
-    p = np.where(finite, stdtr(df, -rc * np.sqrt(df / (1.0 - rc**2))), np.nan)
+    if p is not None:
+        p = np.where(finite, np.asarray(p, dtype=np.float64), np.nan)
+        if not np.isfinite(p[finite]).all():
+            raise ValueError("p is NaN where r is finite; expected the encoding null's p of every scored target")
+    else:
+        df = int(n_images) - 2
+        rc = np.clip(np.where(finite, r, 0.0), -1 + 1e-12, 1 - 1e-12)
+        p = np.where(finite, stdtr(df, -rc * np.sqrt(df / (1.0 - rc**2))), np.nan)
     q = np.full(r.shape, np.nan)
     q[finite] = bh_fdr(p[finite])
     return p, q
@@ -468,14 +478,16 @@ def target_depths(
     layer_index: np.ndarray,
     n_images: int | None = None,
     fdr: float | None = None,
+    p: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Best layer (argmax of r, ties to the shallowest) and weighted depth of each target.
 
     `r` is (n_layers, n_targets), `depths` and `layer_index` (n_layers,). Returns arrays
     (n_targets,): best_layer_index (-1 where r is NaN at every layer), best_depth, best_r,
     weighted_depth (see `weighted_depth`), n_layers (layers with a finite r), and the map
-    threshold at the best layer (`target_thresholds`): p, q and passes (q <= fdr). Without
-    `n_images` and `fdr` there is no threshold: p and q are NaN and passes is True where best_r is finite.
+    threshold at the best layer (`target_thresholds`, with the encoding null's `p` (n_layers,
+    n_targets) where given): p, q and passes (q <= fdr). Without `n_images` and `fdr` there is no
+    threshold: p and q are NaN and passes is True where best_r is finite.
     """
     r = np.asarray(r, dtype=np.float64)
     depths = np.asarray(depths, dtype=np.float64)
@@ -484,6 +496,7 @@ def target_depths(
         raise ValueError(f"layer_index has shape {layer_index.shape}, depths {depths.shape}; expected equal")
     order = np.argsort(layer_index, kind="stable")  # argmax returns the first maximum: the shallowest
     r, depths, layer_index = r[order], depths[order], layer_index[order]
+    p = None if p is None else np.asarray(p, dtype=np.float64)[order]
     finite = np.isfinite(r)
     has = finite.any(axis=0)
     pick = np.argmax(np.where(finite, r, -np.inf), axis=0)
@@ -495,7 +508,7 @@ def target_depths(
         p = q = np.full(r.shape[1], np.nan)
         passes = np.isfinite(best_r)
     else:
-        p_all, q_all = target_thresholds(r, n_images, fdr)
+        p_all, q_all = target_thresholds(r, n_images, fdr, p)
         p, q = np.where(has, p_all[pick, cols], np.nan), np.where(has, q_all[pick, cols], np.nan)
         passes = np.isfinite(q) & (q <= fdr)
     return {
@@ -523,7 +536,8 @@ def subject_target_depths(
 ) -> pd.DataFrame:
     """Per-target depth table (`TARGET_DEPTH_COLUMNS`) of one subject from long-form per-target scores.
 
-    `scores` has columns signal, layer_index, depth, target, r (fMRI targets only); `identity`
+    `scores` has columns signal, layer_index, depth, target, r (fMRI targets only) and, for the
+    map threshold, the encoding null's p where it ran (a column p, NaN without the null); `identity`
     gives dataset, model and subject; `targets` (the brain stage's target table) gives each
     target's atlas, roi, hemi and roi_distance_mm ("" and NaN without it); `threshold`
     ({"n_images": n, "fdr": stats.map_fdr}) the map threshold (`target_thresholds`; none
@@ -538,8 +552,11 @@ def subject_target_depths(
     for signal, part in scores.groupby("signal", sort=True):
         wide = part.pivot(index="layer_index", columns="target", values="r").sort_index()
         depth = part.groupby("layer_index")["depth"].first().reindex(wide.index)
+        p = None
+        if "p" in part and part["p"].notna().any():
+            p = part.pivot(index="layer_index", columns="target", values="p").reindex_like(wide).to_numpy()
         out = target_depths(
-            wide.to_numpy(), depth.to_numpy(), wide.index.to_numpy(), threshold.get("n_images"), threshold.get("fdr")
+            wide.to_numpy(), depth.to_numpy(), wide.index.to_numpy(), threshold.get("n_images"), threshold.get("fdr"), p
         )
         frames.append(pd.DataFrame({"signal": signal, "target": wide.columns.to_numpy(dtype=np.int64), **out}))
     if frames:
