@@ -621,16 +621,12 @@ def _fold_p(ops: Backend, pred: Any, y: Any, perms: np.ndarray) -> np.ndarray:
     # float32 on the host: the null is B gathers of (n_test, m), memory-bound, and a count needs no more precision.
     pc = ops.to_numpy(pred - pred.mean(0)).astype(np.float32)
     yc = ops.to_numpy(y - y.mean(0)).astype(np.float32)
-    observed = np.einsum("ij,ij->j", pc, yc)
+    # A permutation's cross product within float32 rounding of the observed one counts as reaching it.
+    reach = np.einsum("ij,ij->j", pc, yc) - 1e-5 * np.sqrt((pc * pc).sum(0) * (yc * yc).sum(0))
     exceed = np.zeros(pc.shape[1], dtype=np.int64)
     for perm in perms:
-        exceed += np.einsum("ij,ij->j", pc[perm], yc) >= observed - _tolerance(pc, yc)
+        exceed += np.einsum("ij,ij->j", pc[perm], yc) >= reach
     return (1.0 + exceed) / (1.0 + len(perms))
-
-
-def _tolerance(pc: np.ndarray, yc: np.ndarray) -> np.ndarray:
-    """float32 rounding of a cross product summed in another order: a permutation equal to the data counts."""
-    return 1e-5 * np.sqrt((pc * pc).sum(0) * (yc * yc).sum(0))
 
 
 def _pearson(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
