@@ -68,10 +68,7 @@ def rejection_rates(n: int, d: int, snr: float, n_targets: int, seed: int) -> di
         "fold_average": fold_average_p(X, Y, folds, null),
         "t_test": stdtr(n - 2, -rc * np.sqrt((n - 2) / (1 - rc**2))),
     }
-    return {
-        name: {"p<=0.05": round(float((v <= 0.05).mean()), 4), "p<=0.01": round(float((v <= 0.01).mean()), 4)}
-        for name, v in p.items()
-    }
+    return {name: {f"p<={a}": round(float((v <= a).mean()), 4) for a in (0.05, 0.01, 0.001)} for name, v in p.items()}
 
 
 def null_cost(n: int = 240, d: int = 256, n_targets: int = 6400, permutations: int = 1000) -> dict:
@@ -92,7 +89,7 @@ def null_cost(n: int = 240, d: int = 256, n_targets: int = 6400, permutations: i
 def main() -> None:
     """Measure level, power and cost; write results/benchmarks/encoding_null.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", type=int, default=2000)
+    parser.add_argument("--targets", type=int, default=4000)
     args = parser.parse_args()
     shapes = [(60, 10), (240, 100), (240, 20)]
     record = {
