@@ -229,6 +229,8 @@ def _write_subject_folders(tmp_path, modality: str) -> tuple[list[str], dict, pd
                         "alpha": 1.0,
                         "r_normalized": r,
                         "excluded": False,
+                        "p": np.nan,  # no encoding null: the brain map thresholds across subjects
+                        "q": np.nan,
                     }
                 )
                 identity = {"dataset": "d", "model": "m", "signal": signal, "layer_index": k, "subject": subject}

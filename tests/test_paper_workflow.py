@@ -170,12 +170,20 @@ def test_the_vertex_level_spatial_score_recomputes_from_the_tables(paper_run):
         used = part[part["passes"] & ~part["excluded"] & np.isfinite(part["roi_distance_mm"])]
         expected = np.corrcoef(used["best_depth"], used["roi_distance_mm"])[0, 1]
         row = spatial.loc[(signal, "target")]
-        assert row["value"] == pytest.approx(expected, abs=1e-12) and row["n_used"] == len(used)
+        # NaN where the passing targets share one best depth (a constant variable) or too few pass
+        assert row["value"] == pytest.approx(expected, abs=1e-12, nan_ok=True) and row["n_used"] == len(used)
     print("spatial scores:", spatial["value"].round(3).to_dict())
-    assert spatial.loc[("act", "target"), "value"] > 0.3 and spatial.loc[("act", "target"), "n_used"] > 50
+    # The planted order is recovered over ROIs. Over vertices, the encoding null passes the targets of
+    # the ROIs planted at the first layer (r about 0.7) and none of those planted at the third (r
+    # about 0.2 over 60 images: median p 0.13-0.31), so the passing targets share one depth.
+    assert spatial.loc[("act", "roi"), "value"] > 0.3
+    act = depths[(depths["signal"] == "act") & depths["passes"]]
+    first = [roi for roi, number in HCP_ROIS.items() if PLANTED_LAYER[number] == 0]
+    assert len(act) > 50 and set(act["roi"]) <= set(first) and (act["best_depth"] == 0).all()
     tests = pd.read_parquet(out / "tables" / "tests.parquet")
     s1a = tests[(tests["dataset"] == "nsd") & (tests["test"] == "S1a") & (tests["signal"] == "act")].iloc[0]
-    assert s1a["effect"] == pytest.approx(spatial.loc[("act", "target"), "value"])  # S1a follows spatial_unit
+    target = spatial.loc[("act", "target"), "value"]
+    assert s1a["effect"] == pytest.approx(target, nan_ok=True)  # S1a follows spatial_unit
 
 
 def test_summary_and_report_open_with_the_findings_and_deviations(paper_run):
