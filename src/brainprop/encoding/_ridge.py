@@ -73,10 +73,11 @@ TAIL_COUNT = 10
 class TargetNull:
     """Image permutations of held-out predictions against responses: the per-target null of r (METHOD.md §6).
 
-    Within each fold's test rows the predictions are permuted against the responses (no refit),
-    each permutation's r is averaged over folds as the observed r is, and
-    p = (1 + #{r_perm >= r}) / (1 + n_permutations). The permutations depend on `seed` and the
-    fold sizes only, so every layer and signal of a subject (one seed) sees the same ones.
+    Within each fold's test rows the predictions are permuted against the responses (no refit);
+    the fold's p is (1 + #{r_perm >= r}) / (1 + n_permutations), or the t tail where fewer than
+    `TAIL_COUNT` permutations reach r (`_fold_p`), and the folds' p are combined by `combine`
+    (`combine_fold_p`). The permutations depend on `seed` and the fold sizes only, so every layer
+    and signal of a subject (one seed) sees the same ones.
 
     Attributes
     ----------
@@ -682,10 +683,10 @@ def _fit_batch(
     y_test: np.ndarray,
     perms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Chosen penalty, held-out r and R² of one batch of targets, each (batch,), and the permuted r.
+    """Chosen penalty, held-out r and R² of one batch of targets, each (batch,), and the fold's p.
 
-    With `perms` (n_permutations, n_test) the last item is r of each permutation of the held-out
-    predictions against the responses, (n_permutations, batch); else None.
+    With `perms` (n_permutations, n_test) the last item is each target's one-sided p of r under
+    permutations of the held-out predictions against the responses (`_fold_p`), (batch,); else None.
 
     The responses travel to the backend in their own precision and are checked, centred and
     scored there (so a GPU does the per-element work); the means are in the backend's precision.
